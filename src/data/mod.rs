@@ -1,0 +1,3 @@
+//! NetCDF files -> merged dataset -> normalised sample windows -> batches.
+
+pub mod grid;

@@ -1,0 +1,10 @@
+//! meshcast: GraphCast-style graph neural network weather models on NetCDF data.
+//!
+//! Data flows one way: files ([`data`]) -> dataset -> batches -> model -> loss ->
+//! optimizer, over a mesh graph ([`graph`]) built once and shared by every sample.
+//! The `meshcast` binary is a thin layer ([`cli`]) that parses flags and dispatches.
+
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod error;
