@@ -1,5 +1,96 @@
 //! The `meshcast` command line: parses flags and dispatches to the library.
+//! Nothing here computes; each subcommand module maps its flags onto library calls.
 
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+mod data_args;
+mod generate;
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceSpec;
+
+pub use data_args::DataArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshcast",
+    version,
+    about = "Train, evaluate and benchmark GraphCast-style graph weather models on NetCDF data",
+    long_about = "meshcast trains, evaluates and benchmarks graph neural network weather models \
+                  (grid -> mesh encoder, multi-mesh processor, mesh -> grid decoder) on NetCDF data, \
+                  on the CPU or on NVIDIA GPUs.\n\nLogging follows RUST_LOG when set (e.g. RUST_LOG=meshcast=debug)."
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Compute device: cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, global = true, default_value = "cpu", env = "MESHCAST_DEVICE")]
+    pub device: DeviceSpec,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what the loader finds in NetCDF files: grid, time axis, variables, fill fraction, statistics.
+    InspectData(inspect::InspectArgs),
+    /// Write a synthetic CF-NetCDF dataset (Rossby-Haurwitz wave dynamics) for demos and benchmarks.
+    GenerateData(generate::GenerateArgs),
+}
+
+/// Entry point of the binary: parse, set up logging, run, map errors to exit codes
+/// (2 for bad input, 1 for anything else) with one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::InspectData(args) => inspect::run(args),
+        Command::GenerateData(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            if crate::error::is_input_error(&err) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The error chain on one line, without repeating a cause that a context already quotes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,meshcast=info",
+        (false, 1) => "info,meshcast=debug",
+        _ => "debug,meshcast=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }

@@ -1,0 +1,321 @@
+//! Several files merged on one grid and one time axis.
+//!
+//! A [`Dataset`] holds only metadata; [`StepReader`] reads one time step of every
+//! channel on demand, keeping its own open file handles (one reader per thread).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::grid::Grid;
+use super::source::{describe_variable, gridded_variables, open_file, SourceVariable};
+use super::spec::DataSpec;
+use super::time::{format_step, TimeAxis};
+use crate::error::InputError;
+
+/// One input channel of the model: one variable at one level.
+#[derive(Debug, Clone, Serialize)]
+pub struct Channel {
+    pub name: String,
+    pub units: Option<String>,
+    pub long_name: Option<String>,
+    /// Sources (in time order) that hold this channel, and which of their channels it is.
+    #[serde(skip)]
+    parts: Vec<ChannelPart>,
+}
+
+#[derive(Debug, Clone)]
+struct ChannelPart {
+    source: usize,
+    level: usize,
+    /// Index on the merged time axis of the source's first step.
+    time_offset: usize,
+}
+
+/// Metadata of the merged data: grid, time axis, channels and where each is stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dataset {
+    pub grid: Grid,
+    pub time: TimeAxis,
+    pub channels: Vec<Channel>,
+    pub sources: Vec<SourceVariable>,
+    /// Hash of what was loaded (files, sizes, modification times, picks, region).
+    pub fingerprint: String,
+}
+
+/// One time step of every channel, on the canonical grid: `[channel][lat][lon]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub values: Vec<f32>,
+    pub valid: Vec<bool>,
+}
+
+impl Dataset {
+    /// Reads the metadata of every file in `spec` and merges them.
+    pub fn open(spec: &DataSpec) -> anyhow::Result<Dataset> {
+        if spec.is_empty() {
+            crate::bail_input!("no data given: pass NetCDF files, --var FILE:NAME[=ALIAS], or a config with a [data] section");
+        }
+        let opts = spec.read_options();
+        let mut sources = Vec::new();
+        for path in &spec.files {
+            let file = open_file(path)?;
+            let names = gridded_variables(&file);
+            if names.is_empty() {
+                return Err(InputError::file(path, explain_no_gridded(&file)).into());
+            }
+            for name in names {
+                sources.push(describe_variable(&file, path, &name, None, &opts)?);
+            }
+        }
+        for pick in &spec.vars {
+            let file = open_file(&pick.path)?;
+            sources.push(describe_variable(&file, &pick.path, &pick.name, pick.alias.as_deref(), &opts)?);
+        }
+        let notes: std::collections::BTreeSet<&str> = sources.iter().filter_map(|s| s.time_note.as_deref()).collect();
+        for note in notes {
+            tracing::info!("{note}");
+        }
+        let fingerprint = fingerprint(spec, &sources);
+        merge(sources, fingerprint)
+    }
+
+    /// A reader for this dataset with its own file handles.
+    pub fn reader(&self) -> StepReader<'_> {
+        StepReader { dataset: self, files: HashMap::new() }
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn channel_names(&self) -> Vec<String> {
+        self.channels.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// One line for logs: `6 variables on 33 x 36 regional grid, 64 steps every 6 h from ...`.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{} channels ({}) on a {} x {} {} grid, {} steps every {} from {}",
+            self.channels.len(),
+            self.channel_names().join(", "),
+            self.grid.nlat(),
+            self.grid.nlon(),
+            if self.grid.global { "global" } else { "regional" },
+            self.time.len(),
+            self.time.step_seconds().map(format_step).unwrap_or_else(|| "-".into()),
+            self.time.datetime(0)
+        )
+    }
+}
+
+fn explain_no_gridded(file: &netcdf::File) -> String {
+    // Let describe_variable say why the first multi-dimensional variable is not usable.
+    let candidate = file.variables().find(|v| v.dimensions().len() >= 2).map(|v| v.name());
+    match candidate {
+        Some(name) => match describe_variable(file, Path::new(""), &name, None, &Default::default()) {
+            Err(e) => e.0.trim_start_matches(": ").to_string(),
+            Ok(_) => "no gridded variables".to_string(),
+        },
+        None => "no gridded variables (nothing with latitude, longitude and time dimensions)".to_string(),
+    }
+}
+
+fn fingerprint(spec: &DataSpec, sources: &[SourceVariable]) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(spec).unwrap_or_default());
+    let mut paths: Vec<&PathBuf> = sources.iter().map(|s| &s.path).collect();
+    paths.dedup();
+    for p in paths {
+        h.update(p.to_string_lossy().as_bytes());
+        if let Ok(meta) = std::fs::metadata(p) {
+            h.update(meta.len().to_le_bytes());
+            if let Ok(m) = meta.modified().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other)) {
+                h.update(m.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    format!("{:x}", h.finalize())[..16].to_string()
+}
+
+fn describe_axis(s: &SourceVariable) -> String {
+    let t = &s.time;
+    format!(
+        "{} steps from {} every {}",
+        t.len(),
+        t.datetime(0),
+        t.step_seconds().map(format_step).unwrap_or_else(|| "-".into())
+    )
+}
+
+/// Checks every source against the first grid, concatenates same-named sources along
+/// time, and requires one common time axis.
+fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Dataset> {
+    let first = sources.first().ok_or_else(|| InputError("no variables found".into()))?;
+    let grid = Grid { lat: first.lat.values.clone(), lon: first.lon.values.clone(), global: first.global };
+    for s in &sources[1..] {
+        let same = |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        if !same(&s.lat.values, &grid.lat) || !same(&s.lon.values, &grid.lon) {
+            return Err(InputError(format!(
+                "{} and {}: grids do not match ({} x {} vs {} x {}, lat {:.3}..{:.3} vs {:.3}..{:.3}, lon {:.3}..{:.3} vs {:.3}..{:.3})",
+                first.path.display(),
+                s.path.display(),
+                grid.nlat(),
+                grid.nlon(),
+                s.lat.values.len(),
+                s.lon.values.len(),
+                grid.lat[0],
+                grid.lat[grid.nlat() - 1],
+                s.lat.values[0],
+                s.lat.values[s.lat.values.len() - 1],
+                grid.lon[0],
+                grid.lon[grid.nlon() - 1],
+                s.lon.values[0],
+                s.lon.values[s.lon.values.len() - 1],
+            ))
+            .into());
+        }
+        if s.time.calendar != first.time.calendar {
+            return Err(InputError(format!(
+                "{} and {}: time axes use different calendars ({:?} vs {:?})",
+                first.path.display(),
+                s.path.display(),
+                first.time.calendar,
+                s.time.calendar
+            ))
+            .into());
+        }
+    }
+
+    // Group sources by name, in order of first appearance; each group is a time series.
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        match groups.iter_mut().find(|(n, _)| *n == s.name) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((s.name.clone(), vec![i])),
+        }
+    }
+    let mut group_axes = Vec::new();
+    for (name, members) in &mut groups {
+        members.sort_by_key(|&i| sources[i].time.instants[0]);
+        for w in members.windows(2) {
+            let (a, b) = (&sources[w[0]], &sources[w[1]]);
+            if b.time.instants[0] <= *a.time.instants.last().expect("non-empty") {
+                return Err(InputError(format!(
+                    "variable '{name}' comes from both {} ('{}') and {} ('{}') over the same times; \
+                     rename one, e.g. --var {}:{}={}2",
+                    a.path.display(),
+                    a.var_name,
+                    b.path.display(),
+                    b.var_name,
+                    b.path.display(),
+                    b.var_name,
+                    name
+                ))
+                .into());
+            }
+            if a.channel_names() != b.channel_names() {
+                return Err(InputError(format!(
+                    "variable '{name}' has different levels in {} and {}",
+                    a.path.display(),
+                    b.path.display()
+                ))
+                .into());
+            }
+        }
+        let instants: Vec<_> = members.iter().flat_map(|&i| sources[i].time.instants.iter().copied()).collect();
+        group_axes.push(instants);
+    }
+    let time = TimeAxis { calendar: first.time.calendar, instants: group_axes[0].clone() };
+    for (g, axis) in group_axes.iter().enumerate().skip(1) {
+        if *axis != time.instants {
+            let a = &sources[groups[0].1[0]];
+            let b = &sources[groups[g].1[0]];
+            return Err(InputError(format!(
+                "{} and {}: time axes do not match ('{}': {}; '{}': {})",
+                a.path.display(),
+                b.path.display(),
+                groups[0].0,
+                describe_axis(a),
+                groups[g].0,
+                describe_axis(b)
+            ))
+            .into());
+        }
+    }
+
+    let mut channels: Vec<Channel> = Vec::new();
+    for (_, members) in &groups {
+        let lead = &sources[members[0]];
+        let mut offset = 0;
+        let mut parts_per_level: Vec<Vec<ChannelPart>> = vec![Vec::new(); lead.num_channels()];
+        for &m in members {
+            for (level, parts) in parts_per_level.iter_mut().enumerate() {
+                parts.push(ChannelPart { source: m, level, time_offset: offset });
+            }
+            offset += sources[m].time.len();
+        }
+        for (name, parts) in lead.channel_names().into_iter().zip(parts_per_level) {
+            if channels.iter().any(|c| c.name == name) {
+                crate::bail_input!("two channels are called '{name}': rename one with --var FILE:NAME=ALIAS");
+            }
+            channels.push(Channel { name, units: lead.units.clone(), long_name: lead.long_name.clone(), parts });
+        }
+    }
+    Ok(Dataset { grid, time, channels, sources, fingerprint })
+}
+
+/// Reads time steps of a [`Dataset`], keeping its files open.
+pub struct StepReader<'a> {
+    dataset: &'a Dataset,
+    files: HashMap<PathBuf, netcdf::File>,
+}
+
+impl StepReader<'_> {
+    /// Reads time step `t` (index on the merged axis) of every channel.
+    pub fn read(&mut self, t: usize) -> anyhow::Result<State> {
+        let ds = self.dataset;
+        let cells = ds.grid.len();
+        let mut state = State { values: vec![0.0; ds.num_channels() * cells], valid: vec![false; ds.num_channels() * cells] };
+        // Each source is read once per step, for all of its levels, then scattered to channels.
+        let mut done: Vec<usize> = Vec::new();
+        for channel in &ds.channels {
+            let part = channel
+                .parts
+                .iter()
+                .rev()
+                .find(|p| p.time_offset <= t)
+                .with_context(|| format!("time step {t} is outside the data"))?;
+            if done.contains(&part.source) {
+                continue;
+            }
+            done.push(part.source);
+            let source = &ds.sources[part.source];
+            let local_t = t - part.time_offset;
+            if local_t >= source.time.len() {
+                anyhow::bail!("time step {t} is outside the data of {}", source.path.display());
+            }
+            let n = source.num_channels();
+            let mut values = vec![0.0f32; n * cells];
+            let mut valid = vec![false; n * cells];
+            let file = match self.files.entry(source.path.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(open_file(&source.path)?),
+            };
+            source.read_step(file, local_t, &mut values, &mut valid)?;
+            for (c, target) in ds.channels.iter().enumerate() {
+                for p in &target.parts {
+                    if p.source == part.source {
+                        let (src, dst) = (p.level * cells..(p.level + 1) * cells, c * cells..(c + 1) * cells);
+                        state.values[dst.clone()].copy_from_slice(&values[src.clone()]);
+                        state.valid[dst].copy_from_slice(&valid[src]);
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+}

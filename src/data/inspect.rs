@@ -1,0 +1,189 @@
+//! `inspect-data`: what the loader found, with statistics over every time step.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::dataset::Dataset;
+use super::time::format_step;
+use crate::error::InputError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GridReport {
+    pub nlat: usize,
+    pub nlon: usize,
+    pub lat_min: f64,
+    pub lat_max: f64,
+    pub lon_min: f64,
+    pub lon_max: f64,
+    pub lat_spacing: f64,
+    pub lon_spacing: f64,
+    pub global: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeReport {
+    pub steps: usize,
+    pub start: String,
+    pub end: String,
+    pub step_seconds: Option<i64>,
+    pub step: Option<String>,
+    pub regular: bool,
+    pub calendar: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariableReport {
+    pub name: String,
+    pub file: String,
+    pub file_variable: String,
+    pub units: Option<String>,
+    pub long_name: Option<String>,
+    pub dimensions: Vec<String>,
+    pub fill_fraction: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub std: f64,
+    pub time_note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub grid: GridReport,
+    pub time: TimeReport,
+    pub variables: Vec<VariableReport>,
+}
+
+/// Reads every time step once and reports grid, time axis and per-channel statistics.
+/// A channel that is missing everywhere is an input error.
+pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
+    let cells = ds.grid.len();
+    let n = ds.num_channels();
+    let (mut count, mut sum, mut sumsq) = (vec![0u64; n], vec![0f64; n], vec![0f64; n]);
+    let (mut min, mut max) = (vec![f64::INFINITY; n], vec![f64::NEG_INFINITY; n]);
+    let mut reader = ds.reader();
+    for t in 0..ds.time.len() {
+        let state = reader.read(t)?;
+        for c in 0..n {
+            for k in c * cells..(c + 1) * cells {
+                if state.valid[k] {
+                    let v = state.values[k] as f64;
+                    count[c] += 1;
+                    sum[c] += v;
+                    sumsq[c] += v * v;
+                    min[c] = min[c].min(v);
+                    max[c] = max[c].max(v);
+                }
+            }
+        }
+    }
+    let total = (cells * ds.time.len()) as f64;
+    let mut variables = Vec::new();
+    for (c, ch) in ds.channels.iter().enumerate() {
+        let source = ds.sources.iter().find(|s| s.channel_names().contains(&ch.name) || s.name == ch.name).expect("channel has a source");
+        if count[c] == 0 {
+            return Err(InputError::file(
+                &source.path,
+                format!("variable '{}' has no valid value (every cell is _FillValue, missing or out of valid range)", source.var_name),
+            )
+            .into());
+        }
+        let k = count[c] as f64;
+        let mean = sum[c] / k;
+        variables.push(VariableReport {
+            name: ch.name.clone(),
+            file: source.path.display().to_string(),
+            file_variable: source.var_name.clone(),
+            units: ch.units.clone(),
+            long_name: ch.long_name.clone(),
+            dimensions: source.dims.iter().map(|(d, l)| format!("{d}={l}")).collect(),
+            fill_fraction: 1.0 - k / total,
+            min: min[c],
+            max: max[c],
+            mean,
+            std: (sumsq[c] / k - mean * mean).max(0.0).sqrt(),
+            time_note: source.time_note.clone(),
+        });
+    }
+    let g = &ds.grid;
+    let step_seconds = ds.time.step_seconds();
+    Ok(InspectReport {
+        grid: GridReport {
+            nlat: g.nlat(),
+            nlon: g.nlon(),
+            lat_min: g.lat[0],
+            lat_max: g.lat[g.nlat() - 1],
+            lon_min: g.lon[0],
+            lon_max: g.lon[g.nlon() - 1],
+            lat_spacing: g.lat_spacing(),
+            lon_spacing: g.lon_spacing(),
+            global: g.global,
+        },
+        time: TimeReport {
+            steps: ds.time.len(),
+            start: ds.time.datetime(0).to_string(),
+            end: ds.time.datetime(ds.time.len() - 1).to_string(),
+            step_seconds,
+            step: step_seconds.map(format_step),
+            regular: ds.time.is_regular(),
+            calendar: format!("{:?}", ds.time.calendar),
+        },
+        variables,
+    })
+}
+
+impl fmt::Display for InspectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.grid;
+        writeln!(
+            f,
+            "grid: {} x {} ({}), lat {:.3}..{:.3} every {:.4} deg, lon {:.3}..{:.3} every {:.4} deg",
+            g.nlat,
+            g.nlon,
+            if g.global { "global" } else { "regional" },
+            g.lat_min,
+            g.lat_max,
+            g.lat_spacing,
+            g.lon_min,
+            g.lon_max,
+            g.lon_spacing
+        )?;
+        let t = &self.time;
+        writeln!(
+            f,
+            "time: {} steps every {}{} from {} to {} ({} calendar)",
+            t.steps,
+            t.step.as_deref().unwrap_or("-"),
+            if t.regular { "" } else { " (irregular)" },
+            t.start,
+            t.end,
+            t.calendar
+        )?;
+        writeln!(
+            f,
+            "{:<10} {:<8} {:>7} {:>12} {:>12} {:>12} {:>12}  source",
+            "variable", "units", "fill%", "min", "max", "mean", "std"
+        )?;
+        for v in &self.variables {
+            writeln!(
+                f,
+                "{:<10} {:<8} {:>6.1}% {:>12.5} {:>12.5} {:>12.5} {:>12.5}  {}:{} ({})",
+                v.name,
+                v.units.as_deref().unwrap_or("-"),
+                100.0 * v.fill_fraction,
+                v.min,
+                v.max,
+                v.mean,
+                v.std,
+                v.file,
+                v.file_variable,
+                v.dimensions.join(", ")
+            )?;
+        }
+        for note in self.variables.iter().filter_map(|v| v.time_note.as_ref()).collect::<std::collections::BTreeSet<_>>() {
+            writeln!(f, "note: {note}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! What data a run uses: files, `--var FILE:NAME[=ALIAS]` picks, region, levels.
+//! The same arguments are accepted by every subcommand and by a config's `[data]` table.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::grid::Region;
+use super::source::ReadOptions;
+
+/// One `--var FILE:NAME[=ALIAS]`: variable NAME of FILE, called ALIAS in the dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VarPick {
+    pub path: PathBuf,
+    pub name: String,
+    pub alias: Option<String>,
+}
+
+impl FromStr for VarPick {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("--var '{s}' must look like FILE:NAME or FILE:NAME=ALIAS");
+        let (path, rest) = s.rsplit_once(':').ok_or_else(usage)?;
+        let (name, alias) = match rest.split_once('=') {
+            Some((n, a)) => (n.trim(), Some(a.trim().to_string())),
+            None => (rest.trim(), None),
+        };
+        if path.is_empty() || name.is_empty() || alias.as_deref() == Some("") {
+            return Err(usage());
+        }
+        Ok(VarPick { path: PathBuf::from(path), name: name.to_string(), alias })
+    }
+}
+
+/// Everything that says which data to load. Built from flags, a config, or both
+/// (flags win); paths are taken as given (relative to the working directory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// Files whose every gridded variable is used.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Single variables, possibly renamed: `"Ustorm.cdf:u=u10"`.
+    #[serde(default, with = "var_strings")]
+    pub vars: Vec<VarPick>,
+    #[serde(default, with = "region_string")]
+    pub region: Option<Region>,
+    #[serde(default)]
+    pub levels: Option<Vec<f64>>,
+    #[serde(default)]
+    pub time_units: Option<String>,
+}
+
+impl DataSpec {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.vars.is_empty()
+    }
+
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions { region: self.region, levels: self.levels.clone(), time_units: self.time_units.clone() }
+    }
+
+    /// Overlays the non-empty parts of `flags` on this spec (a config's data section).
+    pub fn overridden_by(mut self, flags: DataSpec) -> DataSpec {
+        if !flags.is_empty() {
+            self.files = flags.files;
+            self.vars = flags.vars;
+        }
+        self.region = flags.region.or(self.region);
+        self.levels = flags.levels.or(self.levels);
+        self.time_units = flags.time_units.or(self.time_units);
+        self
+    }
+}
+
+mod var_strings {
+    use super::VarPick;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[VarPick], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|p| match &p.alias {
+            Some(a) => format!("{}:{}={a}", p.path.display(), p.name),
+            None => format!("{}:{}", p.path.display(), p.name),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<VarPick>, D::Error> {
+        Vec::<String>::deserialize(d)?.iter().map(|s| s.parse().map_err(D::Error::custom)).collect()
+    }
+}
+
+mod region_string {
+    use super::Region;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Option<Region>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Some(r) => s.serialize_str(&format!("{},{},{},{}", r.lat_min, r.lat_max, r.lon_min, r.lon_max)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Region>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|s| s.parse().map_err(D::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_var_picks() {
+        let p: VarPick = "data/Ustorm.cdf:u=u10".parse().unwrap();
+        assert_eq!(p.path, PathBuf::from("data/Ustorm.cdf"));
+        assert_eq!(p.name, "u");
+        assert_eq!(p.alias.as_deref(), Some("u10"));
+        let p: VarPick = "a.nc:t".parse().unwrap();
+        assert_eq!(p.alias, None);
+        assert!("a.nc".parse::<VarPick>().is_err());
+        assert!("a.nc:t=".parse::<VarPick>().is_err());
+    }
+
+    #[test]
+    fn config_data_section_round_trips() {
+        let toml_text = r#"
+            vars = ["../shared/data/storm1996/Ustorm.cdf:u=u10", "x.nc:v"]
+            region = "20,50,-120,-60"
+            levels = [500.0]
+        "#;
+        let spec: DataSpec = toml::from_str(toml_text).unwrap();
+        assert_eq!(spec.vars.len(), 2);
+        assert_eq!(spec.region.unwrap().lat_max, 50.0);
+        let back: DataSpec = toml::from_str(&toml::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+}

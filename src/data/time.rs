@@ -1,0 +1,316 @@
+//! Time axes: CF `"<unit> since <date>"` with its calendar, and the non-CF axes
+//! real files have (integer hours plus a text reference time, as in the storm1996 files).
+//!
+//! Times are kept as whole seconds since 0001-01-01 00:00 *in the axis' calendar*,
+//! so that merging files only needs equal calendars and equal second counts.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// CF calendars (`calendar` attribute). `standard`/`gregorian` are treated as proleptic
+/// Gregorian: the 1582 switch to the Julian calendar lies far outside weather data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Calendar {
+    ProlepticGregorian,
+    Julian,
+    NoLeap,
+    AllLeap,
+    Day360,
+}
+
+impl Calendar {
+    pub fn parse(name: &str) -> Result<Calendar, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "" | "standard" | "gregorian" | "proleptic_gregorian" => Ok(Calendar::ProlepticGregorian),
+            "julian" => Ok(Calendar::Julian),
+            "noleap" | "365_day" => Ok(Calendar::NoLeap),
+            "all_leap" | "366_day" => Ok(Calendar::AllLeap),
+            "360_day" => Ok(Calendar::Day360),
+            other => Err(format!("unsupported calendar '{other}'")),
+        }
+    }
+
+    fn is_leap(self, year: i64) -> bool {
+        match self {
+            Calendar::ProlepticGregorian => (year % 4 == 0 && year % 100 != 0) || year % 400 == 0,
+            Calendar::Julian => year % 4 == 0,
+            Calendar::NoLeap | Calendar::Day360 => false,
+            Calendar::AllLeap => true,
+        }
+    }
+
+    fn month_lengths(self, year: i64) -> [i64; 12] {
+        if self == Calendar::Day360 {
+            return [30; 12];
+        }
+        let feb = if self.is_leap(year) { 29 } else { 28 };
+        [31, feb, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    }
+
+    fn year_length(self, year: i64) -> i64 {
+        self.month_lengths(year).iter().sum()
+    }
+
+    /// Days from 0001-01-01 to `date` in this calendar.
+    fn days_from_origin(self, y: i64, m: u32, d: u32) -> i64 {
+        let years_before = y - 1;
+        let mut days = match self {
+            Calendar::ProlepticGregorian => {
+                365 * years_before + years_before.div_euclid(4) - years_before.div_euclid(100)
+                    + years_before.div_euclid(400)
+            }
+            Calendar::Julian => 365 * years_before + years_before.div_euclid(4),
+            Calendar::NoLeap => 365 * years_before,
+            Calendar::AllLeap => 366 * years_before,
+            Calendar::Day360 => 360 * years_before,
+        };
+        days += self.month_lengths(y)[..(m as usize - 1)].iter().sum::<i64>();
+        days + d as i64 - 1
+    }
+
+    fn date_from_days(self, mut days: i64) -> (i64, u32, u32) {
+        // Jump by 400-year blocks (an exact number of days in every calendar here), then walk.
+        let block = self.days_from_origin(401, 1, 1);
+        let mut year = 1 + 400 * days.div_euclid(block);
+        days = days.rem_euclid(block);
+        while days >= self.year_length(year) {
+            days -= self.year_length(year);
+            year += 1;
+        }
+        let mut month = 0;
+        for (i, len) in self.month_lengths(year).iter().enumerate() {
+            month = i;
+            if days < *len {
+                break;
+            }
+            days -= len;
+        }
+        (year, month as u32 + 1, days as u32 + 1)
+    }
+}
+
+/// A point in time: seconds since 0001-01-01 00:00:00 in `calendar`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Instant {
+    pub seconds: i64,
+}
+
+/// A calendar date and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+impl DateTime {
+    pub fn to_instant(self, cal: Calendar) -> Instant {
+        let days = cal.days_from_origin(self.year, self.month, self.day);
+        Instant { seconds: days * 86_400 + (self.hour * 3600 + self.minute * 60 + self.second) as i64 }
+    }
+
+    pub fn from_instant(t: Instant, cal: Calendar) -> DateTime {
+        let days = t.seconds.div_euclid(86_400);
+        let secs = t.seconds.rem_euclid(86_400) as u32;
+        let (year, month, day) = cal.date_from_days(days);
+        DateTime { year, month, day, hour: secs / 3600, minute: secs % 3600 / 60, second: secs % 60 }
+    }
+
+    /// Parses `1996-01-05`, `1996-01-05 00:00:00`, `1996-1-5T6:00Z`, `1996 01 05 00:00`
+    /// (the storm1996 `reftime` text) and similar; fractional seconds and a `Z` or
+    /// `+00:00` zone are accepted (other zones are refused).
+    pub fn parse(text: &str, cal: Calendar) -> Result<DateTime, String> {
+        let bad = || format!("cannot read a date from '{text}'");
+        let t = text.trim().trim_end_matches('Z').trim_end_matches("UTC").trim();
+        let t = t.strip_suffix("+00:00").or_else(|| t.strip_suffix("+0000")).unwrap_or(t).trim();
+        // Split date and time at 'T' or the first space after a '-' date, or treat a
+        // space-separated "YYYY MM DD hh:mm" as fields.
+        let fields: Vec<&str> = t
+            .split(|c: char| c == '-' || c == ' ' || c == 'T' || c == ':' || c == '/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        if fields.len() < 3 || fields.len() > 6 {
+            return Err(bad());
+        }
+        let year: i64 = fields[0].parse().map_err(|_| bad())?;
+        let month: u32 = fields[1].parse().map_err(|_| bad())?;
+        let day: u32 = fields[2].parse().map_err(|_| bad())?;
+        let num = |i: usize| -> Result<f64, String> {
+            fields.get(i).map_or(Ok(0.0), |s| s.parse::<f64>().map_err(|_| bad()))
+        };
+        let (hour, minute, second) = (num(3)?, num(4)?, num(5)?);
+        if !(1..=12).contains(&month)
+            || day < 1
+            || day as i64 > cal.month_lengths(year)[month as usize - 1]
+            || !(0.0..24.0).contains(&hour)
+            || !(0.0..60.0).contains(&minute)
+            || !(0.0..61.0).contains(&second)
+        {
+            return Err(format!("'{text}' is not a valid date in this calendar"));
+        }
+        Ok(DateTime {
+            year,
+            month,
+            day,
+            hour: hour as u32,
+            minute: minute as u32,
+            second: second.floor() as u32,
+        })
+    }
+}
+
+impl fmt::Display for DateTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute
+        )?;
+        if self.second != 0 {
+            write!(f, ":{:02}", self.second)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parsed CF time units: `unit since reference`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeUnits {
+    pub seconds_per_unit: f64,
+    pub reference: Instant,
+}
+
+impl TimeUnits {
+    /// Parses `"hours since 1996-01-05 00:00"` and friends. Months and years are refused:
+    /// CF defines them as fractions of a tropical year, which no data set means.
+    pub fn parse(units: &str, cal: Calendar) -> Result<TimeUnits, String> {
+        let lower = units.trim().to_ascii_lowercase();
+        let Some((unit, since)) = lower.split_once(" since ") else {
+            return Err(format!("time units '{units}' are not of the form '<unit> since <date>'"));
+        };
+        let seconds_per_unit = match unit.trim() {
+            "seconds" | "second" | "secs" | "sec" | "s" => 1.0,
+            "minutes" | "minute" | "mins" | "min" => 60.0,
+            "hours" | "hour" | "hrs" | "hr" | "h" => 3600.0,
+            "days" | "day" | "d" => 86_400.0,
+            "months" | "month" | "years" | "year" => {
+                return Err(format!("time units '{units}': months and years are not fixed lengths; use days or hours"))
+            }
+            other => return Err(format!("unknown time unit '{other}' in '{units}'")),
+        };
+        let reference = DateTime::parse(since, cal)?.to_instant(cal);
+        Ok(TimeUnits { seconds_per_unit, reference })
+    }
+
+    pub fn instant(&self, value: f64) -> Instant {
+        Instant { seconds: self.reference.seconds + (value * self.seconds_per_unit).round() as i64 }
+    }
+}
+
+/// A decoded, strictly increasing time axis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeAxis {
+    pub calendar: Calendar,
+    pub instants: Vec<Instant>,
+}
+
+impl TimeAxis {
+    pub fn len(&self) -> usize {
+        self.instants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instants.is_empty()
+    }
+
+    pub fn datetime(&self, i: usize) -> DateTime {
+        DateTime::from_instant(self.instants[i], self.calendar)
+    }
+
+    /// The most common spacing in seconds (None for fewer than two steps).
+    pub fn step_seconds(&self) -> Option<i64> {
+        let mut d: Vec<i64> = self.instants.windows(2).map(|w| w[1].seconds - w[0].seconds).collect();
+        d.sort_unstable();
+        d.get(d.len() / 2).copied()
+    }
+
+    /// True when every step equals the most common one.
+    pub fn is_regular(&self) -> bool {
+        let step = self.step_seconds();
+        self.instants.windows(2).all(|w| Some(w[1].seconds - w[0].seconds) == step)
+    }
+}
+
+/// Human form of a step length: `6 h`, `30 min`, `1 d`.
+pub fn format_step(seconds: i64) -> String {
+    if seconds % 86_400 == 0 {
+        format!("{} d", seconds / 86_400)
+    } else if seconds % 3600 == 0 {
+        format!("{} h", seconds / 3600)
+    } else if seconds % 60 == 0 {
+        format!("{} min", seconds / 60)
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_dates_in_every_calendar() {
+        for cal in [
+            Calendar::ProlepticGregorian,
+            Calendar::Julian,
+            Calendar::NoLeap,
+            Calendar::AllLeap,
+            Calendar::Day360,
+        ] {
+            for (y, m, d) in [(1, 1, 1), (1600, 2, 28), (1996, 1, 5), (2000, 12, 30), (2100, 3, 1), (-50, 6, 15)] {
+                let dt = DateTime { year: y, month: m, day: d, hour: 18, minute: 30, second: 0 };
+                assert_eq!(DateTime::from_instant(dt.to_instant(cal), cal), dt, "{cal:?} {dt}");
+            }
+        }
+    }
+
+    #[test]
+    fn gregorian_day_counts_match_chrono() {
+        use chrono::NaiveDate;
+        let cal = Calendar::ProlepticGregorian;
+        let epoch = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+        for (y, m, d) in [(1970, 1, 1), (1996, 2, 29), (2024, 12, 31), (1582, 10, 10)] {
+            let ours = cal.days_from_origin(y, m, d);
+            let theirs = (NaiveDate::from_ymd_opt(y as i32, m, d).unwrap() - epoch).num_days();
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn decodes_cf_units() {
+        let cal = Calendar::ProlepticGregorian;
+        let u = TimeUnits::parse("hours since 1996-01-05 00:00:00", cal).unwrap();
+        let t = DateTime::from_instant(u.instant(30.0), cal);
+        assert_eq!(t.to_string(), "1996-01-06 06:00");
+        let u = TimeUnits::parse("days since 2000-02-28", Calendar::NoLeap).unwrap();
+        assert_eq!(DateTime::from_instant(u.instant(1.0), Calendar::NoLeap).to_string(), "2000-03-01 00:00");
+        let u = TimeUnits::parse("days since 2000-02-28", Calendar::Day360).unwrap();
+        assert_eq!(DateTime::from_instant(u.instant(2.0), Calendar::Day360).to_string(), "2000-02-30 00:00");
+        assert!(TimeUnits::parse("months since 2000-01-01", cal).is_err());
+        assert!(TimeUnits::parse("hours", cal).is_err());
+    }
+
+    #[test]
+    fn parses_text_reference_times() {
+        let cal = Calendar::ProlepticGregorian;
+        assert_eq!(DateTime::parse("1996 01 05 00:00", cal).unwrap().to_string(), "1996-01-05 00:00");
+        assert_eq!(DateTime::parse("1979-1-1T06:00:00Z", cal).unwrap().to_string(), "1979-01-01 06:00");
+        assert!(DateTime::parse("1996-02-30", cal).is_err());
+        assert!(DateTime::parse("yesterday", cal).is_err());
+    }
+}
