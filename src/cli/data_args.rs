@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::{DataSpec, Region, VarPick};
+use crate::data::{DataSpec, Region, SplitFractions, VarPick, WindowSpec};
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct DataArgs {
@@ -35,5 +35,32 @@ impl DataArgs {
             levels: self.levels.clone(),
             time_units: self.time_units.clone(),
         }
+    }
+}
+
+/// How samples are cut from the time axis, shared by every subcommand that makes samples.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Past states the model sees per sample.
+    #[arg(long, default_value_t = 2)]
+    pub input_steps: usize,
+    /// How many time steps ahead the target lies.
+    #[arg(long, default_value_t = 1)]
+    pub lead_steps: usize,
+    /// Fraction of the time axis (from the start) used for training.
+    #[arg(long, default_value_t = 0.7)]
+    pub train_fraction: f64,
+    /// Fraction after the training block used for validation; the test block is the rest.
+    #[arg(long, default_value_t = 0.15)]
+    pub validation_fraction: f64,
+}
+
+impl WindowArgs {
+    pub fn spec(&self) -> WindowSpec {
+        WindowSpec { input_steps: self.input_steps, lead_steps: self.lead_steps }
+    }
+
+    pub fn fractions(&self) -> SplitFractions {
+        SplitFractions { train: self.train_fraction, validation: self.validation_fraction }
     }
 }

@@ -2,13 +2,16 @@
 
 use clap::Args;
 
-use super::DataArgs;
-use crate::data::{inspect::inspect, Dataset};
+use super::{DataArgs, WindowArgs};
+use crate::data::inspect::{inspect, SamplesReport};
+use crate::data::{Dataset, Splits};
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -16,7 +19,9 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&args.data.to_spec())?;
-    let report = inspect(&dataset)?;
+    let splits = Splits::new(dataset.time.len(), args.window.fractions(), args.window.spec())?;
+    let mut report = inspect(&dataset)?;
+    report.samples = Some(SamplesReport::new(&splits));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::device::DeviceSpec;
 
-pub use data_args::DataArgs;
+pub use data_args::{DataArgs, WindowArgs};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -83,10 +83,6 @@ impl Dataset {
         merge(sources, fingerprint)
     }
 
-    /// A reader for this dataset with its own file handles.
-    pub fn reader(&self) -> StepReader<'_> {
-        StepReader { dataset: self, files: HashMap::new() }
-    }
 
     pub fn num_channels(&self) -> usize {
         self.channels.len()
@@ -268,16 +264,16 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
     Ok(Dataset { grid, time, channels, sources, fingerprint })
 }
 
-/// Reads time steps of a [`Dataset`], keeping its files open.
-pub struct StepReader<'a> {
-    dataset: &'a Dataset,
+/// Reads time steps of a [`Dataset`], keeping its files open between reads.
+/// Each thread that reads owns one.
+#[derive(Default)]
+pub struct StepReader {
     files: HashMap<PathBuf, netcdf::File>,
 }
 
-impl StepReader<'_> {
-    /// Reads time step `t` (index on the merged axis) of every channel.
-    pub fn read(&mut self, t: usize) -> anyhow::Result<State> {
-        let ds = self.dataset;
+impl StepReader {
+    /// Reads time step `t` (index on the merged axis) of every channel of `ds`.
+    pub fn read(&mut self, ds: &Dataset, t: usize) -> anyhow::Result<State> {
         let cells = ds.grid.len();
         let mut state = State { values: vec![0.0; ds.num_channels() * cells], valid: vec![false; ds.num_channels() * cells] };
         // Each source is read once per step, for all of its levels, then scattered to channels.

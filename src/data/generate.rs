@@ -9,7 +9,7 @@
 //! a diurnal cycle, so a model must learn both advection and the daily heating.
 
 use std::f64::consts::PI;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use netcdf::Extent;
@@ -238,7 +238,7 @@ pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::R
         crate::bail_input!("the grid would have {nlat} x {nlon} cells; need at least 2 x 2");
     }
     let wave = RossbyHaurwitz::seeded(opts.seed);
-    let tmp = temp_path(path);
+    let tmp = crate::util::temp_path(path);
     let result = write_file(&tmp, opts, &lat, &lon, &wave, start, history);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -246,12 +246,6 @@ pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::R
     }
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move the finished file into place", path.display()))?;
     Ok(std::fs::metadata(path)?.len())
-}
-
-/// `dir/.name.tmp-<pid>`: same directory, so the final rename is atomic.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 fn write_file(

@@ -4,7 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::dataset::Dataset;
+use super::dataset::{Dataset, StepReader};
+use super::samples::{Split, Splits};
 use super::time::format_step;
 use crate::error::InputError;
 
@@ -48,11 +49,38 @@ pub struct VariableReport {
     pub time_note: Option<String>,
 }
 
+/// Samples per split for the window the user asked about.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplesReport {
+    pub input_steps: usize,
+    pub lead_steps: usize,
+    pub train: (usize, usize, usize),
+    pub validation: (usize, usize, usize),
+    pub test: (usize, usize, usize),
+}
+
+impl SamplesReport {
+    pub fn new(splits: &Splits) -> Self {
+        let count = |s: Split| {
+            let r = splits.range(s);
+            (r.start, r.end, splits.samples(s).len())
+        };
+        SamplesReport {
+            input_steps: splits.window.input_steps,
+            lead_steps: splits.window.lead_steps,
+            train: count(Split::Train),
+            validation: count(Split::Validation),
+            test: count(Split::Test),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
     pub grid: GridReport,
     pub time: TimeReport,
     pub variables: Vec<VariableReport>,
+    pub samples: Option<SamplesReport>,
 }
 
 /// Reads every time step once and reports grid, time axis and per-channel statistics.
@@ -62,9 +90,9 @@ pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
     let n = ds.num_channels();
     let (mut count, mut sum, mut sumsq) = (vec![0u64; n], vec![0f64; n], vec![0f64; n]);
     let (mut min, mut max) = (vec![f64::INFINITY; n], vec![f64::NEG_INFINITY; n]);
-    let mut reader = ds.reader();
+    let mut reader = StepReader::default();
     for t in 0..ds.time.len() {
-        let state = reader.read(t)?;
+        let state = reader.read(ds, t)?;
         for c in 0..n {
             for k in c * cells..(c + 1) * cells {
                 if state.valid[k] {
@@ -130,6 +158,7 @@ pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
             calendar: format!("{:?}", ds.time.calendar),
         },
         variables,
+        samples: None,
     })
 }
 
@@ -179,6 +208,14 @@ impl fmt::Display for InspectReport {
                 v.file,
                 v.file_variable,
                 v.dimensions.join(", ")
+            )?;
+        }
+        if let Some(s) = &self.samples {
+            writeln!(
+                f,
+                "samples ({} input steps, lead {}): train {} (steps {}..{}), validation {} (steps {}..{}), test {} (steps {}..{})",
+                s.input_steps, s.lead_steps, s.train.2, s.train.0, s.train.1, s.validation.2, s.validation.0,
+                s.validation.1, s.test.2, s.test.0, s.test.1
             )?;
         }
         for note in self.variables.iter().filter_map(|v| v.time_note.as_ref()).collect::<std::collections::BTreeSet<_>>() {

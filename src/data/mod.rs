@@ -1,13 +1,25 @@
 //! NetCDF files -> merged dataset -> normalised sample windows -> batches.
+//!
+//! [`source`] reads one variable of one file; [`dataset`] merges many on one grid and
+//! time axis; [`samples`] cuts the time axis into windows and splits; [`stats`] holds
+//! the normalisation; [`batch`] assembles batches and [`loader`] reads them ahead.
 
+pub mod batch;
 pub mod dataset;
 pub mod generate;
 pub mod grid;
 pub mod inspect;
+pub mod loader;
+pub mod samples;
 pub mod source;
 pub mod spec;
+pub mod stats;
 pub mod time;
 
-pub use dataset::{Dataset, State};
+pub use batch::Batch;
+pub use dataset::{Dataset, State, StepReader};
 pub use grid::{Grid, Region};
+pub use loader::{BatchLoader, Prefetch};
+pub use samples::{Split, SplitFractions, Splits, WindowSpec};
 pub use spec::{DataSpec, VarPick};
+pub use stats::NormStats;

@@ -1,0 +1,123 @@
+//! Turning sample windows into normalised, masked batches the model consumes.
+//!
+//! Layout is node-major, `[batch, node, feature]`, over the canonical grid's cells,
+//! because the model runs node-wise MLPs and gathers along the node axis.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::dataset::{Dataset, State, StepReader};
+use super::samples::WindowSpec;
+use super::stats::NormStats;
+
+/// A batch of samples, normalised; masked cells hold 0 and a `false` flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `t0` of each sample (index of its last input step on the dataset's time axis).
+    pub t0: Vec<usize>,
+    pub nodes: usize,
+    pub channels: usize,
+    pub input_steps: usize,
+    /// `[batch, node, input_steps * channels]`: `(x - mean) / std`, oldest step first.
+    pub inputs: Vec<f32>,
+    pub input_valid: Vec<bool>,
+    /// `[batch, node, channels]`: residual target `(x[t0 + lead] - x[t0]) / diff_std`.
+    pub targets: Vec<f32>,
+    /// Valid where both the target and the current state are.
+    pub target_valid: Vec<bool>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.t0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.t0.is_empty()
+    }
+
+    /// Input features per node.
+    pub fn input_features(&self) -> usize {
+        self.input_steps * self.channels
+    }
+}
+
+/// Reads the states a batch needs and assembles it. Keeps a few recent states so
+/// that overlapping windows (consecutive samples share `input_steps - 1` states) are
+/// read once; never more than one batch's worth.
+pub struct BatchAssembler {
+    dataset: Arc<Dataset>,
+    stats: Arc<NormStats>,
+    window: WindowSpec,
+    reader: StepReader,
+    recent: VecDeque<(usize, Arc<State>)>,
+    capacity: usize,
+}
+
+impl BatchAssembler {
+    pub fn new(dataset: Arc<Dataset>, stats: Arc<NormStats>, window: WindowSpec, batch_size: usize) -> Self {
+        let capacity = (batch_size * (window.input_steps + 1)).clamp(window.span() + 1, 256);
+        BatchAssembler { dataset, stats, window, reader: StepReader::default(), recent: VecDeque::new(), capacity }
+    }
+
+    fn state(&mut self, t: usize) -> anyhow::Result<Arc<State>> {
+        if let Some((_, s)) = self.recent.iter().find(|(k, _)| *k == t) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.reader.read(&self.dataset, t)?);
+        if self.recent.len() == self.capacity {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((t, s.clone()));
+        Ok(s)
+    }
+
+    /// Assembles the samples ending at each of `t0s`.
+    pub fn assemble(&mut self, t0s: &[usize]) -> anyhow::Result<Batch> {
+        let (cells, nch) = (self.dataset.grid.len(), self.dataset.num_channels());
+        let (steps, lead) = (self.window.input_steps, self.window.lead_steps);
+        let feats = steps * nch;
+        let b = t0s.len();
+        let mut batch = Batch {
+            t0: t0s.to_vec(),
+            nodes: cells,
+            channels: nch,
+            input_steps: steps,
+            inputs: vec![0.0; b * cells * feats],
+            input_valid: vec![false; b * cells * feats],
+            targets: vec![0.0; b * cells * nch],
+            target_valid: vec![false; b * cells * nch],
+        };
+        let stats = self.stats.clone();
+        for (i, &t0) in t0s.iter().enumerate() {
+            for s in 0..steps {
+                let state = self.state(t0 + 1 + s - steps)?;
+                for c in 0..nch {
+                    let (mean, std) = (stats.mean[c] as f32, stats.std[c] as f32);
+                    for k in 0..cells {
+                        let src = c * cells + k;
+                        if state.valid[src] {
+                            let dst = (i * cells + k) * feats + s * nch + c;
+                            batch.inputs[dst] = (state.values[src] - mean) / std;
+                            batch.input_valid[dst] = true;
+                        }
+                    }
+                }
+            }
+            let now = self.state(t0)?;
+            let target = self.state(t0 + lead)?;
+            for c in 0..nch {
+                let scale = stats.diff_std[c] as f32;
+                for k in 0..cells {
+                    let src = c * cells + k;
+                    if target.valid[src] && now.valid[src] {
+                        let dst = (i * cells + k) * nch + c;
+                        batch.targets[dst] = (target.values[src] - now.values[src]) / scale;
+                        batch.target_valid[dst] = true;
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+}

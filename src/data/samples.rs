@@ -1,0 +1,136 @@
+//! Sample windows and the train/validation/test split by time.
+//!
+//! A sample is `input_steps` consecutive states ending at `t0` and the target state
+//! `lead_steps` after `t0`. The time axis is cut into three contiguous blocks and a
+//! window never crosses a cut, so no target of one split is an input of another.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::InputError;
+
+/// How many past states a sample sees and how far ahead its target lies (in time steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    pub input_steps: usize,
+    pub lead_steps: usize,
+}
+
+impl WindowSpec {
+    /// Time steps one sample spans.
+    pub fn span(&self) -> usize {
+        self.input_steps + self.lead_steps
+    }
+}
+
+/// Which block of the time axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Validation,
+    Test,
+}
+
+/// Fractions of the time axis for training and validation; the test block gets the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SplitFractions {
+    pub train: f64,
+    pub validation: f64,
+}
+
+impl Default for SplitFractions {
+    fn default() -> Self {
+        SplitFractions { train: 0.7, validation: 0.15 }
+    }
+}
+
+/// The three time blocks (indices on the dataset's time axis) and the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Splits {
+    pub train: Range<usize>,
+    pub validation: Range<usize>,
+    pub test: Range<usize>,
+    pub window: WindowSpec,
+}
+
+impl Splits {
+    /// Cuts `n_times` steps. Refuses a window that does not fit the training block.
+    pub fn new(n_times: usize, fractions: SplitFractions, window: WindowSpec) -> Result<Splits, InputError> {
+        if window.input_steps == 0 || window.lead_steps == 0 {
+            return Err(InputError("--input-steps and --lead-steps must be at least 1".into()));
+        }
+        let f = fractions;
+        if !(f.train > 0.0 && f.validation >= 0.0 && f.train + f.validation <= 1.0) {
+            return Err(InputError(format!(
+                "split fractions train={} validation={} must be positive and sum to at most 1",
+                f.train, f.validation
+            )));
+        }
+        if n_times < window.span() + 1 {
+            return Err(InputError(format!(
+                "one sample needs {} time steps ({} input + {} lead) but the data has {n_times}",
+                window.span(),
+                window.input_steps,
+                window.lead_steps
+            )));
+        }
+        let a = ((n_times as f64 * f.train).round() as usize).clamp(window.span() + 1, n_times);
+        let b = (a + (n_times as f64 * f.validation).round() as usize).min(n_times);
+        let splits = Splits { train: 0..a, validation: a..b, test: b..n_times, window };
+        for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
+            if splits.samples(split).is_empty() && splits.range(split).len() > 0 {
+                tracing::warn!(
+                    "the {name} block ({} steps) is shorter than one sample window ({} steps): it has no samples",
+                    splits.range(split).len(),
+                    window.span() + 1
+                );
+            }
+        }
+        Ok(splits)
+    }
+
+    pub fn range(&self, split: Split) -> Range<usize> {
+        match split {
+            Split::Train => self.train.clone(),
+            Split::Validation => self.validation.clone(),
+            Split::Test => self.test.clone(),
+        }
+    }
+
+    /// The `t0` (last input step) of every sample inside `split`, in time order.
+    pub fn samples(&self, split: Split) -> Vec<usize> {
+        let r = self.range(split);
+        let first = r.start + self.window.input_steps - 1;
+        let end = r.end.saturating_sub(self.window.lead_steps);
+        (first..end).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_never_cross_splits() {
+        let w = WindowSpec { input_steps: 2, lead_steps: 4 };
+        let s = Splits::new(64, SplitFractions::default(), w).unwrap();
+        for split in [Split::Train, Split::Validation, Split::Test] {
+            let r = s.range(split);
+            for t0 in s.samples(split) {
+                assert!(t0 + 1 >= r.start + w.input_steps && t0 + w.lead_steps < r.end);
+            }
+        }
+        assert_eq!(s.train, 0..45);
+        assert_eq!(s.samples(Split::Train).len(), 45 - 5);
+        assert_eq!(s.test.end, 64);
+    }
+
+    #[test]
+    fn refuses_windows_longer_than_the_data() {
+        let w = WindowSpec { input_steps: 4, lead_steps: 8 };
+        let e = Splits::new(10, SplitFractions::default(), w).unwrap_err();
+        assert!(e.0.contains("needs 12 time steps"), "{}", e.0);
+    }
+}
