@@ -5,6 +5,7 @@ use clap::Args;
 use super::{DataArgs, WindowArgs};
 use crate::data::inspect::{inspect, SamplesReport};
 use crate::data::{Dataset, Splits};
+use crate::error::InputError;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -19,7 +20,8 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&args.data.to_spec())?;
-    let splits = Splits::new(dataset.time.len(), args.window.fractions(), args.window.spec())?;
+    let splits = Splits::new(dataset.time.len(), args.window.fractions(), args.window.spec())
+        .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
     let mut report = inspect(&dataset)?;
     report.samples = Some(SamplesReport::new(&splits));
     if args.json {

@@ -88,6 +88,13 @@ impl Dataset {
         self.channels.len()
     }
 
+    /// The files behind the data, for error messages: `a.nc, b.nc`.
+    pub fn file_list(&self) -> String {
+        let mut names: Vec<String> = self.sources.iter().map(|s| s.path.display().to_string()).collect();
+        names.dedup();
+        names.join(", ")
+    }
+
     pub fn channel_names(&self) -> Vec<String> {
         self.channels.iter().map(|c| c.name.clone()).collect()
     }

@@ -68,7 +68,7 @@ impl Splits {
                 f.train, f.validation
             )));
         }
-        if n_times < window.span() + 1 {
+        if n_times < window.span() {
             return Err(InputError(format!(
                 "one sample needs {} time steps ({} input + {} lead) but the data has {n_times}",
                 window.span(),
@@ -76,7 +76,7 @@ impl Splits {
                 window.lead_steps
             )));
         }
-        let a = ((n_times as f64 * f.train).round() as usize).clamp(window.span() + 1, n_times);
+        let a = ((n_times as f64 * f.train).round() as usize).clamp(window.span(), n_times);
         let b = (a + (n_times as f64 * f.validation).round() as usize).min(n_times);
         let splits = Splits { train: 0..a, validation: a..b, test: b..n_times, window };
         for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
@@ -84,7 +84,7 @@ impl Splits {
                 tracing::warn!(
                     "the {name} block ({} steps) is shorter than one sample window ({} steps): it has no samples",
                     splits.range(split).len(),
-                    window.span() + 1
+                    window.span()
                 );
             }
         }

@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: the real binary, the storm1996 files,
+//! and generated data.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// The `meshcast` binary built by cargo for this test run.
+pub fn meshcast() -> Command {
+    let mut cmd = Command::cargo_bin("meshcast").expect("meshcast binary");
+    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    cmd
+}
+
+/// The storm1996 files: `$MESHCAST_STORM_DIR`, else `../shared/data/storm1996`.
+/// Missing data is a test failure, not a skip: the README's test command fetches it.
+pub fn storm_dir() -> PathBuf {
+    let candidates = [
+        std::env::var_os("MESHCAST_STORM_DIR").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/storm1996")),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-data/storm1996")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("Pstorm.cdf").exists())
+        .expect("storm1996 data not found: run the README's test command (scripts/test.sh), which fetches it, or set MESHCAST_STORM_DIR")
+}
+
+pub fn storm(name: &str) -> String {
+    storm_dir().join(name).display().to_string()
+}
+
+/// The six storm1996 files merged, with the clashing u/v renamed.
+pub fn storm_args() -> Vec<String> {
+    vec![
+        storm("Pstorm.cdf"),
+        storm("Tstorm.cdf"),
+        "--var".into(),
+        format!("{}:u=u10", storm("Ustorm.cdf")),
+        "--var".into(),
+        format!("{}:v=v10", storm("Vstorm.cdf")),
+        "--var".into(),
+        format!("{}:u=u500", storm("U500storm.cdf")),
+        "--var".into(),
+        format!("{}:v=v500", storm("V500storm.cdf")),
+    ]
+}
+
+/// Runs `meshcast generate-data -o DIR/NAME ARGS...` and returns the path.
+pub fn generate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    meshcast().arg("-q").arg("generate-data").arg("-o").arg(&path).args(args).assert().success();
+    path
+}
+
+/// Runs inspect-data --json and parses the report.
+pub fn inspect_json(args: &[String]) -> serde_json::Value {
+    let out = meshcast().arg("-q").arg("inspect-data").arg("--json").args(args).output().unwrap();
+    assert!(out.status.success(), "inspect-data failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// Asserts a bad-input run: exit code 2, exactly one line on stderr starting with
+/// `error:`, mentioning every `needles`, no panic or backtrace.
+pub fn assert_bad_input(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
+    }
+}
