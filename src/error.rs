@@ -28,5 +28,6 @@ macro_rules! bail_input {
 
 /// True when any error in the chain is an [`InputError`].
 pub fn is_input_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.downcast_ref::<InputError>().is_some())
+    err.chain()
+        .any(|e| e.downcast_ref::<InputError>().is_some())
 }

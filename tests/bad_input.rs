@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use common::*;
 
 fn inspect(args: &[&str]) -> std::process::Output {
-    meshcast().arg("-q").arg("inspect-data").args(args).output().unwrap()
+    meshcast()
+        .arg("-q")
+        .arg("inspect-data")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -17,7 +22,13 @@ fn s(p: &Path) -> &str {
 
 /// A small CF file written with the netcdf crate: `var(time, lat, lon)` with the given
 /// time values and data (missing cells as `fill`).
-fn write_cf(path: &Path, times: &[f64], nlat: usize, nlon: usize, value: impl Fn(usize, usize) -> f32) -> PathBuf {
+fn write_cf(
+    path: &Path,
+    times: &[f64],
+    nlat: usize,
+    nlon: usize,
+    value: impl Fn(usize, usize) -> f32,
+) -> PathBuf {
     let mut f = netcdf::create(path).unwrap();
     f.add_dimension("time", times.len()).unwrap();
     f.add_dimension("lat", nlat).unwrap();
@@ -36,7 +47,9 @@ fn write_cf(path: &Path, times: &[f64], nlat: usize, nlon: usize, value: impl Fn
     let mut v = f.add_variable::<f32>("x", &["time", "lat", "lon"]).unwrap();
     v.put_attribute("_FillValue", -999.0f32).unwrap();
     v.put_attribute("units", "K").unwrap();
-    let data: Vec<f32> = (0..times.len() * nlat * nlon).map(|k| value(k / (nlat * nlon), k % (nlat * nlon))).collect();
+    let data: Vec<f32> = (0..times.len() * nlat * nlon)
+        .map(|k| value(k / (nlat * nlon), k % (nlat * nlon)))
+        .collect();
     v.put_values(&data, ..).unwrap();
     path.to_path_buf()
 }
@@ -59,14 +72,21 @@ fn file_that_is_not_netcdf() {
 fn truncated_netcdf_files() {
     let dir = tempfile::tempdir().unwrap();
     for format in ["netcdf4", "classic"] {
-        let full = generate(dir.path(), &format!("full-{format}.nc"), &["--steps", "4", "--format", format]);
+        let full = generate(
+            dir.path(),
+            &format!("full-{format}.nc"),
+            &["--steps", "4", "--format", format],
+        );
         let bytes = std::fs::read(&full).unwrap();
         let cut = dir.path().join(format!("cut-{format}.nc"));
         std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
         let out = inspect(&[s(&cut)]);
         assert_bad_input(&out, &[&format!("cut-{format}.nc")]);
         let line = String::from_utf8_lossy(&out.stderr);
-        assert!(line.contains("truncated") || line.contains("cannot read"), "{line}");
+        assert!(
+            line.contains("truncated") || line.contains("cannot read"),
+            "{line}"
+        );
     }
 }
 
@@ -85,9 +105,15 @@ fn no_recognizable_latitude_longitude() {
     f.add_dimension("time", 4).unwrap();
     f.add_dimension("y", 3).unwrap();
     f.add_dimension("x", 5).unwrap();
-    f.add_variable::<f32>("field", &["time", "y", "x"]).unwrap().put_values(&[1.0f32; 60], ..).unwrap();
+    f.add_variable::<f32>("field", &["time", "y", "x"])
+        .unwrap()
+        .put_values(&[1.0f32; 60], ..)
+        .unwrap();
     drop(f);
-    assert_bad_input(&inspect(&["--var", &format!("{}:field", s(&p))]), &["xy.nc", "no recognizable latitude/longitude"]);
+    assert_bad_input(
+        &inspect(&["--var", &format!("{}:field", s(&p))]),
+        &["xy.nc", "no recognizable latitude/longitude"],
+    );
     assert_bad_input(&inspect(&[s(&p)]), &["xy.nc", "latitude/longitude"]);
 }
 
@@ -105,7 +131,10 @@ fn unstructured_grid() {
     v.put_attribute("units", "radian").unwrap();
     v.put_attribute("standard_name", "latitude").unwrap();
     v.put_values(&[0.1f64; 20], ..).unwrap();
-    f.add_variable::<f32>("temp", &["time", "ncells"]).unwrap().put_values(&[280.0f32; 60], ..).unwrap();
+    f.add_variable::<f32>("temp", &["time", "ncells"])
+        .unwrap()
+        .put_values(&[280.0f32; 60], ..)
+        .unwrap();
     drop(f);
     let out = inspect(&["--var", &format!("{}:temp", s(&p))]);
     assert_bad_input(&out, &["icon.nc", "unstructured grid", "ncells"]);
@@ -116,7 +145,12 @@ fn grids_that_do_not_match() {
     let dir = tempfile::tempdir().unwrap();
     let a = generate(dir.path(), "a.nc", &["--resolution", "5", "--steps", "4"]);
     let b = generate(dir.path(), "b.nc", &["--resolution", "2.5", "--steps", "4"]);
-    let out = inspect(&["--var", &format!("{}:z", s(&a)), "--var", &format!("{}:u", s(&b))]);
+    let out = inspect(&[
+        "--var",
+        &format!("{}:z", s(&a)),
+        "--var",
+        &format!("{}:u", s(&b)),
+    ]);
     assert_bad_input(&out, &["a.nc", "b.nc", "grids do not match"]);
 }
 
@@ -125,7 +159,12 @@ fn time_axes_that_do_not_match() {
     let dir = tempfile::tempdir().unwrap();
     let a = generate(dir.path(), "a.nc", &["--steps", "4"]);
     let b = generate(dir.path(), "b.nc", &["--steps", "4", "--step-hours", "3"]);
-    let out = inspect(&["--var", &format!("{}:z", s(&a)), "--var", &format!("{}:u", s(&b))]);
+    let out = inspect(&[
+        "--var",
+        &format!("{}:z", s(&a)),
+        "--var",
+        &format!("{}:u", s(&b)),
+    ]);
     assert_bad_input(&out, &["a.nc", "b.nc", "time axes do not match"]);
 }
 
@@ -146,14 +185,26 @@ fn fewer_time_steps_than_one_window() {
 #[test]
 fn all_missing_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_cf(&dir.path().join("empty.nc"), &[0.0, 6.0, 12.0, 18.0], 4, 5, |_, _| -999.0);
+    let p = write_cf(
+        &dir.path().join("empty.nc"),
+        &[0.0, 6.0, 12.0, 18.0],
+        4,
+        5,
+        |_, _| -999.0,
+    );
     assert_bad_input(&inspect(&[s(&p)]), &["empty.nc", "'x'", "no valid value"]);
 }
 
 #[test]
 fn time_axis_not_monotonic() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_cf(&dir.path().join("shuffled.nc"), &[0.0, 12.0, 6.0, 18.0], 4, 5, |t, k| (t * 100 + k) as f32);
+    let p = write_cf(
+        &dir.path().join("shuffled.nc"),
+        &[0.0, 12.0, 6.0, 18.0],
+        4,
+        5,
+        |t, k| (t * 100 + k) as f32,
+    );
     assert_bad_input(&inspect(&[s(&p)]), &["shuffled.nc", "not monotonic"]);
 }
 
@@ -173,7 +224,8 @@ fn multi_level_variable_needs_levels() {
     f.add_dimension("latitude", 3).unwrap();
     f.add_dimension("longitude", 4).unwrap();
     let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
-    t.put_attribute("units", "hours since 1900-01-01 00:00:00.0").unwrap();
+    t.put_attribute("units", "hours since 1900-01-01 00:00:00.0")
+        .unwrap();
     t.put_attribute("calendar", "gregorian").unwrap();
     t.put_values(&[876_576i32, 876_582, 876_588], ..).unwrap();
     let mut v = f.add_variable::<i32>("level", &["level"]).unwrap();
@@ -186,19 +238,35 @@ fn multi_level_variable_needs_levels() {
     v.put_attribute("units", "degrees_east").unwrap();
     v.put_values(&[0.0f32, 90.0, 180.0, 270.0], ..).unwrap();
     let data: Vec<i16> = (0..3 * 2 * 3 * 4).map(|k| k as i16).collect();
-    let mut v = f.add_variable::<i16>("t", &["time", "level", "latitude", "longitude"]).unwrap();
+    let mut v = f
+        .add_variable::<i16>("t", &["time", "level", "latitude", "longitude"])
+        .unwrap();
     v.put_attribute("scale_factor", 0.5f64).unwrap();
     v.put_attribute("add_offset", 250.0f64).unwrap();
     v.put_values(&data, ..).unwrap();
     drop(f);
     assert_bad_input(&inspect(&[s(&p)]), &["plev.nc", "2 levels", "--levels"]);
     // With --levels it loads: one channel per level, scale/offset applied, grid global.
-    let r = inspect_json(&[s(&p).into(), "--levels".into(), "850,500".into(), "--input-steps".into(), "1".into()]);
-    let names: Vec<&str> = r["variables"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let r = inspect_json(&[
+        s(&p).into(),
+        "--levels".into(),
+        "850,500".into(),
+        "--input-steps".into(),
+        "1".into(),
+    ]);
+    let names: Vec<&str> = r["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["t850", "t500"]);
     assert_eq!(r["grid"]["global"], true);
     assert_eq!(r["time"]["start"], "2000-01-01 00:00");
     // Level 500 is the first of two levels: raw values k with k%24 in 0..12, decoded 250 + k/2.
     assert!(r["variables"][1]["min"].as_f64().unwrap() >= 250.0);
-    assert_bad_input(&inspect(&[s(&p), "--levels", "700"]), &["plev.nc", "no level 700"]);
+    assert_bad_input(
+        &inspect(&[s(&p), "--levels", "700"]),
+        &["plev.nc", "no level 700"],
+    );
 }

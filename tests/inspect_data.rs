@@ -25,13 +25,20 @@ fn storm1996_merged_with_renaming() {
     let expected = [14336.0, 15300.0, 14336.0, 16264.0, 14336.0, 15300.0];
     for (v, cells) in vars.iter().zip(expected) {
         let frac = v["fill_fraction"].as_f64().unwrap();
-        assert!((frac - cells / 76032.0).abs() < 1e-9, "{}: {frac}", v["name"]);
+        assert!(
+            (frac - cells / 76032.0).abs() < 1e-9,
+            "{}: {frac}",
+            v["name"]
+        );
     }
     let p = &vars[0];
     assert!((p["fill_fraction"].as_f64().unwrap() * 100.0 - 18.9).abs() < 0.05);
     // Sea-level pressure in Pa, never the -9999 fill value.
     assert!(p["min"].as_f64().unwrap() > 90_000.0 && p["max"].as_f64().unwrap() < 110_000.0);
-    assert!(vars[1]["min"].as_f64().unwrap() > 200.0, "temperature in K, fill excluded");
+    assert!(
+        vars[1]["min"].as_f64().unwrap() > 200.0,
+        "temperature in K, fill excluded"
+    );
     assert!(vars[0]["time_note"].as_str().unwrap().contains("not CF"));
 }
 
@@ -43,7 +50,10 @@ fn storm1996_table_names_the_non_cf_time_and_region_subset() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("grid: 17 x 21 (regional)"), "{stdout}");
-    assert!(stdout.contains("64 steps every 6 h from 1996-01-05 00:00"), "{stdout}");
+    assert!(
+        stdout.contains("64 steps every 6 h from 1996-01-05 00:00"),
+        "{stdout}"
+    );
     assert!(stdout.contains("not CF"), "{stdout}");
 }
 

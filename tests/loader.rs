@@ -7,14 +7,36 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
-use meshcast::data::{BatchLoader, DataSpec, Dataset, NormStats, Prefetch, Split, SplitFractions, Splits, StepReader, WindowSpec};
+use meshcast::data::{
+    BatchLoader, DataSpec, Dataset, NormStats, Prefetch, Split, SplitFractions, Splits, StepReader,
+    WindowSpec,
+};
 
 fn regional(dir: &std::path::Path) -> PathBuf {
-    generate(dir, "r.nc", &["--resolution", "2.5", "--region", "20,60,-140,-50", "--fill-corners", "0.2", "--steps", "40"])
+    generate(
+        dir,
+        "r.nc",
+        &[
+            "--resolution",
+            "2.5",
+            "--region",
+            "20,60,-140,-50",
+            "--fill-corners",
+            "0.2",
+            "--steps",
+            "40",
+        ],
+    )
 }
 
 fn setup(path: PathBuf, window: WindowSpec) -> (Arc<Dataset>, Splits, Arc<NormStats>) {
-    let ds = Arc::new(Dataset::open(&DataSpec { files: vec![path], ..Default::default() }).unwrap());
+    let ds = Arc::new(
+        Dataset::open(&DataSpec {
+            files: vec![path],
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     let splits = Splits::new(ds.time.len(), SplitFractions::default(), window).unwrap();
     let stats = Arc::new(NormStats::compute(&ds, &splits).unwrap());
     (ds, splits, stats)
@@ -23,7 +45,13 @@ fn setup(path: PathBuf, window: WindowSpec) -> (Arc<Dataset>, Splits, Arc<NormSt
 #[test]
 fn statistics_come_from_the_training_block_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (ds, splits, stats) = setup(regional(dir.path()), WindowSpec { input_steps: 2, lead_steps: 1 });
+    let (ds, splits, stats) = setup(
+        regional(dir.path()),
+        WindowSpec {
+            input_steps: 2,
+            lead_steps: 1,
+        },
+    );
     assert_eq!(splits.train, 0..28);
     // Recompute the mean of channel 0 by hand over the training steps' valid cells.
     let mut reader = StepReader::default();
@@ -40,19 +68,33 @@ fn statistics_come_from_the_training_block_only() {
     }
     assert!((stats.mean[0] - sum / n as f64).abs() < 1e-6 * stats.std[0]);
     // Over all steps the mean differs: the split matters.
-    let all = Splits::new(ds.time.len(), SplitFractions { train: 1.0, validation: 0.0 }, splits.window).unwrap();
+    let all = Splits::new(
+        ds.time.len(),
+        SplitFractions {
+            train: 1.0,
+            validation: 0.0,
+        },
+        splits.window,
+    )
+    .unwrap();
     let all_stats = NormStats::compute(&ds, &all).unwrap();
     assert_ne!(all_stats.mean[0], stats.mean[0]);
     // Saved and loaded back identically, and reused for the same data.
     let path = dir.path().join("stats.json");
     stats.save(&path).unwrap();
-    assert_eq!(NormStats::load_or_compute(&path, &ds, &splits).unwrap(), *stats);
+    assert_eq!(
+        NormStats::load_or_compute(&path, &ds, &splits).unwrap(),
+        *stats
+    );
 }
 
 #[test]
 fn batches_are_normalised_and_masked_never_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let window = WindowSpec { input_steps: 2, lead_steps: 2 };
+    let window = WindowSpec {
+        input_steps: 2,
+        lead_steps: 2,
+    };
     let (ds, splits, stats) = setup(regional(dir.path()), window);
     let order = splits.samples(Split::Train);
     let loader = BatchLoader::new(ds.clone(), stats, window, &order, 4, Prefetch::Off).unwrap();
@@ -60,7 +102,10 @@ fn batches_are_normalised_and_masked_never_nan() {
     let mut sum_sq = 0.0f64;
     for batch in loader {
         let b = batch.unwrap();
-        assert_eq!(b.inputs.len(), b.len() * ds.grid.len() * 2 * ds.num_channels());
+        assert_eq!(
+            b.inputs.len(),
+            b.len() * ds.grid.len() * 2 * ds.num_channels()
+        );
         for (x, ok) in b.inputs.iter().zip(&b.input_valid) {
             assert!(x.is_finite());
             total += 1;
@@ -78,19 +123,30 @@ fn batches_are_normalised_and_masked_never_nan() {
     let frac = masked as f64 / total as f64;
     assert!((0.1..0.35).contains(&frac), "masked fraction {frac}");
     let rms = (sum_sq / (total - masked) as f64).sqrt();
-    assert!((0.5..1.5).contains(&rms), "normalised inputs have rms {rms}");
+    assert!(
+        (0.5..1.5).contains(&rms),
+        "normalised inputs have rms {rms}"
+    );
 }
 
 #[test]
 fn prefetch_gives_the_same_batches_as_in_line_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let window = WindowSpec { input_steps: 3, lead_steps: 1 };
+    let window = WindowSpec {
+        input_steps: 3,
+        lead_steps: 1,
+    };
     let (ds, splits, stats) = setup(regional(dir.path()), window);
     let mut order = splits.samples(Split::Train);
     order.reverse();
-    let a: Vec<_> =
-        BatchLoader::new(ds.clone(), stats.clone(), window, &order, 3, Prefetch::Off).unwrap().map(Result::unwrap).collect();
-    let b: Vec<_> = BatchLoader::new(ds, stats, window, &order, 3, Prefetch::Buffer(2)).unwrap().map(Result::unwrap).collect();
+    let a: Vec<_> = BatchLoader::new(ds.clone(), stats.clone(), window, &order, 3, Prefetch::Off)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let b: Vec<_> = BatchLoader::new(ds, stats, window, &order, 3, Prefetch::Buffer(2))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(a.len(), order.len().div_ceil(3));
     assert_eq!(a, b);
 }
@@ -99,12 +155,23 @@ fn prefetch_gives_the_same_batches_as_in_line_reading() {
 fn loader_errors_reach_the_consumer_with_context_and_dropping_stops_the_thread() {
     let dir = tempfile::tempdir().unwrap();
     let path = regional(dir.path());
-    let window = WindowSpec { input_steps: 2, lead_steps: 1 };
+    let window = WindowSpec {
+        input_steps: 2,
+        lead_steps: 1,
+    };
     let (ds, splits, stats) = setup(path.clone(), window);
     let order = splits.samples(Split::Train);
 
     // Dropping after one batch joins the background thread (a hang would fail the test run).
-    let mut loader = BatchLoader::new(ds.clone(), stats.clone(), window, &order, 2, Prefetch::Buffer(1)).unwrap();
+    let mut loader = BatchLoader::new(
+        ds.clone(),
+        stats.clone(),
+        window,
+        &order,
+        2,
+        Prefetch::Buffer(1),
+    )
+    .unwrap();
     assert!(loader.next().unwrap().is_ok());
     drop(loader);
 
@@ -113,6 +180,9 @@ fn loader_errors_reach_the_consumer_with_context_and_dropping_stops_the_thread()
     let mut loader = BatchLoader::new(ds, stats, window, &order, 2, Prefetch::Buffer(2)).unwrap();
     let err = loader.next().unwrap().unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("r.nc") && text.contains("loading the batch"), "{text}");
+    assert!(
+        text.contains("r.nc") && text.contains("loading the batch"),
+        "{text}"
+    );
     assert!(loader.next().is_none(), "the loader stops after an error");
 }

@@ -57,10 +57,16 @@ pub struct WindowArgs {
 
 impl WindowArgs {
     pub fn spec(&self) -> WindowSpec {
-        WindowSpec { input_steps: self.input_steps, lead_steps: self.lead_steps }
+        WindowSpec {
+            input_steps: self.input_steps,
+            lead_steps: self.lead_steps,
+        }
     }
 
     pub fn fractions(&self) -> SplitFractions {
-        SplitFractions { train: self.train_fraction, validation: self.validation_fraction }
+        SplitFractions {
+            train: self.train_fraction,
+            validation: self.validation_fraction,
+        }
     }
 }

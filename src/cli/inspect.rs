@@ -20,8 +20,12 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&args.data.to_spec())?;
-    let splits = Splits::new(dataset.time.len(), args.window.fractions(), args.window.spec())
-        .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
+    let splits = Splits::new(
+        dataset.time.len(),
+        args.window.fractions(),
+        args.window.spec(),
+    )
+    .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
     let mut report = inspect(&dataset)?;
     report.samples = Some(SamplesReport::new(&splits));
     if args.json {

@@ -55,9 +55,21 @@ pub struct BatchAssembler {
 }
 
 impl BatchAssembler {
-    pub fn new(dataset: Arc<Dataset>, stats: Arc<NormStats>, window: WindowSpec, batch_size: usize) -> Self {
+    pub fn new(
+        dataset: Arc<Dataset>,
+        stats: Arc<NormStats>,
+        window: WindowSpec,
+        batch_size: usize,
+    ) -> Self {
         let capacity = (batch_size * (window.input_steps + 1)).clamp(window.span() + 1, 256);
-        BatchAssembler { dataset, stats, window, reader: StepReader::default(), recent: VecDeque::new(), capacity }
+        BatchAssembler {
+            dataset,
+            stats,
+            window,
+            reader: StepReader::default(),
+            recent: VecDeque::new(),
+            capacity,
+        }
     }
 
     fn state(&mut self, t: usize) -> anyhow::Result<Arc<State>> {

@@ -73,9 +73,18 @@ impl Dataset {
         }
         for pick in &spec.vars {
             let file = open_file(&pick.path)?;
-            sources.push(describe_variable(&file, &pick.path, &pick.name, pick.alias.as_deref(), &opts)?);
+            sources.push(describe_variable(
+                &file,
+                &pick.path,
+                &pick.name,
+                pick.alias.as_deref(),
+                &opts,
+            )?);
         }
-        let notes: std::collections::BTreeSet<&str> = sources.iter().filter_map(|s| s.time_note.as_deref()).collect();
+        let notes: std::collections::BTreeSet<&str> = sources
+            .iter()
+            .filter_map(|s| s.time_note.as_deref())
+            .collect();
         for note in notes {
             tracing::info!("{note}");
         }
@@ -83,14 +92,17 @@ impl Dataset {
         merge(sources, fingerprint)
     }
 
-
     pub fn num_channels(&self) -> usize {
         self.channels.len()
     }
 
     /// The files behind the data, for error messages: `a.nc, b.nc`.
     pub fn file_list(&self) -> String {
-        let mut names: Vec<String> = self.sources.iter().map(|s| s.path.display().to_string()).collect();
+        let mut names: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
         names.dedup();
         names.join(", ")
     }
@@ -107,9 +119,16 @@ impl Dataset {
             self.channel_names().join(", "),
             self.grid.nlat(),
             self.grid.nlon(),
-            if self.grid.global { "global" } else { "regional" },
+            if self.grid.global {
+                "global"
+            } else {
+                "regional"
+            },
             self.time.len(),
-            self.time.step_seconds().map(format_step).unwrap_or_else(|| "-".into()),
+            self.time
+                .step_seconds()
+                .map(format_step)
+                .unwrap_or_else(|| "-".into()),
             self.time.datetime(0)
         )
     }
@@ -117,13 +136,19 @@ impl Dataset {
 
 fn explain_no_gridded(file: &netcdf::File) -> String {
     // Let describe_variable say why the first multi-dimensional variable is not usable.
-    let candidate = file.variables().find(|v| v.dimensions().len() >= 2).map(|v| v.name());
+    let candidate = file
+        .variables()
+        .find(|v| v.dimensions().len() >= 2)
+        .map(|v| v.name());
     match candidate {
-        Some(name) => match describe_variable(file, Path::new(""), &name, None, &Default::default()) {
-            Err(e) => e.0.trim_start_matches(": ").to_string(),
-            Ok(_) => "no gridded variables".to_string(),
-        },
-        None => "no gridded variables (nothing with latitude, longitude and time dimensions)".to_string(),
+        Some(name) => {
+            match describe_variable(file, Path::new(""), &name, None, &Default::default()) {
+                Err(e) => e.0.trim_start_matches(": ").to_string(),
+                Ok(_) => "no gridded variables".to_string(),
+            }
+        }
+        None => "no gridded variables (nothing with latitude, longitude and time dimensions)"
+            .to_string(),
     }
 }
 
@@ -136,7 +161,10 @@ fn fingerprint(spec: &DataSpec, sources: &[SourceVariable]) -> String {
         h.update(p.to_string_lossy().as_bytes());
         if let Ok(meta) = std::fs::metadata(p) {
             h.update(meta.len().to_le_bytes());
-            if let Ok(m) = meta.modified().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other)) {
+            if let Ok(m) = meta.modified().and_then(|m| {
+                m.duration_since(std::time::UNIX_EPOCH)
+                    .map_err(std::io::Error::other)
+            }) {
                 h.update(m.as_nanos().to_le_bytes());
             }
         }
@@ -150,17 +178,27 @@ fn describe_axis(s: &SourceVariable) -> String {
         "{} steps from {} every {}",
         t.len(),
         t.datetime(0),
-        t.step_seconds().map(format_step).unwrap_or_else(|| "-".into())
+        t.step_seconds()
+            .map(format_step)
+            .unwrap_or_else(|| "-".into())
     )
 }
 
 /// Checks every source against the first grid, concatenates same-named sources along
 /// time, and requires one common time axis.
 fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Dataset> {
-    let first = sources.first().ok_or_else(|| InputError("no variables found".into()))?;
-    let grid = Grid { lat: first.lat.values.clone(), lon: first.lon.values.clone(), global: first.global };
+    let first = sources
+        .first()
+        .ok_or_else(|| InputError("no variables found".into()))?;
+    let grid = Grid {
+        lat: first.lat.values.clone(),
+        lon: first.lon.values.clone(),
+        global: first.global,
+    };
     for s in &sources[1..] {
-        let same = |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        let same = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+        };
         if !same(&s.lat.values, &grid.lat) || !same(&s.lon.values, &grid.lon) {
             return Err(InputError(format!(
                 "{} and {}: grids do not match ({} x {} vs {} x {}, lat {:.3}..{:.3} vs {:.3}..{:.3}, lon {:.3}..{:.3} vs {:.3}..{:.3})",
@@ -229,10 +267,16 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
                 .into());
             }
         }
-        let instants: Vec<_> = members.iter().flat_map(|&i| sources[i].time.instants.iter().copied()).collect();
+        let instants: Vec<_> = members
+            .iter()
+            .flat_map(|&i| sources[i].time.instants.iter().copied())
+            .collect();
         group_axes.push(instants);
     }
-    let time = TimeAxis { calendar: first.time.calendar, instants: group_axes[0].clone() };
+    let time = TimeAxis {
+        calendar: first.time.calendar,
+        instants: group_axes[0].clone(),
+    };
     for (g, axis) in group_axes.iter().enumerate().skip(1) {
         if *axis != time.instants {
             let a = &sources[groups[0].1[0]];
@@ -257,18 +301,35 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
         let mut parts_per_level: Vec<Vec<ChannelPart>> = vec![Vec::new(); lead.num_channels()];
         for &m in members {
             for (level, parts) in parts_per_level.iter_mut().enumerate() {
-                parts.push(ChannelPart { source: m, level, time_offset: offset });
+                parts.push(ChannelPart {
+                    source: m,
+                    level,
+                    time_offset: offset,
+                });
             }
             offset += sources[m].time.len();
         }
         for (name, parts) in lead.channel_names().into_iter().zip(parts_per_level) {
             if channels.iter().any(|c| c.name == name) {
-                crate::bail_input!("two channels are called '{name}': rename one with --var FILE:NAME=ALIAS");
+                crate::bail_input!(
+                    "two channels are called '{name}': rename one with --var FILE:NAME=ALIAS"
+                );
             }
-            channels.push(Channel { name, units: lead.units.clone(), long_name: lead.long_name.clone(), parts });
+            channels.push(Channel {
+                name,
+                units: lead.units.clone(),
+                long_name: lead.long_name.clone(),
+                parts,
+            });
         }
     }
-    Ok(Dataset { grid, time, channels, sources, fingerprint })
+    Ok(Dataset {
+        grid,
+        time,
+        channels,
+        sources,
+        fingerprint,
+    })
 }
 
 /// Reads time steps of a [`Dataset`], keeping its files open between reads.
@@ -282,7 +343,10 @@ impl StepReader {
     /// Reads time step `t` (index on the merged axis) of every channel of `ds`.
     pub fn read(&mut self, ds: &Dataset, t: usize) -> anyhow::Result<State> {
         let cells = ds.grid.len();
-        let mut state = State { values: vec![0.0; ds.num_channels() * cells], valid: vec![false; ds.num_channels() * cells] };
+        let mut state = State {
+            values: vec![0.0; ds.num_channels() * cells],
+            valid: vec![false; ds.num_channels() * cells],
+        };
         // Each source is read once per step, for all of its levels, then scattered to channels.
         let mut done: Vec<usize> = Vec::new();
         for channel in &ds.channels {
@@ -299,7 +363,10 @@ impl StepReader {
             let source = &ds.sources[part.source];
             let local_t = t - part.time_offset;
             if local_t >= source.time.len() {
-                anyhow::bail!("time step {t} is outside the data of {}", source.path.display());
+                anyhow::bail!(
+                    "time step {t} is outside the data of {}",
+                    source.path.display()
+                );
             }
             let n = source.num_channels();
             let mut values = vec![0.0f32; n * cells];
@@ -312,7 +379,10 @@ impl StepReader {
             for (c, target) in ds.channels.iter().enumerate() {
                 for p in &target.parts {
                     if p.source == part.source {
-                        let (src, dst) = (p.level * cells..(p.level + 1) * cells, c * cells..(c + 1) * cells);
+                        let (src, dst) = (
+                            p.level * cells..(p.level + 1) * cells,
+                            c * cells..(c + 1) * cells,
+                        );
                         state.values[dst.clone()].copy_from_slice(&values[src.clone()]);
                         state.valid[dst].copy_from_slice(&valid[src]);
                     }

@@ -86,13 +86,18 @@ mod optional_region {
 
     pub fn serialize<S: Serializer>(r: &Option<Region>, s: S) -> Result<S::Ok, S::Error> {
         match r {
-            Some(r) => s.serialize_str(&format!("{},{},{},{}", r.lat_min, r.lat_max, r.lon_min, r.lon_max)),
+            Some(r) => s.serialize_str(&format!(
+                "{},{},{},{}",
+                r.lat_min, r.lat_max, r.lon_min, r.lon_max
+            )),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Region>, D::Error> {
-        Option::<String>::deserialize(d)?.map(|s| s.parse().map_err(D::Error::custom)).transpose()
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .transpose()
     }
 }
 
@@ -138,8 +143,14 @@ impl RossbyHaurwitz {
         let u = a * w * c + a * k * c.powf(r - 1.0) * (r * s * s - c * c) * lam.cos();
         let v = -a * k * r * c.powf(r - 1.0) * s * lam.sin();
         let big_a = 0.5 * w * (2.0 * OMEGA + w) * c * c
-            + 0.25 * k * k * c.powf(2.0 * r - 2.0) * ((r + 1.0) * c.powi(4) + (2.0 * r * r - r - 2.0) * c * c - 2.0 * r * r);
-        let big_b = 2.0 * (OMEGA + w) * k / ((r + 1.0) * (r + 2.0)) * cr * ((r * r + 2.0 * r + 2.0) - (r + 1.0).powi(2) * c * c);
+            + 0.25
+                * k
+                * k
+                * c.powf(2.0 * r - 2.0)
+                * ((r + 1.0) * c.powi(4) + (2.0 * r * r - r - 2.0) * c * c - 2.0 * r * r);
+        let big_b = 2.0 * (OMEGA + w) * k / ((r + 1.0) * (r + 2.0))
+            * cr
+            * ((r * r + 2.0 * r + 2.0) - (r + 1.0).powi(2) * c * c);
         let big_c = 0.25 * k * k * cr * cr * ((r + 1.0) * c * c - (r + 2.0));
         let h = self.h0 + a * a / GRAVITY * (big_a + big_b * lam.cos() + big_c * (2.0 * lam).cos());
         (u, v, h)
@@ -150,7 +161,11 @@ impl RossbyHaurwitz {
         let (r, w, k, a) = (self.wavenumber, self.omega, self.k, EARTH_RADIUS);
         let c = phi.cos().max(0.0);
         let big_a = 0.5 * w * (2.0 * OMEGA + w) * c * c
-            + 0.25 * k * k * c.powf(2.0 * r - 2.0) * ((r + 1.0) * c.powi(4) + (2.0 * r * r - r - 2.0) * c * c - 2.0 * r * r);
+            + 0.25
+                * k
+                * k
+                * c.powf(2.0 * r - 2.0)
+                * ((r + 1.0) * c.powi(4) + (2.0 * r * r - r - 2.0) * c * c - 2.0 * r * r);
         self.h0 + a * a / GRAVITY * big_a
     }
 }
@@ -166,11 +181,41 @@ struct VarDef {
 }
 
 const VARIABLES: [VarDef; 5] = [
-    VarDef { name: "z", standard_name: "geopotential_height", long_name: "geopotential height (barotropic layer)", units: "m", range: (7000.0, 11000.0) },
-    VarDef { name: "u", standard_name: "eastward_wind", long_name: "eastward wind", units: "m s-1", range: (-150.0, 150.0) },
-    VarDef { name: "v", standard_name: "northward_wind", long_name: "northward wind", units: "m s-1", range: (-150.0, 150.0) },
-    VarDef { name: "t2m", standard_name: "air_temperature", long_name: "near-surface air temperature", units: "K", range: (180.0, 340.0) },
-    VarDef { name: "msl", standard_name: "air_pressure_at_mean_sea_level", long_name: "mean sea-level pressure", units: "Pa", range: (90000.0, 110000.0) },
+    VarDef {
+        name: "z",
+        standard_name: "geopotential_height",
+        long_name: "geopotential height (barotropic layer)",
+        units: "m",
+        range: (7000.0, 11000.0),
+    },
+    VarDef {
+        name: "u",
+        standard_name: "eastward_wind",
+        long_name: "eastward wind",
+        units: "m s-1",
+        range: (-150.0, 150.0),
+    },
+    VarDef {
+        name: "v",
+        standard_name: "northward_wind",
+        long_name: "northward wind",
+        units: "m s-1",
+        range: (-150.0, 150.0),
+    },
+    VarDef {
+        name: "t2m",
+        standard_name: "air_temperature",
+        long_name: "near-surface air temperature",
+        units: "K",
+        range: (180.0, 340.0),
+    },
+    VarDef {
+        name: "msl",
+        standard_name: "air_pressure_at_mean_sea_level",
+        long_name: "mean sea-level pressure",
+        units: "Pa",
+        range: (90000.0, 110000.0),
+    },
 ];
 
 /// Names of the variables [`generate`] writes.
@@ -185,7 +230,10 @@ fn axes(opts: &GenerateOptions) -> (Vec<f64>, Vec<f64>) {
         None => {
             let nlat = (180.0 / d).round() as usize;
             let nlon = (360.0 / d).round() as usize;
-            ((0..nlat).map(|i| 90.0 - (i as f64 + 0.5) * d).collect(), (0..nlon).map(|j| (j as f64 + 0.5) * d).collect())
+            (
+                (0..nlat).map(|i| 90.0 - (i as f64 + 0.5) * d).collect(),
+                (0..nlon).map(|j| (j as f64 + 0.5) * d).collect(),
+            )
         }
         Some(r) => {
             let width = (r.lon_max - r.lon_min).rem_euclid(360.0);
@@ -207,12 +255,17 @@ fn in_corner(i: usize, j: usize, nlat: usize, nlon: usize, fraction: f64) -> boo
     let c = (fraction / 2.0).sqrt();
     let y = i as f64 / (nlat - 1).max(1) as f64;
     let x = j as f64 / (nlon - 1).max(1) as f64;
-    [x + y, 1.0 - x + y, x + 1.0 - y, 2.0 - x - y].iter().any(|&d| d < c)
+    [x + y, 1.0 - x + y, x + 1.0 - y, 2.0 - x - y]
+        .iter()
+        .any(|&d| d < c)
 }
 
 fn validate(opts: &GenerateOptions) -> anyhow::Result<()> {
     if !(opts.resolution > 0.0 && opts.resolution <= 30.0) {
-        crate::bail_input!("--resolution {} must be in (0, 30] degrees", opts.resolution);
+        crate::bail_input!(
+            "--resolution {} must be in (0, 30] degrees",
+            opts.resolution
+        );
     }
     if opts.steps == 0 || opts.step_hours <= 0.0 {
         crate::bail_input!("--steps and --step-hours must be positive");
@@ -231,7 +284,8 @@ fn validate(opts: &GenerateOptions) -> anyhow::Result<()> {
 pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::Result<u64> {
     validate(opts)?;
     let cal = Calendar::ProlepticGregorian;
-    let start = DateTime::parse(&opts.start, cal).map_err(|e| InputError(format!("--start: {e}")))?;
+    let start =
+        DateTime::parse(&opts.start, cal).map_err(|e| InputError(format!("--start: {e}")))?;
     let (lat, lon) = axes(opts);
     let (nlat, nlon) = (lat.len(), lon.len());
     if nlat < 2 || nlon < 2 {
@@ -244,7 +298,12 @@ pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::R
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move the finished file into place", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        format!(
+            "{}: cannot move the finished file into place",
+            path.display()
+        )
+    })?;
     Ok(std::fs::metadata(path)?.len())
 }
 
@@ -324,16 +383,26 @@ fn write_file(
 
     // Classic files must leave define mode before any data is written.
     file.enddef().with_context(|| ctx("the header"))?;
-    file.variable_mut("lat").expect("defined above").put_values(lat, ..).with_context(|| ctx("lat"))?;
-    file.variable_mut("lon").expect("defined above").put_values(lon, ..).with_context(|| ctx("lon"))?;
+    file.variable_mut("lat")
+        .expect("defined above")
+        .put_values(lat, ..)
+        .with_context(|| ctx("lat"))?;
+    file.variable_mut("lon")
+        .expect("defined above")
+        .put_values(lon, ..)
+        .with_context(|| ctx("lon"))?;
 
-    let mask: Vec<bool> =
-        (0..nlat * nlon).map(|k| in_corner(k / nlon, k % nlon, nlat, nlon, opts.fill_corners)).collect();
+    let mask: Vec<bool> = (0..nlat * nlon)
+        .map(|k| in_corner(k / nlon, k % nlon, nlat, nlon, opts.fill_corners))
+        .collect();
     let start_hour = f64::from(start.hour) + f64::from(start.minute) / 60.0;
     for step in 0..opts.steps {
         let hours = step as f64 * opts.step_hours;
         let fields = compute_step(wave, lat, lon, hours, start_hour);
-        file.variable_mut("time").expect("defined above").put_values(&[hours], step..step + 1).with_context(|| ctx("time"))?;
+        file.variable_mut("time")
+            .expect("defined above")
+            .put_values(&[hours], step..step + 1)
+            .with_context(|| ctx("time"))?;
         for (def, values) in VARIABLES.iter().zip(&fields) {
             let mut var = file.variable_mut(def.name).expect("defined above");
             let extent = [Extent::from(step..step + 1), (..).into(), (..).into()];
@@ -342,12 +411,24 @@ fn write_file(
                 let raw: Vec<i16> = values
                     .iter()
                     .zip(&mask)
-                    .map(|(&x, &m)| if m { PACKED_FILL } else { ((x - offset) / scale).round().clamp(-32766.0, 32767.0) as i16 })
+                    .map(|(&x, &m)| {
+                        if m {
+                            PACKED_FILL
+                        } else {
+                            ((x - offset) / scale).round().clamp(-32766.0, 32767.0) as i16
+                        }
+                    })
                     .collect();
-                var.put_values(&raw, extent).with_context(|| ctx(def.name))?;
+                var.put_values(&raw, extent)
+                    .with_context(|| ctx(def.name))?;
             } else {
-                let raw: Vec<f32> = values.iter().zip(&mask).map(|(&x, &m)| if m { FILL_VALUE } else { x as f32 }).collect();
-                var.put_values(&raw, extent).with_context(|| ctx(def.name))?;
+                let raw: Vec<f32> = values
+                    .iter()
+                    .zip(&mask)
+                    .map(|(&x, &m)| if m { FILL_VALUE } else { x as f32 })
+                    .collect();
+                var.put_values(&raw, extent)
+                    .with_context(|| ctx(def.name))?;
             }
         }
     }
@@ -361,7 +442,13 @@ fn packing(range: (f64, f64)) -> (f64, f64) {
 }
 
 /// The five fields at `hours` after the start, `[var][lat][lon]` in file order.
-fn compute_step(wave: &RossbyHaurwitz, lat: &[f64], lon: &[f64], hours: f64, start_hour: f64) -> [Vec<f64>; 5] {
+fn compute_step(
+    wave: &RossbyHaurwitz,
+    lat: &[f64],
+    lon: &[f64],
+    hours: f64,
+    start_hour: f64,
+) -> [Vec<f64>; 5] {
     let n = lat.len() * lon.len();
     let mut out: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
     let t = hours * 3600.0;
@@ -392,30 +479,55 @@ mod tests {
     #[test]
     fn wave_speed_matches_williamson() {
         // Williamson et al. (1992): nu for R=4, omega=K=7.848e-6 is about 2.46e-6 rad/s (eastward).
-        let w = RossbyHaurwitz { wavenumber: 4.0, omega: 7.848e-6, k: 7.848e-6, h0: 8000.0, phase: 0.0 };
-        assert!((w.angular_speed() - 2.4635e-6).abs() < 1e-9, "{}", w.angular_speed());
+        let w = RossbyHaurwitz {
+            wavenumber: 4.0,
+            omega: 7.848e-6,
+            k: 7.848e-6,
+            h0: 8000.0,
+            phase: 0.0,
+        };
+        assert!(
+            (w.angular_speed() - 2.4635e-6).abs() < 1e-9,
+            "{}",
+            w.angular_speed()
+        );
     }
 
     #[test]
     fn height_is_in_the_test_case_range() {
-        let w = RossbyHaurwitz { wavenumber: 4.0, omega: 7.848e-6, k: 7.848e-6, h0: 8000.0, phase: 0.0 };
+        let w = RossbyHaurwitz {
+            wavenumber: 4.0,
+            omega: 7.848e-6,
+            k: 7.848e-6,
+            h0: 8000.0,
+            phase: 0.0,
+        };
         let mut lo = f64::MAX;
         let mut hi = f64::MIN;
         for i in 0..90 {
             for j in 0..180 {
-                let (_, _, h) = w.fields((-89.0 + 2.0 * i as f64).to_radians(), (2.0 * j as f64).to_radians(), 0.0);
+                let (_, _, h) = w.fields(
+                    (-89.0 + 2.0 * i as f64).to_radians(),
+                    (2.0 * j as f64).to_radians(),
+                    0.0,
+                );
                 lo = lo.min(h);
                 hi = hi.max(h);
             }
         }
         // Test case 6 heights span roughly 8,100..10,600 m.
-        assert!(lo > 7800.0 && hi < 10_800.0 && hi - lo > 2000.0, "{lo}..{hi}");
+        assert!(
+            lo > 7800.0 && hi < 10_800.0 && hi - lo > 2000.0,
+            "{lo}..{hi}"
+        );
     }
 
     #[test]
     fn corner_mask_covers_about_the_fraction() {
         let (nlat, nlon) = (33, 36);
-        let masked = (0..nlat * nlon).filter(|&k| in_corner(k / nlon, k % nlon, nlat, nlon, 0.2)).count();
+        let masked = (0..nlat * nlon)
+            .filter(|&k| in_corner(k / nlon, k % nlon, nlat, nlon, 0.2))
+            .count();
         let frac = masked as f64 / (nlat * nlon) as f64;
         assert!((frac - 0.2).abs() < 0.04, "{frac}");
     }

@@ -34,14 +34,26 @@ impl std::str::FromStr for Region {
             .split(',')
             .map(|p| p.trim().parse::<f64>())
             .collect::<Result<_, _>>()
-            .map_err(|_| format!("region '{s}' must be four numbers: lat_min,lat_max,lon_min,lon_max"))?;
+            .map_err(|_| {
+                format!("region '{s}' must be four numbers: lat_min,lat_max,lon_min,lon_max")
+            })?;
         let [lat_min, lat_max, lon_min, lon_max] = parts[..] else {
-            return Err(format!("region '{s}' must be four numbers: lat_min,lat_max,lon_min,lon_max"));
+            return Err(format!(
+                "region '{s}' must be four numbers: lat_min,lat_max,lon_min,lon_max"
+            ));
         };
-        if !(-90.0..=90.0).contains(&lat_min) || !(-90.0..=90.0).contains(&lat_max) || lat_min >= lat_max {
+        if !(-90.0..=90.0).contains(&lat_min)
+            || !(-90.0..=90.0).contains(&lat_max)
+            || lat_min >= lat_max
+        {
             return Err(format!("region '{s}': need -90 <= lat_min < lat_max <= 90"));
         }
-        Ok(Region { lat_min, lat_max, lon_min, lon_max })
+        Ok(Region {
+            lat_min,
+            lat_max,
+            lon_min,
+            lon_max,
+        })
     }
 }
 
@@ -53,7 +65,11 @@ impl Region {
     /// Longitude membership on the circle, so `170,-170` selects the 20 degrees across the dateline.
     pub fn contains_lon(&self, lon: f64) -> bool {
         let width = (self.lon_max - self.lon_min).rem_euclid(360.0);
-        let width = if width == 0.0 && self.lon_max != self.lon_min { 360.0 } else { width };
+        let width = if width == 0.0 && self.lon_max != self.lon_min {
+            360.0
+        } else {
+            width
+        };
         (lon - self.lon_min).rem_euclid(360.0) <= width + 1e-9
     }
 }
@@ -132,13 +148,19 @@ impl Grid {
 
     /// Per-node latitude weights `cos(lat)` normalised to mean 1 over the given nodes.
     pub fn latitude_weights(&self, valid: &[bool]) -> Vec<f32> {
-        let raw: Vec<f64> = (0..self.len()).map(|i| self.node_lat_lon(i).0.to_radians().cos().max(0.0)).collect();
+        let raw: Vec<f64> = (0..self.len())
+            .map(|i| self.node_lat_lon(i).0.to_radians().cos().max(0.0))
+            .collect();
         let (sum, n) = raw
             .iter()
             .zip(valid)
             .filter(|(_, &v)| v)
             .fold((0.0, 0usize), |(s, n), (w, _)| (s + w, n + 1));
-        let mean = if n > 0 && sum > 0.0 { sum / n as f64 } else { 1.0 };
+        let mean = if n > 0 && sum > 0.0 {
+            sum / n as f64
+        } else {
+            1.0
+        };
         raw.iter().map(|w| (w / mean) as f32).collect()
     }
 }
@@ -174,11 +196,17 @@ pub fn normalize_latitudes(raw: &[f64], region: Option<&Region>) -> Result<AxisM
     if let Some(r) = region {
         idx.retain(|&i| r.contains_lat(raw[i]));
     }
-    Ok(AxisMap { values: idx.iter().map(|&i| raw[i]).collect(), file_index: idx })
+    Ok(AxisMap {
+        values: idx.iter().map(|&i| raw[i]).collect(),
+        file_index: idx,
+    })
 }
 
 /// Orders a longitude axis ascending and contiguous and decides whether it is global.
-pub fn normalize_longitudes(raw: &[f64], region: Option<&Region>) -> Result<(AxisMap, bool), String> {
+pub fn normalize_longitudes(
+    raw: &[f64],
+    region: Option<&Region>,
+) -> Result<(AxisMap, bool), String> {
     if raw.iter().any(|x| !x.is_finite()) {
         return Err("longitudes are not finite".into());
     }
@@ -217,7 +245,13 @@ pub fn normalize_longitudes(raw: &[f64], region: Option<&Region>) -> Result<(Axi
     idx.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
     let values: Vec<f64> = idx.iter().map(|&i| key(i)).collect();
     let still_global = global && idx.len() == n;
-    Ok((AxisMap { values, file_index: idx }, still_global))
+    Ok((
+        AxisMap {
+            values,
+            file_index: idx,
+        },
+        still_global,
+    ))
 }
 
 fn region_covers_all_lons(r: &Region) -> bool {
@@ -260,7 +294,10 @@ mod tests {
         assert!(global);
         assert_eq!(m.values[0], -180.0);
         assert_eq!(m.file_index[0], 36);
-        assert!(m.values.windows(2).all(|w| (w[1] - w[0] - 5.0).abs() < 1e-9));
+        assert!(m
+            .values
+            .windows(2)
+            .all(|w| (w[1] - w[0] - 5.0).abs() < 1e-9));
     }
 
     #[test]
@@ -268,7 +305,13 @@ mod tests {
         let raw = vec![170.0, 175.0, 180.0, 185.0, 190.0];
         let (m, global) = normalize_longitudes(&raw, None).unwrap();
         assert!(!global);
-        assert!(m.values.windows(2).all(|w| (w[1] - w[0] - 5.0).abs() < 1e-9), "{:?}", m.values);
+        assert!(
+            m.values
+                .windows(2)
+                .all(|w| (w[1] - w[0] - 5.0).abs() < 1e-9),
+            "{:?}",
+            m.values
+        );
     }
 
     #[test]

@@ -109,7 +109,11 @@ pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
     let total = (cells * ds.time.len()) as f64;
     let mut variables = Vec::new();
     for (c, ch) in ds.channels.iter().enumerate() {
-        let source = ds.sources.iter().find(|s| s.channel_names().contains(&ch.name) || s.name == ch.name).expect("channel has a source");
+        let source = ds
+            .sources
+            .iter()
+            .find(|s| s.channel_names().contains(&ch.name) || s.name == ch.name)
+            .expect("channel has a source");
         if count[c] == 0 {
             return Err(InputError::file(
                 &source.path,
@@ -125,7 +129,11 @@ pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
             file_variable: source.var_name.clone(),
             units: ch.units.clone(),
             long_name: ch.long_name.clone(),
-            dimensions: source.dims.iter().map(|(d, l)| format!("{d}={l}")).collect(),
+            dimensions: source
+                .dims
+                .iter()
+                .map(|(d, l)| format!("{d}={l}"))
+                .collect(),
             fill_fraction: 1.0 - k / total,
             min: min[c],
             max: max[c],
@@ -218,7 +226,12 @@ impl fmt::Display for InspectReport {
                 s.validation.1, s.test.2, s.test.0, s.test.1
             )?;
         }
-        for note in self.variables.iter().filter_map(|v| v.time_note.as_ref()).collect::<std::collections::BTreeSet<_>>() {
+        for note in self
+            .variables
+            .iter()
+            .filter_map(|v| v.time_note.as_ref())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             writeln!(f, "note: {note}")?;
         }
         Ok(())

@@ -28,8 +28,15 @@ pub enum Prefetch {
 
 /// An iterator of batches over `order` (sample `t0`s, already shuffled if wanted).
 pub enum BatchLoader {
-    InLine { assembler: BatchAssembler, chunks: std::vec::IntoIter<Vec<usize>> },
-    Background { rx: Option<Receiver<anyhow::Result<Batch>>>, stop: Arc<AtomicBool>, worker: Option<JoinHandle<()>> },
+    InLine {
+        assembler: BatchAssembler,
+        chunks: std::vec::IntoIter<Vec<usize>>,
+    },
+    Background {
+        rx: Option<Receiver<anyhow::Result<Batch>>>,
+        stop: Arc<AtomicBool>,
+        worker: Option<JoinHandle<()>>,
+    },
 }
 
 impl BatchLoader {
@@ -45,7 +52,10 @@ impl BatchLoader {
         let chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
         let mut assembler = BatchAssembler::new(dataset, stats, window, batch_size);
         match prefetch {
-            Prefetch::Off => Ok(BatchLoader::InLine { assembler, chunks: chunks.into_iter() }),
+            Prefetch::Off => Ok(BatchLoader::InLine {
+                assembler,
+                chunks: chunks.into_iter(),
+            }),
             Prefetch::Buffer(size) => {
                 let (tx, rx) = sync_channel(size.max(1));
                 let stop = Arc::new(AtomicBool::new(false));
@@ -65,7 +75,11 @@ impl BatchLoader {
                         }
                     })
                     .context("cannot start the prefetch thread")?;
-                Ok(BatchLoader::Background { rx: Some(rx), stop, worker: Some(worker) })
+                Ok(BatchLoader::Background {
+                    rx: Some(rx),
+                    stop,
+                    worker: Some(worker),
+                })
             }
         }
     }

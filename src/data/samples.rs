@@ -42,7 +42,10 @@ pub struct SplitFractions {
 
 impl Default for SplitFractions {
     fn default() -> Self {
-        SplitFractions { train: 0.7, validation: 0.15 }
+        SplitFractions {
+            train: 0.7,
+            validation: 0.15,
+        }
     }
 }
 
@@ -57,9 +60,15 @@ pub struct Splits {
 
 impl Splits {
     /// Cuts `n_times` steps. Refuses a window that does not fit the training block.
-    pub fn new(n_times: usize, fractions: SplitFractions, window: WindowSpec) -> Result<Splits, InputError> {
+    pub fn new(
+        n_times: usize,
+        fractions: SplitFractions,
+        window: WindowSpec,
+    ) -> Result<Splits, InputError> {
         if window.input_steps == 0 || window.lead_steps == 0 {
-            return Err(InputError("--input-steps and --lead-steps must be at least 1".into()));
+            return Err(InputError(
+                "--input-steps and --lead-steps must be at least 1".into(),
+            ));
         }
         let f = fractions;
         if !(f.train > 0.0 && f.validation >= 0.0 && f.train + f.validation <= 1.0) {
@@ -78,7 +87,12 @@ impl Splits {
         }
         let a = ((n_times as f64 * f.train).round() as usize).clamp(window.span(), n_times);
         let b = (a + (n_times as f64 * f.validation).round() as usize).min(n_times);
-        let splits = Splits { train: 0..a, validation: a..b, test: b..n_times, window };
+        let splits = Splits {
+            train: 0..a,
+            validation: a..b,
+            test: b..n_times,
+            window,
+        };
         for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
             if splits.samples(split).is_empty() && splits.range(split).len() > 0 {
                 tracing::warn!(
@@ -114,7 +128,10 @@ mod tests {
 
     #[test]
     fn windows_never_cross_splits() {
-        let w = WindowSpec { input_steps: 2, lead_steps: 4 };
+        let w = WindowSpec {
+            input_steps: 2,
+            lead_steps: 4,
+        };
         let s = Splits::new(64, SplitFractions::default(), w).unwrap();
         for split in [Split::Train, Split::Validation, Split::Test] {
             let r = s.range(split);
@@ -129,7 +146,10 @@ mod tests {
 
     #[test]
     fn refuses_windows_longer_than_the_data() {
-        let w = WindowSpec { input_steps: 4, lead_steps: 8 };
+        let w = WindowSpec {
+            input_steps: 4,
+            lead_steps: 8,
+        };
         let e = Splits::new(10, SplitFractions::default(), w).unwrap_err();
         assert!(e.0.contains("needs 12 time steps"), "{}", e.0);
     }

@@ -100,9 +100,11 @@ impl SourceVariable {
     /// Channel names: the variable's name, or `name<level>` per selected level.
     pub fn channel_names(&self) -> Vec<String> {
         match self.layout.level_dim {
-            Some(d) if self.dims[d].1 > 1 => {
-                self.levels.iter().map(|l| format!("{}{}", self.name, format_level(l.value))).collect()
-            }
+            Some(d) if self.dims[d].1 > 1 => self
+                .levels
+                .iter()
+                .map(|l| format!("{}{}", self.name, format_level(l.value)))
+                .collect(),
             _ => vec![self.name.clone()],
         }
     }
@@ -117,10 +119,16 @@ impl SourceVariable {
 
     /// Reads time step `t` of every channel into `values` (`[channel][lat][lon]`, canonical
     /// grid order) and `valid`; missing cells get 0.0 and `false`.
-    pub fn read_step(&self, file: &netcdf::File, t: usize, values: &mut [f32], valid: &mut [bool]) -> anyhow::Result<()> {
-        let var = file
-            .variable(&self.var_name)
-            .ok_or_else(|| InputError::file(&self.path, format!("variable '{}' vanished", self.var_name)))?;
+    pub fn read_step(
+        &self,
+        file: &netcdf::File,
+        t: usize,
+        values: &mut [f32],
+        valid: &mut [bool],
+    ) -> anyhow::Result<()> {
+        let var = file.variable(&self.var_name).ok_or_else(|| {
+            InputError::file(&self.path, format!("variable '{}' vanished", self.var_name))
+        })?;
         let (nlat, nlon) = self.grid_shape();
         let cells = nlat * nlon;
         let level_indices: Vec<Option<usize>> = if self.levels.is_empty() {
@@ -147,7 +155,10 @@ impl SourceVariable {
                 })
                 .collect();
             let raw: Vec<f64> = var.get_values::<f64, _>(extents).map_err(|e| {
-                InputError::file(&self.path, format!("cannot read '{}' at time step {t}: {e}", self.var_name))
+                InputError::file(
+                    &self.path,
+                    format!("cannot read '{}' at time step {t}: {e}", self.var_name),
+                )
             })?;
             // Strides of the lat and lon dimensions inside the hyperslab just read.
             let stride = |dim: usize| -> usize {
@@ -206,7 +217,9 @@ pub fn open_file(path: &Path) -> Result<netcdf::File> {
     let format = sniff_format(path);
     let file = netcdf::open(path).map_err(|e| {
         let problem = match format {
-            Some(kind) => format!("not a readable NetCDF file ({kind}, possibly truncated or corrupt: {e})"),
+            Some(kind) => {
+                format!("not a readable NetCDF file ({kind}, possibly truncated or corrupt: {e})")
+            }
             None => "not a NetCDF file (no classic CDF or HDF5 signature)".to_string(),
         };
         InputError::file(path, problem)
@@ -273,7 +286,10 @@ pub fn gridded_variables(file: &netcdf::File) -> Vec<String> {
 }
 
 fn is_numeric(v: &Variable) -> bool {
-    matches!(v.vartype(), netcdf::types::NcVariableType::Int(_) | netcdf::types::NcVariableType::Float(_))
+    matches!(
+        v.vartype(),
+        netcdf::types::NcVariableType::Int(_) | netcdf::types::NcVariableType::Float(_)
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,28 +336,82 @@ fn attr_numbers(v: &Variable, name: &str) -> Option<Vec<f64>> {
     })
 }
 
-const LAT_NAMES: &[&str] = &["lat", "latitude", "lats", "nav_lat", "xlat", "rlat", "grid_yt", "latitudes"];
-const LON_NAMES: &[&str] = &["lon", "longitude", "lons", "long", "nav_lon", "xlong", "rlon", "grid_xt", "longitudes"];
-const TIME_NAMES: &[&str] = &["time", "timestep", "times", "t", "valid_time", "time_counter", "date", "step_time"];
+const LAT_NAMES: &[&str] = &[
+    "lat",
+    "latitude",
+    "lats",
+    "nav_lat",
+    "xlat",
+    "rlat",
+    "grid_yt",
+    "latitudes",
+];
+const LON_NAMES: &[&str] = &[
+    "lon",
+    "longitude",
+    "lons",
+    "long",
+    "nav_lon",
+    "xlong",
+    "rlon",
+    "grid_xt",
+    "longitudes",
+];
+const TIME_NAMES: &[&str] = &[
+    "time",
+    "timestep",
+    "times",
+    "t",
+    "valid_time",
+    "time_counter",
+    "date",
+    "step_time",
+];
 const LEVEL_NAMES: &[&str] = &[
-    "level", "lev", "levels", "plev", "pressure", "pressure_level", "isobaricinhpa", "levelist", "height", "z",
-    "depth", "ilev", "alt", "altitude", "sigma", "hybrid",
+    "level",
+    "lev",
+    "levels",
+    "plev",
+    "pressure",
+    "pressure_level",
+    "isobaricinhpa",
+    "levelist",
+    "height",
+    "z",
+    "depth",
+    "ilev",
+    "alt",
+    "altitude",
+    "sigma",
+    "hybrid",
 ];
 
 fn is_lat_units(u: &str) -> bool {
-    matches!(u, "degrees_north" | "degree_north" | "degree_n" | "degrees_n" | "degreen" | "degreesn")
+    matches!(
+        u,
+        "degrees_north" | "degree_north" | "degree_n" | "degrees_n" | "degreen" | "degreesn"
+    )
 }
 
 fn is_lon_units(u: &str) -> bool {
-    matches!(u, "degrees_east" | "degree_east" | "degree_e" | "degrees_e" | "degreee" | "degreese")
+    matches!(
+        u,
+        "degrees_east" | "degree_east" | "degree_e" | "degrees_e" | "degreee" | "degreese"
+    )
 }
 
 /// What a dimension is, from its coordinate variable's CF attributes, else its name.
 fn dim_role(file: &netcdf::File, dim: &str) -> DimRole {
     if let Some(v) = file.variable(dim) {
-        let sn = attr_string(&v, "standard_name").unwrap_or_default().to_ascii_lowercase();
-        let units = attr_string(&v, "units").unwrap_or_default().to_ascii_lowercase();
-        let axis = attr_string(&v, "axis").unwrap_or_default().to_ascii_uppercase();
+        let sn = attr_string(&v, "standard_name")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let units = attr_string(&v, "units")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let axis = attr_string(&v, "axis")
+            .unwrap_or_default()
+            .to_ascii_uppercase();
         let degree_like = units.is_empty() || units.starts_with("degree");
         if sn == "latitude" || is_lat_units(&units) || (axis == "Y" && degree_like) {
             return DimRole::Lat;
@@ -393,25 +463,39 @@ pub fn describe_variable(
         if names.is_empty() {
             names = file.variables().map(|v| v.name()).collect();
         }
-        return Err(err(format!("no variable '{var_name}' (the file has: {})", names.join(", "))));
+        return Err(err(format!(
+            "no variable '{var_name}' (the file has: {})",
+            names.join(", ")
+        )));
     };
     if !is_numeric(&var) {
         return Err(err(format!("variable '{var_name}' is not numeric")));
     }
-    let dims: Vec<(String, usize)> = var.dimensions().iter().map(|d| (d.name(), d.len())).collect();
+    let dims: Vec<(String, usize)> = var
+        .dimensions()
+        .iter()
+        .map(|d| (d.name(), d.len()))
+        .collect();
     let roles: Vec<DimRole> = dims.iter().map(|(n, _)| dim_role(file, n)).collect();
     let find = |role: DimRole| roles.iter().position(|&r| r == role);
 
     let (Some(lat_dim), Some(lon_dim)) = (find(DimRole::Lat), find(DimRole::Lon)) else {
         return Err(err(explain_missing_grid(file, &var, &dims)));
     };
-    if roles.iter().filter(|&&r| r == DimRole::Lat).count() > 1 || roles.iter().filter(|&&r| r == DimRole::Lon).count() > 1 {
-        return Err(err(format!("variable '{var_name}' has more than one latitude or longitude dimension")));
+    if roles.iter().filter(|&&r| r == DimRole::Lat).count() > 1
+        || roles.iter().filter(|&&r| r == DimRole::Lon).count() > 1
+    {
+        return Err(err(format!(
+            "variable '{var_name}' has more than one latitude or longitude dimension"
+        )));
     }
     let Some(time_dim) = find(DimRole::Time) else {
         return Err(err(format!(
             "variable '{var_name}' has no time dimension (dimensions: {})",
-            dims.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            dims.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     };
 
@@ -423,22 +507,36 @@ pub fn describe_variable(
         }
         if roles[d] == DimRole::Level || (level_dim.is_none() && *len > 1) {
             if level_dim.is_some() {
-                return Err(err(format!("variable '{var_name}' has two vertical dimensions")));
+                return Err(err(format!(
+                    "variable '{var_name}' has two vertical dimensions"
+                )));
             }
             level_dim = Some(d);
         } else if *len != 1 {
-            return Err(err(format!("variable '{var_name}': dimension '{name}' of length {len} is not understood")));
+            return Err(err(format!(
+                "variable '{var_name}': dimension '{name}' of length {len} is not understood"
+            )));
         }
     }
-    let levels = select_levels(file, &dims, level_dim, opts.levels.as_deref(), var_name).map_err(err)?;
+    let levels =
+        select_levels(file, &dims, level_dim, opts.levels.as_deref(), var_name).map_err(err)?;
 
-    let lat_raw = coordinate_values(file, &dims[lat_dim].0)
-        .ok_or_else(|| err(format!("no latitude values for dimension '{}'", dims[lat_dim].0)))?;
-    let lon_raw = coordinate_values(file, &dims[lon_dim].0)
-        .ok_or_else(|| err(format!("no longitude values for dimension '{}'", dims[lon_dim].0)))?;
-    let lat = normalize_latitudes(&lat_raw, opts.region.as_ref()).map_err(|e| err(format!("'{}': {e}", dims[lat_dim].0)))?;
-    let (lon, global) =
-        normalize_longitudes(&lon_raw, opts.region.as_ref()).map_err(|e| err(format!("'{}': {e}", dims[lon_dim].0)))?;
+    let lat_raw = coordinate_values(file, &dims[lat_dim].0).ok_or_else(|| {
+        err(format!(
+            "no latitude values for dimension '{}'",
+            dims[lat_dim].0
+        ))
+    })?;
+    let lon_raw = coordinate_values(file, &dims[lon_dim].0).ok_or_else(|| {
+        err(format!(
+            "no longitude values for dimension '{}'",
+            dims[lon_dim].0
+        ))
+    })?;
+    let lat = normalize_latitudes(&lat_raw, opts.region.as_ref())
+        .map_err(|e| err(format!("'{}': {e}", dims[lat_dim].0)))?;
+    let (lon, global) = normalize_longitudes(&lon_raw, opts.region.as_ref())
+        .map_err(|e| err(format!("'{}': {e}", dims[lon_dim].0)))?;
     if lat.values.len() < 2 || lon.values.len() < 2 {
         return Err(err(match opts.region {
             Some(r) => format!(
@@ -454,7 +552,8 @@ pub fn describe_variable(
         }));
     }
 
-    let (time, time_note) = decode_time(file, &dims[time_dim].0, opts.time_units.as_deref()).map_err(err)?;
+    let (time, time_note) =
+        decode_time(file, &dims[time_dim].0, opts.time_units.as_deref()).map_err(err)?;
     let packing = read_packing(&var);
 
     Ok(SourceVariable {
@@ -471,7 +570,12 @@ pub fn describe_variable(
         time_note,
         packing,
         levels,
-        layout: Layout { time_dim, lat_dim, lon_dim, level_dim },
+        layout: Layout {
+            time_dim,
+            lat_dim,
+            lon_dim,
+            level_dim,
+        },
     })
 }
 
@@ -481,9 +585,14 @@ fn explain_missing_grid(file: &netcdf::File, var: &Variable, dims: &[(String, us
     // A latitude variable that is a function of one of this variable's dimensions.
     for v in file.variables() {
         let vn = v.name().to_ascii_lowercase();
-        let units = attr_string(&v, "units").unwrap_or_default().to_ascii_lowercase();
+        let units = attr_string(&v, "units")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let sn = attr_string(&v, "standard_name").unwrap_or_default();
-        let is_lat = sn == "latitude" || is_lat_units(&units) || LAT_NAMES.contains(&vn.as_str()) || vn == "clat";
+        let is_lat = sn == "latitude"
+            || is_lat_units(&units)
+            || LAT_NAMES.contains(&vn.as_str())
+            || vn == "clat";
         if !is_lat {
             continue;
         }
@@ -521,13 +630,25 @@ fn select_levels(
     wanted: Option<&[f64]>,
     var_name: &str,
 ) -> std::result::Result<Vec<LevelSelection>, String> {
-    let Some(d) = level_dim else { return Ok(vec![]) };
+    let Some(d) = level_dim else {
+        return Ok(vec![]);
+    };
     let (name, len) = &dims[d];
-    let values = coordinate_values(file, name).unwrap_or_else(|| (0..*len).map(|i| i as f64).collect());
+    let values =
+        coordinate_values(file, name).unwrap_or_else(|| (0..*len).map(|i| i as f64).collect());
     if *len == 1 {
-        return Ok(vec![LevelSelection { index: 0, value: values[0] }]);
+        return Ok(vec![LevelSelection {
+            index: 0,
+            value: values[0],
+        }]);
     }
-    let listing = || values.iter().map(|v| format_level(*v)).collect::<Vec<_>>().join(", ");
+    let listing = || {
+        values
+            .iter()
+            .map(|v| format_level(*v))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let Some(wanted) = wanted else {
         return Err(format!(
             "variable '{var_name}' has {len} levels on '{name}' ({}); choose some with --levels",
@@ -545,7 +666,12 @@ fn select_levels(
                 .or_else(|| values.iter().position(|&v| close(v, w * 100.0)))
                 .or_else(|| values.iter().position(|&v| close(v * 100.0, w)));
             hit.map(|index| LevelSelection { index, value: w })
-                .ok_or_else(|| format!("variable '{var_name}' has no level {w} on '{name}' (it has {})", listing()))
+                .ok_or_else(|| {
+                    format!(
+                        "variable '{var_name}' has no level {w} on '{name}' (it has {})",
+                        listing()
+                    )
+                })
         })
         .collect()
 }
@@ -584,18 +710,24 @@ fn decode_time(
     };
     let len = file.dimension_len(dim).unwrap_or(0);
     let values: Vec<f64> = match &var {
-        Some(v) if v.dimensions().len() == 1 && is_numeric(v) => {
-            v.get_values::<f64, _>(..).map_err(|e| format!("cannot read time variable '{dim}': {e}"))?
-        }
+        Some(v) if v.dimensions().len() == 1 && is_numeric(v) => v
+            .get_values::<f64, _>(..)
+            .map_err(|e| format!("cannot read time variable '{dim}': {e}"))?,
         _ => (0..len).map(|i| i as f64).collect(),
     };
-    let cf_units = var.as_ref().and_then(|v| attr_string(v, "units")).filter(|u| u.contains(" since "));
+    let cf_units = var
+        .as_ref()
+        .and_then(|v| attr_string(v, "units"))
+        .filter(|u| u.contains(" since "));
     let (units, note) = match (override_units, cf_units) {
         (Some(o), _) => (
             TimeUnits::parse(o, calendar).map_err(|e| format!("--time-units: {e}"))?,
             Some(format!("time axis '{dim}' read with --time-units '{o}'")),
         ),
-        (None, Some(u)) => (TimeUnits::parse(&u, calendar).map_err(|e| format!("time axis '{dim}': {e}"))?, None),
+        (None, Some(u)) => (
+            TimeUnits::parse(&u, calendar).map_err(|e| format!("time axis '{dim}': {e}"))?,
+            None,
+        ),
         (None, None) => {
             let (ref_name, ref_text) = reference_time_text(file, var.as_ref()).ok_or_else(|| {
                 format!(
@@ -603,8 +735,12 @@ fn decode_time(
                      give one with --time-units 'hours since YYYY-MM-DD hh:mm'"
                 )
             })?;
-            let reference = DateTime::parse(&ref_text, calendar).map_err(|e| format!("reference time '{ref_name}': {e}"))?;
-            let units = TimeUnits { seconds_per_unit: 3600.0, reference: reference.to_instant(calendar) };
+            let reference = DateTime::parse(&ref_text, calendar)
+                .map_err(|e| format!("reference time '{ref_name}': {e}"))?;
+            let units = TimeUnits {
+                seconds_per_unit: 3600.0,
+                reference: reference.to_instant(calendar),
+            };
             let note = format!(
                 "time axis '{dim}' is not CF: read as hours since {reference} from '{ref_name}' \
                  (override with --time-units)"
@@ -626,13 +762,26 @@ fn decode_time(
 }
 
 /// A text reference time: a char variable such as `reftime`, or an attribute of the time variable.
-fn reference_time_text(file: &netcdf::File, time_var: Option<&Variable>) -> Option<(String, String)> {
-    const NAMES: &[&str] = &["reftime", "reference_time", "ref_time", "base_time", "forecast_reference_time", "time_origin"];
+fn reference_time_text(
+    file: &netcdf::File,
+    time_var: Option<&Variable>,
+) -> Option<(String, String)> {
+    const NAMES: &[&str] = &[
+        "reftime",
+        "reference_time",
+        "ref_time",
+        "base_time",
+        "forecast_reference_time",
+        "time_origin",
+    ];
     for name in NAMES {
         if let Some(v) = file.variable(name) {
             if matches!(v.vartype(), netcdf::types::NcVariableType::Char) {
                 let bytes: Vec<u8> = v.get_raw_values(..).ok()?;
-                let text = String::from_utf8_lossy(&bytes).trim_matches(char::from(0)).trim().to_string();
+                let text = String::from_utf8_lossy(&bytes)
+                    .trim_matches(char::from(0))
+                    .trim()
+                    .to_string();
                 return Some((name.to_string(), text));
             }
             if let Some(t) = attr_string(&v, "units").filter(|u| u.contains(" since ")) {

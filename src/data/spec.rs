@@ -30,7 +30,11 @@ impl FromStr for VarPick {
         if path.is_empty() || name.is_empty() || alias.as_deref() == Some("") {
             return Err(usage());
         }
-        Ok(VarPick { path: PathBuf::from(path), name: name.to_string(), alias })
+        Ok(VarPick {
+            path: PathBuf::from(path),
+            name: name.to_string(),
+            alias,
+        })
     }
 }
 
@@ -59,7 +63,11 @@ impl DataSpec {
     }
 
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions { region: self.region, levels: self.levels.clone(), time_units: self.time_units.clone() }
+        ReadOptions {
+            region: self.region,
+            levels: self.levels.clone(),
+            time_units: self.time_units.clone(),
+        }
     }
 
     /// Overlays the non-empty parts of `flags` on this spec (a config's data section).
@@ -87,7 +95,10 @@ mod var_strings {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<VarPick>, D::Error> {
-        Vec::<String>::deserialize(d)?.iter().map(|s| s.parse().map_err(D::Error::custom)).collect()
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .collect()
     }
 }
 
@@ -97,13 +108,18 @@ mod region_string {
 
     pub fn serialize<S: Serializer>(r: &Option<Region>, s: S) -> Result<S::Ok, S::Error> {
         match r {
-            Some(r) => s.serialize_str(&format!("{},{},{},{}", r.lat_min, r.lat_max, r.lon_min, r.lon_max)),
+            Some(r) => s.serialize_str(&format!(
+                "{},{},{},{}",
+                r.lat_min, r.lat_max, r.lon_min, r.lon_max
+            )),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Region>, D::Error> {
-        Option::<String>::deserialize(d)?.map(|s| s.parse().map_err(D::Error::custom)).transpose()
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .transpose()
     }
 }
 

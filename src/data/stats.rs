@@ -74,13 +74,21 @@ impl NormStats {
             };
             out.mean[c] = mean;
             out.std[c] = positive_or_one(std, name, "values");
-            out.diff_std[c] = positive_or_one(diffs.mean_std(c).map_or(0.0, |(_, s)| s), name, "time differences");
+            out.diff_std[c] = positive_or_one(
+                diffs.mean_std(c).map_or(0.0, |(_, s)| s),
+                name,
+                "time differences",
+            );
         }
         Ok(out)
     }
 
     /// Loads `path` when it exists and belongs to this dataset and window; else computes and saves.
-    pub fn load_or_compute(path: &Path, ds: &Dataset, splits: &Splits) -> anyhow::Result<NormStats> {
+    pub fn load_or_compute(
+        path: &Path,
+        ds: &Dataset,
+        splits: &Splits,
+    ) -> anyhow::Result<NormStats> {
         if path.exists() {
             let stats = NormStats::load(path)?;
             if stats.dataset_fingerprint == ds.fingerprint
@@ -90,7 +98,10 @@ impl NormStats {
                 tracing::info!("normalisation statistics loaded from {}", path.display());
                 return Ok(stats);
             }
-            tracing::info!("{} belongs to other data or another split: recomputing", path.display());
+            tracing::info!(
+                "{} belongs to other data or another split: recomputing",
+                path.display()
+            );
         }
         let stats = NormStats::compute(ds, splits)?;
         stats.save(path)?;
@@ -98,8 +109,11 @@ impl NormStats {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<NormStats> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| InputError::file(path, format!("not valid normalisation statistics: {e}")).into())
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            InputError::file(path, format!("not valid normalisation statistics: {e}")).into()
+        })
     }
 
     /// Atomic write: temp file in the same directory, then rename.
@@ -112,7 +126,9 @@ fn positive_or_one(std: f64, name: &str, what: &str) -> f64 {
     if std > 1e-12 && std.is_finite() {
         std
     } else {
-        tracing::warn!("variable '{name}': {what} are constant over the training period; scaling by 1");
+        tracing::warn!(
+            "variable '{name}': {what} are constant over the training period; scaling by 1"
+        );
         1.0
     }
 }
@@ -126,7 +142,11 @@ struct StateSums {
 
 impl StateSums {
     fn new(n: usize) -> Self {
-        StateSums { count: vec![0; n], sum: vec![0.0; n], sumsq: vec![0.0; n] }
+        StateSums {
+            count: vec![0; n],
+            sum: vec![0.0; n],
+            sumsq: vec![0.0; n],
+        }
     }
 
     fn add(&mut self, c: usize, v: f64) {
@@ -139,7 +159,10 @@ impl StateSums {
         let n = self.count[c];
         (n > 0).then(|| {
             let mean = self.sum[c] / n as f64;
-            (mean, (self.sumsq[c] / n as f64 - mean * mean).max(0.0).sqrt())
+            (
+                mean,
+                (self.sumsq[c] / n as f64 - mean * mean).max(0.0).sqrt(),
+            )
         })
     }
 }

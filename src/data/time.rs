@@ -23,7 +23,9 @@ pub enum Calendar {
 impl Calendar {
     pub fn parse(name: &str) -> Result<Calendar, String> {
         match name.trim().to_ascii_lowercase().as_str() {
-            "" | "standard" | "gregorian" | "proleptic_gregorian" => Ok(Calendar::ProlepticGregorian),
+            "" | "standard" | "gregorian" | "proleptic_gregorian" => {
+                Ok(Calendar::ProlepticGregorian)
+            }
             "julian" => Ok(Calendar::Julian),
             "noleap" | "365_day" => Ok(Calendar::NoLeap),
             "all_leap" | "366_day" => Ok(Calendar::AllLeap),
@@ -66,7 +68,9 @@ impl Calendar {
             Calendar::AllLeap => 366 * years_before,
             Calendar::Day360 => 360 * years_before,
         };
-        days += self.month_lengths(y)[..(m as usize - 1)].iter().sum::<i64>();
+        days += self.month_lengths(y)[..(m as usize - 1)]
+            .iter()
+            .sum::<i64>();
         days + d as i64 - 1
     }
 
@@ -111,14 +115,23 @@ pub struct DateTime {
 impl DateTime {
     pub fn to_instant(self, cal: Calendar) -> Instant {
         let days = cal.days_from_origin(self.year, self.month, self.day);
-        Instant { seconds: days * 86_400 + (self.hour * 3600 + self.minute * 60 + self.second) as i64 }
+        Instant {
+            seconds: days * 86_400 + (self.hour * 3600 + self.minute * 60 + self.second) as i64,
+        }
     }
 
     pub fn from_instant(t: Instant, cal: Calendar) -> DateTime {
         let days = t.seconds.div_euclid(86_400);
         let secs = t.seconds.rem_euclid(86_400) as u32;
         let (year, month, day) = cal.date_from_days(days);
-        DateTime { year, month, day, hour: secs / 3600, minute: secs % 3600 / 60, second: secs % 60 }
+        DateTime {
+            year,
+            month,
+            day,
+            hour: secs / 3600,
+            minute: secs % 3600 / 60,
+            second: secs % 60,
+        }
     }
 
     /// Parses `1996-01-05`, `1996-01-05 00:00:00`, `1996-1-5T6:00Z`, `1996 01 05 00:00`
@@ -126,8 +139,16 @@ impl DateTime {
     /// `+00:00` zone are accepted (other zones are refused).
     pub fn parse(text: &str, cal: Calendar) -> Result<DateTime, String> {
         let bad = || format!("cannot read a date from '{text}'");
-        let t = text.trim().trim_end_matches('Z').trim_end_matches("UTC").trim();
-        let t = t.strip_suffix("+00:00").or_else(|| t.strip_suffix("+0000")).unwrap_or(t).trim();
+        let t = text
+            .trim()
+            .trim_end_matches('Z')
+            .trim_end_matches("UTC")
+            .trim();
+        let t = t
+            .strip_suffix("+00:00")
+            .or_else(|| t.strip_suffix("+0000"))
+            .unwrap_or(t)
+            .trim();
         // Split date and time at 'T' or the first space after a '-' date, or treat a
         // space-separated "YYYY MM DD hh:mm" as fields.
         let fields: Vec<&str> = t
@@ -141,7 +162,9 @@ impl DateTime {
         let month: u32 = fields[1].parse().map_err(|_| bad())?;
         let day: u32 = fields[2].parse().map_err(|_| bad())?;
         let num = |i: usize| -> Result<f64, String> {
-            fields.get(i).map_or(Ok(0.0), |s| s.parse::<f64>().map_err(|_| bad()))
+            fields
+                .get(i)
+                .map_or(Ok(0.0), |s| s.parse::<f64>().map_err(|_| bad()))
         };
         let (hour, minute, second) = (num(3)?, num(4)?, num(5)?);
         if !(1..=12).contains(&month)
@@ -191,24 +214,31 @@ impl TimeUnits {
     pub fn parse(units: &str, cal: Calendar) -> Result<TimeUnits, String> {
         let lower = units.trim().to_ascii_lowercase();
         let Some((unit, since)) = lower.split_once(" since ") else {
-            return Err(format!("time units '{units}' are not of the form '<unit> since <date>'"));
+            return Err(format!(
+                "time units '{units}' are not of the form '<unit> since <date>'"
+            ));
         };
         let seconds_per_unit = match unit.trim() {
             "seconds" | "second" | "secs" | "sec" | "s" => 1.0,
             "minutes" | "minute" | "mins" | "min" => 60.0,
             "hours" | "hour" | "hrs" | "hr" | "h" => 3600.0,
             "days" | "day" | "d" => 86_400.0,
-            "months" | "month" | "years" | "year" => {
-                return Err(format!("time units '{units}': months and years are not fixed lengths; use days or hours"))
-            }
+            "months" | "month" | "years" | "year" => return Err(format!(
+                "time units '{units}': months and years are not fixed lengths; use days or hours"
+            )),
             other => return Err(format!("unknown time unit '{other}' in '{units}'")),
         };
         let reference = DateTime::parse(since, cal)?.to_instant(cal);
-        Ok(TimeUnits { seconds_per_unit, reference })
+        Ok(TimeUnits {
+            seconds_per_unit,
+            reference,
+        })
     }
 
     pub fn instant(&self, value: f64) -> Instant {
-        Instant { seconds: self.reference.seconds + (value * self.seconds_per_unit).round() as i64 }
+        Instant {
+            seconds: self.reference.seconds + (value * self.seconds_per_unit).round() as i64,
+        }
     }
 }
 
@@ -234,7 +264,11 @@ impl TimeAxis {
 
     /// The most common spacing in seconds (None for fewer than two steps).
     pub fn step_seconds(&self) -> Option<i64> {
-        let mut d: Vec<i64> = self.instants.windows(2).map(|w| w[1].seconds - w[0].seconds).collect();
+        let mut d: Vec<i64> = self
+            .instants
+            .windows(2)
+            .map(|w| w[1].seconds - w[0].seconds)
+            .collect();
         d.sort_unstable();
         d.get(d.len() / 2).copied()
     }
@@ -242,7 +276,9 @@ impl TimeAxis {
     /// True when every step equals the most common one.
     pub fn is_regular(&self) -> bool {
         let step = self.step_seconds();
-        self.instants.windows(2).all(|w| Some(w[1].seconds - w[0].seconds) == step)
+        self.instants
+            .windows(2)
+            .all(|w| Some(w[1].seconds - w[0].seconds) == step)
     }
 }
 
@@ -272,9 +308,27 @@ mod tests {
             Calendar::AllLeap,
             Calendar::Day360,
         ] {
-            for (y, m, d) in [(1, 1, 1), (1600, 2, 28), (1996, 1, 5), (2000, 12, 30), (2100, 3, 1), (-50, 6, 15)] {
-                let dt = DateTime { year: y, month: m, day: d, hour: 18, minute: 30, second: 0 };
-                assert_eq!(DateTime::from_instant(dt.to_instant(cal), cal), dt, "{cal:?} {dt}");
+            for (y, m, d) in [
+                (1, 1, 1),
+                (1600, 2, 28),
+                (1996, 1, 5),
+                (2000, 12, 30),
+                (2100, 3, 1),
+                (-50, 6, 15),
+            ] {
+                let dt = DateTime {
+                    year: y,
+                    month: m,
+                    day: d,
+                    hour: 18,
+                    minute: 30,
+                    second: 0,
+                };
+                assert_eq!(
+                    DateTime::from_instant(dt.to_instant(cal), cal),
+                    dt,
+                    "{cal:?} {dt}"
+                );
             }
         }
     }
@@ -298,9 +352,15 @@ mod tests {
         let t = DateTime::from_instant(u.instant(30.0), cal);
         assert_eq!(t.to_string(), "1996-01-06 06:00");
         let u = TimeUnits::parse("days since 2000-02-28", Calendar::NoLeap).unwrap();
-        assert_eq!(DateTime::from_instant(u.instant(1.0), Calendar::NoLeap).to_string(), "2000-03-01 00:00");
+        assert_eq!(
+            DateTime::from_instant(u.instant(1.0), Calendar::NoLeap).to_string(),
+            "2000-03-01 00:00"
+        );
         let u = TimeUnits::parse("days since 2000-02-28", Calendar::Day360).unwrap();
-        assert_eq!(DateTime::from_instant(u.instant(2.0), Calendar::Day360).to_string(), "2000-02-30 00:00");
+        assert_eq!(
+            DateTime::from_instant(u.instant(2.0), Calendar::Day360).to_string(),
+            "2000-02-30 00:00"
+        );
         assert!(TimeUnits::parse("months since 2000-01-01", cal).is_err());
         assert!(TimeUnits::parse("hours", cal).is_err());
     }
@@ -308,8 +368,18 @@ mod tests {
     #[test]
     fn parses_text_reference_times() {
         let cal = Calendar::ProlepticGregorian;
-        assert_eq!(DateTime::parse("1996 01 05 00:00", cal).unwrap().to_string(), "1996-01-05 00:00");
-        assert_eq!(DateTime::parse("1979-1-1T06:00:00Z", cal).unwrap().to_string(), "1979-01-01 06:00");
+        assert_eq!(
+            DateTime::parse("1996 01 05 00:00", cal)
+                .unwrap()
+                .to_string(),
+            "1996-01-05 00:00"
+        );
+        assert_eq!(
+            DateTime::parse("1979-1-1T06:00:00Z", cal)
+                .unwrap()
+                .to_string(),
+            "1979-01-01 06:00"
+        );
         assert!(DateTime::parse("1996-02-30", cal).is_err());
         assert!(DateTime::parse("yesterday", cal).is_err());
     }

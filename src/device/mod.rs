@@ -33,7 +33,9 @@ impl FromStr for DeviceSpec {
                     .parse()
                     .map(DeviceSpec::Cuda)
                     .map_err(|_| format!("bad CUDA ordinal in '{other}' (expected cuda:N)")),
-                None => Err(format!("unknown device '{other}' (expected cpu, cuda, cuda:N or auto)")),
+                None => Err(format!(
+                    "unknown device '{other}' (expected cpu, cuda, cuda:N or auto)"
+                )),
             },
         }
     }
@@ -64,7 +66,10 @@ impl DeviceSpec {
                     .into());
                 }
                 Device::new_cuda(n).map_err(|e| {
-                    InputError(format!("--device cuda:{n}: cannot open the CUDA device: {e}")).into()
+                    InputError(format!(
+                        "--device cuda:{n}: cannot open the CUDA device: {e}"
+                    ))
+                    .into()
                 })
             }
             DeviceSpec::Auto => {
@@ -72,7 +77,9 @@ impl DeviceSpec {
                     if let Ok(dev) = Device::new_cuda(0) {
                         return Ok(dev);
                     }
-                    tracing::warn!("--device auto: CUDA is built in but no GPU answered; using the CPU");
+                    tracing::warn!(
+                        "--device auto: CUDA is built in but no GPU answered; using the CPU"
+                    );
                 }
                 Ok(Device::Cpu)
             }

@@ -52,14 +52,31 @@ pub fn storm_args() -> Vec<String> {
 /// Runs `meshcast generate-data -o DIR/NAME ARGS...` and returns the path.
 pub fn generate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let path = dir.join(name);
-    meshcast().arg("-q").arg("generate-data").arg("-o").arg(&path).args(args).assert().success();
+    meshcast()
+        .arg("-q")
+        .arg("generate-data")
+        .arg("-o")
+        .arg(&path)
+        .args(args)
+        .assert()
+        .success();
     path
 }
 
 /// Runs inspect-data --json and parses the report.
 pub fn inspect_json(args: &[String]) -> serde_json::Value {
-    let out = meshcast().arg("-q").arg("inspect-data").arg("--json").args(args).output().unwrap();
-    assert!(out.status.success(), "inspect-data failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = meshcast()
+        .arg("-q")
+        .arg("inspect-data")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspect-data failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
@@ -71,7 +88,10 @@ pub fn assert_bad_input(out: &Output, needles: &[&str]) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "want one error line, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
     for n in needles {
         assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
     }
