@@ -22,7 +22,6 @@ fi
 
 if [ "${1:-}" = "--with-test-data" ]; then
   if [ -f ../shared/data/storm1996/Pstorm.cdf ]; then
-    export MESHCAST_STORM_DIR
     echo "setup: storm1996 data from ../shared/data/storm1996"
   elif [ ! -f .test-data/storm1996/Pstorm.cdf ]; then
     echo "setup: fetching the storm1996 files (Debian package libncarg-data)"

@@ -5,6 +5,7 @@
 //! The `meshcast` binary is a thin layer ([`cli`]) that parses flags and dispatches.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -64,3 +64,27 @@ fn time_units_flag_overrides_the_file() {
     let report = inspect_json(&args);
     assert_eq!(report["time"]["start"], "2001-02-03 12:00");
 }
+
+#[test]
+fn config_data_section_gives_the_same_merge() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/storm1996.toml");
+    let args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--data-dir".into(),
+        storm_dir().display().to_string(),
+    ];
+    let from_config = inspect_json(&args);
+    let from_flags = inspect_json(&storm_args());
+    assert_eq!(from_config["variables"].as_array().unwrap().len(), 6);
+    assert_eq!(from_config["grid"], from_flags["grid"]);
+    for (a, b) in from_config["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(from_flags["variables"].as_array().unwrap())
+    {
+        assert_eq!(a["name"], b["name"]);
+        assert_eq!(a["fill_fraction"], b["fill_fraction"]);
+    }
+}

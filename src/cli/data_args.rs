@@ -24,17 +24,34 @@ pub struct DataArgs {
     /// Time units for files without CF time, e.g. "hours since 1996-01-05 00:00".
     #[arg(long, value_name = "UNITS")]
     pub time_units: Option<String>,
+    /// A config file (TOML or JSON) whose [data] table gives the data; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory that relative paths of the config's [data] table are taken from
+    /// (overrides the config's `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl DataArgs {
-    pub fn to_spec(&self) -> DataSpec {
-        DataSpec {
+    /// The data to load: the config's [data] table (if any) overridden by the flags.
+    pub fn to_spec(&self) -> anyhow::Result<DataSpec> {
+        let flags = DataSpec {
             files: self.files.clone(),
             vars: self.vars.clone(),
             region: self.region,
             levels: self.levels.clone(),
             time_units: self.time_units.clone(),
+            data_dir: None,
+        };
+        let Some(path) = &self.config else {
+            return Ok(flags);
+        };
+        let mut spec = crate::config::load_data_section(path)?;
+        if let Some(dir) = &self.data_dir {
+            spec.data_dir = Some(dir.clone());
         }
+        Ok(spec.resolved().overridden_by(flags))
     }
 }
 

@@ -19,7 +19,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let dataset = Dataset::open(&args.data.to_spec())?;
+    let dataset = Dataset::open(&args.data.to_spec()?)?;
     let splits = Splits::new(
         dataset.time.len(),
         args.window.fractions(),

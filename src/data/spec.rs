@@ -55,11 +55,31 @@ pub struct DataSpec {
     pub levels: Option<Vec<f64>>,
     #[serde(default)]
     pub time_units: Option<String>,
+    /// Directory relative `files` and `vars` paths are taken from (a config's convenience).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl DataSpec {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.vars.is_empty()
+    }
+
+    /// Joins relative paths onto `data_dir` (and clears it).
+    pub fn resolved(mut self) -> DataSpec {
+        if let Some(dir) = self.data_dir.take() {
+            for f in &mut self.files {
+                if f.is_relative() {
+                    *f = dir.join(&*f);
+                }
+            }
+            for v in &mut self.vars {
+                if v.path.is_relative() {
+                    v.path = dir.join(&v.path);
+                }
+            }
+        }
+        self
     }
 
     pub fn read_options(&self) -> ReadOptions {

@@ -223,9 +223,11 @@ impl TimeUnits {
             "minutes" | "minute" | "mins" | "min" => 60.0,
             "hours" | "hour" | "hrs" | "hr" | "h" => 3600.0,
             "days" | "day" | "d" => 86_400.0,
-            "months" | "month" | "years" | "year" => return Err(format!(
+            "months" | "month" | "years" | "year" => {
+                return Err(format!(
                 "time units '{units}': months and years are not fixed lengths; use days or hours"
-            )),
+            ))
+            }
             other => return Err(format!("unknown time unit '{other}' in '{units}'")),
         };
         let reference = DateTime::parse(since, cal)?.to_instant(cal);
