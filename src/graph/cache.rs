@@ -177,12 +177,13 @@ fn encode(g: &WeatherGraph, key: &CacheKey) -> Result<Vec<u8>> {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut digest = Sha256::new();
     tensors.iter().for_each(|t| digest.update(&t.3));
+    let digest = hex(&digest.finalize());
     let metadata = HashMap::from([
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("key".to_string(), key.key.clone()),
         ("options".to_string(), serde_json::to_string(&g.options)?),
         ("n_cells".to_string(), g.grid_map.n_cells().to_string()),
-        ("data_sha256".to_string(), hex(&digest.finalize())),
+        ("data_sha256".to_string(), digest),
     ]);
     let views = tensors
         .iter()
@@ -192,7 +193,7 @@ fn encode(g: &WeatherGraph, key: &CacheKey) -> Result<Vec<u8>> {
 }
 
 fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> {
-    let (header_len, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
     let meta = meta.metadata().as_ref().ok_or_else(|| anyhow!("no metadata"))?;
     let get = |k: &str| meta.get(k).ok_or_else(|| anyhow!("metadata lacks {k}"));
     let version = get("format_version")?;
@@ -203,9 +204,8 @@ fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> 
     ensure!(*get("key")? == key.key, "stored key does not match the grid, mask and options");
     ensure!(get("n_cells")?.parse::<usize>()? == n_cells, "cell count does not match the grid");
     let options: GraphOptions = serde_json::from_str(get("options")?)?;
-    let data = bytes.get(8 + header_len..).ok_or_else(|| anyhow!("truncated"))?;
-    ensure!(hex(&Sha256::digest(data)) == *get("data_sha256")?, "tensor data checksum mismatch");
     let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
+    ensure!(data_digest(&st) == *get("data_sha256")?, "tensor data checksum mismatch");
 
     let nodes = |name: &str| -> Result<NodeSet> {
         let lat: Vec<f64> = read(&st, &format!("{name}.lat"), Dtype::F64)?;
@@ -246,6 +246,18 @@ fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> 
         mesh_nodes,
         grid_map: GridNodeMap::from_cells(cells, n_cells),
     })
+}
+
+/// SHA-256 over the tensors' data in name order (safetensors lays tensors out in
+/// its own order, so the digest is taken per tensor, the same way as when saving).
+fn data_digest(st: &SafeTensors) -> String {
+    let mut names = st.names();
+    names.sort_unstable();
+    let mut digest = Sha256::new();
+    for name in names {
+        digest.update(st.tensor(name).expect("listed tensor").data());
+    }
+    hex(&digest.finalize())
 }
 
 /// Plain numbers that round-trip through little-endian bytes.
@@ -308,4 +320,156 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    fn inputs() -> (Grid, Vec<bool>, GraphOptions) {
+        let grid = Grid::global_cell_centred(10.0);
+        let valid = (0..grid.len()).map(|c| c % 11 != 0).collect();
+        (grid, valid, GraphOptions { mesh_level: 3, ..GraphOptions::default() })
+    }
+
+    /// Runs `f` with tracing captured; returns its result and the log text.
+    fn with_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Capture(writer.clone()))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cache_file(dir: &Path) -> PathBuf {
+        let files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "exactly one cache file, no temp files left: {files:?}");
+        files[0].clone()
+    }
+
+    #[test]
+    fn miss_then_hit_equals_fresh_build() {
+        let (grid, valid, opts) = inputs();
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = build(&grid, &valid, &opts).unwrap();
+        let ((g1, o1, _), logs) = with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
+        assert_eq!(o1, CacheOutcome::Miss);
+        assert!(logs.contains("built graph") && logs.contains("cached at"), "{logs}");
+        let ((g2, o2, _), logs) = with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
+        assert_eq!(o2, CacheOutcome::Hit);
+        assert!(logs.contains("loaded graph from cache"), "{logs}");
+        assert_eq!(g1, fresh);
+        assert_eq!(g2, fresh);
+        cache_file(dir.path());
+    }
+
+    #[test]
+    fn different_inputs_use_different_files() {
+        let (grid, mut valid, opts) = inputs();
+        let dir = tempfile::tempdir().unwrap();
+        load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap();
+        valid[5] = false;
+        let (_, outcome, _) = load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap();
+        assert_eq!(outcome, CacheOutcome::Miss);
+        let opts2 = GraphOptions { radius_factor: 0.7, ..opts };
+        assert_eq!(load_or_build(&grid, &valid, &opts2, Some(dir.path())).unwrap().1, CacheOutcome::Miss);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn disabled_cache_builds() {
+        let (grid, valid, opts) = inputs();
+        let (g, outcome, secs) = load_or_build(&grid, &valid, &opts, None).unwrap();
+        assert_eq!(outcome, CacheOutcome::Disabled);
+        assert!(secs >= 0.0);
+        assert_eq!(g, build(&grid, &valid, &opts).unwrap());
+    }
+
+    /// Damages the cache file with `damage`, then expects a warning, a rebuild
+    /// equal to a fresh build, and a good file afterwards.
+    fn rebuilt_after(damage: impl FnOnce(&mut Vec<u8>), expect_reason: &str) {
+        let (grid, valid, opts) = inputs();
+        let dir = tempfile::tempdir().unwrap();
+        load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap();
+        let path = cache_file(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        damage(&mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        let ((g, outcome, _), logs) = with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
+        let CacheOutcome::Rebuilt { reason } = outcome else { panic!("expected a rebuild, got {outcome:?}") };
+        assert!(reason.contains(expect_reason), "reason: {reason}");
+        assert!(logs.contains("WARN") && logs.contains("rebuilding"), "{logs}");
+        assert_eq!(g, build(&grid, &valid, &opts).unwrap());
+        assert_eq!(load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap().1, CacheOutcome::Hit);
+        cache_file(dir.path());
+    }
+
+    fn replace(bytes: &mut [u8], from: &str, to: &str) {
+        assert_eq!(from.len(), to.len());
+        let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("pattern in header");
+        bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    }
+
+    #[test]
+    fn truncated_file_is_rebuilt() {
+        rebuilt_after(|b| b.truncate(b.len() / 2), "");
+        rebuilt_after(|b| b.truncate(5), "not a valid safetensors file");
+        rebuilt_after(Vec::clear, "");
+    }
+
+    #[test]
+    fn flipped_bytes_are_rebuilt() {
+        rebuilt_after(
+            |b| {
+                let n = b.len();
+                b[n - 10] ^= 0xff;
+            },
+            "checksum",
+        );
+        rebuilt_after(|b| b[3] ^= 0x55, "");
+        rebuilt_after(|b| b[20] ^= 0x55, "");
+    }
+
+    #[test]
+    fn old_version_and_wrong_key_are_rebuilt() {
+        let current = format!("\"format_version\":\"{FORMAT_VERSION}\"");
+        let old = format!("\"format_version\":\"{}\"", FORMAT_VERSION - 1);
+        rebuilt_after(|b| replace(b, &current, &old), "format version 0");
+        rebuilt_after(
+            |b| {
+                let at = b.windows(7).position(|w| w == b"\"key\":\"").unwrap() + 7;
+                b[at] = if b[at] == b'0' { b'1' } else { b'0' };
+            },
+            "stored key",
+        );
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("f.bin");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
 }
