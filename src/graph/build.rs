@@ -32,9 +32,14 @@ pub fn build(grid: &Grid, valid: &[bool], options: &GraphOptions) -> Result<Weat
     let mut mesh_edges = hierarchy.multi_mesh_edges();
     let mut faces = hierarchy.finest_faces().to_vec();
     if !grid.global {
-        let margin = options.regional_margin.unwrap_or(2.0 * chord_to_arc(max_edge));
+        let margin = options
+            .regional_margin
+            .unwrap_or(2.0 * chord_to_arc(max_edge));
         let bbox = LatLonBox::of_grid(grid);
-        let keep: Vec<bool> = mesh_pos.iter().map(|p| bbox.distance(p) <= margin).collect();
+        let keep: Vec<bool> = mesh_pos
+            .iter()
+            .map(|p| bbox.distance(p) <= margin)
+            .collect();
         let reindex = Reindex::new(&keep);
         faces = reindex.faces(&faces);
         if faces.is_empty() {
@@ -49,8 +54,11 @@ pub fn build(grid: &Grid, valid: &[bool], options: &GraphOptions) -> Result<Weat
         mesh_pos = reindex.kept.iter().map(|&i| mesh_pos[i as usize]).collect();
     }
     let grid_map = GridNodeMap::from_valid(valid);
-    let (grid_lat, grid_lon): (Vec<f64>, Vec<f64>) =
-        grid_map.cells().iter().map(|&c| grid.node_lat_lon(c as usize)).unzip();
+    let (grid_lat, grid_lon): (Vec<f64>, Vec<f64>) = grid_map
+        .cells()
+        .iter()
+        .map(|&c| grid.node_lat_lon(c as usize))
+        .unzip();
     let grid_nodes = NodeSet::new(grid_lat, grid_lon);
     let grid_pos = grid_nodes.positions();
     let (mesh_lat, mesh_lon): (Vec<f64>, Vec<f64>) = mesh_pos.iter().map(lat_lon).unzip();
@@ -59,7 +67,12 @@ pub fn build(grid: &Grid, valid: &[bool], options: &GraphOptions) -> Result<Weat
     let g2m = grid2mesh(&grid_pos, &mesh_pos, options.radius_factor * max_edge);
     let m2g = mesh2grid(&grid_pos, &mesh_pos, &faces);
     let (senders, receivers) = mesh_edges.into_iter().unzip();
-    let mm = Coo { n_senders: mesh_pos.len(), n_receivers: mesh_pos.len(), senders, receivers };
+    let mm = Coo {
+        n_senders: mesh_pos.len(),
+        n_receivers: mesh_pos.len(),
+        senders,
+        receivers,
+    };
     tracing::debug!(
         grid_nodes = grid_pos.len(),
         mesh_nodes = mesh_pos.len(),
@@ -87,13 +100,23 @@ fn validate(grid: &Grid, valid: &[bool], options: &GraphOptions) -> Result<()> {
         bail_input!("grid coordinates are not all finite");
     }
     if valid.len() != grid.len() {
-        bail_input!("valid-cell mask has {} entries but the grid has {} cells", valid.len(), grid.len());
+        bail_input!(
+            "valid-cell mask has {} entries but the grid has {} cells",
+            valid.len(),
+            grid.len()
+        );
     }
     if options.mesh_level > MAX_MESH_LEVEL {
-        bail_input!("mesh level {} is above the maximum of {MAX_MESH_LEVEL}", options.mesh_level);
+        bail_input!(
+            "mesh level {} is above the maximum of {MAX_MESH_LEVEL}",
+            options.mesh_level
+        );
     }
     if !(options.radius_factor.is_finite() && options.radius_factor > 0.0) {
-        bail_input!("grid2mesh radius factor must be a positive number, got {}", options.radius_factor);
+        bail_input!(
+            "grid2mesh radius factor must be a positive number, got {}",
+            options.radius_factor
+        );
     }
     if let Some(m) = options.regional_margin {
         if !(m.is_finite() && m >= 0.0) {
@@ -140,7 +163,10 @@ pub(crate) mod tests {
     }
 
     fn options(level: u32) -> GraphOptions {
-        GraphOptions { mesh_level: level, ..GraphOptions::default() }
+        GraphOptions {
+            mesh_level: level,
+            ..GraphOptions::default()
+        }
     }
 
     /// Structural checks every graph must pass.
@@ -152,23 +178,42 @@ pub(crate) mod tests {
         assert_eq!(g.mesh2grid.by_receiver.n_receivers(), ng);
         assert_eq!(g.mesh2grid.len(), 3 * ng);
         let csr = &g.mesh2grid.by_receiver;
-        for r in 0..ng {
+        for (r, p) in grid_pos.iter().enumerate() {
             let k = csr.offsets[r] as usize;
             assert_eq!(csr.offsets[r + 1] as usize - k, 3, "grid node {r}");
-            let [a, b, c] = [0, 1, 2].map(|i| mesh_pos[csr.senders[k + i] as usize]);
-            assert!(inside_margin(&grid_pos[r], &a, &b, &c) > -1e-6, "grid node {r} not in its triangle");
+            let [i, j, l] = [0, 1, 2].map(|i| csr.senders[k + i]);
+            assert!(i != j && j != l && l != i, "grid node {r}: repeated sender");
+            let [a, b, c] = [i, j, l].map(|m| mesh_pos[m as usize]);
+            assert!(
+                inside_margin(p, &a, &b, &c) > -1e-6,
+                "grid node {r} not in its triangle"
+            );
         }
         // Encoder: every mesh node receives, senders are grid nodes.
-        assert!(g.grid2mesh.coo.in_degrees().iter().all(|&d| d >= 1), "mesh node without grid2mesh edge");
+        assert!(
+            g.grid2mesh.coo.in_degrees().iter().all(|&d| d >= 1),
+            "mesh node without grid2mesh edge"
+        );
         assert!(g.grid2mesh.senders().iter().all(|&s| (s as usize) < ng));
         // Processor: every edge present in both directions, no duplicates or loops.
-        let set: HashSet<(u32, u32)> = g.mesh.senders().iter().copied().zip(g.mesh.receivers().iter().copied()).collect();
+        let set: HashSet<(u32, u32)> = g
+            .mesh
+            .senders()
+            .iter()
+            .copied()
+            .zip(g.mesh.receivers().iter().copied())
+            .collect();
         assert_eq!(set.len(), g.mesh.len());
-        assert!(set.iter().all(|&(s, r)| s != r && set.contains(&(r, s)) && (s as usize) < nm));
+        assert!(set
+            .iter()
+            .all(|&(s, r)| s != r && set.contains(&(r, s)) && (s as usize) < nm));
         // Features: four per edge, normalised.
         for e in [&g.grid2mesh, &g.mesh, &g.mesh2grid] {
             assert_eq!(e.features.len(), 4 * e.len());
-            assert!(e.features.iter().all(|x| x.is_finite() && x.abs() <= 1.0 + 1e-6));
+            assert!(e
+                .features
+                .iter()
+                .all(|x| x.is_finite() && x.abs() <= 1.0 + 1e-6));
             assert_eq!(e.by_receiver, e.coo.to_csr());
         }
         assert_eq!(g.grid_nodes.features.len(), 4 * ng);
@@ -205,14 +250,17 @@ pub(crate) mod tests {
         check_invariants(&g);
         let n_valid = valid.iter().filter(|&&v| v).count();
         assert_eq!(g.grid_nodes.len(), n_valid);
-        for cell in 0..grid.len() {
+        for (cell, &is_valid) in valid.iter().enumerate() {
             match g.grid_map.node_of_cell(cell) {
                 Some(n) => {
-                    assert!(valid[cell]);
+                    assert!(is_valid);
                     assert_eq!(g.grid_map.cell_of_node(n), cell);
-                    assert_eq!((g.grid_nodes.lat[n], g.grid_nodes.lon[n]), grid.node_lat_lon(cell));
+                    assert_eq!(
+                        (g.grid_nodes.lat[n], g.grid_nodes.lon[n]),
+                        grid.node_lat_lon(cell)
+                    );
                 }
-                None => assert!(!valid[cell]),
+                None => assert!(!is_valid),
             }
         }
         assert_eq!(g.grid_map, GridNodeMap::from_valid(&valid));
@@ -226,14 +274,26 @@ pub(crate) mod tests {
             check_invariants(&g);
             assert_eq!(g.grid_nodes.len(), 33 * 36 - 24);
             let full = 10 * 4usize.pow(level) + 2;
-            assert!(g.mesh_nodes.len() < full / 5, "regional mesh is cropped: {}", g.mesh_nodes.len());
+            assert!(
+                g.mesh_nodes.len() < full / 5,
+                "regional mesh is cropped: {}",
+                g.mesh_nodes.len()
+            );
             // Kept mesh nodes lie within the default margin of the box, and nodes
             // over the box are all kept.
             let h = MeshHierarchy::new(level);
             let margin = 2.0 * chord_to_arc(h.finest_max_edge_chord());
             let bbox = LatLonBox::of_grid(&grid);
-            assert!(g.mesh_nodes.positions().iter().all(|p| bbox.distance(p) <= margin + 1e-9));
-            let inside = h.vertices.iter().filter(|p| bbox.distance(p) == 0.0).count();
+            assert!(g
+                .mesh_nodes
+                .positions()
+                .iter()
+                .all(|p| bbox.distance(p) <= margin + 1e-9));
+            let inside = h
+                .vertices
+                .iter()
+                .filter(|p| bbox.distance(p) == 0.0)
+                .count();
             assert!(inside > 0 && g.mesh_nodes.len() > inside);
             // Masked corner cells have no node.
             for corner in [0, grid.nlon() - 1, grid.len() - grid.nlon(), grid.len() - 1] {
@@ -245,11 +305,23 @@ pub(crate) mod tests {
     #[test]
     fn regional_margin_zero_still_decodes_every_grid_node() {
         let (grid, valid) = storm1996();
-        let opts = GraphOptions { mesh_level: 3, regional_margin: Some(0.0), radius_factor: 0.6 };
+        let opts = GraphOptions {
+            mesh_level: 3,
+            regional_margin: Some(0.0),
+            radius_factor: 0.6,
+        };
         let g = build(&grid, &valid, &opts).unwrap();
         assert_eq!(g.mesh2grid.len(), 3 * g.grid_nodes.len());
         assert!(g.grid2mesh.coo.in_degrees().iter().all(|&d| d >= 1));
-        let wider = build(&grid, &valid, &GraphOptions { regional_margin: Some(0.3), ..opts }).unwrap();
+        let wider = build(
+            &grid,
+            &valid,
+            &GraphOptions {
+                regional_margin: Some(0.3),
+                ..opts
+            },
+        )
+        .unwrap();
         assert!(wider.mesh_nodes.len() > g.mesh_nodes.len());
     }
 
@@ -265,16 +337,31 @@ pub(crate) mod tests {
         let grid = Grid::global_cell_centred(10.0);
         let valid = vec![true; grid.len()];
         let err = build(&grid, &valid, &options(9)).unwrap_err();
-        assert!(is_input_error(&err) && err.to_string().contains("mesh level 9"), "{err}");
+        assert!(
+            is_input_error(&err) && err.to_string().contains("mesh level 9"),
+            "{err}"
+        );
         let err = build(&grid, &valid[1..], &options(2)).unwrap_err();
-        assert!(is_input_error(&err) && err.to_string().contains("mask"), "{err}");
+        assert!(
+            is_input_error(&err) && err.to_string().contains("mask"),
+            "{err}"
+        );
         let mut few = vec![false; grid.len()];
         few[..5].iter_mut().for_each(|v| *v = true);
         let err = build(&grid, &few, &options(2)).unwrap_err();
-        assert!(is_input_error(&err) && err.to_string().contains("only 5 of 648"), "{err}");
-        let bad = GraphOptions { radius_factor: 0.0, ..options(2) };
+        assert!(
+            is_input_error(&err) && err.to_string().contains("only 5 of 648"),
+            "{err}"
+        );
+        let bad = GraphOptions {
+            radius_factor: 0.0,
+            ..options(2)
+        };
         assert!(is_input_error(&build(&grid, &valid, &bad).unwrap_err()));
-        let bad = GraphOptions { regional_margin: Some(-1.0), ..options(2) };
+        let bad = GraphOptions {
+            regional_margin: Some(-1.0),
+            ..options(2)
+        };
         assert!(is_input_error(&build(&grid, &valid, &bad).unwrap_err()));
     }
 }

@@ -81,18 +81,25 @@ pub fn load_or_build(
     let path = dir.join(key.file_name());
     let outcome = match fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => CacheOutcome::Miss,
-        Err(e) => CacheOutcome::Rebuilt { reason: format!("cannot read it: {e}") },
+        Err(e) => CacheOutcome::Rebuilt {
+            reason: format!("cannot read it: {e}"),
+        },
         Ok(bytes) => match decode(&bytes, &key, grid.len()) {
             Ok(graph) => {
                 let secs = start.elapsed().as_secs_f64();
                 tracing::info!("loaded graph from cache {} in {secs:.2} s", path.display());
                 return Ok((graph, CacheOutcome::Hit, secs));
             }
-            Err(e) => CacheOutcome::Rebuilt { reason: format!("{e:#}") },
+            Err(e) => CacheOutcome::Rebuilt {
+                reason: format!("{e:#}"),
+            },
         },
     };
     if let CacheOutcome::Rebuilt { reason } = &outcome {
-        tracing::warn!("ignoring graph cache file {}: {reason}; rebuilding it", path.display());
+        tracing::warn!(
+            "ignoring graph cache file {}: {reason}; rebuilding it",
+            path.display()
+        );
     }
     // Validate before anything touches the cache directory.
     let graph = build(grid, valid, options)?;
@@ -102,7 +109,10 @@ pub fn load_or_build(
             start.elapsed().as_secs_f64(),
             path.display()
         ),
-        Err(e) => tracing::warn!("built graph but could not cache it at {}: {e:#}", path.display()),
+        Err(e) => tracing::warn!(
+            "built graph but could not cache it at {}: {e:#}",
+            path.display()
+        ),
     }
     Ok((graph, outcome, start.elapsed().as_secs_f64()))
 }
@@ -140,7 +150,10 @@ impl CacheKey {
         let mut k = Sha256::new();
         k.update(FORMAT_VERSION.to_le_bytes());
         k.update(inputs.as_bytes());
-        CacheKey { inputs, key: hex(&k.finalize()) }
+        CacheKey {
+            inputs,
+            key: hex(&k.finalize()),
+        }
     }
 
     fn file_name(&self) -> String {
@@ -162,17 +175,52 @@ fn encode(g: &WeatherGraph, key: &CacheKey) -> Result<Vec<u8>> {
     // (name, dtype, shape, little-endian bytes); names sort the same way safetensors orders them.
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, nodes) in [("grid_nodes", &g.grid_nodes), ("mesh_nodes", &g.mesh_nodes)] {
-        tensors.push((format!("{name}.lat"), Dtype::F64, vec![nodes.len()], le_bytes(&nodes.lat)));
-        tensors.push((format!("{name}.lon"), Dtype::F64, vec![nodes.len()], le_bytes(&nodes.lon)));
+        tensors.push((
+            format!("{name}.lat"),
+            Dtype::F64,
+            vec![nodes.len()],
+            le_bytes(&nodes.lat),
+        ));
+        tensors.push((
+            format!("{name}.lon"),
+            Dtype::F64,
+            vec![nodes.len()],
+            le_bytes(&nodes.lon),
+        ));
         let shape = vec![nodes.len(), NODE_FEATURES];
-        tensors.push((format!("{name}.features"), Dtype::F32, shape, le_bytes(&nodes.features)));
+        tensors.push((
+            format!("{name}.features"),
+            Dtype::F32,
+            shape,
+            le_bytes(&nodes.features),
+        ));
     }
-    tensors.push(("grid_cells".into(), Dtype::U32, vec![g.grid_map.n_nodes()], le_bytes(g.grid_map.cells())));
+    tensors.push((
+        "grid_cells".into(),
+        Dtype::U32,
+        vec![g.grid_map.n_nodes()],
+        le_bytes(g.grid_map.cells()),
+    ));
     for (name, set) in EDGE_SETS.iter().zip(edge_sets(g)) {
         let n = set.len();
-        tensors.push((format!("{name}.senders"), Dtype::U32, vec![n], le_bytes(set.senders())));
-        tensors.push((format!("{name}.receivers"), Dtype::U32, vec![n], le_bytes(set.receivers())));
-        tensors.push((format!("{name}.features"), Dtype::F32, vec![n, EDGE_FEATURES], le_bytes(&set.features)));
+        tensors.push((
+            format!("{name}.senders"),
+            Dtype::U32,
+            vec![n],
+            le_bytes(set.senders()),
+        ));
+        tensors.push((
+            format!("{name}.receivers"),
+            Dtype::U32,
+            vec![n],
+            le_bytes(set.receivers()),
+        ));
+        tensors.push((
+            format!("{name}.features"),
+            Dtype::F32,
+            vec![n, EDGE_FEATURES],
+            le_bytes(&set.features),
+        ));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut digest = Sha256::new();
@@ -187,31 +235,50 @@ fn encode(g: &WeatherGraph, key: &CacheKey) -> Result<Vec<u8>> {
     ]);
     let views = tensors
         .iter()
-        .map(|(name, dtype, shape, data)| Ok((name.as_str(), TensorView::new(*dtype, shape.clone(), data)?)))
+        .map(|(name, dtype, shape, data)| {
+            Ok((name.as_str(), TensorView::new(*dtype, shape.clone(), data)?))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     Ok(safetensors::serialize(views, Some(metadata))?)
 }
 
 fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
-    let meta = meta.metadata().as_ref().ok_or_else(|| anyhow!("no metadata"))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
+    let meta = meta
+        .metadata()
+        .as_ref()
+        .ok_or_else(|| anyhow!("no metadata"))?;
     let get = |k: &str| meta.get(k).ok_or_else(|| anyhow!("metadata lacks {k}"));
     let version = get("format_version")?;
     ensure!(
         *version == FORMAT_VERSION.to_string(),
         "written by graph format version {version}, this build uses {FORMAT_VERSION}"
     );
-    ensure!(*get("key")? == key.key, "stored key does not match the grid, mask and options");
-    ensure!(get("n_cells")?.parse::<usize>()? == n_cells, "cell count does not match the grid");
+    ensure!(
+        *get("key")? == key.key,
+        "stored key does not match the grid, mask and options"
+    );
+    ensure!(
+        get("n_cells")?.parse::<usize>()? == n_cells,
+        "cell count does not match the grid"
+    );
     let options: GraphOptions = serde_json::from_str(get("options")?)?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
-    ensure!(data_digest(&st) == *get("data_sha256")?, "tensor data checksum mismatch");
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
+    ensure!(
+        data_digest(&st) == *get("data_sha256")?,
+        "tensor data checksum mismatch"
+    );
 
     let nodes = |name: &str| -> Result<NodeSet> {
         let lat: Vec<f64> = read(&st, &format!("{name}.lat"), Dtype::F64)?;
         let lon: Vec<f64> = read(&st, &format!("{name}.lon"), Dtype::F64)?;
         let features: Vec<f32> = read(&st, &format!("{name}.features"), Dtype::F32)?;
-        ensure!(lat.len() == lon.len() && features.len() == lat.len() * NODE_FEATURES, "{name}: inconsistent sizes");
+        ensure!(
+            lat.len() == lon.len() && features.len() == lat.len() * NODE_FEATURES,
+            "{name}: inconsistent sizes"
+        );
         Ok(NodeSet { lat, lon, features })
     };
     let grid_nodes = nodes("grid_nodes")?;
@@ -219,7 +286,8 @@ fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> 
     let cells: Vec<u32> = read(&st, "grid_cells", Dtype::U32)?;
     ensure!(cells.len() == grid_nodes.len(), "grid_cells: wrong length");
     ensure!(
-        cells.windows(2).all(|w| w[0] < w[1]) && cells.last().is_none_or(|&c| (c as usize) < n_cells),
+        cells.windows(2).all(|w| w[0] < w[1])
+            && cells.last().is_none_or(|&c| (c as usize) < n_cells),
         "grid_cells: not ascending cell indices"
     );
     let (ng, nm) = (grid_nodes.len(), mesh_nodes.len());
@@ -232,10 +300,19 @@ fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> 
             "{name}: inconsistent sizes"
         );
         ensure!(
-            senders.iter().all(|&s| (s as usize) < n_senders) && receivers.iter().all(|&r| (r as usize) < n_receivers),
+            senders.iter().all(|&s| (s as usize) < n_senders)
+                && receivers.iter().all(|&r| (r as usize) < n_receivers),
             "{name}: node index out of range"
         );
-        Ok(EdgeSet::new(Coo { n_senders, n_receivers, senders, receivers }, features))
+        Ok(EdgeSet::new(
+            Coo {
+                n_senders,
+                n_receivers,
+                senders,
+                receivers,
+            },
+            features,
+        ))
     };
     Ok(WeatherGraph {
         options,
@@ -293,7 +370,10 @@ fn le_bytes<T: Element>(values: &[T]) -> Vec<u8> {
 fn read<T: Element>(st: &SafeTensors, name: &str, dtype: Dtype) -> Result<Vec<T>> {
     let view = st.tensor(name).map_err(|e| anyhow!("tensor {name}: {e}"))?;
     if view.dtype() != dtype {
-        bail!("tensor {name}: dtype {:?}, expected {dtype:?}", view.dtype());
+        bail!(
+            "tensor {name}: dtype {:?}, expected {dtype:?}",
+            view.dtype()
+        );
     }
     Ok(view.data().chunks_exact(T::SIZE).map(T::read).collect())
 }
@@ -303,11 +383,17 @@ fn read<T: Element>(st: &SafeTensors, name: &str, dtype: Dtype) -> Result<Vec<T>
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("cache path has no directory")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let name = path.file_name().context("cache path has no file name")?.to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = path
+        .file_name()
+        .context("cache path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
@@ -331,7 +417,14 @@ mod tests {
     fn inputs() -> (Grid, Vec<bool>, GraphOptions) {
         let grid = Grid::global_cell_centred(10.0);
         let valid = (0..grid.len()).map(|c| c % 11 != 0).collect();
-        (grid, valid, GraphOptions { mesh_level: 3, ..GraphOptions::default() })
+        (
+            grid,
+            valid,
+            GraphOptions {
+                mesh_level: 3,
+                ..GraphOptions::default()
+            },
+        )
     }
 
     /// Runs `f` with tracing captured; returns its result and the log text.
@@ -361,8 +454,15 @@ mod tests {
     }
 
     fn cache_file(dir: &Path) -> PathBuf {
-        let files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(files.len(), 1, "exactly one cache file, no temp files left: {files:?}");
+        let files: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(
+            files.len(),
+            1,
+            "exactly one cache file, no temp files left: {files:?}"
+        );
         files[0].clone()
     }
 
@@ -371,10 +471,15 @@ mod tests {
         let (grid, valid, opts) = inputs();
         let dir = tempfile::tempdir().unwrap();
         let fresh = build(&grid, &valid, &opts).unwrap();
-        let ((g1, o1, _), logs) = with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
+        let ((g1, o1, _), logs) =
+            with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
         assert_eq!(o1, CacheOutcome::Miss);
-        assert!(logs.contains("built graph") && logs.contains("cached at"), "{logs}");
-        let ((g2, o2, _), logs) = with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
+        assert!(
+            logs.contains("built graph") && logs.contains("cached at"),
+            "{logs}"
+        );
+        let ((g2, o2, _), logs) =
+            with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
         assert_eq!(o2, CacheOutcome::Hit);
         assert!(logs.contains("loaded graph from cache"), "{logs}");
         assert_eq!(g1, fresh);
@@ -390,8 +495,16 @@ mod tests {
         valid[5] = false;
         let (_, outcome, _) = load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap();
         assert_eq!(outcome, CacheOutcome::Miss);
-        let opts2 = GraphOptions { radius_factor: 0.7, ..opts };
-        assert_eq!(load_or_build(&grid, &valid, &opts2, Some(dir.path())).unwrap().1, CacheOutcome::Miss);
+        let opts2 = GraphOptions {
+            radius_factor: 0.7,
+            ..opts
+        };
+        assert_eq!(
+            load_or_build(&grid, &valid, &opts2, Some(dir.path()))
+                .unwrap()
+                .1,
+            CacheOutcome::Miss
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
@@ -414,18 +527,32 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         damage(&mut bytes);
         fs::write(&path, &bytes).unwrap();
-        let ((g, outcome, _), logs) = with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
-        let CacheOutcome::Rebuilt { reason } = outcome else { panic!("expected a rebuild, got {outcome:?}") };
+        let ((g, outcome, _), logs) =
+            with_logs(|| load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap());
+        let CacheOutcome::Rebuilt { reason } = outcome else {
+            panic!("expected a rebuild, got {outcome:?}")
+        };
         assert!(reason.contains(expect_reason), "reason: {reason}");
-        assert!(logs.contains("WARN") && logs.contains("rebuilding"), "{logs}");
+        assert!(
+            logs.contains("WARN") && logs.contains("rebuilding"),
+            "{logs}"
+        );
         assert_eq!(g, build(&grid, &valid, &opts).unwrap());
-        assert_eq!(load_or_build(&grid, &valid, &opts, Some(dir.path())).unwrap().1, CacheOutcome::Hit);
+        assert_eq!(
+            load_or_build(&grid, &valid, &opts, Some(dir.path()))
+                .unwrap()
+                .1,
+            CacheOutcome::Hit
+        );
         cache_file(dir.path());
     }
 
     fn replace(bytes: &mut [u8], from: &str, to: &str) {
         assert_eq!(from.len(), to.len());
-        let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("pattern in header");
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .expect("pattern in header");
         bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
     }
 

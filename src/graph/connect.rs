@@ -29,7 +29,11 @@ pub fn grid2mesh(grid: &[Vec3], mesh: &[Vec3], radius_chord: f64) -> Coo {
     let mut near: Vec<u32> = Vec::new();
     for (m, p) in mesh.iter().enumerate() {
         near.clear();
-        near.extend(tree.within_unsorted::<SquaredEuclidean>(p, r2).iter().map(|n| n.item as u32));
+        near.extend(
+            tree.within_unsorted::<SquaredEuclidean>(p, r2)
+                .iter()
+                .map(|n| n.item as u32),
+        );
         if near.is_empty() {
             near.push(tree.nearest_one::<SquaredEuclidean>(p).item as u32);
         }
@@ -37,7 +41,12 @@ pub fn grid2mesh(grid: &[Vec3], mesh: &[Vec3], radius_chord: f64) -> Coo {
         senders.extend_from_slice(&near);
         receivers.extend(std::iter::repeat_n(m as u32, near.len()));
     }
-    Coo { n_senders: grid.len(), n_receivers: mesh.len(), senders, receivers }
+    Coo {
+        n_senders: grid.len(),
+        n_receivers: mesh.len(),
+        senders,
+        receivers,
+    }
 }
 
 /// Decoder edges: each grid node receives from the three vertices of the mesh
@@ -60,15 +69,30 @@ pub fn mesh2grid(grid: &[Vec3], mesh: &[Vec3], faces: &[[u32; 3]]) -> Coo {
                 let [a, b, cc] = faces[c.item as usize].map(|i| mesh[i as usize]);
                 (inside_margin(p, &a, &b, &cc), c.item as usize)
             })
-            .fold((f64::NEG_INFINITY, usize::MAX), |best, x| if x.0 > best.0 { x } else { best })
+            .fold((f64::NEG_INFINITY, usize::MAX), |best, x| {
+                if x.0 > best.0 {
+                    x
+                } else {
+                    best
+                }
+            })
     };
     let mut senders = Vec::with_capacity(grid.len() * 3);
     let mut receivers = Vec::with_capacity(grid.len() * 3);
     for (g, p) in grid.iter().enumerate() {
         let (margin, near_face) = best_of(p, NEAR_FACES);
-        let face = if margin >= 0.0 { near_face } else { best_of(p, FAR_FACES).1 };
+        let face = if margin >= 0.0 {
+            near_face
+        } else {
+            best_of(p, FAR_FACES).1
+        };
         senders.extend_from_slice(&faces[face]);
         receivers.extend_from_slice(&[g as u32; 3]);
     }
-    Coo { n_senders: mesh.len(), n_receivers: grid.len(), senders, receivers }
+    Coo {
+        n_senders: mesh.len(),
+        n_receivers: grid.len(),
+        senders,
+        receivers,
+    }
 }

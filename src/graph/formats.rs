@@ -63,13 +63,26 @@ impl Coo {
     pub fn to_csr(&self) -> Csr {
         let (offsets, edge_ids) = group_by(&self.receivers, self.n_receivers);
         let senders = edge_ids.iter().map(|&e| self.senders[e as usize]).collect();
-        Csr { n_senders: self.n_senders, offsets, senders, edge_ids }
+        Csr {
+            n_senders: self.n_senders,
+            offsets,
+            senders,
+            edge_ids,
+        }
     }
 
     pub fn to_csc(&self) -> Csc {
         let (offsets, edge_ids) = group_by(&self.senders, self.n_senders);
-        let receivers = edge_ids.iter().map(|&e| self.receivers[e as usize]).collect();
-        Csc { n_receivers: self.n_receivers, offsets, receivers, edge_ids }
+        let receivers = edge_ids
+            .iter()
+            .map(|&e| self.receivers[e as usize])
+            .collect();
+        Csc {
+            n_receivers: self.n_receivers,
+            offsets,
+            receivers,
+            edge_ids,
+        }
     }
 
     /// Number of edges into each receiver.
@@ -102,7 +115,12 @@ impl Csr {
                 receivers[e] = r as u32;
             }
         }
-        Coo { n_senders: self.n_senders, n_receivers: self.n_receivers(), senders, receivers }
+        Coo {
+            n_senders: self.n_senders,
+            n_receivers: self.n_receivers(),
+            senders,
+            receivers,
+        }
     }
 
     pub fn to_csc(&self) -> Csc {
@@ -130,7 +148,12 @@ impl Csc {
                 receivers[e] = self.receivers[k];
             }
         }
-        Coo { n_senders: self.n_senders(), n_receivers: self.n_receivers, senders, receivers }
+        Coo {
+            n_senders: self.n_senders(),
+            n_receivers: self.n_receivers,
+            senders,
+            receivers,
+        }
     }
 
     pub fn to_csr(&self) -> Csr {
@@ -204,7 +227,12 @@ mod tests {
 
     #[test]
     fn empty_edge_set() {
-        let coo = Coo { n_senders: 2, n_receivers: 3, senders: vec![], receivers: vec![] };
+        let coo = Coo {
+            n_senders: 2,
+            n_receivers: 3,
+            senders: vec![],
+            receivers: vec![],
+        };
         assert_eq!(coo.to_csr().to_coo(), coo);
         assert_eq!(coo.to_csc().to_coo(), coo);
     }

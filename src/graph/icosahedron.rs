@@ -54,10 +54,14 @@ impl MeshHierarchy {
     /// Multi-mesh edges `(sender, receiver)`: the union of the edges of every level,
     /// in both directions, without duplicates, sorted by receiver then sender.
     pub fn multi_mesh_edges(&self) -> Vec<(u32, u32)> {
-        let mut undirected: Vec<(u32, u32)> = self.faces.iter().flat_map(|f| unique_edges(f)).collect();
+        let mut undirected: Vec<(u32, u32)> =
+            self.faces.iter().flat_map(|f| unique_edges(f)).collect();
         undirected.sort_unstable();
         undirected.dedup();
-        let mut directed: Vec<(u32, u32)> = undirected.iter().flat_map(|&(a, b)| [(a, b), (b, a)]).collect();
+        let mut directed: Vec<(u32, u32)> = undirected
+            .iter()
+            .flat_map(|&(a, b)| [(a, b), (b, a)])
+            .collect();
         directed.sort_unstable_by_key(|&(s, r)| (r, s));
         directed
     }
@@ -158,7 +162,10 @@ mod tests {
             assert_eq!(v as i64 - e as i64 + f as i64, 2, "Euler at level {l}");
         }
         assert_eq!(mesh.vertices.len(), 40_962);
-        assert!(mesh.vertices.iter().all(|p| (dot(p, p) - 1.0).abs() < 1e-12));
+        assert!(mesh
+            .vertices
+            .iter()
+            .all(|p| (dot(p, p) - 1.0).abs() < 1e-12));
     }
 
     #[test]
@@ -191,6 +198,9 @@ mod tests {
     fn coarse_vertices_keep_their_index() {
         let coarse = MeshHierarchy::new(2);
         let fine = MeshHierarchy::new(4);
-        assert_eq!(&fine.vertices[..coarse.vertices.len()], &coarse.vertices[..]);
+        assert_eq!(
+            &fine.vertices[..coarse.vertices.len()],
+            &coarse.vertices[..]
+        );
     }
 }

@@ -46,7 +46,11 @@ pub struct GraphOptions {
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        GraphOptions { mesh_level: 6, regional_margin: None, radius_factor: 0.6 }
+        GraphOptions {
+            mesh_level: 6,
+            regional_margin: None,
+            radius_factor: 0.6,
+        }
     }
 }
 
@@ -62,7 +66,12 @@ impl GridNodeMap {
 
     /// Valid cells become nodes `0..`, in cell order.
     pub fn from_valid(valid: &[bool]) -> GridNodeMap {
-        let cells = valid.iter().enumerate().filter(|(_, &v)| v).map(|(c, _)| c as u32).collect();
+        let cells = valid
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v)
+            .map(|(c, _)| c as u32)
+            .collect();
         GridNodeMap::from_cells(cells, valid.len())
     }
 
@@ -72,12 +81,17 @@ impl GridNodeMap {
         for (n, &c) in cell_of_node.iter().enumerate() {
             node_of_cell[c as usize] = n as u32;
         }
-        GridNodeMap { cell_of_node, node_of_cell }
+        GridNodeMap {
+            cell_of_node,
+            node_of_cell,
+        }
     }
 
     /// Graph node of grid cell `cell`, or `None` where the cell is masked.
     pub fn node_of_cell(&self, cell: usize) -> Option<usize> {
-        Some(self.node_of_cell[cell]).filter(|&n| n != Self::MASKED).map(|n| n as usize)
+        Some(self.node_of_cell[cell])
+            .filter(|&n| n != Self::MASKED)
+            .map(|n| n as usize)
     }
 
     /// Grid cell of graph node `node`.

@@ -25,7 +25,12 @@ impl LatLonBox {
         let (lat_min, lat_max) = (grid.lat[0], grid.lat[grid.nlat() - 1]);
         let lon_min = grid.lon[0];
         let lon_width = (grid.lon[grid.nlon() - 1] - lon_min).clamp(0.0, 360.0);
-        LatLonBox { lat_min, lat_max, lon_min, lon_width }
+        LatLonBox {
+            lat_min,
+            lat_max,
+            lon_min,
+            lon_width,
+        }
     }
 
     /// Great-circle distance (radians) from `p` to the nearest point of the box; 0 inside.
@@ -39,14 +44,20 @@ impl LatLonBox {
         let (lat, lon) = lat_lon(p);
         let offset = (lon - self.lon_min).rem_euclid(360.0);
         if offset <= self.lon_width {
-            return (self.lat_min - lat).max(lat - self.lat_max).max(0.0).to_radians();
+            return (self.lat_min - lat)
+                .max(lat - self.lat_max)
+                .max(0.0)
+                .to_radians();
         }
         let dlon = (offset - self.lon_width).min(360.0 - offset).to_radians();
         let (slat, clat) = lat.to_radians().sin_cos();
         let (lo, hi) = (self.lat_min.to_radians(), self.lat_max.to_radians());
         let theta = slat.atan2(clat * dlon.cos());
         let cos_dist = |la: f64| slat * la.sin() + clat * la.cos() * dlon.cos();
-        let best = [theta.clamp(lo, hi), lo, hi].into_iter().map(cos_dist).fold(-1.0, f64::max);
+        let best = [theta.clamp(lo, hi), lo, hi]
+            .into_iter()
+            .map(cos_dist)
+            .fold(-1.0, f64::max);
         best.clamp(-1.0, 1.0).acos()
     }
 }
@@ -84,12 +95,18 @@ impl Reindex {
 
     /// Edges among kept nodes, renumbered, in their original order.
     pub fn edges(&self, edges: &[(u32, u32)]) -> Vec<(u32, u32)> {
-        edges.iter().filter_map(|&(s, r)| Some((self.get(s)?, self.get(r)?))).collect()
+        edges
+            .iter()
+            .filter_map(|&(s, r)| Some((self.get(s)?, self.get(r)?)))
+            .collect()
     }
 
     /// Triangles whose three vertices are kept, renumbered.
     pub fn faces(&self, faces: &[[u32; 3]]) -> Vec<[u32; 3]> {
-        faces.iter().filter_map(|&[a, b, c]| Some([self.get(a)?, self.get(b)?, self.get(c)?])).collect()
+        faces
+            .iter()
+            .filter_map(|&[a, b, c]| Some([self.get(a)?, self.get(b)?, self.get(c)?]))
+            .collect()
     }
 }
 
@@ -99,7 +116,12 @@ mod tests {
     use super::*;
 
     fn storm_box() -> LatLonBox {
-        LatLonBox { lat_min: 20.0, lat_max: 60.0, lon_min: -140.0, lon_width: 87.5 }
+        LatLonBox {
+            lat_min: 20.0,
+            lat_max: 60.0,
+            lon_min: -140.0,
+            lon_width: 87.5,
+        }
     }
 
     #[test]
@@ -116,7 +138,13 @@ mod tests {
     #[test]
     fn distance_matches_brute_force() {
         let b = storm_box();
-        for &(la, lo) in &[(70.0, -160.0), (0.0, -30.0), (-50.0, 40.0), (85.0, 100.0), (30.0, -150.0)] {
+        for &(la, lo) in &[
+            (70.0, -160.0),
+            (0.0, -30.0),
+            (-50.0, 40.0),
+            (85.0, 100.0),
+            (30.0, -150.0),
+        ] {
             let p = unit_vector(la, lo);
             let mut best = f64::INFINITY;
             for i in 0..=400 {
@@ -127,7 +155,10 @@ mod tests {
                 }
             }
             let d = b.distance(&p);
-            assert!(d <= best + 1e-9 && best - d < 3e-3, "({la},{lo}): {d} vs {best}");
+            assert!(
+                d <= best + 1e-9 && best - d < 3e-3,
+                "({la},{lo}): {d} vs {best}"
+            );
         }
     }
 

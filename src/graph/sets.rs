@@ -50,7 +50,11 @@ impl NodeSet {
 
     /// Unit vectors of the nodes.
     pub fn positions(&self) -> Vec<Vec3> {
-        self.lat.iter().zip(&self.lon).map(|(&la, &lo)| unit_vector(la, lo)).collect()
+        self.lat
+            .iter()
+            .zip(&self.lon)
+            .map(|(&la, &lo)| unit_vector(la, lo))
+            .collect()
     }
 }
 
@@ -76,7 +80,11 @@ impl EdgeSet {
     pub fn new(coo: Coo, features: Vec<f32>) -> EdgeSet {
         debug_assert_eq!(features.len(), coo.len() * EDGE_FEATURES);
         let by_receiver = coo.to_csr();
-        EdgeSet { coo, features, by_receiver }
+        EdgeSet {
+            coo,
+            features,
+            by_receiver,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -97,7 +105,11 @@ impl EdgeSet {
 
     /// Bytes of the index arrays in each storage format.
     pub fn format_bytes(&self) -> FormatBytes {
-        FormatBytes { coo: self.coo.bytes(), csr: self.by_receiver.bytes(), csc: self.coo.to_csc().bytes() }
+        FormatBytes {
+            coo: self.coo.bytes(),
+            csr: self.by_receiver.bytes(),
+            csc: self.coo.to_csc().bytes(),
+        }
     }
 }
 
@@ -107,7 +119,12 @@ fn edge_features(coo: &Coo, senders: &[Vec3], receivers: &[Vec3]) -> Vec<f32> {
         .senders
         .iter()
         .zip(&coo.receivers)
-        .map(|(&s, &r)| in_frame(&frames[r as usize], &sub(&senders[s as usize], &receivers[r as usize])))
+        .map(|(&s, &r)| {
+            in_frame(
+                &frames[r as usize],
+                &sub(&senders[s as usize], &receivers[r as usize]),
+            )
+        })
         .collect();
     let length = |d: &Vec3| (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
     let longest = local.iter().map(length).fold(0.0, f64::max);
@@ -125,17 +142,38 @@ mod tests {
     #[test]
     fn edge_features_are_normalised_and_rotation_invariant() {
         // Two edges of the same shape at different places get the same features.
-        let pos = vec![unit_vector(0.0, 0.0), unit_vector(0.0, 1.0), unit_vector(40.0, 100.0), unit_vector(40.0, 101.0)];
-        let coo = Coo { n_senders: 4, n_receivers: 4, senders: vec![1, 3, 0], receivers: vec![0, 2, 1] };
+        let pos = vec![
+            unit_vector(0.0, 0.0),
+            unit_vector(0.0, 1.0),
+            unit_vector(40.0, 100.0),
+            unit_vector(40.0, 101.0),
+        ];
+        let coo = Coo {
+            n_senders: 4,
+            n_receivers: 4,
+            senders: vec![1, 3, 0],
+            receivers: vec![0, 2, 1],
+        };
         let e = EdgeSet::with_geometry(coo, &pos, &pos);
         let f = |k: usize| &e.features[k * EDGE_FEATURES..(k + 1) * EDGE_FEATURES];
         assert!(e.features.iter().all(|x| x.abs() <= 1.0 + 1e-6));
-        assert!(f(0).iter().any(|&x| (x - 1.0).abs() < 1e-6), "longest edge has length 1");
+        assert!(
+            f(0).iter().any(|&x| (x - 1.0).abs() < 1e-6),
+            "longest edge has length 1"
+        );
         assert!(f(0)[2] > 0.0, "sender is east of receiver");
         assert!(f(2)[2] < 0.0, "sender is west of receiver");
         // Same displacement in longitude at 40N is shorter, but still pure east.
         assert!(f(1)[0] < f(0)[0] && f(1)[2] > 0.0);
         let n = NodeSet::new(vec![30.0], vec![-90.0]);
-        assert_eq!(n.features, vec![0.5f32, (30f64.to_radians().cos()) as f32, -1.0, (-90f64).to_radians().cos() as f32]);
+        assert_eq!(
+            n.features,
+            vec![
+                0.5f32,
+                (30f64.to_radians().cos()) as f32,
+                -1.0,
+                (-90f64).to_radians().cos() as f32
+            ]
+        );
     }
 }

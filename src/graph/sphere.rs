@@ -28,7 +28,11 @@ pub fn dot(a: &Vec3, b: &Vec3) -> f64 {
 }
 
 pub fn cross(a: &Vec3, b: &Vec3) -> Vec3 {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 pub fn sub(a: &Vec3, b: &Vec3) -> Vec3 {
@@ -80,7 +84,11 @@ pub fn local_frame(r: &Vec3) -> [Vec3; 3] {
     let (lat, lon) = lat_lon(r);
     let (slat, clat) = lat.to_radians().sin_cos();
     let (slon, clon) = lon.to_radians().sin_cos();
-    [[clat * clon, clat * slon, slat], [-slon, clon, 0.0], [-slat * clon, -slat * slon, clat]]
+    [
+        [clat * clon, clat * slon, slat],
+        [-slon, clon, 0.0],
+        [-slat * clon, -slat * slon, clat],
+    ]
 }
 
 /// `d` in a frame from [`local_frame`].

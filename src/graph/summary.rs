@@ -25,9 +25,17 @@ impl DegreeStats {
             (min, max, sum, n) = (min.min(c), max.max(c), sum + c, n + 1);
         }
         if n == 0 {
-            return DegreeStats { min: 0, mean: 0.0, max: 0 };
+            return DegreeStats {
+                min: 0,
+                mean: 0.0,
+                max: 0,
+            };
         }
-        DegreeStats { min, mean: sum as f64 / n as f64, max }
+        DegreeStats {
+            min,
+            mean: sum as f64 / n as f64,
+            max,
+        }
     }
 }
 
@@ -150,7 +158,13 @@ impl fmt::Display for GraphSummary {
         writeln!(
             f,
             "{:<10} {:>10} {:>22} {:>12} {:>12} {:>12} {:>12}",
-            "edge set", "edges", "in-degree min/mean/max", "COO bytes", "CSR bytes", "CSC bytes", "feat. bytes"
+            "edge set",
+            "edges",
+            "in-degree min/mean/max",
+            "COO bytes",
+            "CSR bytes",
+            "CSC bytes",
+            "feat. bytes"
         )?;
         for e in &self.edge_sets {
             writeln!(
@@ -166,12 +180,68 @@ impl fmt::Display for GraphSummary {
             )?;
         }
         if let Some(p) = &self.patches {
-            writeln!(f, "{} patches, halo {} deg (min/mean/max per patch):", p.count, p.halo_deg)?;
-            writeln!(f, "  owned grid nodes {:>24}", p.owned_grid_nodes.to_string())?;
-            writeln!(f, "  halo grid nodes  {:>24}", p.halo_grid_nodes.to_string())?;
+            writeln!(
+                f,
+                "{} patches, halo {} deg (min/mean/max per patch):",
+                p.count, p.halo_deg
+            )?;
+            writeln!(
+                f,
+                "  owned grid nodes {:>24}",
+                p.owned_grid_nodes.to_string()
+            )?;
+            writeln!(
+                f,
+                "  halo grid nodes  {:>24}",
+                p.halo_grid_nodes.to_string()
+            )?;
             writeln!(f, "  mesh nodes       {:>24}", p.mesh_nodes.to_string())?;
             writeln!(f, "  edges            {:>24}", p.edges.to_string())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{build, GraphOptions};
+    use super::*;
+    use crate::data::grid::Grid;
+
+    #[test]
+    fn summary_counts_and_table() {
+        let grid = Grid::global_cell_centred(10.0);
+        let g = build(
+            &grid,
+            &vec![true; grid.len()],
+            &GraphOptions {
+                mesh_level: 2,
+                ..GraphOptions::default()
+            },
+        )
+        .unwrap();
+        let s = g.summary().with_load(CacheOutcome::Disabled, 0.5);
+        assert_eq!((s.grid_nodes, s.mesh_nodes, s.grid_cells), (648, 162, 648));
+        let m2g = &s.edge_sets[2];
+        assert_eq!((m2g.name.as_str(), m2g.edges), ("mesh2grid", 3 * 648));
+        assert_eq!((m2g.in_degree.min, m2g.in_degree.max), (3, 3));
+        assert_eq!(
+            m2g.bytes,
+            FormatBytes {
+                coo: 8 * 1944,
+                csr: 4 * (649 + 2 * 1944),
+                csc: 4 * (163 + 2 * 1944)
+            }
+        );
+        let mesh = &s.edge_sets[1];
+        assert_eq!(mesh.edges, 2 * (30 + 120 + 480));
+        assert!(s.edge_sets[0].in_degree.min >= 1);
+        let text = s.to_string();
+        assert!(
+            text.contains("mesh2grid") && text.contains("3/3.00/3") && text.contains("disabled"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["edge_sets"][1]["edges"], 1260);
     }
 }
