@@ -70,12 +70,12 @@ fn bench_prefetch(c: &mut Criterion) {
     let n = order.len();
     order = (0..n).map(|i| order[(i * 7) % n]).collect();
     let features = window.input_steps * ds.num_channels();
-    let w1 = Tensor::randn(0f32, 0.1, (features, 128), &Device::Cpu).unwrap();
-    let w2 = Tensor::randn(0f32, 0.1, (128, 128), &Device::Cpu).unwrap();
+    let w1 = Tensor::randn(0f32, 0.1, (features, 32), &Device::Cpu).unwrap();
+    let w2 = Tensor::randn(0f32, 0.1, (32, 32), &Device::Cpu).unwrap();
 
     let mut group = c.benchmark_group("epoch_1deg_batch2");
     group.sample_size(10);
-    group.measurement_time(std::time::Duration::from_secs(20));
+    group.measurement_time(std::time::Duration::from_secs(10));
     for (name, prefetch) in [
         ("no_prefetch", Prefetch::Off),
         ("prefetch_4", Prefetch::Buffer(4)),

@@ -2,7 +2,9 @@
 //! Nothing here computes; each subcommand module maps its flags onto library calls.
 
 mod data_args;
+mod describe_graph;
 mod generate;
+mod graph_args;
 mod inspect;
 
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::device::DeviceSpec;
 
 pub use data_args::{DataArgs, WindowArgs};
+pub use graph_args::GraphArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +45,9 @@ pub enum Command {
     InspectData(inspect::InspectArgs),
     /// Write a synthetic CF-NetCDF dataset (Rossby-Haurwitz wave dynamics) for demos and benchmarks.
     GenerateData(generate::GenerateArgs),
+    /// Build (or load from the cache) the mesh graphs for a grid and describe them:
+    /// node and edge counts, degrees, bytes per format, build or load time, patches.
+    DescribeGraph(describe_graph::DescribeGraphArgs),
 }
 
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
@@ -52,6 +58,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::InspectData(args) => inspect::run(args),
         Command::GenerateData(args) => generate::run(args),
+        Command::DescribeGraph(args) => describe_graph::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

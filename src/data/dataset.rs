@@ -96,6 +96,21 @@ impl Dataset {
         self.channels.len()
     }
 
+    /// Cells valid in at least one time step of `steps` for at least one channel: the
+    /// grid nodes the graph keeps (a cell masked in every sample is left out).
+    pub fn ever_valid(&self, steps: std::ops::Range<usize>) -> anyhow::Result<Vec<bool>> {
+        let cells = self.grid.len();
+        let mut valid = vec![false; cells];
+        let mut reader = StepReader::default();
+        for t in steps {
+            let state = reader.read(self, t)?;
+            for (c, flag) in state.valid.iter().enumerate() {
+                valid[c % cells] |= *flag;
+            }
+        }
+        Ok(valid)
+    }
+
     /// The files behind the data, for error messages: `a.nc, b.nc`.
     pub fn file_list(&self) -> String {
         let mut names: Vec<String> = self

@@ -129,3 +129,15 @@ pub struct WeatherGraph {
     pub mesh2grid: EdgeSet,
     pub grid_map: GridNodeMap,
 }
+
+/// The mesh level whose finest edges are about as long as the grid spacing (the
+/// coarser of the two axes): 5 deg -> 4, 2.5 deg -> 5, 1 deg -> 6, capped at 8.
+pub fn default_mesh_level(grid: &crate::data::Grid) -> u32 {
+    const LEVEL0_EDGE_DEG: f64 = 63.43;
+    let spacing = grid.lat_spacing().max(grid.lon_spacing());
+    let mut level = 0;
+    while level < MAX_MESH_LEVEL && LEVEL0_EDGE_DEG / f64::from(1u32 << level) > spacing {
+        level += 1;
+    }
+    level
+}
