@@ -270,3 +270,34 @@ fn multi_level_variable_needs_levels() {
         &["plev.nc", "no level 700"],
     );
 }
+
+#[test]
+fn cuda_device_on_a_cpu_build() {
+    if candle_core::utils::cuda_is_available() {
+        return; // a CUDA build: this case is for CPU-only binaries
+    }
+    let out = meshcast()
+        .args([
+            "-q",
+            "--device",
+            "cuda",
+            "describe-graph",
+            "--global-grid",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_bad_input(&out, &["cuda", "without the `cuda` feature"]);
+    let out = meshcast()
+        .args([
+            "-q",
+            "--device",
+            "tpu",
+            "describe-graph",
+            "--global-grid",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -55,11 +55,11 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let result = match cli.command {
-        Command::InspectData(args) => inspect::run(args),
-        Command::GenerateData(args) => generate::run(args),
-        Command::DescribeGraph(args) => describe_graph::run(args),
-    };
+    // Opened once here so a device that cannot be had fails before any work.
+    let result = cli.device.open().and_then(|device| {
+        tracing::debug!("device: {device:?}");
+        dispatch(cli.command)
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -70,6 +70,14 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::InspectData(args) => inspect::run(args),
+        Command::GenerateData(args) => generate::run(args),
+        Command::DescribeGraph(args) => describe_graph::run(args),
     }
 }
 
