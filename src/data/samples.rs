@@ -94,7 +94,7 @@ impl Splits {
             window,
         };
         for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
-            if splits.samples(split).is_empty() && splits.range(split).len() > 0 {
+            if splits.samples(split).is_empty() && !splits.range(split).is_empty() {
                 tracing::warn!(
                     "the {name} block ({} steps) is shorter than one sample window ({} steps): it has no samples",
                     splits.range(split).len(),

@@ -44,7 +44,7 @@ impl Packing {
     #[inline]
     pub fn decode(&self, raw: f64) -> Option<f32> {
         if raw.is_nan()
-            || self.missing.iter().any(|&m| raw == m)
+            || self.missing.contains(&raw)
             || self.valid_min.is_some_and(|lo| raw < lo)
             || self.valid_max.is_some_and(|hi| raw > hi)
             || (self.float_default_fill && raw.abs() >= 9.9e36)

@@ -152,7 +152,7 @@ impl DateTime {
         // Split date and time at 'T' or the first space after a '-' date, or treat a
         // space-separated "YYYY MM DD hh:mm" as fields.
         let fields: Vec<&str> = t
-            .split(|c: char| c == '-' || c == ' ' || c == 'T' || c == ':' || c == '/')
+            .split(['-', ' ', 'T', ':', '/'])
             .filter(|s| !s.is_empty())
             .collect();
         if fields.len() < 3 || fields.len() > 6 {
