@@ -10,4 +10,5 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod graph;
+pub mod model;
 pub mod util;

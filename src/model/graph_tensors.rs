@@ -1,0 +1,196 @@
+//! The graph as device tensors: built once from a [`WeatherGraph`] and shared by
+//! every sample and every batch (never copied per sample).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::graph::{EdgeSet, NodeSet, WeatherGraph, EDGE_FEATURES, NODE_FEATURES};
+
+/// One node set's static features.
+#[derive(Debug, Clone)]
+pub struct NodeTensors {
+    /// `[count, NODE_FEATURES]`.
+    pub features: Tensor,
+    pub count: usize,
+}
+
+/// One directed edge set: indices for gathering and aggregation, and features.
+#[derive(Debug, Clone)]
+pub struct EdgeTensors {
+    /// `[E]`, U32, indices into the sender node set.
+    pub senders: Tensor,
+    /// `[E]`, U32, indices into the receiver node set.
+    pub receivers: Tensor,
+    /// `[E, EDGE_FEATURES]`.
+    pub features: Tensor,
+    pub n_senders: usize,
+    pub n_receivers: usize,
+}
+
+/// The typed graph of [`WeatherGraph`] on a device, in the model's dtype.
+#[derive(Debug, Clone)]
+pub struct GraphTensors {
+    /// Distinguishes graphs (e.g. patches) for caches keyed on the graph;
+    /// clones share it, as they share the tensors.
+    id: u64,
+    pub grid_nodes: NodeTensors,
+    pub mesh_nodes: NodeTensors,
+    /// Encoder edges: grid -> mesh.
+    pub grid2mesh: EdgeTensors,
+    /// Processor edges: mesh -> mesh.
+    pub mesh: EdgeTensors,
+    /// Decoder edges: mesh -> grid.
+    pub mesh2grid: EdgeTensors,
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl NodeTensors {
+    fn new(nodes: &NodeSet, device: &Device, dtype: DType) -> Result<NodeTensors> {
+        let features = Tensor::from_slice(&nodes.features, (nodes.len(), NODE_FEATURES), device)?
+            .to_dtype(dtype)?;
+        Ok(NodeTensors {
+            features,
+            count: nodes.len(),
+        })
+    }
+
+    fn replicated(&self, copies: usize) -> Result<NodeTensors> {
+        Ok(NodeTensors {
+            features: self.features.repeat((copies, 1))?,
+            count: self.count * copies,
+        })
+    }
+}
+
+impl EdgeTensors {
+    fn new(edges: &EdgeSet, device: &Device, dtype: DType) -> Result<EdgeTensors> {
+        let features = Tensor::from_slice(&edges.features, (edges.len(), EDGE_FEATURES), device)?
+            .to_dtype(dtype)?;
+        Ok(EdgeTensors {
+            senders: Tensor::from_slice(edges.senders(), edges.len(), device)?,
+            receivers: Tensor::from_slice(edges.receivers(), edges.len(), device)?,
+            features,
+            n_senders: edges.coo.n_senders,
+            n_receivers: edges.coo.n_receivers,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.features.dim(0).expect("features are [E, F]")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `copies` disjoint copies: copy `b`'s indices are offset by `b * n`.
+    fn replicated(&self, copies: usize) -> Result<EdgeTensors> {
+        let offsets = |n: usize| {
+            let o: Vec<u32> = (0..copies).map(|b| (b * n) as u32).collect();
+            Tensor::from_vec(o, (copies, 1), self.senders.device())
+        };
+        let tile = |index: &Tensor, n: usize| {
+            index
+                .unsqueeze(0)?
+                .broadcast_add(&offsets(n)?)?
+                .flatten_all()
+        };
+        Ok(EdgeTensors {
+            senders: tile(&self.senders, self.n_senders)?,
+            receivers: tile(&self.receivers, self.n_receivers)?,
+            features: self.features.repeat((copies, 1))?,
+            n_senders: self.n_senders * copies,
+            n_receivers: self.n_receivers * copies,
+        })
+    }
+}
+
+impl GraphTensors {
+    pub fn new(graph: &WeatherGraph, device: &Device, dtype: DType) -> Result<GraphTensors> {
+        Ok(GraphTensors {
+            id: next_id(),
+            grid_nodes: NodeTensors::new(&graph.grid_nodes, device, dtype)?,
+            mesh_nodes: NodeTensors::new(&graph.mesh_nodes, device, dtype)?,
+            grid2mesh: EdgeTensors::new(&graph.grid2mesh, device, dtype)?,
+            mesh: EdgeTensors::new(&graph.mesh, device, dtype)?,
+            mesh2grid: EdgeTensors::new(&graph.mesh2grid, device, dtype)?,
+        })
+    }
+
+    /// Identifies this graph (shared by its clones, distinct for every other).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn device(&self) -> &Device {
+        self.grid_nodes.features.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.grid_nodes.features.dtype()
+    }
+
+    /// The PyG-style batched graph: `copies` disjoint copies of this graph as one
+    /// block-diagonal graph, copy `b`'s nodes at `b * N..(b + 1) * N` in every
+    /// node set. Inputs `[B, N, F]` reshaped to `[1, B * N, F]` then run on it as
+    /// one sample.
+    pub fn replicated(&self, copies: usize) -> Result<GraphTensors> {
+        Ok(GraphTensors {
+            id: next_id(),
+            grid_nodes: self.grid_nodes.replicated(copies)?,
+            mesh_nodes: self.mesh_nodes.replicated(copies)?,
+            grid2mesh: self.grid2mesh.replicated(copies)?,
+            mesh: self.mesh.replicated(copies)?,
+            mesh2grid: self.mesh2grid.replicated(copies)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::tiny_graph;
+
+    #[test]
+    fn matches_the_graph_and_replicates_with_offsets() -> Result<()> {
+        let graph = tiny_graph(0);
+        let t = GraphTensors::new(&graph, &Device::Cpu, DType::F32)?;
+        assert_eq!(t.grid_nodes.count, graph.grid_nodes.len());
+        assert_eq!(t.mesh_nodes.features.dims(), &[12, NODE_FEATURES]);
+        assert_eq!(t.mesh.len(), graph.mesh.len());
+        assert_eq!(
+            t.grid2mesh.senders.to_vec1::<u32>()?,
+            graph.grid2mesh.senders()
+        );
+        assert_eq!(t.mesh2grid.n_receivers, graph.grid_nodes.len());
+
+        let r = t.replicated(3)?;
+        assert_ne!(r.id(), t.id());
+        assert_eq!(r.id(), r.clone().id());
+        let e = graph.mesh2grid.len();
+        let (ns, nr) = (graph.mesh_nodes.len() as u32, graph.grid_nodes.len() as u32);
+        let senders = r.mesh2grid.senders.to_vec1::<u32>()?;
+        let receivers = r.mesh2grid.receivers.to_vec1::<u32>()?;
+        assert_eq!(senders.len(), 3 * e);
+        for b in 0..3 {
+            for k in 0..e {
+                assert_eq!(
+                    senders[b * e + k],
+                    graph.mesh2grid.senders()[k] + b as u32 * ns
+                );
+                assert_eq!(
+                    receivers[b * e + k],
+                    graph.mesh2grid.receivers()[k] + b as u32 * nr
+                );
+            }
+        }
+        assert_eq!(r.grid_nodes.count, 3 * t.grid_nodes.count);
+        assert_eq!(r.mesh.features.dims(), &[3 * t.mesh.len(), EDGE_FEATURES]);
+        Ok(())
+    }
+}

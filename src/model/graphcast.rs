@@ -1,0 +1,462 @@
+//! The GraphCast-style model: embed, encode grid -> mesh, process on the mesh,
+//! decode mesh -> grid, read out.
+//!
+//! ```text
+//! grid inputs [B, Ng, F] + static grid features -> embed.grid_nodes -> grid latents
+//! static mesh features                          -> embed.mesh_nodes -> mesh latents
+//! edge features of each edge set                -> embed.{grid2mesh, mesh, mesh2grid}
+//! encoder   (grid2mesh): mesh latents from grid; grid latents through their own MLP
+//! processor (mesh) x num_gnn_layers, each with its own parameters, residual
+//! decoder   (mesh2grid): grid latents from mesh
+//! output MLP (no LayerNorm) -> [B, Ng, output_channels]
+//! ```
+//!
+//! The stages ([`GraphCast::encode`], [`GraphCast::process_block`],
+//! [`GraphCast::decode`]) are public so a caller can run the processor block
+//! by block, e.g. to recompute activations in the backward pass.
+//!
+//! Parameter names (VarMap keys), each an [`Mlp`] (`layers.{i}.weight|bias`,
+//! `norm.weight|bias`) or an [`InteractionNetwork`] (`edge_mlp`, `node_mlp`,
+//! `sender_mlp`):
+//! `embed.grid_nodes` (input `[grid inputs, static grid features]`),
+//! `embed.mesh_nodes`, `embed.grid2mesh`, `embed.mesh`, `embed.mesh2grid`,
+//! `encoder`, `processor.{k}` for `k = 0..num_gnn_layers`, `decoder`, `output`
+//! (the only MLP without `norm`).
+
+use std::sync::Mutex;
+
+use candle_core::{bail, Result, Tensor};
+use candle_nn::{Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::graph_tensors::GraphTensors;
+use super::interaction::InteractionNetwork;
+use super::mlp::Mlp;
+use crate::graph::{EDGE_FEATURES, NODE_FEATURES};
+
+/// How a batch of samples is run over the one graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    /// Node tensors carry a batch dimension `[B, N, L]`; graph indices and
+    /// static embeddings exist once and broadcast over it.
+    #[default]
+    Shared,
+    /// The PyTorch Geometric baseline: the batch becomes one block-diagonal graph
+    /// of B disjoint copies (`[1, B * N, L]`), indices and static features
+    /// replicated. Same results as `Shared`, more memory and work.
+    Replicated,
+}
+
+/// Model hyperparameters (the `[model]` table of a config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Width of every node and edge latent and of every MLP's hidden layers.
+    pub latent_size: usize,
+    /// Processor interaction networks (message-passing steps on the mesh).
+    pub num_gnn_layers: usize,
+    /// Hidden layers per MLP (GraphCast: 1).
+    pub mlp_hidden_layers: usize,
+    /// Input features per grid node, excluding the static node features the
+    /// model adds itself; set by the caller from the data.
+    pub grid_input_features: usize,
+    /// Outputs per grid node; set by the caller from the data.
+    pub output_channels: usize,
+    pub batching: Batching,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            latent_size: 128,
+            num_gnn_layers: 8,
+            mlp_hidden_layers: 1,
+            grid_input_features: 0,
+            output_channels: 0,
+            batching: Batching::Shared,
+        }
+    }
+}
+
+/// Latents between the stages.
+#[derive(Debug, Clone)]
+pub struct Latents {
+    /// `[B, grid_nodes, latent]`.
+    pub grid: Tensor,
+    /// `[B, mesh_nodes, latent]`.
+    pub mesh: Tensor,
+    /// `[1 or B, mesh_edges, latent]`: 1 until the first processor block.
+    pub mesh_edges: Tensor,
+}
+
+#[derive(Debug)]
+pub struct GraphCast {
+    config: ModelConfig,
+    embed_grid_nodes: Mlp,
+    embed_mesh_nodes: Mlp,
+    embed_grid2mesh: Mlp,
+    embed_mesh: Mlp,
+    embed_mesh2grid: Mlp,
+    encoder: InteractionNetwork,
+    processor: Vec<InteractionNetwork>,
+    decoder: InteractionNetwork,
+    output: Mlp,
+    /// `Batching::Replicated`: the replicated graph of the last (graph id, batch size).
+    replicated: Mutex<Option<(u64, usize, GraphTensors)>>,
+}
+
+impl GraphCast {
+    /// Parameters come from `vb` (created, or loaded, in its dtype and device);
+    /// `graph` must be in the same dtype and device.
+    pub fn new(config: ModelConfig, graph: &GraphTensors, vb: VarBuilder) -> Result<GraphCast> {
+        let c = &config;
+        if c.latent_size == 0 || c.grid_input_features == 0 || c.output_channels == 0 {
+            bail!("model config needs latent_size, grid_input_features and output_channels > 0, got {c:?}");
+        }
+        if graph.dtype() != vb.dtype() {
+            bail!(
+                "graph tensors are {:?} but the model is {:?}",
+                graph.dtype(),
+                vb.dtype()
+            );
+        }
+        let (l, h) = (c.latent_size, c.mlp_hidden_layers);
+        let embed = vb.pp("embed");
+        let embedder =
+            |inputs: &[usize], name: &str| Mlp::new(inputs, l, l, h, true, embed.pp(name));
+        let processor = vb.pp("processor");
+        Ok(GraphCast {
+            embed_grid_nodes: embedder(&[c.grid_input_features, NODE_FEATURES], "grid_nodes")?,
+            embed_mesh_nodes: embedder(&[NODE_FEATURES], "mesh_nodes")?,
+            embed_grid2mesh: embedder(&[EDGE_FEATURES], "grid2mesh")?,
+            embed_mesh: embedder(&[EDGE_FEATURES], "mesh")?,
+            embed_mesh2grid: embedder(&[EDGE_FEATURES], "mesh2grid")?,
+            encoder: InteractionNetwork::new(l, h, true, vb.pp("encoder"))?,
+            processor: (0..c.num_gnn_layers)
+                .map(|k| InteractionNetwork::new(l, h, false, processor.pp(k)))
+                .collect::<Result<_>>()?,
+            decoder: InteractionNetwork::new(l, h, false, vb.pp("decoder"))?,
+            output: Mlp::new(&[l], l, c.output_channels, h, false, vb.pp("output"))?,
+            replicated: Mutex::new(None),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// `[B, grid_nodes, grid_input_features] -> [B, grid_nodes, output_channels]`,
+    /// batched as the config says.
+    pub fn forward(&self, graph: &GraphTensors, grid_inputs: &Tensor) -> Result<Tensor> {
+        let (batch, nodes, features) = grid_inputs.dims3()?;
+        if nodes != graph.grid_nodes.count || features != self.config.grid_input_features {
+            bail!(
+                "grid inputs are {:?}, expected [batch, {}, {}]",
+                grid_inputs.dims(),
+                graph.grid_nodes.count,
+                self.config.grid_input_features
+            );
+        }
+        match self.config.batching {
+            Batching::Shared => self.forward_on(graph, grid_inputs),
+            Batching::Replicated => {
+                let replicated = self.replicated_graph(graph, batch)?;
+                let flat = grid_inputs.reshape((1, batch * nodes, features))?;
+                self.forward_on(&replicated, &flat)?.reshape((
+                    batch,
+                    nodes,
+                    self.config.output_channels,
+                ))
+            }
+        }
+    }
+
+    /// All stages on `graph` as given, with no batching conversion.
+    fn forward_on(&self, graph: &GraphTensors, grid_inputs: &Tensor) -> Result<Tensor> {
+        let mut latents = self.encode(graph, grid_inputs)?;
+        for k in 0..self.processor.len() {
+            latents = self.process_block(k, graph, latents)?;
+        }
+        self.decode(graph, &latents)
+    }
+
+    /// The graph `Batching::Replicated` runs a batch of `batch` samples on (cached
+    /// for the last graph and batch size). The stages run on it with inputs
+    /// reshaped to `[1, batch * grid_nodes, F]`.
+    pub fn replicated_graph(&self, graph: &GraphTensors, batch: usize) -> Result<GraphTensors> {
+        let mut cache = self
+            .replicated
+            .lock()
+            .expect("replicated-graph cache poisoned");
+        if let Some((id, b, g)) = cache.as_ref() {
+            if *id == graph.id() && *b == batch {
+                return Ok(g.clone());
+            }
+        }
+        let g = graph.replicated(batch)?;
+        *cache = Some((graph.id(), batch, g.clone()));
+        Ok(g)
+    }
+
+    /// Embedding and encoder: grid inputs `[B, grid_nodes, grid_input_features]` to latents.
+    pub fn encode(&self, graph: &GraphTensors, grid_inputs: &Tensor) -> Result<Latents> {
+        let static_grid = graph.grid_nodes.features.unsqueeze(0)?;
+        let grid = self
+            .embed_grid_nodes
+            .forward_parts(&[grid_inputs, &static_grid])?;
+        let mesh = self
+            .embed_mesh_nodes
+            .forward(&graph.mesh_nodes.features.unsqueeze(0)?)?;
+        let g2m_edges = self
+            .embed_grid2mesh
+            .forward(&graph.grid2mesh.features.unsqueeze(0)?)?;
+        // The encoder's updated edge latents are not used again (as in GraphCast).
+        let (mesh, _) = self
+            .encoder
+            .forward(&graph.grid2mesh, &grid, &mesh, &g2m_edges)?;
+        Ok(Latents {
+            grid: self.encoder.update_senders(&grid)?,
+            mesh,
+            mesh_edges: self
+                .embed_mesh
+                .forward(&graph.mesh.features.unsqueeze(0)?)?,
+        })
+    }
+
+    /// The processor blocks, in order.
+    pub fn processor_blocks(&self) -> &[InteractionNetwork] {
+        &self.processor
+    }
+
+    /// Processor block `k` on the mesh latents; grid latents pass through.
+    pub fn process_block(
+        &self,
+        k: usize,
+        graph: &GraphTensors,
+        latents: Latents,
+    ) -> Result<Latents> {
+        let (mesh, mesh_edges) = self.processor[k].forward(
+            &graph.mesh,
+            &latents.mesh,
+            &latents.mesh,
+            &latents.mesh_edges,
+        )?;
+        Ok(Latents {
+            mesh,
+            mesh_edges,
+            ..latents
+        })
+    }
+
+    /// Decoder and output MLP: `[B, grid_nodes, output_channels]`.
+    pub fn decode(&self, graph: &GraphTensors, latents: &Latents) -> Result<Tensor> {
+        let m2g_edges = self
+            .embed_mesh2grid
+            .forward(&graph.mesh2grid.features.unsqueeze(0)?)?;
+        let (grid, _) =
+            self.decoder
+                .forward(&graph.mesh2grid, &latents.mesh, &latents.grid, &m2g_edges)?;
+        self.output.forward(&grid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{check_gradients, random_tensor, tiny_graph, tiny_graph_masked};
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    fn config(batching: Batching) -> ModelConfig {
+        ModelConfig {
+            latent_size: 8,
+            num_gnn_layers: 2,
+            mlp_hidden_layers: 1,
+            grid_input_features: 5,
+            output_channels: 3,
+            batching,
+        }
+    }
+
+    fn model(varmap: &VarMap, graph: &GraphTensors, batching: Batching) -> Result<GraphCast> {
+        let vb = VarBuilder::from_varmap(varmap, graph.dtype(), &Device::Cpu);
+        GraphCast::new(config(batching), graph, vb)
+    }
+
+    #[test]
+    fn config_defaults_and_serde() {
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"output_channels": 4, "batching": "replicated"}"#).unwrap();
+        assert_eq!(c.latent_size, 128);
+        assert_eq!(c.num_gnn_layers, 8);
+        assert_eq!(c.mlp_hidden_layers, 1);
+        assert_eq!(c.output_channels, 4);
+        assert_eq!(c.batching, Batching::Replicated);
+        let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<ModelConfig>(r#"{"latnet_size": 4}"#).is_err());
+    }
+
+    #[test]
+    fn shapes_on_a_masked_grid() -> Result<()> {
+        // Every fifth cell is absent from the graph; the model only sees graph nodes.
+        let graph = tiny_graph_masked(1, |c| c % 5 != 0);
+        let n = graph.grid_nodes.len();
+        assert!(n < 72);
+        let graph = GraphTensors::new(&graph, &Device::Cpu, DType::F32)?;
+        let varmap = VarMap::new();
+        let m = model(&varmap, &graph, Batching::Shared)?;
+        let x = random_tensor(&[2, n, 5], DType::F32, 1)?;
+        let y = m.forward(&graph, &x)?;
+        assert_eq!(y.dims(), &[2, n, 3]);
+        assert!(y
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite()));
+        assert!(m
+            .forward(&graph, &random_tensor(&[2, 72, 5], DType::F32, 1)?)
+            .is_err());
+        assert_eq!(m.processor_blocks().len(), 2);
+
+        let mut keys: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        keys.sort();
+        for key in [
+            "embed.grid_nodes.layers.0.weight",
+            "embed.mesh2grid.norm.bias",
+            "encoder.sender_mlp.layers.1.weight",
+            "processor.1.edge_mlp.layers.0.weight",
+            "decoder.node_mlp.norm.weight",
+            "output.layers.1.bias",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        assert!(!keys.iter().any(|k| k.starts_with("output.norm")));
+        assert!(!keys.iter().any(|k| k.starts_with("decoder.sender_mlp")));
+        let dims = |k: &str| varmap.data().lock().unwrap()[k].dims().to_vec();
+        assert_eq!(
+            dims("embed.grid_nodes.layers.0.weight"),
+            vec![8, 5 + NODE_FEATURES]
+        );
+        assert_eq!(dims("processor.0.edge_mlp.layers.0.weight"), vec![8, 24]);
+        assert_eq!(dims("decoder.node_mlp.layers.0.weight"), vec![8, 16]);
+        assert_eq!(dims("output.layers.1.weight"), vec![3, 8]);
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let graph = GraphTensors::new(&tiny_graph(0), &Device::Cpu, DType::F64)?;
+        let varmap = VarMap::new();
+        let m = model(&varmap, &graph, Batching::Shared)?;
+        for (k, var) in varmap.all_vars().iter().enumerate() {
+            if var.rank() == 1 {
+                // Biases and LayerNorm weights off their initial constants.
+                var.set(&random_tensor(var.dims(), DType::F64, 100 + k as u64)?)?;
+            }
+        }
+        let x = random_tensor(&[2, graph.grid_nodes.count, 5], DType::F64, 2)?;
+        let params = [
+            "embed.grid_nodes.layers.0.weight",
+            "embed.grid_nodes.layers.1.bias",
+            "embed.grid_nodes.norm.weight",
+            "embed.mesh_nodes.layers.0.weight",
+            "embed.mesh_nodes.norm.bias",
+            "embed.grid2mesh.layers.0.weight",
+            "embed.grid2mesh.layers.1.weight",
+            "embed.mesh.layers.0.bias",
+            "embed.mesh.norm.weight",
+            "embed.mesh2grid.layers.0.weight",
+            "embed.mesh2grid.norm.bias",
+            "encoder.edge_mlp.layers.0.weight",
+            "encoder.edge_mlp.norm.weight",
+            "encoder.node_mlp.layers.1.weight",
+            "encoder.sender_mlp.layers.0.weight",
+            "encoder.sender_mlp.norm.bias",
+            "processor.0.edge_mlp.layers.0.weight",
+            "processor.0.node_mlp.layers.1.bias",
+            "processor.0.node_mlp.norm.weight",
+            "processor.1.edge_mlp.layers.1.weight",
+            "processor.1.edge_mlp.norm.bias",
+            "processor.1.node_mlp.layers.0.weight",
+            "decoder.edge_mlp.layers.0.weight",
+            "decoder.edge_mlp.norm.weight",
+            "decoder.node_mlp.layers.0.bias",
+            "decoder.node_mlp.norm.bias",
+            "output.layers.0.weight",
+            "output.layers.1.weight",
+            "output.layers.1.bias",
+        ];
+        check_gradients(&varmap, &x, |x| m.forward(&graph, x), &params)
+    }
+
+    /// Output and parameter gradients (sorted by name) of `loss = sum(output * r)`.
+    fn run(
+        m: &GraphCast,
+        graph: &GraphTensors,
+        varmap: &VarMap,
+        x: &Tensor,
+    ) -> Result<Vec<Tensor>> {
+        let y = m.forward(graph, x)?;
+        let r = random_tensor(y.dims(), y.dtype(), 3)?;
+        let grads = (&y * r)?.sum_all()?.backward()?;
+        let mut named: Vec<(String, Var)> =
+            varmap.data().lock().unwrap().clone().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = vec![y];
+        for (name, var) in named {
+            let g = grads.get(var.as_tensor());
+            out.push(g.unwrap_or_else(|| panic!("{name}: no gradient")).clone());
+        }
+        Ok(out)
+    }
+
+    /// Largest difference between Shared and Replicated batching (batch of 3),
+    /// relative to the largest entry, over the output (first) and every
+    /// parameter gradient (sorted by name).
+    fn batching_differences(dtype: DType) -> Result<Vec<f64>> {
+        let graph = GraphTensors::new(&tiny_graph(1), &Device::Cpu, dtype)?;
+        let varmap = VarMap::new();
+        let shared = model(&varmap, &graph, Batching::Shared)?;
+        // The same VarMap: the second model reuses the first one's variables.
+        let replicated = model(&varmap, &graph, Batching::Replicated)?;
+        let x = random_tensor(&[3, graph.grid_nodes.count, 5], dtype, 4)?;
+        let s = run(&shared, &graph, &varmap, &x)?;
+        let r = run(&replicated, &graph, &varmap, &x)?;
+        s.iter()
+            .zip(&r)
+            .map(|(s, r)| {
+                let max = |t: Tensor| t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>();
+                Ok(max((r - s)?)? / max(s.clone())?)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replicated_batching_matches_shared() -> Result<()> {
+        // Exactly the same function: equal to F64 rounding.
+        let f64_diffs = batching_differences(DType::F64)?;
+        assert!(f64_diffs.iter().all(|&d| d < 1e-12), "{f64_diffs:?}");
+        // In F32 the two sum in different orders. Outputs agree to 1e-6; some
+        // gradients (e.g. of the edge embedders, whose features nearly cancel
+        // over a symmetric grid) are ill-conditioned sums and only to ~1e-6.
+        let f32_diffs = batching_differences(DType::F32)?;
+        assert!(f32_diffs[0] < 1e-6, "outputs differ by {}", f32_diffs[0]);
+        assert!(f32_diffs.iter().all(|&d| d < 1e-5), "{f32_diffs:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn caches_the_replicated_graph_per_graph_and_batch_size() -> Result<()> {
+        let graph = GraphTensors::new(&tiny_graph(0), &Device::Cpu, DType::F32)?;
+        let m = model(&VarMap::new(), &graph, Batching::Replicated)?;
+        let a = m.replicated_graph(&graph, 3)?;
+        assert_eq!(a.id(), m.replicated_graph(&graph, 3)?.id());
+        assert_ne!(a.id(), m.replicated_graph(&graph, 2)?.id());
+        let other = GraphTensors::new(&tiny_graph(0), &Device::Cpu, DType::F32)?;
+        assert_ne!(a.id(), m.replicated_graph(&other, 3)?.id());
+        Ok(())
+    }
+}
