@@ -11,6 +11,9 @@ pub struct DataArgs {
     /// NetCDF files (classic, 64-bit offset or netCDF-4); each contributes all its gridded variables.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Data files, or a config file (.toml/.json) whose [data] table gives them (repeatable).
+    #[arg(long = "data", value_name = "FILE")]
+    pub data_files: Vec<PathBuf>,
     /// One variable of a file, optionally renamed: FILE:NAME or FILE:NAME=ALIAS (repeatable),
     /// e.g. --var Ustorm.cdf:u=u10 --var U500storm.cdf:u=u500.
     #[arg(long = "var", value_name = "FILE:NAME[=ALIAS]")]
@@ -35,19 +38,37 @@ pub struct DataArgs {
 
 impl DataArgs {
     /// The data to load: the config's [data] table (if any) overridden by the flags.
+    /// The config file: `--config`, or a `.toml`/`.json` given to `--data`.
+    pub fn config_path(&self) -> anyhow::Result<Option<PathBuf>> {
+        let configs: Vec<&PathBuf> = self
+            .data_files
+            .iter()
+            .filter(is_config)
+            .chain(&self.config)
+            .collect();
+        match configs[..] {
+            [] => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            _ => crate::bail_input!("give one config file, not {}", configs.len()),
+        }
+    }
+
     pub fn to_spec(&self) -> anyhow::Result<DataSpec> {
+        let mut files = self.files.clone();
+        files.extend(self.data_files.iter().filter(|p| !is_config(p)).cloned());
+        let config = self.config_path()?;
         let flags = DataSpec {
-            files: self.files.clone(),
+            files,
             vars: self.vars.clone(),
             region: self.region,
             levels: self.levels.clone(),
             time_units: self.time_units.clone(),
             data_dir: None,
         };
-        let Some(path) = &self.config else {
+        let Some(path) = config else {
             return Ok(flags);
         };
-        let mut spec = crate::config::load_data_section(path)?;
+        let mut spec = crate::config::load_data_section(&path)?;
         if let Some(dir) = &self.data_dir {
             spec.data_dir = Some(dir.clone());
         }
@@ -55,35 +76,40 @@ impl DataArgs {
     }
 }
 
+fn is_config(p: &&PathBuf) -> bool {
+    p.extension().is_some_and(|e| e == "toml" || e == "json")
+}
+
 /// How samples are cut from the time axis, shared by every subcommand that makes samples.
+/// Unset flags keep the config's (or the built-in) values.
 #[derive(Debug, Clone, Args)]
 pub struct WindowArgs {
-    /// Past states the model sees per sample.
-    #[arg(long, default_value_t = 2)]
-    pub input_steps: usize,
-    /// How many time steps ahead the target lies.
-    #[arg(long, default_value_t = 1)]
-    pub lead_steps: usize,
-    /// Fraction of the time axis (from the start) used for training.
-    #[arg(long, default_value_t = 0.7)]
-    pub train_fraction: f64,
-    /// Fraction after the training block used for validation; the test block is the rest.
-    #[arg(long, default_value_t = 0.15)]
-    pub validation_fraction: f64,
+    /// Past states the model sees per sample [default: 2].
+    #[arg(long)]
+    pub input_steps: Option<usize>,
+    /// How many time steps ahead the target lies [default: 1].
+    #[arg(long)]
+    pub lead_steps: Option<usize>,
+    /// Fraction of the time axis (from the start) used for training [default: 0.7].
+    #[arg(long)]
+    pub train_fraction: Option<f64>,
+    /// Fraction after the training block used for validation; the test block is the rest [default: 0.15].
+    #[arg(long)]
+    pub validation_fraction: Option<f64>,
 }
 
 impl WindowArgs {
-    pub fn spec(&self) -> WindowSpec {
+    pub fn spec(&self, base: WindowSpec) -> WindowSpec {
         WindowSpec {
-            input_steps: self.input_steps,
-            lead_steps: self.lead_steps,
+            input_steps: self.input_steps.unwrap_or(base.input_steps),
+            lead_steps: self.lead_steps.unwrap_or(base.lead_steps),
         }
     }
 
-    pub fn fractions(&self) -> SplitFractions {
+    pub fn fractions(&self, base: SplitFractions) -> SplitFractions {
         SplitFractions {
-            train: self.train_fraction,
-            validation: self.validation_fraction,
+            train: self.train_fraction.unwrap_or(base.train),
+            validation: self.validation_fraction.unwrap_or(base.validation),
         }
     }
 }

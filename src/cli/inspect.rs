@@ -22,8 +22,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&args.data.to_spec()?)?;
     let splits = Splits::new(
         dataset.time.len(),
-        args.window.fractions(),
-        args.window.spec(),
+        args.window.fractions(Default::default()),
+        args.window.spec(Default::default()),
     )
     .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
     let mut report = inspect(&dataset)?;

@@ -3,9 +3,11 @@
 
 mod data_args;
 mod describe_graph;
+mod eval;
 mod generate;
 mod graph_args;
 mod inspect;
+mod train;
 
 use std::process::ExitCode;
 
@@ -45,6 +47,14 @@ pub enum Command {
     InspectData(inspect::InspectArgs),
     /// Write a synthetic CF-NetCDF dataset (Rossby-Haurwitz wave dynamics) for demos and benchmarks.
     GenerateData(generate::GenerateArgs),
+    /// Train a GraphCast-style model (encoder, multi-mesh processor, decoder) on NetCDF data.
+    /// With no data and no config: the embedded demo on synthetic 5-degree data.
+    TrainModel(Box<train::TrainArgs>),
+    /// Score a checkpoint on the test block: RMSE, bias and ACC per variable and lead time,
+    /// against persistence and climatology.
+    Eval(Box<eval::EvalArgs>),
+    /// Roll a checkpoint out from an initial time and write the forecast as CF-NetCDF.
+    Forecast(Box<eval::ForecastArgs>),
     /// Build (or load from the cache) the mesh graphs for a grid and describe them:
     /// node and edge counts, degrees, bytes per format, build or load time, patches.
     DescribeGraph(describe_graph::DescribeGraphArgs),
@@ -58,7 +68,7 @@ pub fn main() -> ExitCode {
     // Opened once here so a device that cannot be had fails before any work.
     let result = cli.device.open().and_then(|device| {
         tracing::debug!("device: {device:?}");
-        dispatch(cli.command)
+        dispatch(cli.command, device)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,8 +83,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()> {
     match command {
+        Command::TrainModel(args) => train::run(*args, device),
+        Command::Eval(args) => eval::run_eval(*args, device),
+        Command::Forecast(args) => eval::run_forecast(*args, device),
         Command::InspectData(args) => inspect::run(args),
         Command::GenerateData(args) => generate::run(args),
         Command::DescribeGraph(args) => describe_graph::run(args),

@@ -17,6 +17,15 @@ pub struct WindowSpec {
     pub lead_steps: usize,
 }
 
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec {
+            input_steps: 2,
+            lead_steps: 1,
+        }
+    }
+}
+
 impl WindowSpec {
     /// Time steps one sample spans.
     pub fn span(&self) -> usize {

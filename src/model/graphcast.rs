@@ -35,7 +35,7 @@ use super::mlp::Mlp;
 use crate::graph::{EDGE_FEATURES, NODE_FEATURES};
 
 /// How a batch of samples is run over the one graph.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Batching {
     /// Node tensors carry a batch dimension `[B, N, L]`; graph indices and

@@ -1,0 +1,106 @@
+//! `meshcast eval` and `meshcast forecast`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{DataArgs, GraphArgs};
+use crate::eval::{evaluate, find_time, forecast, load};
+
+/// Which checkpoint to use.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// A run directory (from train-model --output-dir), its checkpoints/ directory, or a checkpoint .json.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Which checkpoint of a directory: best (lowest validation loss) or last.
+    #[arg(long, default_value = "best")]
+    pub which: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// Data to evaluate on (default: the checkpoint's data); its test block is used.
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Model steps rolled out from each initial time.
+    #[arg(long, default_value_t = 4)]
+    pub rollout_steps: usize,
+    /// Initial times run together.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<()> {
+    if args.rollout_steps == 0 || args.batch_size == 0 {
+        crate::bail_input!("--rollout-steps and --batch-size must be at least 1");
+    }
+    let data = args.data.to_spec()?;
+    let data = (!data.is_empty()).then_some(data);
+    let loaded = load(
+        &args.checkpoint.checkpoint,
+        &args.checkpoint.which,
+        data,
+        args.graph.cache_dir().as_deref(),
+        &device,
+    )?;
+    let report = evaluate(&loaded, args.rollout_steps, args.batch_size)?;
+    if let Some(path) = &args.output {
+        crate::util::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ForecastArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// Data holding the initial states (default: the checkpoint's data).
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Initial time (YYYY-MM-DD hh:mm), a time of the data.
+    #[arg(long)]
+    pub init_time: String,
+    /// Model steps to roll out.
+    #[arg(long, default_value_t = 4)]
+    pub steps: usize,
+    /// Output CF-NetCDF file.
+    #[arg(short, long, default_value = "forecast.nc")]
+    pub output: PathBuf,
+}
+
+pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::Result<()> {
+    if args.steps == 0 {
+        crate::bail_input!("--steps must be at least 1");
+    }
+    let data = args.data.to_spec()?;
+    let data = (!data.is_empty()).then_some(data);
+    let loaded = load(
+        &args.checkpoint.checkpoint,
+        &args.checkpoint.which,
+        data,
+        args.graph.cache_dir().as_deref(),
+        &device,
+    )?;
+    let init = find_time(&loaded.session.dataset, &args.init_time)?;
+    let path = forecast(&loaded, init, args.steps, &args.output)?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! What a training run is: data, window, split, graph, model and optimisation settings.
+//! Saved as `run.json` in the output directory; a checkpoint carries it too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataSpec, SplitFractions, WindowSpec};
+use crate::error::InputError;
+use crate::graph::GraphOptions;
+use crate::model::ModelConfig;
+
+/// Optimisation settings (the names users of graph_weather and friends know).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub num_epochs: usize,
+    /// Stop after this many optimizer steps (the schedule still spans `num_epochs`).
+    pub max_steps: Option<usize>,
+    pub warmup_steps: usize,
+    /// Cosine decay ends at this fraction of the peak rate.
+    pub final_lr_fraction: f64,
+    pub weight_decay: f64,
+    /// Clip gradients to this global L2 norm (0: no clipping).
+    pub grad_clip: f64,
+    /// Micro-batches whose gradients are summed before one optimizer step.
+    pub grad_accum_steps: usize,
+    pub seed: u64,
+    pub use_prefetch: bool,
+    pub prefetch_buffer_size: usize,
+    /// Loss weight per channel name (default 1).
+    pub variable_weights: BTreeMap<String, f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 4,
+            learning_rate: 1e-3,
+            num_epochs: 10,
+            max_steps: None,
+            warmup_steps: 20,
+            final_lr_fraction: 0.05,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            grad_accum_steps: 1,
+            seed: 0,
+            use_prefetch: true,
+            prefetch_buffer_size: 4,
+            variable_weights: BTreeMap::new(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Refuses settings that make no sense, before any work.
+    pub fn validate(&self) -> Result<(), InputError> {
+        let bad = |m: String| Err(InputError(m));
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad(format!(
+                "--learning-rate {} must be > 0",
+                self.learning_rate
+            ));
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if self.num_epochs == 0 {
+            return bad("--num-epochs must be at least 1".into());
+        }
+        if self.grad_accum_steps == 0 {
+            return bad("--grad-accum-steps must be at least 1".into());
+        }
+        if self.prefetch_buffer_size == 0 {
+            return bad("--prefetch-buffer-size must be at least 1 (or use --no-prefetch)".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps must be at least 1".into());
+        }
+        if self.grad_clip < 0.0 || !(0.0..=1.0).contains(&self.final_lr_fraction) {
+            return bad(
+                "--grad-clip must be >= 0 and the final learning-rate fraction in [0, 1]".into(),
+            );
+        }
+        if let Some((name, w)) = self
+            .variable_weights
+            .iter()
+            .find(|(_, w)| w.is_nan() || **w < 0.0)
+        {
+            return bad(format!(
+                "variable weight for '{name}' is {w}; weights must be >= 0"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything that defines a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataSpec,
+    pub window: WindowSpec,
+    pub split: SplitFractions,
+    pub graph: GraphOptions,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// What must be equal for a checkpoint to continue this run: everything but the
+    /// stopping point (`num_epochs`, `max_steps`) and loading details.
+    pub fn resume_mismatch(&self, saved: &RunConfig) -> Option<String> {
+        if self.model != saved.model {
+            return Some(format!(
+                "the model differs (checkpoint: {}; now: {})",
+                serde_json::to_string(&saved.model).unwrap_or_default(),
+                serde_json::to_string(&self.model).unwrap_or_default()
+            ));
+        }
+        if self.graph != saved.graph {
+            return Some("the mesh graph options differ".into());
+        }
+        if self.data != saved.data || self.window != saved.window || self.split != saved.split {
+            return Some("the data, window or split differ".into());
+        }
+        let strip = |t: &TrainConfig| TrainConfig {
+            num_epochs: 0,
+            max_steps: None,
+            use_prefetch: true,
+            prefetch_buffer_size: 1,
+            ..t.clone()
+        };
+        if strip(&self.train) != strip(&saved.train) {
+            return Some("the optimisation settings differ (only --num-epochs and --max-steps may change on --resume)".into());
+        }
+        None
+    }
+}

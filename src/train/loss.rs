@@ -1,0 +1,60 @@
+//! The training loss: latitude-weighted mean squared error over valid grid nodes, on
+//! normalised residuals, with per-variable weights.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Per-entry weights `[batch, nodes, channels]`: `valid * lat_weight[node] * var_weight[c]`,
+/// and the number of valid entries (the denominator of the mean).
+pub fn loss_weights(
+    valid: &[bool],
+    lat_weight: &[f32],
+    var_weight: &[f32],
+    shape: (usize, usize, usize),
+    device: &candle_core::Device,
+) -> Result<(Tensor, f64)> {
+    let (b, n, c) = shape;
+    let mut w = vec![0f32; b * n * c];
+    let mut count = 0usize;
+    for i in 0..b * n * c {
+        if valid[i] {
+            let node = (i / c) % n;
+            w[i] = lat_weight[node] * var_weight[i % c];
+            count += 1;
+        }
+    }
+    Ok((Tensor::from_vec(w, (b, n, c), device)?, count as f64))
+}
+
+/// `sum(w * (pred - target)^2) / count`, reduced in f32 whatever the prediction's dtype.
+pub fn weighted_mse(
+    pred: &Tensor,
+    target: &Tensor,
+    weights: &Tensor,
+    count: f64,
+) -> Result<Tensor> {
+    let diff = (pred.to_dtype(DType::F32)? - target)?;
+    let total = (diff.sqr()? * weights)?.sum_all()?;
+    total / count.max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn masked_entries_do_not_count() {
+        let dev = Device::Cpu;
+        let valid = [true, false, true, true];
+        let (w, n) = loss_weights(&valid, &[1.0, 3.0], &[1.0, 0.5], (1, 2, 2), &dev).unwrap();
+        assert_eq!(n, 3.0);
+        let pred = Tensor::new(&[[[1.0f32, 100.0], [2.0, 2.0]]], &dev).unwrap();
+        let target = Tensor::zeros((1, 2, 2), DType::F32, &dev).unwrap();
+        let loss = weighted_mse(&pred, &target, &w, n)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // (1*1*1 + 3*1*4 + 3*0.5*4) / 3
+        assert!((loss - (1.0 + 12.0 + 6.0) / 3.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,377 @@
+//! `meshcast train-model` end to end: it trains and writes what it promises, resuming
+//! gives the same weights as not stopping, bad settings are refused before any work, and
+//! on the real storm1996 data a short run beats persistence.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::*;
+
+/// Flags for a tiny, fast model.
+const TINY: &[&str] = &[
+    "--latent-size",
+    "8",
+    "--num-gnn-layers",
+    "1",
+    "--mesh-level",
+    "2",
+    "--no-progress",
+    "--no-graph-cache",
+];
+
+fn train(args: &[&str]) -> std::process::Output {
+    meshcast()
+        .arg("-q")
+        .arg("train-model")
+        .args(TINY)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "train-model failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn weights(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("checkpoints/last.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn trains_and_writes_checkpoints_metrics_and_run_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
+    let out = dir.path().join("run");
+    let stdout = ok(train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--num-epochs",
+        "2",
+    ]));
+    assert!(
+        stdout.contains("trained") && stdout.contains("2 epochs"),
+        "{stdout}"
+    );
+    for f in [
+        "run.json",
+        "stats.json",
+        "metrics.jsonl",
+        "checkpoints/last.safetensors",
+        "checkpoints/last.optimizer.safetensors",
+        "checkpoints/last.json",
+        "checkpoints/best.safetensors",
+        "checkpoints/best.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let m = metrics(&out);
+    let steps: Vec<_> = m.iter().filter(|l| l["kind"] == "step").collect();
+    let epochs: Vec<_> = m.iter().filter(|l| l["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    assert!(
+        !steps.is_empty()
+            && steps
+                .iter()
+                .all(|s| s["loss"].as_f64().unwrap().is_finite())
+    );
+    assert!(epochs[1]["val_rmse"]["z"].as_f64().unwrap() > 0.0);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/last.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["epoch"], 2);
+    assert_eq!(meta["run"]["model"]["latent_size"], 8);
+    assert_eq!(meta["stats"]["channels"].as_array().unwrap().len(), 5);
+    // An existing run is not overwritten by accident.
+    let again = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_bad_input(&again, &["--resume", "--overwrite"]);
+}
+
+#[test]
+fn one_epoch_then_resume_equals_two_epochs_straight() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
+    let d = data.to_str().unwrap();
+    let common = [
+        "--data",
+        d,
+        "--num-epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--seed",
+        "5",
+    ];
+    let straight = dir.path().join("straight");
+    ok(train(
+        &[&common[..], &["--output-dir", straight.to_str().unwrap()]].concat(),
+    ));
+    // 24 steps: the training block is steps 0..17, 15 samples, 4 batches = 4 steps per epoch.
+    let split = dir.path().join("split");
+    ok(train(
+        &[
+            &common[..],
+            &["--output-dir", split.to_str().unwrap(), "--max-steps", "4"],
+        ]
+        .concat(),
+    ));
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(split.join("checkpoints/last.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["step"], 4);
+    assert_eq!(meta["epoch"], 1, "stopped at the end of the first epoch");
+    ok(train(
+        &[
+            &common[..],
+            &[
+                "--output-dir",
+                split.to_str().unwrap(),
+                "--resume",
+                "--no-prefetch",
+            ],
+        ]
+        .concat(),
+    ));
+    let (a, b) = (weights(&straight), weights(&split));
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(x, y, "parameter {name} differs after resume");
+    }
+    // Stopping mid-epoch and resuming also lands on the same weights.
+    let mid = dir.path().join("mid");
+    ok(train(
+        &[
+            &common[..],
+            &["--output-dir", mid.to_str().unwrap(), "--max-steps", "6"],
+        ]
+        .concat(),
+    ));
+    ok(train(
+        &[
+            &common[..],
+            &["--output-dir", mid.to_str().unwrap(), "--resume"],
+        ]
+        .concat(),
+    ));
+    for (name, ta) in &a {
+        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = weights(&mid)[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(x, y, "parameter {name} differs after a mid-epoch resume");
+    }
+}
+
+#[test]
+fn bad_settings_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "12"]);
+    let d = data.to_str().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    assert_bad_input(
+        &train(&["--data", d, "--output-dir", o, "--learning-rate", "0"]),
+        &["learning-rate"],
+    );
+    assert_bad_input(
+        &train(&["--data", d, "--output-dir", o, "--learning-rate", "-1e-3"]),
+        &["learning-rate"],
+    );
+    assert_bad_input(
+        &train(&["--data", d, "--output-dir", o, "--batch-size", "0"]),
+        &["batch-size"],
+    );
+    assert_bad_input(
+        &train(&[
+            "--data",
+            d,
+            "--output-dir",
+            o,
+            "--input-steps",
+            "10",
+            "--lead-steps",
+            "5",
+        ]),
+        &["g.nc", "needs 15 time steps"],
+    );
+    assert!(
+        !out.join("run.json").exists(),
+        "nothing written for refused runs"
+    );
+    // Resuming with another model shape names the mismatch.
+    ok(train(&[
+        "--data",
+        d,
+        "--output-dir",
+        o,
+        "--num-epochs",
+        "1",
+    ]));
+    let wider = meshcast()
+        .args([
+            "-q",
+            "train-model",
+            "--data",
+            d,
+            "--output-dir",
+            o,
+            "--resume",
+            "--latent-size",
+            "16",
+            "--num-gnn-layers",
+            "1",
+        ])
+        .args(["--mesh-level", "2", "--no-progress", "--no-graph-cache"])
+        .output()
+        .unwrap();
+    assert_bad_input(&wider, &["cannot resume", "model differs"]);
+}
+
+#[test]
+fn learns_to_beat_persistence_on_storm1996() {
+    // A short CPU run: sea-level pressure and temperature at 6 h on the validation block.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("storm");
+    let mut args: Vec<String> = storm_args();
+    args.extend(
+        [
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--latent-size",
+            "32",
+            "--num-gnn-layers",
+            "2",
+            "--num-epochs",
+            "8",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "3e-3",
+            "--no-progress",
+            "--no-graph-cache",
+        ]
+        .map(String::from),
+    );
+    let o = meshcast()
+        .arg("-q")
+        .arg("train-model")
+        .args(&args)
+        .output()
+        .unwrap();
+    ok(o);
+    let last = metrics(&out)
+        .into_iter()
+        .rfind(|l| l["kind"] == "epoch")
+        .unwrap();
+    for var in ["p", "t"] {
+        let model = last["val_rmse"][var].as_f64().unwrap();
+        let persistence = last["persistence_rmse"][var].as_f64().unwrap();
+        assert!(
+            model < persistence,
+            "{var}: model RMSE {model} not below persistence {persistence}"
+        );
+    }
+}
+
+#[test]
+fn eval_and_forecast_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "40"]);
+    let run = dir.path().join("run");
+    ok(train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        run.to_str().unwrap(),
+        "--num-epochs",
+        "1",
+    ]));
+
+    let out = meshcast()
+        .args([
+            "-q",
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--rollout-steps",
+            "2",
+            "--json",
+            "--no-graph-cache",
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    let z = report["variables"]["z"].as_array().unwrap();
+    assert_eq!(z.len(), 2);
+    assert_eq!(z[1]["lead_hours"], 12.0);
+    for system in ["model", "persistence", "climatology"] {
+        let rmse = z[1][system]["rmse"].as_f64().unwrap();
+        assert!(rmse.is_finite() && rmse > 0.0, "{system}: {rmse}");
+    }
+    assert!(!report["initial_times"].as_array().unwrap().is_empty());
+
+    let nc = dir.path().join("fc.nc");
+    let out = meshcast()
+        .args([
+            "-q",
+            "forecast",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--init-time",
+            "2000-01-08 00:00",
+            "--steps",
+            "3",
+        ])
+        .args(["-o", nc.to_str().unwrap(), "--no-graph-cache"])
+        .output()
+        .unwrap();
+    ok(out);
+    // The forecast reads back through meshcast's own CF loader: 3 steps after the initial time.
+    let r = inspect_json(&[nc.display().to_string(), "--input-steps".into(), "1".into()]);
+    assert_eq!(r["time"]["steps"], 3);
+    assert_eq!(r["time"]["start"], "2000-01-08 06:00");
+    assert_eq!(r["grid"]["nlat"], 18);
+    assert_eq!(r["variables"].as_array().unwrap().len(), 5);
+    assert_eq!(r["variables"][0]["units"], "m");
+
+    let bad = meshcast()
+        .args([
+            "-q",
+            "forecast",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--init-time",
+            "1999-01-01 00:00",
+            "--no-graph-cache",
+        ])
+        .output()
+        .unwrap();
+    assert_bad_input(&bad, &["--init-time", "not a time of the data"]);
+}
