@@ -98,6 +98,9 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
     run.train.validate()?;
     let dataset = Arc::new(Dataset::open(&run.data)?);
     tracing::info!("data: {}", dataset.summary_line());
+    // A window the data cannot hold is refused before anything is written.
+    crate::data::Splits::new(dataset.time.len(), run.split, run.window)
+        .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
     let ckpt_dir = opts.output_dir.join("checkpoints");
     let resumed = if opts.resume {
         let ck = checkpoint::load(&ckpt_dir, "last", &opts.device)?;
