@@ -16,6 +16,17 @@ fn inspect(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Writes a NetCDF file in this (multi-threaded) test process: one writer at a time,
+/// and closed explicitly so a failed close is an error here, not a puzzle in the
+/// subprocess that reads it.
+fn write_nc(path: &Path, fill: impl FnOnce(&mut netcdf::FileMut)) {
+    static ONE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = netcdf::create(path).unwrap();
+    fill(&mut f);
+    f.close().unwrap();
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -29,28 +40,29 @@ fn write_cf(
     nlon: usize,
     value: impl Fn(usize, usize) -> f32,
 ) -> PathBuf {
-    let mut f = netcdf::create(path).unwrap();
-    f.add_dimension("time", times.len()).unwrap();
-    f.add_dimension("lat", nlat).unwrap();
-    f.add_dimension("lon", nlon).unwrap();
-    let mut t = f.add_variable::<f64>("time", &["time"]).unwrap();
-    t.put_attribute("units", "hours since 2000-01-01").unwrap();
-    t.put_values(times, ..).unwrap();
-    let lat: Vec<f64> = (0..nlat).map(|i| -40.0 + 10.0 * i as f64).collect();
-    let lon: Vec<f64> = (0..nlon).map(|j| 10.0 * j as f64).collect();
-    let mut v = f.add_variable::<f64>("lat", &["lat"]).unwrap();
-    v.put_attribute("units", "degrees_north").unwrap();
-    v.put_values(&lat, ..).unwrap();
-    let mut v = f.add_variable::<f64>("lon", &["lon"]).unwrap();
-    v.put_attribute("units", "degrees_east").unwrap();
-    v.put_values(&lon, ..).unwrap();
-    let mut v = f.add_variable::<f32>("x", &["time", "lat", "lon"]).unwrap();
-    v.put_attribute("_FillValue", -999.0f32).unwrap();
-    v.put_attribute("units", "K").unwrap();
-    let data: Vec<f32> = (0..times.len() * nlat * nlon)
-        .map(|k| value(k / (nlat * nlon), k % (nlat * nlon)))
-        .collect();
-    v.put_values(&data, ..).unwrap();
+    write_nc(path, |f| {
+        f.add_dimension("time", times.len()).unwrap();
+        f.add_dimension("lat", nlat).unwrap();
+        f.add_dimension("lon", nlon).unwrap();
+        let mut t = f.add_variable::<f64>("time", &["time"]).unwrap();
+        t.put_attribute("units", "hours since 2000-01-01").unwrap();
+        t.put_values(times, ..).unwrap();
+        let lat: Vec<f64> = (0..nlat).map(|i| -40.0 + 10.0 * i as f64).collect();
+        let lon: Vec<f64> = (0..nlon).map(|j| 10.0 * j as f64).collect();
+        let mut v = f.add_variable::<f64>("lat", &["lat"]).unwrap();
+        v.put_attribute("units", "degrees_north").unwrap();
+        v.put_values(&lat, ..).unwrap();
+        let mut v = f.add_variable::<f64>("lon", &["lon"]).unwrap();
+        v.put_attribute("units", "degrees_east").unwrap();
+        v.put_values(&lon, ..).unwrap();
+        let mut v = f.add_variable::<f32>("x", &["time", "lat", "lon"]).unwrap();
+        v.put_attribute("_FillValue", -999.0f32).unwrap();
+        v.put_attribute("units", "K").unwrap();
+        let data: Vec<f32> = (0..times.len() * nlat * nlon)
+            .map(|k| value(k / (nlat * nlon), k % (nlat * nlon)))
+            .collect();
+        v.put_values(&data, ..).unwrap();
+    });
     path.to_path_buf()
 }
 
@@ -101,15 +113,15 @@ fn variable_not_in_the_file() {
 fn no_recognizable_latitude_longitude() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("xy.nc");
-    let mut f = netcdf::create(&p).unwrap();
-    f.add_dimension("time", 4).unwrap();
-    f.add_dimension("y", 3).unwrap();
-    f.add_dimension("x", 5).unwrap();
-    f.add_variable::<f32>("field", &["time", "y", "x"])
-        .unwrap()
-        .put_values(&[1.0f32; 60], ..)
-        .unwrap();
-    drop(f);
+    write_nc(&p, |f| {
+        f.add_dimension("time", 4).unwrap();
+        f.add_dimension("y", 3).unwrap();
+        f.add_dimension("x", 5).unwrap();
+        f.add_variable::<f32>("field", &["time", "y", "x"])
+            .unwrap()
+            .put_values(&[1.0f32; 60], ..)
+            .unwrap();
+    });
     assert_bad_input(
         &inspect(&["--var", &format!("{}:field", s(&p))]),
         &["xy.nc", "no recognizable latitude/longitude"],
@@ -121,21 +133,21 @@ fn no_recognizable_latitude_longitude() {
 fn unstructured_grid() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("icon.nc");
-    let mut f = netcdf::create(&p).unwrap();
-    f.add_dimension("time", 3).unwrap();
-    f.add_dimension("ncells", 20).unwrap();
-    let mut t = f.add_variable::<f64>("time", &["time"]).unwrap();
-    t.put_attribute("units", "hours since 2000-01-01").unwrap();
-    t.put_values(&[0.0, 6.0, 12.0], ..).unwrap();
-    let mut v = f.add_variable::<f64>("clat", &["ncells"]).unwrap();
-    v.put_attribute("units", "radian").unwrap();
-    v.put_attribute("standard_name", "latitude").unwrap();
-    v.put_values(&[0.1f64; 20], ..).unwrap();
-    f.add_variable::<f32>("temp", &["time", "ncells"])
-        .unwrap()
-        .put_values(&[280.0f32; 60], ..)
-        .unwrap();
-    drop(f);
+    write_nc(&p, |f| {
+        f.add_dimension("time", 3).unwrap();
+        f.add_dimension("ncells", 20).unwrap();
+        let mut t = f.add_variable::<f64>("time", &["time"]).unwrap();
+        t.put_attribute("units", "hours since 2000-01-01").unwrap();
+        t.put_values(&[0.0, 6.0, 12.0], ..).unwrap();
+        let mut v = f.add_variable::<f64>("clat", &["ncells"]).unwrap();
+        v.put_attribute("units", "radian").unwrap();
+        v.put_attribute("standard_name", "latitude").unwrap();
+        v.put_values(&[0.1f64; 20], ..).unwrap();
+        f.add_variable::<f32>("temp", &["time", "ncells"])
+            .unwrap()
+            .put_values(&[280.0f32; 60], ..)
+            .unwrap();
+    });
     let out = inspect(&["--var", &format!("{}:temp", s(&p))]);
     assert_bad_input(&out, &["icon.nc", "unstructured grid", "ncells"]);
 }
@@ -218,33 +230,33 @@ fn region_outside_the_grid() {
 fn multi_level_variable_needs_levels() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("plev.nc");
-    let mut f = netcdf::create(&p).unwrap();
-    f.add_dimension("time", 3).unwrap();
-    f.add_dimension("level", 2).unwrap();
-    f.add_dimension("latitude", 3).unwrap();
-    f.add_dimension("longitude", 4).unwrap();
-    let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
-    t.put_attribute("units", "hours since 1900-01-01 00:00:00.0")
-        .unwrap();
-    t.put_attribute("calendar", "gregorian").unwrap();
-    t.put_values(&[876_576i32, 876_582, 876_588], ..).unwrap();
-    let mut v = f.add_variable::<i32>("level", &["level"]).unwrap();
-    v.put_attribute("units", "millibars").unwrap();
-    v.put_values(&[500i32, 850], ..).unwrap();
-    let mut v = f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
-    v.put_attribute("units", "degrees_north").unwrap();
-    v.put_values(&[10.0f32, 0.0, -10.0], ..).unwrap();
-    let mut v = f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
-    v.put_attribute("units", "degrees_east").unwrap();
-    v.put_values(&[0.0f32, 90.0, 180.0, 270.0], ..).unwrap();
-    let data: Vec<i16> = (0..3 * 2 * 3 * 4).map(|k| k as i16).collect();
-    let mut v = f
-        .add_variable::<i16>("t", &["time", "level", "latitude", "longitude"])
-        .unwrap();
-    v.put_attribute("scale_factor", 0.5f64).unwrap();
-    v.put_attribute("add_offset", 250.0f64).unwrap();
-    v.put_values(&data, ..).unwrap();
-    drop(f);
+    write_nc(&p, |f| {
+        f.add_dimension("time", 3).unwrap();
+        f.add_dimension("level", 2).unwrap();
+        f.add_dimension("latitude", 3).unwrap();
+        f.add_dimension("longitude", 4).unwrap();
+        let mut t = f.add_variable::<i32>("time", &["time"]).unwrap();
+        t.put_attribute("units", "hours since 1900-01-01 00:00:00.0")
+            .unwrap();
+        t.put_attribute("calendar", "gregorian").unwrap();
+        t.put_values(&[876_576i32, 876_582, 876_588], ..).unwrap();
+        let mut v = f.add_variable::<i32>("level", &["level"]).unwrap();
+        v.put_attribute("units", "millibars").unwrap();
+        v.put_values(&[500i32, 850], ..).unwrap();
+        let mut v = f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
+        v.put_attribute("units", "degrees_north").unwrap();
+        v.put_values(&[10.0f32, 0.0, -10.0], ..).unwrap();
+        let mut v = f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
+        v.put_attribute("units", "degrees_east").unwrap();
+        v.put_values(&[0.0f32, 90.0, 180.0, 270.0], ..).unwrap();
+        let data: Vec<i16> = (0..3 * 2 * 3 * 4).map(|k| k as i16).collect();
+        let mut v = f
+            .add_variable::<i16>("t", &["time", "level", "latitude", "longitude"])
+            .unwrap();
+        v.put_attribute("scale_factor", 0.5f64).unwrap();
+        v.put_attribute("add_offset", 250.0f64).unwrap();
+        v.put_values(&data, ..).unwrap();
+    });
     assert_bad_input(&inspect(&[s(&p)]), &["plev.nc", "2 levels", "--levels"]);
     // With --levels it loads: one channel per level, scale/offset applied, grid global.
     let r = inspect_json(&[
