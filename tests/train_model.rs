@@ -375,3 +375,65 @@ fn eval_and_forecast_from_a_checkpoint() {
         .unwrap();
     assert_bad_input(&bad, &["--init-time", "not a time of the data"]);
 }
+
+#[test]
+fn replicated_batching_gives_the_same_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "16"]);
+    let losses: Vec<f64> = ["shared", "replicated"]
+        .iter()
+        .map(|mode| {
+            let out = dir.path().join(mode);
+            ok(train(&[
+                "--data",
+                data.to_str().unwrap(),
+                "--output-dir",
+                out.to_str().unwrap(),
+                "--batching",
+                mode,
+                "--max-steps",
+                "2",
+            ]));
+            let m = metrics(&out);
+            m.iter()
+                .filter(|l| l["kind"] == "step")
+                .map(|l| l["loss"].as_f64().unwrap())
+                .sum()
+        })
+        .collect();
+    assert!(
+        (losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs(),
+        "{losses:?}"
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_without_writing_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "16"]);
+    let out = dir.path().join("run");
+    let o = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--learning-rate",
+        "1e30",
+        "--grad-clip",
+        "0",
+        "--warmup-steps",
+        "0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("NaN") || err.contains("loss became"), "{err}");
+    assert!(
+        !out.join("checkpoints/last.json").exists(),
+        "no checkpoint with non-finite weights"
+    );
+}

@@ -159,7 +159,8 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         .output_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(default_dir));
-    if let Some(gen) = &tables.generate {
+    // A [generate] table makes the data only when none is given.
+    if let (true, Some(gen)) = (data.is_empty(), &tables.generate) {
         let path = output_dir.join(&gen.output);
         if !path.exists() {
             std::fs::create_dir_all(&output_dir)?;
@@ -169,9 +170,7 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
             );
             generate(&path, &gen.options, "meshcast train-model [generate]")?;
         }
-        if data.is_empty() {
-            data.files = vec![path];
-        }
+        data.files = vec![path];
     }
 
     let window = args.window.spec(tables.window.unwrap_or_default());
