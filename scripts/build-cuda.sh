@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds a release meshcast with candle's CUDA backend on a machine WITHOUT a GPU or a
+# system CUDA toolkit (such as the project's CI and development machines).
+#
+# A user with a normal CUDA install needs none of this:
+#     cargo build --release --features cuda
+#
+# What it does:
+#   1. downloads NVIDIA's CUDA 13.0 wheels from PyPI (nvcc, NVVM, headers, cudart,
+#      NVRTC, cuBLAS, cuRAND) into $WORK (13.0 so the embedded PTX suits driver 580+);
+#   2. makes the unversioned .so links the linker wants, and a link-only libcuda.so stub
+#      (every cu* symbol cudarc declares; never shipped: at run time the driver's real
+#      libcuda.so.1 is used);
+#   3. builds with CUDA_COMPUTE_CAP (default 90 = Hopper: H100/H200; use 80 for A100,
+#      89 for RTX 40xx/L4; candle compiles its kernels for one capability per build);
+#   4. prints the shared libraries the binary needs at run time.
+#
+# Usage: scripts/build-cuda.sh [WORK_DIR]   (default: target/cuda-toolkit)
+# Env:   CUDA_COMPUTE_CAP (default 90), JOBS (default 2)
+# Result: target/release/meshcast (with cuda). About 9 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+WORK=$(mkdir -p "${1:-target/cuda-toolkit}" && cd "${1:-target/cuda-toolkit}" && pwd)
+CAP=${CUDA_COMPUTE_CAP:-90}
+JOBS=${JOBS:-2}
+bash scripts/setup.sh
+
+mkdir -p "$WORK/wheels" "$WORK/stubs"
+if [ ! -x "$WORK/venv/bin/python" ]; then
+  python3 -m venv "$WORK/venv"
+fi
+if [ ! -f "$WORK/.installed-13.0" ]; then
+  "$WORK/venv/bin/pip" download -q --no-deps -d "$WORK/wheels" \
+    nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 \
+    nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35
+  "$WORK/venv/bin/pip" install -q --no-deps --no-index "$WORK"/wheels/*.whl
+  touch "$WORK/.installed-13.0"
+fi
+CU=$("$WORK/venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')/nvidia/cu13
+[ -x "$CU/bin/nvcc" ] || { echo "build-cuda: nvcc not found under $CU" >&2; exit 1; }
+
+# Link-time names: the wheels ship only versioned sonames, and no libcuda at all.
+for l in cudart.so.13 nvrtc.so.13 curand.so.10 cublas.so.13 cublasLt.so.13; do
+  ln -sf "$CU/lib/lib$l" "$WORK/stubs/lib${l%%.so*}.so"
+done
+(cd "$ROOT" && cargo fetch --locked)
+CUDARC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | sort -V | tail -1)
+grep -ohE '^pub unsafe fn cu[A-Za-z0-9_]+' "$CUDARC/src/driver/sys/"*.rs \
+  | awk '{print "int " $4 "(void) { return 999; }"}' | sort -u > "$WORK/libcuda_stub.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$WORK/stubs/libcuda.so" "$WORK/libcuda_stub.c"
+
+export CUDA_ROOT=$CU CUDA_HOME=$CU CUDA_PATH=$CU PATH=$CU/bin:$PATH
+export CUDA_COMPUTE_CAP=$CAP CUDAFORGE_THREADS=$JOBS
+export LIBRARY_PATH=$WORK/stubs:$CU/lib
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$WORK/stubs"
+echo "build-cuda: nvcc $("$CU/bin/nvcc" --version | tail -1), compute capability $CAP"
+nice -n 10 cargo build -j "$JOBS" --release --locked --features cuda
+
+BIN=$ROOT/target/release/meshcast
+echo "build-cuda: built $BIN"
+echo "build-cuda: shared libraries it needs at run time (the libcuda stub is not one of them:"
+echo "            the GPU machine's driver provides libcuda.so.1):"
+readelf -d "$BIN" | awk '/NEEDED/ {print "  " $5}' | tr -d '[]'
+echo "build-cuda: on the GPU machine set LD_LIBRARY_PATH to a directory holding libcudart.so.13,"
+echo "            libcublas.so.13, libcublasLt.so.13, libcurand.so.10 (e.g. PyTorch's nvidia/*/lib), or carry"
+echo "            them from $CU/lib."
