@@ -17,7 +17,8 @@
 #
 # Usage: scripts/build-cuda.sh [WORK_DIR]   (default: target/cuda-toolkit)
 # Env:   CUDA_COMPUTE_CAP (default 90), JOBS (default 2)
-# Result: target/release/meshcast (with cuda). About 9 minutes on 2 cores.
+# Result: target/cuda/release/meshcast (its own target dir, so the CPU build in
+# target/release stays as it is). About 9 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -55,9 +56,10 @@ export CUDA_COMPUTE_CAP=$CAP CUDAFORGE_THREADS=$JOBS
 export LIBRARY_PATH=$WORK/stubs:$CU/lib
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$WORK/stubs"
 echo "build-cuda: nvcc $("$CU/bin/nvcc" --version | tail -1), compute capability $CAP"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
 nice -n 10 cargo build -j "$JOBS" --release --locked --features cuda
 
-BIN=$ROOT/target/release/meshcast
+BIN=$CARGO_TARGET_DIR/release/meshcast
 echo "build-cuda: built $BIN"
 echo "build-cuda: shared libraries it needs at run time (the libcuda stub is not one of them:"
 echo "            the GPU machine's driver provides libcuda.so.1):"
