@@ -437,3 +437,57 @@ fn a_diverging_run_stops_without_writing_a_checkpoint() {
         "no checkpoint with non-finite weights"
     );
 }
+
+#[test]
+fn checkpointing_trains_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "16"]);
+    let runs: Vec<Vec<f64>> = [
+        &[][..],
+        &["--checkpointing"][..],
+        &["--checkpoint-every", "2"][..],
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, extra)| {
+        let out = dir.path().join(format!("run{i}"));
+        let mut args = vec![
+            "--data",
+            data.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&[
+            "--max-steps",
+            "3",
+            "--num-gnn-layers",
+            "3",
+            "--latent-size",
+            "8",
+        ]);
+        args.extend_from_slice(&["--mesh-level", "2", "--no-progress", "--no-graph-cache"]);
+        args.extend_from_slice(extra);
+        ok(meshcast()
+            .arg("-q")
+            .arg("train-model")
+            .args(&args)
+            .output()
+            .unwrap());
+        metrics(&out)
+            .iter()
+            .filter(|l| l["kind"] == "step")
+            .map(|l| l["loss"].as_f64().unwrap())
+            .collect()
+    })
+    .collect();
+    for other in &runs[1..] {
+        for (a, b) in runs[0].iter().zip(other) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs(),
+                "{:?} vs {:?}",
+                runs[0],
+                other
+            );
+        }
+    }
+}

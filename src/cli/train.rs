@@ -82,6 +82,13 @@ pub struct TrainArgs {
     /// `shared`: one graph for the whole batch; `replicated`: the PyG-style block-diagonal baseline.
     #[arg(long, value_enum)]
     pub batching: Option<Batching>,
+    /// Gradient checkpointing: keep only processor-segment boundaries in the forward pass
+    /// and recompute each segment in backward (less activation memory, more compute).
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Processor blocks per checkpointed segment (implies --checkpointing).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -191,6 +198,12 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     );
     if args.max_steps.is_some() {
         train_cfg.max_steps = args.max_steps;
+    }
+    if args.checkpointing || args.checkpoint_every.is_some() {
+        train_cfg.checkpointing = true;
+    }
+    if let Some(k) = args.checkpoint_every {
+        train_cfg.checkpoint_every = k;
     }
     if args.no_prefetch {
         train_cfg.use_prefetch = false;

@@ -16,7 +16,7 @@ pub mod interaction;
 pub mod layer_norm;
 pub mod mlp;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use candle_nn::VarMap;
 

@@ -32,6 +32,10 @@ pub struct TrainConfig {
     pub prefetch_buffer_size: usize,
     /// Loss weight per channel name (default 1).
     pub variable_weights: BTreeMap<String, f64>,
+    /// Gradient checkpointing of the processor: keep only segment boundaries, recompute in backward.
+    pub checkpointing: bool,
+    /// Processor blocks per checkpointed segment.
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -50,6 +54,8 @@ impl Default for TrainConfig {
             use_prefetch: true,
             prefetch_buffer_size: 4,
             variable_weights: BTreeMap::new(),
+            checkpointing: false,
+            checkpoint_every: 1,
         }
     }
 }
@@ -75,6 +81,9 @@ impl TrainConfig {
         }
         if self.prefetch_buffer_size == 0 {
             return bad("--prefetch-buffer-size must be at least 1 (or use --no-prefetch)".into());
+        }
+        if self.checkpoint_every == 0 {
+            return bad("--checkpoint-every must be at least 1".into());
         }
         if self.max_steps == Some(0) {
             return bad("--max-steps must be at least 1".into());

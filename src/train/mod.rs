@@ -5,6 +5,7 @@
 //! survive being stopped (`--resume` gives the same weights as an uninterrupted run).
 
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod config;
 pub mod init;
 pub mod loss;

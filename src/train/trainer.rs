@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::checkpoint::{self, CheckpointMeta, FORMAT_VERSION};
+use super::checkpointing::step_gradients;
 use super::config::RunConfig;
 use super::init::init_parameters;
 use super::loss::{loss_weights, weighted_mse};
@@ -255,9 +256,19 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             let batch = batch?;
             let (x, y, valid) = session.tensors(&batch)?;
             let (w, count) = loss_weights(&valid, &lat_w, &var_w, y.dims3()?, &opts.device)?;
-            let pred = session.model.forward(&session.graph_tensors, &x)?;
-            let loss = weighted_mse(&pred, &y, &w, count)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
+            // Gradients of this micro-batch, scaled for accumulation (plain or checkpointed).
+            let accum_scale = run.train.grad_accum_steps as f64;
+            let step = step_gradients(
+                &session.model,
+                &session.graph_tensors,
+                &x,
+                &session.vars,
+                |pred| weighted_mse(pred, &y, &w, count * accum_scale),
+                run.train
+                    .checkpointing
+                    .then_some(run.train.checkpoint_every),
+            )?;
+            let loss_value = step.loss * accum_scale;
             if !loss_value.is_finite() {
                 anyhow::bail!(
                     "the loss became {loss_value} at step {} (epoch {}): stopping without writing a checkpoint; \
@@ -266,12 +277,11 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
                     epoch + 1
                 );
             }
-            let grads = (loss / run.train.grad_accum_steps as f64)?.backward()?;
-            for (slot, acc) in optimizer.slots.iter().zip(accum.iter_mut()) {
-                if let Some(g) = grads.get(slot.var.as_tensor()) {
+            for (g, acc) in step.grads.into_iter().zip(accum.iter_mut()) {
+                if let Some(g) = g {
                     *acc = Some(match acc.take() {
                         Some(a) => (a + g)?,
-                        None => g.clone(),
+                        None => g,
                     });
                 }
             }

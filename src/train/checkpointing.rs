@@ -1,0 +1,254 @@
+//! Gradients of a training step, plainly or with gradient checkpointing.
+//!
+//! candle has no checkpointing, so it is done by hand over the processor: the forward
+//! pass runs each segment of `every` processor blocks on a detached input and keeps
+//! only the segment boundaries; the decoder runs on the last boundary as fresh
+//! variables; then, from the last segment to the first, each segment is recomputed
+//! from its saved input (as fresh variables) and back-propagated with the surrogate
+//! loss `sum(out * grad_out)`, which yields the segment's parameter gradients and the
+//! gradient for its input; the encoder gets the same treatment last. The result equals
+//! plain back-propagation up to floating-point summation order (tested).
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+
+use crate::model::{Batching, GraphCast, GraphTensors, Latents};
+
+/// Loss value and one gradient per parameter (in `vars` order; None: untouched).
+pub struct StepGradients {
+    pub loss: f64,
+    pub grads: Vec<Option<Tensor>>,
+}
+
+fn add_grads(acc: &mut [Option<Tensor>], vars: &[(String, Var)], store: &GradStore) -> Result<()> {
+    for (slot, (_, var)) in acc.iter_mut().zip(vars) {
+        if let Some(g) = store.get(var.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gradients of `loss_fn(model(inputs))`; `checkpoint_every` = Some(k) checkpoints the
+/// processor in segments of k blocks.
+pub fn step_gradients(
+    model: &GraphCast,
+    graph: &GraphTensors,
+    inputs: &Tensor,
+    vars: &[(String, Var)],
+    loss_fn: impl Fn(&Tensor) -> Result<Tensor>,
+    checkpoint_every: Option<usize>,
+) -> Result<StepGradients> {
+    let mut grads = vec![None; vars.len()];
+    let Some(every) = checkpoint_every else {
+        let loss = loss_fn(&model.forward(graph, inputs)?)?;
+        add_grads(&mut grads, vars, &loss.backward()?)?;
+        return Ok(StepGradients {
+            loss: loss.to_scalar::<f32>()? as f64,
+            grads,
+        });
+    };
+
+    // The same batching conversion as GraphCast::forward.
+    let (batch, nodes, features) = inputs.dims3()?;
+    let replicated;
+    let (graph, inputs) = match model.config().batching {
+        Batching::Shared => (graph, inputs.clone()),
+        Batching::Replicated => {
+            replicated = model.replicated_graph(graph, batch)?;
+            (&replicated, inputs.reshape((1, batch * nodes, features))?)
+        }
+    };
+    let blocks = model.processor_blocks().len();
+    let segments: Vec<std::ops::Range<usize>> = (0..blocks)
+        .step_by(every.max(1))
+        .map(|s| s..(s + every.max(1)).min(blocks))
+        .collect();
+    let run_segment = |range: std::ops::Range<usize>, mut latents: Latents| -> Result<Latents> {
+        for k in range {
+            latents = model.process_block(k, graph, latents)?;
+        }
+        Ok(latents)
+    };
+
+    // Forward: the encoder keeps its graph; the processor keeps only boundaries.
+    let encoded = model.encode(graph, &inputs)?;
+    let mut boundaries = vec![detached(&encoded)];
+    for range in &segments {
+        let out = run_segment(
+            range.clone(),
+            detached(boundaries.last().expect("boundary")),
+        )?;
+        boundaries.push(detached(&out));
+    }
+
+    // Decoder and loss on the last boundary, as variables.
+    let (last, last_vars) = as_vars(boundaries.last().expect("boundary"))?;
+    let mut pred = model.decode(graph, &last)?;
+    if model.config().batching == Batching::Replicated {
+        pred = pred.reshape((batch, nodes, model.config().output_channels))?;
+    }
+    let loss = loss_fn(&pred)?;
+    let store = loss.backward()?;
+    add_grads(&mut grads, vars, &store)?;
+    let mut grad_out = grads_of(&last_vars, &store);
+
+    // Backward through the segments, recomputing each from its saved input.
+    for (i, range) in segments.iter().enumerate().rev() {
+        let (input, input_vars) = as_vars(&boundaries[i])?;
+        let out = run_segment(range.clone(), input)?;
+        let Some(surrogate) = surrogate(&out, &grad_out)? else {
+            break;
+        };
+        let store = surrogate.backward()?;
+        add_grads(&mut grads, vars, &store)?;
+        grad_out = grads_of(&input_vars, &store);
+    }
+    if let Some(surrogate) = surrogate(&encoded, &grad_out)? {
+        add_grads(&mut grads, vars, &surrogate.backward()?)?;
+    }
+    Ok(StepGradients {
+        loss: loss.to_scalar::<f32>()? as f64,
+        grads,
+    })
+}
+
+fn detached(l: &Latents) -> Latents {
+    Latents {
+        grid: l.grid.detach(),
+        mesh: l.mesh.detach(),
+        mesh_edges: l.mesh_edges.detach(),
+    }
+}
+
+/// Fresh variables holding the latents, so their gradients can be read.
+fn as_vars(l: &Latents) -> Result<(Latents, [Var; 3])> {
+    let vars = [
+        Var::from_tensor(&l.grid)?,
+        Var::from_tensor(&l.mesh)?,
+        Var::from_tensor(&l.mesh_edges)?,
+    ];
+    let latents = Latents {
+        grid: vars[0].as_tensor().clone(),
+        mesh: vars[1].as_tensor().clone(),
+        mesh_edges: vars[2].as_tensor().clone(),
+    };
+    Ok((latents, vars))
+}
+
+fn grads_of(vars: &[Var; 3], store: &GradStore) -> [Option<Tensor>; 3] {
+    std::array::from_fn(|i| store.get(vars[i].as_tensor()).cloned())
+}
+
+/// `sum(out * grad_out)` over the latents that received a gradient (None if none did).
+fn surrogate(out: &Latents, grad_out: &[Option<Tensor>; 3]) -> Result<Option<Tensor>> {
+    let mut total: Option<Tensor> = None;
+    for (t, g) in [&out.grid, &out.mesh, &out.mesh_edges]
+        .into_iter()
+        .zip(grad_out)
+    {
+        let Some(g) = g else { continue };
+        let term = (t.broadcast_as(g.shape())? * g)?.sum_all()?;
+        total = Some(match total {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{random_tensor, tiny_graph};
+    use crate::model::ModelConfig;
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+
+    fn setup(
+        dtype: DType,
+        batching: Batching,
+    ) -> (GraphCast, GraphTensors, Vec<(String, Var)>, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let graph = GraphTensors::new(&tiny_graph(1), &dev, dtype).unwrap();
+        let config = ModelConfig {
+            latent_size: 8,
+            num_gnn_layers: 4,
+            grid_input_features: 3,
+            output_channels: 2,
+            batching,
+            ..Default::default()
+        };
+        let varmap = VarMap::new();
+        let model = GraphCast::new(
+            config,
+            &graph,
+            VarBuilder::from_varmap(&varmap, dtype, &dev),
+        )
+        .unwrap();
+        let mut vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::train::init::init_parameters(&vars, 3).unwrap();
+        let n = graph.grid_nodes.count;
+        let x = random_tensor(&[2, n, 3], dtype, 11).unwrap();
+        let w = random_tensor(&[2, n, 2], dtype, 12).unwrap();
+        (model, graph, vars, x, w)
+    }
+
+    fn compare(dtype: DType, batching: Batching, tol: f64) {
+        let (model, graph, vars, x, w) = setup(dtype, batching);
+        let loss = |p: &Tensor| (p.sqr()? * &w)?.sum_all()?.to_dtype(DType::F32);
+        let plain = step_gradients(&model, &graph, &x, &vars, loss, None).unwrap();
+        for every in [1, 2, 3] {
+            let ck = step_gradients(&model, &graph, &x, &vars, loss, Some(every)).unwrap();
+            assert_eq!(plain.loss, ck.loss);
+            for ((name, _), (a, b)) in vars.iter().zip(plain.grads.iter().zip(&ck.grads)) {
+                let (a, b) = (a.as_ref().expect(name), b.as_ref().expect(name));
+                let a: Vec<f64> = a
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let b: Vec<f64> = b
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let scale = a.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    worst / scale <= tol,
+                    "{name} (every {every}): relative difference {}",
+                    worst / scale
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn checkpointed_gradients_equal_plain_backprop_f64() {
+        compare(DType::F64, Batching::Shared, 1e-12);
+        compare(DType::F64, Batching::Replicated, 1e-12);
+    }
+
+    #[test]
+    fn checkpointed_gradients_equal_plain_backprop_f32() {
+        compare(DType::F32, Batching::Shared, 1e-6);
+    }
+}
