@@ -16,6 +16,18 @@ pub struct CheckpointArgs {
     /// Which checkpoint of a directory: best (lowest validation loss) or last.
     #[arg(long, default_value = "best")]
     pub which: String,
+    /// Run the model patch by patch (latitude bands or tiles) to bound memory.
+    #[arg(long)]
+    pub patches: Option<usize>,
+    /// Halo around each patch, degrees [default: 10].
+    #[arg(long, requires = "patches")]
+    pub patch_halo: Option<f64>,
+}
+
+impl CheckpointArgs {
+    fn patches(&self) -> Option<(usize, f64)> {
+        self.patches.map(|n| (n, self.patch_halo.unwrap_or(10.0)))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +63,7 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
         &args.checkpoint.checkpoint,
         &args.checkpoint.which,
         data,
+        args.checkpoint.patches(),
         args.graph.cache_dir().as_deref(),
         &device,
     )?;
@@ -96,6 +109,7 @@ pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::
         &args.checkpoint.checkpoint,
         &args.checkpoint.which,
         data,
+        args.checkpoint.patches(),
         args.graph.cache_dir().as_deref(),
         &device,
     )?;

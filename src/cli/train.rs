@@ -89,6 +89,13 @@ pub struct TrainArgs {
     /// Processor blocks per checkpointed segment (implies --checkpointing).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Train on this many spatial patches one at a time (latitude bands or tiles), gradients
+    /// summed before each optimizer step; the loss counts owned nodes only.
+    #[arg(long)]
+    pub patches: Option<usize>,
+    /// Halo around each patch in degrees: context nodes that send messages but own no loss.
+    #[arg(long)]
+    pub patch_halo: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -194,7 +201,9 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         grad_clip,
         grad_accum_steps,
         seed,
-        prefetch_buffer_size
+        prefetch_buffer_size,
+        patches,
+        patch_halo
     );
     if args.max_steps.is_some() {
         train_cfg.max_steps = args.max_steps;

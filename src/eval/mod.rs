@@ -31,11 +31,13 @@ pub struct Loaded {
 }
 
 /// Loads checkpoint `name` found at `path`; `data` (if given) replaces the checkpoint's
-/// data, which must then have the same channels and grid.
+/// data, which must then have the same channels and grid; `patches` (count, halo in
+/// degrees) runs inference patch by patch, whatever the run trained with.
 pub fn load(
     path: &Path,
     name: &str,
     data: Option<DataSpec>,
+    patches: Option<(usize, f64)>,
     graph_cache: Option<&Path>,
     device: &Device,
 ) -> anyhow::Result<Loaded> {
@@ -44,6 +46,9 @@ pub fn load(
     let mut run = ck.meta.run.clone();
     if let Some(d) = data {
         run.data = d;
+    }
+    if let Some((n, halo)) = patches {
+        (run.train.patches, run.train.patch_halo) = (n, halo);
     }
     let dataset = Arc::new(Dataset::open(&run.data)?);
     if dataset.channel_names() != ck.meta.stats.channels {

@@ -65,6 +65,31 @@ impl Patch {
     pub fn n_edges(&self) -> usize {
         self.grid2mesh.len() + self.mesh.len() + self.mesh2grid.len()
     }
+
+    /// The patch as a graph of its own (local indices), so a model runs on it unchanged.
+    /// Its grid map translates the full grid's cells to the patch's grid nodes.
+    pub fn subgraph(&self, full: &WeatherGraph) -> WeatherGraph {
+        let pick = |set: &super::NodeSet, ids: &[u32]| {
+            super::NodeSet::new(
+                ids.iter().map(|&i| set.lat[i as usize]).collect(),
+                ids.iter().map(|&i| set.lon[i as usize]).collect(),
+            )
+        };
+        let cells = self
+            .grid_nodes
+            .iter()
+            .map(|&n| full.grid_map.cell_of_node(n as usize) as u32)
+            .collect();
+        WeatherGraph {
+            options: full.options.clone(),
+            grid_nodes: pick(&full.grid_nodes, &self.grid_nodes),
+            mesh_nodes: pick(&full.mesh_nodes, &self.mesh_nodes),
+            grid2mesh: self.grid2mesh.clone(),
+            mesh: self.mesh.clone(),
+            mesh2grid: self.mesh2grid.clone(),
+            grid_map: super::GridNodeMap::from_cells(cells, full.grid_map.n_cells()),
+        }
+    }
 }
 
 /// Splits `graph` (built for `grid`) into `options.n_patches` patches.

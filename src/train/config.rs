@@ -36,6 +36,10 @@ pub struct TrainConfig {
     pub checkpointing: bool,
     /// Processor blocks per checkpointed segment.
     pub checkpoint_every: usize,
+    /// Train (and infer) on this many spatial patches, one at a time (1: whole grid).
+    pub patches: usize,
+    /// Halo around each patch, degrees of great-circle distance.
+    pub patch_halo: f64,
 }
 
 impl Default for TrainConfig {
@@ -56,6 +60,8 @@ impl Default for TrainConfig {
             variable_weights: BTreeMap::new(),
             checkpointing: false,
             checkpoint_every: 1,
+            patches: 1,
+            patch_halo: 10.0,
         }
     }
 }
@@ -81,6 +87,9 @@ impl TrainConfig {
         }
         if self.prefetch_buffer_size == 0 {
             return bad("--prefetch-buffer-size must be at least 1 (or use --no-prefetch)".into());
+        }
+        if self.patches == 0 || !(self.patch_halo >= 0.0) {
+            return bad("--patches must be at least 1 and --patch-halo >= 0".into());
         }
         if self.checkpoint_every == 0 {
             return bad("--checkpoint-every must be at least 1".into());

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
+use super::checkpointing::{step_gradients, StepGradients};
 use super::config::RunConfig;
+use super::loss::weighted_mse;
 use crate::data::{Batch, Dataset, NormStats, Splits};
-use crate::graph::{load_or_build, WeatherGraph};
+use crate::graph::{load_or_build, split_into_patches, Patch, PatchOptions, WeatherGraph};
 use crate::model::{GraphCast, GraphTensors, ModelConfig};
 
 /// Model inputs per grid node: the normalised values and their validity flags.
@@ -17,11 +19,26 @@ pub fn grid_input_features(input_steps: usize, channels: usize) -> usize {
     2 * input_steps * channels
 }
 
+/// One spatial patch on the device: its own graph, which full-graph grid nodes it
+/// holds, and which of those it owns (loss and outputs come from owned nodes only).
+pub struct PatchTensors {
+    pub graph: GraphTensors,
+    /// Full-graph grid-node ids of the patch's grid nodes (u32).
+    pub nodes: Tensor,
+    /// `[1, nodes, 1]`: 1 for owned nodes, 0 for halo.
+    pub owned: Tensor,
+    /// Owned nodes: local ids and full-graph ids (u32).
+    pub owned_local: Tensor,
+    pub owned_full: Tensor,
+}
+
 pub struct Session {
     pub dataset: Arc<Dataset>,
     pub splits: Splits,
     pub graph: WeatherGraph,
     pub graph_tensors: GraphTensors,
+    /// Empty unless the run trains (or infers) patch by patch.
+    pub patches: Vec<PatchTensors>,
     pub model: GraphCast,
     /// Parameters sorted by name: the order of the optimizer and the checkpoints.
     pub vars: Vec<(String, Var)>,
@@ -47,6 +64,34 @@ impl Session {
             graph.mesh.len()
         );
         let graph_tensors = GraphTensors::new(&graph, device, DType::F32)?;
+        let patches = if run.train.patches > 1 {
+            let options = PatchOptions {
+                n_patches: run.train.patches,
+                halo_deg: run.train.patch_halo,
+            };
+            let patches = split_into_patches(&graph, &dataset.grid, &options)?;
+            tracing::info!(
+                "{} patches, halo {} deg: {} to {} grid nodes each",
+                patches.len(),
+                options.halo_deg,
+                patches
+                    .iter()
+                    .map(|p| p.grid_nodes.len())
+                    .min()
+                    .unwrap_or(0),
+                patches
+                    .iter()
+                    .map(|p| p.grid_nodes.len())
+                    .max()
+                    .unwrap_or(0)
+            );
+            patches
+                .iter()
+                .map(|p| patch_tensors(p, &graph, device))
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let model = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
@@ -63,10 +108,86 @@ impl Session {
             splits,
             graph,
             graph_tensors,
+            patches,
             model,
             vars,
             device: device.clone(),
         })
+    }
+
+    /// The model's output `[B, nodes, C]` for inputs `[B, nodes, F]`, patch by patch
+    /// when the run uses patches (each patch contributes its owned nodes). No gradients.
+    pub fn predict(&self, x: &Tensor) -> anyhow::Result<Tensor> {
+        if self.patches.is_empty() {
+            return Ok(self.model.forward(&self.graph_tensors, x)?.detach());
+        }
+        let (b, n, _) = x.dims3()?;
+        let mut out = Tensor::zeros(
+            (b, n, self.model.config().output_channels),
+            DType::F32,
+            &self.device,
+        )?;
+        for p in &self.patches {
+            let pred = self
+                .model
+                .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?
+                .detach();
+            out = out.index_add(&p.owned_full, &pred.index_select(&p.owned_local, 1)?, 1)?;
+        }
+        Ok(out)
+    }
+
+    /// Loss and parameter gradients of one micro-batch: the latitude-weighted MSE with
+    /// weights `w` over `count` valid entries, divided by `accum`; patch by patch (the
+    /// losses of the owned nodes add up to the full one) when the run uses patches.
+    pub fn gradients(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        w: &Tensor,
+        count: f64,
+        accum: f64,
+        checkpoint_every: Option<usize>,
+    ) -> anyhow::Result<StepGradients> {
+        let denominator = count * accum;
+        if self.patches.is_empty() {
+            let loss = |pred: &Tensor| weighted_mse(pred, y, w, denominator);
+            return Ok(step_gradients(
+                &self.model,
+                &self.graph_tensors,
+                x,
+                &self.vars,
+                loss,
+                checkpoint_every,
+            )?);
+        }
+        let mut total = StepGradients {
+            loss: 0.0,
+            grads: vec![None; self.vars.len()],
+        };
+        for p in &self.patches {
+            let (xp, yp) = (x.index_select(&p.nodes, 1)?, y.index_select(&p.nodes, 1)?);
+            let wp = w.index_select(&p.nodes, 1)?.broadcast_mul(&p.owned)?;
+            let loss = |pred: &Tensor| weighted_mse(pred, &yp, &wp, denominator);
+            let step = step_gradients(
+                &self.model,
+                &p.graph,
+                &xp,
+                &self.vars,
+                loss,
+                checkpoint_every,
+            )?;
+            total.loss += step.loss;
+            for (acc, g) in total.grads.iter_mut().zip(step.grads) {
+                if let Some(g) = g {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        Ok(total)
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -119,6 +240,31 @@ impl Session {
         let w = self.dataset.grid.latitude_weights(&valid);
         cells.iter().map(|&c| w[c as usize]).collect()
     }
+}
+
+fn patch_tensors(
+    patch: &Patch,
+    full: &WeatherGraph,
+    device: &Device,
+) -> anyhow::Result<PatchTensors> {
+    let n = patch.grid_nodes.len();
+    let owned_local: Vec<u32> = (0..n as u32).filter(|&k| patch.owned[k as usize]).collect();
+    let owned_full: Vec<u32> = owned_local
+        .iter()
+        .map(|&k| patch.grid_nodes[k as usize])
+        .collect();
+    let mask: Vec<f32> = patch
+        .owned
+        .iter()
+        .map(|&o| if o { 1.0 } else { 0.0 })
+        .collect();
+    Ok(PatchTensors {
+        graph: GraphTensors::new(&patch.subgraph(full), device, DType::F32)?,
+        nodes: Tensor::from_vec(patch.grid_nodes.clone(), n, device)?,
+        owned: Tensor::from_vec(mask, (1, n, 1), device)?,
+        owned_local: Tensor::from_vec(owned_local.clone(), owned_local.len(), device)?,
+        owned_full: Tensor::from_vec(owned_full, owned_local.len(), device)?,
+    })
 }
 
 /// The model configuration for this data: inputs and outputs follow the channels.

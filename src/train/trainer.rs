@@ -18,7 +18,6 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::checkpoint::{self, CheckpointMeta, FORMAT_VERSION};
-use super::checkpointing::step_gradients;
 use super::config::RunConfig;
 use super::init::init_parameters;
 use super::loss::{loss_weights, weighted_mse};
@@ -258,12 +257,12 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             let (w, count) = loss_weights(&valid, &lat_w, &var_w, y.dims3()?, &opts.device)?;
             // Gradients of this micro-batch, scaled for accumulation (plain or checkpointed).
             let accum_scale = run.train.grad_accum_steps as f64;
-            let step = step_gradients(
-                &session.model,
-                &session.graph_tensors,
+            let step = session.gradients(
                 &x,
-                &session.vars,
-                |pred| weighted_mse(pred, &y, &w, count * accum_scale),
+                &y,
+                &w,
+                count,
+                accum_scale,
                 run.train
                     .checkpointing
                     .then_some(run.train.checkpoint_every),
@@ -463,7 +462,7 @@ pub fn validate(
         let batch = batch?;
         let (x, y, valid) = session.tensors(&batch)?;
         let (w, n) = loss_weights(&valid, lat_w, var_w, y.dims3()?, &session.device)?;
-        let pred = session.model.forward(&session.graph_tensors, &x)?.detach();
+        let pred = session.predict(&x)?;
         total += weighted_mse(&pred, &y, &w, n)?.to_scalar::<f32>()? as f64 * n;
         count += n;
         let pred: Vec<f32> = pred
