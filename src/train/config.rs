@@ -88,7 +88,7 @@ impl TrainConfig {
         if self.prefetch_buffer_size == 0 {
             return bad("--prefetch-buffer-size must be at least 1 (or use --no-prefetch)".into());
         }
-        if self.patches == 0 || !(self.patch_halo >= 0.0) {
+        if self.patches == 0 || self.patch_halo.is_nan() || self.patch_halo < 0.0 {
             return bad("--patches must be at least 1 and --patch-halo >= 0".into());
         }
         if self.checkpoint_every == 0 {
