@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{DataArgs, GraphArgs};
-use crate::eval::{evaluate, find_time, forecast, load};
+use crate::eval::{evaluate, find_time, forecast, load, Loaded};
 
-/// Which checkpoint to use.
+/// Which checkpoint, on which data, run how: shared by `eval` and `forecast`.
 #[derive(Debug, Args)]
 pub struct CheckpointArgs {
     /// A run directory (from train-model --output-dir), its checkpoints/ directory, or a checkpoint .json.
@@ -22,23 +22,33 @@ pub struct CheckpointArgs {
     /// Halo around each patch, degrees [default: 10].
     #[arg(long, requires = "patches")]
     pub patch_halo: Option<f64>,
+    /// Data to run on (default: the checkpoint's data).
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
 }
 
 impl CheckpointArgs {
-    fn patches(&self) -> Option<(usize, f64)> {
-        self.patches.map(|n| (n, self.patch_halo.unwrap_or(10.0)))
+    fn load(&self, device: &candle_core::Device) -> anyhow::Result<Loaded> {
+        let data = self.data.to_spec()?;
+        let patches = self.patches.map(|n| (n, self.patch_halo.unwrap_or(10.0)));
+        load(
+            &self.checkpoint,
+            &self.which,
+            (!data.is_empty()).then_some(data),
+            patches,
+            self.graph.cache_dir().as_deref(),
+            device,
+        )
     }
 }
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
+    /// The checkpoint; its data's test block is scored.
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
-    /// Data to evaluate on (default: the checkpoint's data); its test block is used.
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub graph: GraphArgs,
     /// Model steps rolled out from each initial time.
     #[arg(long, default_value_t = 4)]
     pub rollout_steps: usize,
@@ -57,16 +67,7 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
     if args.rollout_steps == 0 || args.batch_size == 0 {
         crate::bail_input!("--rollout-steps and --batch-size must be at least 1");
     }
-    let data = args.data.to_spec()?;
-    let data = (!data.is_empty()).then_some(data);
-    let loaded = load(
-        &args.checkpoint.checkpoint,
-        &args.checkpoint.which,
-        data,
-        args.checkpoint.patches(),
-        args.graph.cache_dir().as_deref(),
-        &device,
-    )?;
+    let loaded = args.checkpoint.load(&device)?;
     let report = evaluate(&loaded, args.rollout_steps, args.batch_size)?;
     if let Some(path) = &args.output {
         crate::util::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -81,13 +82,9 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
 
 #[derive(Debug, Args)]
 pub struct ForecastArgs {
+    /// The checkpoint; its data hold the initial states.
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
-    /// Data holding the initial states (default: the checkpoint's data).
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub graph: GraphArgs,
     /// Initial time (YYYY-MM-DD hh:mm), a time of the data.
     #[arg(long)]
     pub init_time: String,
@@ -103,16 +100,7 @@ pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::
     if args.steps == 0 {
         crate::bail_input!("--steps must be at least 1");
     }
-    let data = args.data.to_spec()?;
-    let data = (!data.is_empty()).then_some(data);
-    let loaded = load(
-        &args.checkpoint.checkpoint,
-        &args.checkpoint.which,
-        data,
-        args.checkpoint.patches(),
-        args.graph.cache_dir().as_deref(),
-        &device,
-    )?;
+    let loaded = args.checkpoint.load(&device)?;
     let init = find_time(&loaded.session.dataset, &args.init_time)?;
     let path = forecast(&loaded, init, args.steps, &args.output)?;
     println!("{}", path.display());

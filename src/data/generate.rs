@@ -47,7 +47,7 @@ pub struct GenerateOptions {
     /// Grid spacing in degrees (5, 2.5, 1, 0.25, ...).
     pub resolution: f64,
     /// Regional box instead of the globe.
-    #[serde(with = "optional_region")]
+    #[serde(with = "super::spec::region_string")]
     pub region: Option<Region>,
     pub steps: usize,
     pub step_hours: f64,
@@ -77,27 +77,6 @@ impl Default for GenerateOptions {
             deflate: 0,
             pack: false,
         }
-    }
-}
-
-mod optional_region {
-    use super::Region;
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(r: &Option<Region>, s: S) -> Result<S::Ok, S::Error> {
-        match r {
-            Some(r) => s.serialize_str(&format!(
-                "{},{},{},{}",
-                r.lat_min, r.lat_max, r.lon_min, r.lon_max
-            )),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Region>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(D::Error::custom))
-            .transpose()
     }
 }
 

@@ -122,7 +122,8 @@ mod var_strings {
     }
 }
 
-mod region_string {
+/// `Option<Region>` as the `"lat_min,lat_max,lon_min,lon_max"` string users write.
+pub(crate) mod region_string {
     use super::Region;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
