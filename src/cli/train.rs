@@ -82,6 +82,9 @@ pub struct TrainArgs {
     /// `shared`: one graph for the whole batch; `replicated`: the PyG-style block-diagonal baseline.
     #[arg(long, value_enum)]
     pub batching: Option<Batching>,
+    /// Edge -> node sums: `index-add` (candle's index_add) or `csr` (CPU segment sum by receiver).
+    #[arg(long, value_enum)]
+    pub aggregation: Option<crate::model::Aggregation>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -216,6 +219,9 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     }
     if let Some(v) = args.batching {
         model.batching = v;
+    }
+    if let Some(v) = args.aggregation {
+        model.aggregation = v;
     }
     let model = model_config_for(&model, window.input_steps, dataset.num_channels());
     let run = RunConfig {
