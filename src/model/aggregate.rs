@@ -12,7 +12,7 @@
 //!   which they do here.)
 //! - [`Aggregation::Csr`]: a CPU custom op, [`CsrSegmentSum`], that walks the
 //!   receivers in CSR order and sums the rows of their incoming edges: each output
-//!   row is written by one thread (parallel over receivers on candle's thread pool,
+//!   row is written by one thread (parallel over receivers on candle's worker pool,
 //!   no atomics, no scatter). Within a receiver edges keep their COO order, so it adds
 //!   in the same order as `index_add` and gives the same numbers. Its backward is the
 //!   same gather: `index_select(grad_out, receivers)`.
@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::graph_tensors::EdgeTensors;
@@ -203,24 +202,25 @@ impl CustomOp1 for CsrSegmentSum {
 }
 
 /// `out[b, r, :] = sum over k in offsets[r]..offsets[r+1] of msg[b, edge_ids[k], :]`,
-/// output rows split into chunks summed in parallel on candle's thread pool.
+/// output rows handed out in chunks to candle's own CPU worker pool (the pool its
+/// element-wise ops use, so no second set of threads competes for the cores).
 fn segment_sum<T>(msg: &[T], b: usize, e: usize, f: usize, csr: &CsrIndex) -> Vec<T>
 where
     T: Copy + Default + std::ops::AddAssign + Send + Sync,
 {
     let n = csr.n_receivers();
-    let mut out = vec![T::default(); b * n * f];
+    let rows = b * n;
+    let mut out = vec![T::default(); rows * f];
     if out.is_empty() {
         return out;
     }
-    let rows = b * n;
-    let threads = candle_core::utils::get_num_threads().max(1);
-    // Several chunks per thread for balance; at least 64 rows so tiny graphs stay serial-ish.
-    let rows_per_chunk = rows.div_ceil(4 * threads).max(64);
-    let sum_rows = |(chunk, dst): (usize, &mut [T])| {
-        for (i, row) in dst.chunks_exact_mut(f).enumerate() {
-            let global = chunk * rows_per_chunk + i;
+    let dst = RowsPtr(out.as_mut_ptr());
+    let sum_rows = |range: std::ops::Range<usize>| {
+        for global in range {
             let (bi, r) = (global / n, global % n);
+            // SAFETY: row `global` lies inside `out` (global < rows), and the pool hands
+            // every row index to exactly one call, so no two threads write the same row.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(global * f), f) };
             let base = bi * e * f;
             for &id in &csr.edge_ids[csr.offsets[r] as usize..csr.offsets[r + 1] as usize] {
                 let src = &msg[base + id as usize * f..base + (id as usize + 1) * f];
@@ -230,17 +230,30 @@ where
             }
         }
     };
-    if rows <= rows_per_chunk {
-        sum_rows((0, &mut out));
+    // Below ~64k summed values the pool's wake-up costs more than it saves.
+    if csr.n_edges() * b * f < 1 << 16 {
+        sum_rows(0..rows);
     } else {
-        candle_core::utils::with_threadpool(|| {
-            out.par_chunks_mut(rows_per_chunk * f)
-                .enumerate()
-                .for_each(sum_rows)
-        });
+        candle_core::utils::barrier_pool().execute_chunked(rows, sum_rows);
     }
     out
 }
+
+/// The output buffer, shared with the workers that fill disjoint rows of it.
+struct RowsPtr<T>(*mut T);
+
+impl<T> RowsPtr<T> {
+    /// Pointer to element `offset` (a method, so closures capture the whole wrapper).
+    fn at(&self, offset: usize) -> *mut T {
+        // SAFETY: callers stay within the allocation (see `segment_sum`).
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the pointer is only used to write disjoint rows while `segment_sum` holds the
+// buffer; T itself is Send + Sync.
+unsafe impl<T: Send> Send for RowsPtr<T> {}
+unsafe impl<T: Send + Sync> Sync for RowsPtr<T> {}
 
 #[cfg(test)]
 mod tests {
