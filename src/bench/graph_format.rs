@@ -382,7 +382,8 @@ pub fn allclose(a: &[f32], reference: &[f32], rtol: f64, atol: f64) -> (bool, f6
     let mut max = 0.0f64;
     for (&x, &r) in a.iter().zip(reference) {
         let d = (x as f64 - r as f64).abs();
-        if !(d <= atol + rtol * (r as f64).abs()) {
+        // NaN differences fail too: `d > tol` alone would let them through.
+        if d.is_nan() || d > atol + rtol * (r as f64).abs() {
             ok = false;
         }
         if d > max || d.is_nan() {

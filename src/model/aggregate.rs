@@ -284,10 +284,6 @@ mod tests {
         })
     }
 
-    fn edges() -> Result<EdgeTensors> {
-        edges_with(Aggregation::IndexAdd)
-    }
-
     #[test]
     fn sums_by_receiver() -> Result<()> {
         for aggregation in [Aggregation::IndexAdd, Aggregation::Csr] {
@@ -361,13 +357,13 @@ mod tests {
 
     #[test]
     fn csr_forward_equals_index_add() -> Result<()> {
-        // Enough rows (3 x 500) that the parallel path runs.
+        // Enough values (3 x 4000 x 8 > 2^16) that the parallel path runs.
         let e = random_edges(300, 500, 4000, 7)?;
         for dtype in [DType::F64, DType::F32] {
-            let m = random_tensor(&[3, 4000, 5], dtype, 8)?;
+            let m = random_tensor(&[3, 4000, 8], dtype, 8)?;
             let a = index_add_sum(&e, &m)?.to_dtype(DType::F64)?;
             let c = csr_segment_sum(&e, &m)?.to_dtype(DType::F64)?;
-            assert_eq!(c.dims(), &[3, 500, 5]);
+            assert_eq!(c.dims(), &[3, 500, 8]);
             let diff = (&a - &c)?.abs()?.max_all()?.to_scalar::<f64>()?;
             let scale = a.abs()?.max_all()?.to_scalar::<f64>()?;
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
@@ -377,7 +373,7 @@ mod tests {
             assert_eq!(last, 0.0);
         }
         // A non-contiguous input (a transposed view) gives the same sum.
-        let t = random_tensor(&[3, 5, 4000], DType::F64, 9)?.transpose(1, 2)?;
+        let t = random_tensor(&[3, 8, 4000], DType::F64, 9)?.transpose(1, 2)?;
         let a = index_add_sum(&e, &t)?;
         let c = csr_segment_sum(&e, &t)?;
         assert!((a - c)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
