@@ -5,6 +5,7 @@
 //! by every sample; [`eval`] scores and rolls out checkpoints. The `meshcast` binary is
 //! a thin layer ([`cli`]) that parses flags and dispatches.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

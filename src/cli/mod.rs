@@ -1,6 +1,7 @@
 //! The `meshcast` command line: parses flags and dispatches to the library.
 //! Nothing here computes; each subcommand module maps its flags onto library calls.
 
+mod bench;
 mod data_args;
 mod describe_graph;
 mod eval;
@@ -58,6 +59,16 @@ pub enum Command {
     /// Build (or load from the cache) the mesh graphs for a grid and describe them:
     /// node and edge counts, degrees, bytes per format, build or load time, patches.
     DescribeGraph(describe_graph::DescribeGraphArgs),
+    /// Time and measure the memory of training steps per graph format (COO replicated,
+    /// COO shared, CSR shared), grid and batch size, verified against each other;
+    /// writes a JSON report.
+    BenchmarkGraphFormat(Box<bench::BenchmarkGraphFormatArgs>),
+    /// Compare two benchmark reports case by case: time, memory and throughput ratios;
+    /// exit 1 on regressions.
+    CompareBenchmarks(bench::CompareBenchmarksArgs),
+    /// Report the CPU, the candle backends and CUDA devices, run a matmul and a
+    /// message-passing step on each device, and recommend a configuration for its memory.
+    CheckGpu(bench::CheckGpuArgs),
 }
 
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
@@ -91,6 +102,9 @@ fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()>
         Command::InspectData(args) => inspect::run(args),
         Command::GenerateData(args) => generate::run(args),
         Command::DescribeGraph(args) => describe_graph::run(args),
+        Command::BenchmarkGraphFormat(args) => bench::run_graph_format(*args, device),
+        Command::CompareBenchmarks(args) => bench::run_compare(args),
+        Command::CheckGpu(args) => bench::run_check_gpu(args),
     }
 }
 

@@ -96,6 +96,9 @@ pub struct TrainArgs {
     /// Halo around each patch in degrees: context nodes that send messages but own no loss.
     #[arg(long)]
     pub patch_halo: Option<f64>,
+    /// Edge -> node sums: `index-add` (candle's index_add) or `csr` (CPU segment sum by receiver).
+    #[arg(long, value_enum)]
+    pub aggregation: Option<crate::model::Aggregation>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -238,6 +241,9 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     }
     if let Some(v) = args.batching {
         model.batching = v;
+    }
+    if let Some(v) = args.aggregation {
+        model.aggregation = v;
     }
     let model = model_config_for(&model, window.input_steps, dataset.num_channels());
     let run = RunConfig {

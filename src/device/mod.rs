@@ -1,4 +1,7 @@
-//! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared.
+//! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared;
+//! [`memory`] measures host memory.
+
+pub mod memory;
 
 use std::fmt;
 use std::str::FromStr;

@@ -2,10 +2,17 @@
 //! every sample and every batch (never copied per sample).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::aggregate::{Aggregation, CsrIndex};
 use crate::graph::{EdgeSet, NodeSet, WeatherGraph, EDGE_FEATURES, NODE_FEATURES};
+
+/// Bytes of a tensor's elements.
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
 
 /// One node set's static features.
 #[derive(Debug, Clone)]
@@ -26,6 +33,11 @@ pub struct EdgeTensors {
     pub features: Tensor,
     pub n_senders: usize,
     pub n_receivers: usize,
+    /// The edges grouped by receiver (host arrays, shared by clones), for
+    /// [`Aggregation::Csr`].
+    pub by_receiver: Arc<CsrIndex>,
+    /// How [`super::aggregate::sum_into_receivers`] sums messages on this edge set.
+    pub aggregation: Aggregation,
 }
 
 /// The typed graph of [`WeatherGraph`] on a device, in the model's dtype.
@@ -65,6 +77,11 @@ impl NodeTensors {
             count: self.count * copies,
         })
     }
+
+    /// Bytes of the feature tensor.
+    pub fn bytes(&self) -> usize {
+        tensor_bytes(&self.features)
+    }
 }
 
 impl EdgeTensors {
@@ -77,7 +94,22 @@ impl EdgeTensors {
             features,
             n_senders: edges.coo.n_senders,
             n_receivers: edges.coo.n_receivers,
+            by_receiver: Arc::new(CsrIndex::from_csr(&edges.by_receiver)),
+            aggregation: Aggregation::default(),
         })
+    }
+
+    /// Bytes of the tensors (indices and features), plus the host CSR index when
+    /// this edge set aggregates with it.
+    pub fn bytes(&self) -> usize {
+        let csr = match self.aggregation {
+            Aggregation::Csr => self.by_receiver.bytes(),
+            Aggregation::IndexAdd => 0,
+        };
+        tensor_bytes(&self.senders)
+            + tensor_bytes(&self.receivers)
+            + tensor_bytes(&self.features)
+            + csr
     }
 
     pub fn len(&self) -> usize {
@@ -106,6 +138,8 @@ impl EdgeTensors {
             features: self.features.repeat((copies, 1))?,
             n_senders: self.n_senders * copies,
             n_receivers: self.n_receivers * copies,
+            by_receiver: Arc::new(self.by_receiver.replicated(copies)),
+            aggregation: self.aggregation,
         })
     }
 }
@@ -133,6 +167,35 @@ impl GraphTensors {
 
     pub fn dtype(&self) -> DType {
         self.grid_nodes.features.dtype()
+    }
+
+    /// How the edge -> node sums run (the same for every edge set).
+    pub fn aggregation(&self) -> Aggregation {
+        self.mesh.aggregation
+    }
+
+    /// This graph (same id, shared tensors) with every edge set aggregating by `aggregation`.
+    pub fn with_aggregation(&self, aggregation: Aggregation) -> GraphTensors {
+        let mut g = self.clone();
+        for e in [&mut g.grid2mesh, &mut g.mesh, &mut g.mesh2grid] {
+            e.aggregation = aggregation;
+        }
+        g
+    }
+
+    /// Bytes of every tensor of the graph (node features, edge indices and features)
+    /// and of the CSR indices in use.
+    pub fn bytes(&self) -> usize {
+        self.grid_nodes.bytes()
+            + self.mesh_nodes.bytes()
+            + self.grid2mesh.bytes()
+            + self.mesh.bytes()
+            + self.mesh2grid.bytes()
+    }
+
+    /// Edges over all three edge sets.
+    pub fn edge_count(&self) -> usize {
+        self.grid2mesh.len() + self.mesh.len() + self.mesh2grid.len()
     }
 
     /// The PyG-style batched graph: `copies` disjoint copies of this graph as one
@@ -190,6 +253,14 @@ mod tests {
             }
         }
         assert_eq!(r.grid_nodes.count, 3 * t.grid_nodes.count);
+        // The replicated CSR is the CSR of the replicated receivers.
+        let r = r.with_aggregation(Aggregation::Csr);
+        assert_eq!(
+            *r.mesh2grid.by_receiver,
+            CsrIndex::from_receivers(&receivers, r.mesh2grid.n_receivers)
+        );
+        assert_eq!(r.aggregation(), Aggregation::Csr);
+        assert!(r.bytes() > r.with_aggregation(Aggregation::IndexAdd).bytes());
         assert_eq!(r.mesh.features.dims(), &[3 * t.mesh.len(), EDGE_FEATURES]);
         Ok(())
     }

@@ -29,6 +29,7 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::aggregate::Aggregation;
 use super::graph_tensors::GraphTensors;
 use super::interaction::InteractionNetwork;
 use super::mlp::Mlp;
@@ -64,6 +65,10 @@ pub struct ModelConfig {
     /// Outputs per grid node; set by the caller from the data.
     pub output_channels: usize,
     pub batching: Batching,
+    /// How edge messages are summed into receivers (`indexadd` or `csr`); older
+    /// configs without the field get `indexadd`.
+    #[serde(default)]
+    pub aggregation: Aggregation,
 }
 
 impl Default for ModelConfig {
@@ -75,6 +80,7 @@ impl Default for ModelConfig {
             grid_input_features: 0,
             output_channels: 0,
             batching: Batching::Shared,
+            aggregation: Aggregation::IndexAdd,
         }
     }
 }
@@ -150,6 +156,7 @@ impl GraphCast {
     /// `[B, grid_nodes, grid_input_features] -> [B, grid_nodes, output_channels]`,
     /// batched as the config says.
     pub fn forward(&self, graph: &GraphTensors, grid_inputs: &Tensor) -> Result<Tensor> {
+        let graph = &graph.with_aggregation(self.config.aggregation);
         let (batch, nodes, features) = grid_inputs.dims3()?;
         if nodes != graph.grid_nodes.count || features != self.config.grid_input_features {
             bail!(
@@ -195,13 +202,16 @@ impl GraphCast {
                 return Ok(g.clone());
             }
         }
-        let g = graph.replicated(batch)?;
+        let g = graph
+            .replicated(batch)?
+            .with_aggregation(self.config.aggregation);
         *cache = Some((graph.id(), batch, g.clone()));
         Ok(g)
     }
 
     /// Embedding and encoder: grid inputs `[B, grid_nodes, grid_input_features]` to latents.
     pub fn encode(&self, graph: &GraphTensors, grid_inputs: &Tensor) -> Result<Latents> {
+        let graph = &graph.with_aggregation(self.config.aggregation);
         let static_grid = graph.grid_nodes.features.unsqueeze(0)?;
         let grid = self
             .embed_grid_nodes
@@ -237,6 +247,7 @@ impl GraphCast {
         graph: &GraphTensors,
         latents: Latents,
     ) -> Result<Latents> {
+        let graph = &graph.with_aggregation(self.config.aggregation);
         let (mesh, mesh_edges) = self.processor[k].forward(
             &graph.mesh,
             &latents.mesh,
@@ -252,6 +263,7 @@ impl GraphCast {
 
     /// Decoder and output MLP: `[B, grid_nodes, output_channels]`.
     pub fn decode(&self, graph: &GraphTensors, latents: &Latents) -> Result<Tensor> {
+        let graph = &graph.with_aggregation(self.config.aggregation);
         let m2g_edges = self
             .embed_mesh2grid
             .forward(&graph.mesh2grid.features.unsqueeze(0)?)?;
@@ -277,12 +289,29 @@ mod tests {
             grid_input_features: 5,
             output_channels: 3,
             batching,
+            aggregation: Aggregation::IndexAdd,
         }
     }
 
     fn model(varmap: &VarMap, graph: &GraphTensors, batching: Batching) -> Result<GraphCast> {
+        model_with(varmap, graph, batching, Aggregation::IndexAdd)
+    }
+
+    fn model_with(
+        varmap: &VarMap,
+        graph: &GraphTensors,
+        batching: Batching,
+        aggregation: Aggregation,
+    ) -> Result<GraphCast> {
         let vb = VarBuilder::from_varmap(varmap, graph.dtype(), &Device::Cpu);
-        GraphCast::new(config(batching), graph, vb)
+        GraphCast::new(
+            ModelConfig {
+                aggregation,
+                ..config(batching)
+            },
+            graph,
+            vb,
+        )
     }
 
     #[test]
@@ -294,6 +323,10 @@ mod tests {
         assert_eq!(c.mlp_hidden_layers, 1);
         assert_eq!(c.output_channels, 4);
         assert_eq!(c.batching, Batching::Replicated);
+        // Configs written before the aggregation field still load.
+        assert_eq!(c.aggregation, Aggregation::IndexAdd);
+        let csr: ModelConfig = serde_json::from_str(r#"{"aggregation": "csr"}"#).unwrap();
+        assert_eq!(csr.aggregation, Aggregation::Csr);
         let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<ModelConfig>(r#"{"latnet_size": 4}"#).is_err());
@@ -458,5 +491,60 @@ mod tests {
         let other = GraphTensors::new(&tiny_graph(0), &Device::Cpu, DType::F32)?;
         assert_ne!(a.id(), m.replicated_graph(&other, 3)?.id());
         Ok(())
+    }
+
+    /// Largest relative difference between IndexAdd and Csr aggregation (batch of 3,
+    /// `batching`), over the output and every parameter gradient.
+    fn aggregation_differences(dtype: DType, batching: Batching) -> Result<Vec<f64>> {
+        let graph = GraphTensors::new(&tiny_graph(1), &Device::Cpu, dtype)?;
+        let varmap = VarMap::new();
+        let a = model_with(&varmap, &graph, batching, Aggregation::IndexAdd)?;
+        let c = model_with(&varmap, &graph, batching, Aggregation::Csr)?;
+        let x = random_tensor(&[3, graph.grid_nodes.count, 5], dtype, 4)?;
+        let ra = run(&a, &graph, &varmap, &x)?;
+        let rc = run(&c, &graph, &varmap, &x)?;
+        ra.iter()
+            .zip(&rc)
+            .map(|(a, c)| {
+                let max = |t: Tensor| t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>();
+                Ok(max((c - a)?)? / max(a.clone())?)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn csr_aggregation_matches_index_add() -> Result<()> {
+        for batching in [Batching::Shared, Batching::Replicated] {
+            let d64 = aggregation_differences(DType::F64, batching)?;
+            assert!(d64.iter().all(|&d| d < 1e-12), "{batching:?} {d64:?}");
+            let d32 = aggregation_differences(DType::F32, batching)?;
+            assert!(d32.iter().all(|&d| d < 1e-6), "{batching:?} {d32:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn csr_model_gradients_match_finite_differences() -> Result<()> {
+        let graph = GraphTensors::new(&tiny_graph(0), &Device::Cpu, DType::F64)?;
+        let varmap = VarMap::new();
+        let m = model_with(&varmap, &graph, Batching::Shared, Aggregation::Csr)?;
+        for (k, var) in varmap.all_vars().iter().enumerate() {
+            if var.rank() == 1 {
+                var.set(&random_tensor(var.dims(), DType::F64, 200 + k as u64)?)?;
+            }
+        }
+        let x = random_tensor(&[2, graph.grid_nodes.count, 5], DType::F64, 7)?;
+        check_gradients(
+            &varmap,
+            &x,
+            |x| m.forward(&graph, x),
+            &[
+                "embed.grid2mesh.layers.0.weight",
+                "encoder.edge_mlp.layers.0.weight",
+                "processor.0.edge_mlp.layers.0.weight",
+                "processor.1.node_mlp.layers.0.weight",
+                "decoder.edge_mlp.layers.1.weight",
+            ],
+        )
     }
 }

@@ -20,6 +20,7 @@ pub(crate) mod testing;
 
 use candle_nn::VarMap;
 
+pub use aggregate::Aggregation;
 pub use graph_tensors::{EdgeTensors, GraphTensors, NodeTensors};
 pub use graphcast::{Batching, GraphCast, Latents, ModelConfig};
 pub use interaction::InteractionNetwork;

@@ -1,0 +1,600 @@
+//! `meshcast check-gpu`: what this binary and machine can run, checked by running it.
+//!
+//! Reports the CPU, the candle backends built in, and on CUDA builds every CUDA
+//! device (name, compute capability, total and free memory, driver versions). Then
+//! on every device it runs a matmul and a message-passing step (gather by sender,
+//! sum into receivers), checks each against the CPU (the CPU's own matmul against a
+//! plain f64 loop) and reports GFLOP/s. Finally it recommends a training
+//! configuration for the memory available (a table by memory tier, from measured
+//! peaks; the memory planner will replace it).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::machine::{nvidia_driver_version, BackendInfo, BuildInfo, CpuInfo, GpuInfo};
+use crate::model::aggregate::{sum_into_receivers, Aggregation, CsrIndex};
+use crate::model::EdgeTensors;
+
+/// CUDA as this binary sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CudaDevices {
+    /// Built with the `cuda` feature.
+    pub built: bool,
+    /// CUDA version the driver supports (`cuDriverGetVersion`).
+    pub driver_api_version: Option<String>,
+    pub devices: Vec<GpuInfo>,
+    /// Why no device could be queried (no driver, no GPU), if so.
+    pub error: Option<String>,
+}
+
+/// The CUDA devices of this machine (none on a CPU-only build).
+pub fn cuda_devices() -> CudaDevices {
+    #[cfg(feature = "cuda")]
+    {
+        cuda_probe::probe()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        CudaDevices {
+            built: false,
+            driver_api_version: None,
+            devices: Vec::new(),
+            error: Some("this meshcast binary was built without the `cuda` feature".into()),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_probe {
+    use super::{CudaDevices, GpuInfo};
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext};
+
+    /// Queries the driver; a missing libcuda (a panic inside cudarc's loader) is
+    /// reported as an error, not a crash.
+    pub fn probe() -> CudaDevices {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let result = std::panic::catch_unwind(query);
+        std::panic::set_hook(hook);
+        result.unwrap_or_else(|_| CudaDevices {
+            built: true,
+            driver_api_version: None,
+            devices: Vec::new(),
+            error: Some("the CUDA driver library (libcuda) could not be loaded".into()),
+        })
+    }
+
+    fn query() -> CudaDevices {
+        let mut out = CudaDevices {
+            built: true,
+            driver_api_version: None,
+            devices: Vec::new(),
+            error: None,
+        };
+        let count = match CudaContext::device_count() {
+            Ok(n) => n.max(0) as usize,
+            Err(e) => {
+                out.error = Some(format!("no CUDA device: {e}"));
+                return out;
+            }
+        };
+        let mut version: std::ffi::c_int = 0;
+        // SAFETY: cuDriverGetVersion writes one int; the driver is initialised above.
+        let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+        if status == sys::CUresult::CUDA_SUCCESS {
+            out.driver_api_version = Some(format!("{}.{}", version / 1000, (version % 1000) / 10));
+        }
+        for ordinal in 0..count {
+            match CudaContext::new(ordinal) {
+                Ok(ctx) => out.devices.push(GpuInfo {
+                    ordinal,
+                    name: ctx.name().ok(),
+                    compute_capability: ctx
+                        .compute_capability()
+                        .ok()
+                        .map(|(major, minor)| format!("{major}.{minor}")),
+                    memory_total_bytes: ctx.total_mem().ok().map(|b| b as u64),
+                    memory_free_bytes: ctx.mem_get_info().ok().map(|(free, _)| free as u64),
+                }),
+                Err(e) => {
+                    out.error = Some(format!("cuda:{ordinal}: {e}"));
+                }
+            }
+        }
+        if count == 0 {
+            out.error = Some("the CUDA driver reports no device".into());
+        }
+        out
+    }
+}
+
+/// One kernel run on one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelCheck {
+    pub name: String,
+    /// Problem size, in words.
+    pub size: String,
+    pub median_s: Option<f64>,
+    pub gflops: Option<f64>,
+    /// Largest |result - check| relative to the largest |check| entry.
+    pub max_rel_diff: Option<f64>,
+    /// What the result was checked against.
+    pub checked_against: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCheck {
+    pub device: String,
+    pub kernels: Vec<KernelCheck>,
+}
+
+/// A configuration that fits a memory tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tier {
+    pub memory_gib: f64,
+    pub grid: String,
+    pub latent_size: usize,
+    pub num_gnn_layers: usize,
+    pub batch_size: usize,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// The memory the recommendation is for.
+    pub device: String,
+    pub memory_bytes: Option<u64>,
+    /// The largest tier that fits (None: below the smallest).
+    pub tier: Option<Tier>,
+    pub tiers: Vec<Tier>,
+    pub basis: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckGpuReport {
+    pub meshcast: BuildInfo,
+    pub cpu: CpuInfo,
+    pub backend: BackendInfo,
+    pub backends: Vec<String>,
+    pub cuda: CudaDevices,
+    pub gpu_driver_version: Option<String>,
+    /// At least one CUDA device answered.
+    pub cuda_usable: bool,
+    pub checks: Vec<DeviceCheck>,
+    pub recommendation: Recommendation,
+}
+
+/// Memory tiers and what fits in them, with 20% headroom, from the measured case
+/// peaks of `benchmark-graph-format` on dev-2core, 2026-11-24 (docs/benchmarks.md:
+/// f32, csr-shared or coo-shared, peak = case peak of the counting allocator).
+/// Activation memory grows linearly with batch size, latent width and processor
+/// layers; the 1-degree rows scale the measured 1-degree case accordingly.
+pub fn tiers() -> Vec<Tier> {
+    let t = |memory_gib: f64, grid: &str, latent, layers, batch, note: &str| Tier {
+        memory_gib,
+        grid: grid.into(),
+        latent_size: latent,
+        num_gnn_layers: layers,
+        batch_size: batch,
+        note: note.into(),
+    };
+    TIERS
+        .iter()
+        .map(|&(m, g, l, k, b, n)| t(m, g, l, k, b, n))
+        .collect()
+}
+
+/// (GiB, grid, latent, layers, batch, note): filled from the measured peaks.
+const TIERS: &[(f64, &str, usize, usize, usize, &str)] = &[
+    (4.0, "5 deg", 128, 8, 4, "or 2.5 deg at batch 1"),
+    (8.0, "2.5 deg", 128, 8, 4, ""),
+    (16.0, "1 deg", 128, 4, 1, "2.5 deg: batch 8"),
+    (24.0, "1 deg", 128, 8, 1, ""),
+    (40.0, "1 deg", 128, 16, 1, "GraphCast's processor depth"),
+    (80.0, "1 deg", 128, 16, 2, ""),
+    (140.0, "1 deg", 256, 16, 2, ""),
+];
+
+fn recommend(device: String, memory_bytes: Option<u64>) -> Recommendation {
+    let tiers = tiers();
+    let tier = memory_bytes.and_then(|m| {
+        tiers
+            .iter()
+            .rev()
+            .find(|t| t.memory_gib * (1u64 << 30) as f64 <= m as f64)
+            .cloned()
+    });
+    Recommendation {
+        device,
+        memory_bytes,
+        tier,
+        tiers,
+        basis: "measured case peaks of `meshcast benchmark-graph-format` (docs/benchmarks.md, 2026-11-24), \
+                scaled linearly in batch size, latent width and layers, with 20% headroom; \
+                a memory planner will replace this table"
+            .into(),
+    }
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let scale = b.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-30);
+    Ok(diff / scale)
+}
+
+fn random(dims: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, dims, device)
+}
+
+fn median_time(
+    repeats: usize,
+    mut f: impl FnMut() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(f64, Tensor)> {
+    let mut times = Vec::with_capacity(repeats);
+    let mut last = None;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let r = f()?;
+        r.device().synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+        last = Some(r);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], last.expect("repeats >= 1")))
+}
+
+const MATMUL_N: usize = 512;
+const MP_NODES: usize = 10_242;
+const MP_DEGREE: usize = 6;
+const MP_FEATURES: usize = 128;
+/// Relative tolerance against the CPU: f32 sums in different orders (and TF32 on GPUs).
+const TOLERANCE: f64 = 1e-2;
+
+fn matmul_check(device: &Device) -> KernelCheck {
+    let n = MATMUL_N;
+    let mut check = KernelCheck {
+        name: "matmul f32".into(),
+        size: format!("{n} x {n} x {n}"),
+        median_s: None,
+        gflops: None,
+        max_rel_diff: None,
+        checked_against: String::new(),
+        ok: false,
+        error: None,
+    };
+    let run = || -> candle_core::Result<(f64, f64, String)> {
+        let a = random(&[n, n], 1, &Device::Cpu)?;
+        let b = random(&[n, n], 2, &Device::Cpu)?;
+        let (ad, bd) = (a.to_device(device)?, b.to_device(device)?);
+        ad.matmul(&bd)?; // warm-up (kernel loading, thread pool)
+        let (secs, c) = median_time(5, || ad.matmul(&bd))?;
+        let (rel, against) = if device.is_cpu() {
+            // A plain f64 loop over the first 16 rows.
+            let (av, bv): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (a.to_vec2()?, b.to_vec2()?);
+            let rows: Vec<f64> = (0..16)
+                .flat_map(|i| {
+                    let (av, bv) = (&av, &bv);
+                    (0..n).map(move |j| (0..n).map(|k| av[i][k] as f64 * bv[k][j] as f64).sum())
+                })
+                .collect();
+            let reference = Tensor::from_vec(rows, (16, n), &Device::Cpu)?;
+            (
+                max_rel(&c.narrow(0, 0, 16)?, &reference)?,
+                "an f64 loop (16 rows)",
+            )
+        } else {
+            (max_rel(&c, &a.matmul(&b)?)?, "the CPU")
+        };
+        Ok((secs, rel, against.into()))
+    };
+    match run() {
+        Ok((secs, rel, against)) => {
+            check.median_s = Some(secs);
+            check.gflops = Some(2.0 * (n * n * n) as f64 / secs / 1e9);
+            check.max_rel_diff = Some(rel);
+            check.checked_against = against;
+            check.ok = rel < TOLERANCE;
+        }
+        Err(e) => check.error = Some(e.to_string()),
+    }
+    check
+}
+
+/// A random graph of MP_NODES nodes and MP_DEGREE incoming edges per node on `device`.
+fn mp_edges(device: &Device, aggregation: Aggregation) -> candle_core::Result<EdgeTensors> {
+    let e = MP_NODES * MP_DEGREE;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let senders: Vec<u32> = (0..e)
+        .map(|_| rng.random_range(0..MP_NODES as u32))
+        .collect();
+    let receivers: Vec<u32> = (0..e).map(|k| (k % MP_NODES) as u32).collect();
+    Ok(EdgeTensors {
+        senders: Tensor::from_slice(&senders, e, device)?,
+        receivers: Tensor::from_slice(&receivers, e, device)?,
+        features: Tensor::zeros((e, crate::graph::EDGE_FEATURES), DType::F32, device)?,
+        n_senders: MP_NODES,
+        n_receivers: MP_NODES,
+        by_receiver: std::sync::Arc::new(CsrIndex::from_receivers(&receivers, MP_NODES)),
+        aggregation,
+    })
+}
+
+fn message_passing_check(device: &Device, aggregation: Aggregation) -> KernelCheck {
+    let e = MP_NODES * MP_DEGREE;
+    let mut check = KernelCheck {
+        name: format!("gather + segment sum ({aggregation})"),
+        size: format!("{MP_NODES} nodes, {e} edges, {MP_FEATURES} features"),
+        median_s: None,
+        gflops: None,
+        max_rel_diff: None,
+        checked_against: String::new(),
+        ok: false,
+        error: None,
+    };
+    let run = || -> candle_core::Result<(f64, f64, String)> {
+        let h = random(&[1, MP_NODES, MP_FEATURES], 4, &Device::Cpu)?;
+        let edges = mp_edges(device, aggregation)?;
+        let hd = h.to_device(device)?;
+        let step = || -> candle_core::Result<Tensor> {
+            let messages = crate::model::aggregate::gather_senders(&edges, &hd)?;
+            sum_into_receivers(&edges, &messages)
+        };
+        step()?;
+        let (secs, out) = median_time(5, step)?;
+        // The check: the CPU with index_add, the reference aggregation.
+        let cpu_edges = mp_edges(&Device::Cpu, Aggregation::IndexAdd)?;
+        let reference = sum_into_receivers(
+            &cpu_edges,
+            &crate::model::aggregate::gather_senders(&cpu_edges, &h)?,
+        )?;
+        let against = if device.is_cpu() && aggregation == Aggregation::IndexAdd {
+            "itself (the CPU reference)"
+        } else {
+            "the CPU with index_add"
+        };
+        Ok((secs, max_rel(&out, &reference)?, against.into()))
+    };
+    match run() {
+        Ok((secs, rel, against)) => {
+            check.median_s = Some(secs);
+            // One add per edge and feature.
+            check.gflops = Some((e * MP_FEATURES) as f64 / secs / 1e9);
+            check.max_rel_diff = Some(rel);
+            check.checked_against = against;
+            check.ok = rel < 1e-5;
+        }
+        Err(err) => check.error = Some(err.to_string()),
+    }
+    check
+}
+
+/// Runs every check and builds the report.
+pub fn check() -> CheckGpuReport {
+    let cuda = cuda_devices();
+    let mut checks = vec![DeviceCheck {
+        device: "cpu".into(),
+        kernels: vec![
+            matmul_check(&Device::Cpu),
+            message_passing_check(&Device::Cpu, Aggregation::IndexAdd),
+            message_passing_check(&Device::Cpu, Aggregation::Csr),
+        ],
+    }];
+    let mut cuda_usable = false;
+    for gpu in &cuda.devices {
+        let name = format!("cuda:{}", gpu.ordinal);
+        match Device::new_cuda(gpu.ordinal) {
+            Ok(dev) => {
+                cuda_usable = true;
+                checks.push(DeviceCheck {
+                    device: name,
+                    kernels: vec![
+                        matmul_check(&dev),
+                        message_passing_check(&dev, Aggregation::IndexAdd),
+                    ],
+                });
+            }
+            Err(e) => checks.push(DeviceCheck {
+                device: name,
+                kernels: vec![KernelCheck {
+                    name: "open device".into(),
+                    size: String::new(),
+                    median_s: None,
+                    gflops: None,
+                    max_rel_diff: None,
+                    checked_against: String::new(),
+                    ok: false,
+                    error: Some(e.to_string()),
+                }],
+            }),
+        }
+    }
+    let recommendation = match cuda.devices.iter().find(|_| cuda_usable) {
+        Some(g) => recommend(
+            format!("cuda:{} ({})", g.ordinal, g.name.as_deref().unwrap_or("?")),
+            g.memory_total_bytes,
+        ),
+        None => recommend(
+            "cpu (available host memory)".into(),
+            super::machine::meminfo("MemAvailable"),
+        ),
+    };
+    let backend = BackendInfo::current();
+    CheckGpuReport {
+        meshcast: BuildInfo::current(),
+        cpu: CpuInfo::detect(),
+        backends: backend.names().iter().map(|s| s.to_string()).collect(),
+        backend,
+        cuda,
+        gpu_driver_version: nvidia_driver_version(),
+        cuda_usable,
+        checks,
+        recommendation,
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// The human-readable report.
+pub fn render(r: &CheckGpuReport) -> String {
+    use super::graph_format::render_table;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "meshcast {} ({}{})\n",
+        r.meshcast.version,
+        r.meshcast.profile,
+        r.meshcast
+            .git_revision
+            .as_ref()
+            .map_or(String::new(), |g| format!(", git {g}"))
+    ));
+    out.push_str(&format!(
+        "CPU: {} ({} logical cores{}), {}; SIMD: {}\n",
+        r.cpu.model.as_deref().unwrap_or("unknown model"),
+        r.cpu.logical_cores,
+        r.cpu
+            .physical_cores
+            .map_or(String::new(), |p| format!(", {p} physical")),
+        r.cpu
+            .memory_total_bytes
+            .map_or("memory unknown".into(), gib),
+        if r.cpu.simd.is_empty() {
+            "none detected".into()
+        } else {
+            r.cpu.simd.join(" ")
+        }
+    ));
+    out.push_str(&format!(
+        "candle backends built in: {}; CPU kernels: avx2 {}, f16c {}, {} threads\n",
+        r.backends.join(", "),
+        r.backend.with_avx,
+        r.backend.with_f16c,
+        r.backend.cpu_threads
+    ));
+    if !r.cuda.built {
+        out.push_str(
+            "CUDA: not available: this binary was built without the `cuda` feature \
+             (build with `cargo build --release --features cuda`, see scripts/build-cuda.sh)\n",
+        );
+    } else if r.cuda.devices.is_empty() {
+        out.push_str(&format!(
+            "CUDA: built in, but no usable device: {}\n",
+            r.cuda.error.as_deref().unwrap_or("none found")
+        ));
+    } else {
+        out.push_str(&format!(
+            "CUDA: driver {} (CUDA {})\n",
+            r.gpu_driver_version.as_deref().unwrap_or("?"),
+            r.cuda.driver_api_version.as_deref().unwrap_or("?")
+        ));
+        for g in &r.cuda.devices {
+            out.push_str(&format!(
+                "  cuda:{}: {}, compute capability {}, {} total, {} free\n",
+                g.ordinal,
+                g.name.as_deref().unwrap_or("?"),
+                g.compute_capability.as_deref().unwrap_or("?"),
+                g.memory_total_bytes.map_or("?".into(), gib),
+                g.memory_free_bytes.map_or("?".into(), gib)
+            ));
+        }
+    }
+    let mut rows = vec![vec![
+        "device".to_string(),
+        "kernel".into(),
+        "size".into(),
+        "median ms".into(),
+        "GFLOP/s".into(),
+        "max rel diff".into(),
+        "checked against".into(),
+        "ok".into(),
+    ]];
+    for d in &r.checks {
+        for k in &d.kernels {
+            rows.push(vec![
+                d.device.clone(),
+                k.name.clone(),
+                k.size.clone(),
+                k.median_s.map_or("-".into(), |s| format!("{:.2}", s * 1e3)),
+                k.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+                k.max_rel_diff.map_or("-".into(), |d| format!("{d:.1e}")),
+                k.checked_against.clone(),
+                match &k.error {
+                    Some(e) => format!("ERROR: {e}"),
+                    None => if k.ok { "yes" } else { "NO" }.into(),
+                },
+            ]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&render_table(&rows));
+    let rec = &r.recommendation;
+    out.push_str(&format!(
+        "\nRecommended training configuration for {} with {}:\n",
+        rec.device,
+        rec.memory_bytes.map_or("unknown memory".into(), gib)
+    ));
+    let mut rows = vec![vec![
+        "memory".to_string(),
+        "grid".into(),
+        "latent".into(),
+        "layers".into(),
+        "batch".into(),
+        "note".into(),
+    ]];
+    for t in &rec.tiers {
+        let mark = if rec.tier.as_ref() == Some(t) {
+            " <- this machine"
+        } else {
+            ""
+        };
+        rows.push(vec![
+            format!("{} GiB", t.memory_gib),
+            t.grid.clone(),
+            t.latent_size.to_string(),
+            t.num_gnn_layers.to_string(),
+            t.batch_size.to_string(),
+            format!("{}{mark}", t.note),
+        ]);
+    }
+    out.push_str(&render_table(&rows));
+    if rec.tier.is_none() {
+        out.push_str("below the smallest tier: use the 5-degree grid with a smaller latent size\n");
+    }
+    out.push_str(&format!("(basis: {})\n", rec.basis));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_grow_and_recommend_the_largest_that_fits() {
+        let t = tiers();
+        assert!(t.windows(2).all(|w| w[0].memory_gib < w[1].memory_gib));
+        let r = recommend("x".into(), Some(20 * (1u64 << 30)));
+        assert_eq!(r.tier.unwrap().memory_gib, 16.0);
+        assert!(recommend("x".into(), Some(1 << 30)).tier.is_none());
+    }
+
+    #[test]
+    fn cpu_kernels_check_out() {
+        let m = matmul_check(&Device::Cpu);
+        assert!(m.ok, "{m:?}");
+        for a in [Aggregation::IndexAdd, Aggregation::Csr] {
+            let k = message_passing_check(&Device::Cpu, a);
+            assert!(k.ok, "{k:?}");
+        }
+    }
+}

@@ -1,0 +1,925 @@
+//! `meshcast benchmark-graph-format`: the same GraphCast-style model trained over the
+//! same graph stored and batched in different ways, case by case.
+//!
+//! A case is grid x batch size x format (`coo-replicated`, `coo-shared`, `csr-shared`)
+//! x precision x checkpointing x patches (only f32, no checkpointing and one patch
+//! exist today; they are recorded so later reports align). For each grid the graph
+//! is built (timed, repeated) and loaded from an on-disk cache in a temporary
+//! directory (timed, repeated). For each batch size one synthetic batch is made and
+//! the reference format (coo-shared) runs it once. Then each case:
+//!
+//! 1. resets the allocator's peak and builds its graph tensors, model (parameters
+//!    initialised from the seed, so identical across formats) and AdamW state;
+//! 2. runs the forward pass and loss and compares them with the reference
+//!    (elementwise `|a - b| <= atol + rtol |b|`); a case that differs records
+//!    `verified: false` and gets no timings;
+//! 3. runs `warmup_steps` training steps (forward, loss, backward, clipping, AdamW),
+//!    then times `forward_repeats` forward passes and `timed_steps` steps;
+//! 4. reads the peak of the counting allocator and fills the memory breakdown.
+//!
+//! Inputs are synthetic: uniform values in [-1, 1) for the normalised input states,
+//! validity flags of 1, and uniform targets, from a ChaCha stream seeded by the run's
+//! seed, the grid and the batch size. The numbers the model sees do not change the
+//! work it does, so no data files are read.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::machine::{BackendInfo, BuildInfo, MachineInfo};
+use super::report::{
+    CaseConfig, CaseResult, Format, GraphInfo, ModelSize, Report, RunSettings, Timings,
+    Verification, SCHEMA_VERSION,
+};
+use super::stats::{time_repeats, Summary};
+use crate::data::Grid;
+use crate::device::memory::{self, MemoryBreakdown};
+use crate::error::InputError;
+use crate::graph::{self, GraphOptions, WeatherGraph};
+use crate::model::{GraphCast, GraphTensors, ModelConfig};
+use crate::train::init::init_parameters;
+use crate::train::loss::{loss_weights, weighted_mse};
+use crate::train::optimizer::{clip_by_global_norm, AdamW, AdamWParams};
+use crate::train::session::grid_input_features;
+
+/// Tolerances of the verification against the reference format (f32).
+pub const RTOL: f64 = 1e-5;
+pub const ATOL: f64 = 1e-6;
+/// Learning rate of the timed steps (small: the weights should barely move).
+const LEARNING_RATE: f64 = 1e-4;
+
+/// Per-grid changes to the plan (a config's `[overrides."1"]` table).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GridOverride {
+    pub batch_sizes: Option<Vec<usize>>,
+    pub latent_size: Option<usize>,
+    pub num_gnn_layers: Option<usize>,
+    pub mesh_level: Option<u32>,
+    pub timed_steps: Option<usize>,
+}
+
+/// What to run: a config file (`configs/bench-*.toml`) or flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BenchPlan {
+    /// The report's label (and the start of its file name).
+    pub label: String,
+    /// Global cell-centred grids by spacing in degrees (`5`, `2.5`, `1`) and/or
+    /// `storm1996` (33 x 36 regional, corners masked like the real files).
+    pub grids: Vec<String>,
+    pub batch_sizes: Vec<usize>,
+    pub formats: Vec<Format>,
+    pub latent_size: usize,
+    pub num_gnn_layers: usize,
+    pub mlp_hidden_layers: usize,
+    /// Mesh level for every grid; None: the grid's default (5 deg: 4, 2.5: 5, 1: 6).
+    pub mesh_level: Option<u32>,
+    pub input_steps: usize,
+    /// Variables per state (5, as the synthetic datasets).
+    pub channels: usize,
+    pub warmup_steps: usize,
+    pub timed_steps: usize,
+    pub forward_repeats: usize,
+    /// Graph builds and cache loads timed per grid.
+    pub graph_repeats: usize,
+    pub seed: u64,
+    /// Keyed by the grid as written in `grids`.
+    pub overrides: BTreeMap<String, GridOverride>,
+}
+
+impl Default for BenchPlan {
+    fn default() -> Self {
+        BenchPlan {
+            label: "graph-format".into(),
+            grids: vec!["5".into()],
+            batch_sizes: vec![1, 4],
+            formats: Format::ALL.to_vec(),
+            latent_size: 128,
+            num_gnn_layers: 8,
+            mlp_hidden_layers: 1,
+            mesh_level: None,
+            input_steps: 2,
+            channels: 5,
+            warmup_steps: 2,
+            timed_steps: 10,
+            forward_repeats: 5,
+            graph_repeats: 3,
+            seed: 0,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl BenchPlan {
+    /// `--quick`: seconds in a debug build on 2 cores (CI): two small grids, a tiny
+    /// model, few steps.
+    pub fn quick() -> BenchPlan {
+        BenchPlan {
+            label: "quick".into(),
+            grids: vec!["5".into(), "storm1996".into()],
+            batch_sizes: vec![1, 2],
+            formats: Format::ALL.to_vec(),
+            latent_size: 16,
+            num_gnn_layers: 2,
+            mlp_hidden_layers: 1,
+            mesh_level: Some(2),
+            input_steps: 2,
+            channels: 5,
+            warmup_steps: 1,
+            timed_steps: 3,
+            forward_repeats: 3,
+            graph_repeats: 2,
+            seed: 0,
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// Reads a TOML or JSON plan (unknown keys are refused).
+    pub fn load(path: &Path) -> anyhow::Result<BenchPlan> {
+        let value = crate::config::load_value(path)?;
+        serde_json::from_value(value).map_err(|e| InputError::file(path, e).into())
+    }
+
+    /// Refuses plans that cannot run, before any work.
+    pub fn validate(&self, device: &Device) -> Result<(), InputError> {
+        let bad = |m: String| Err(InputError(m));
+        if self.grids.is_empty() || self.batch_sizes.is_empty() || self.formats.is_empty() {
+            return bad("the benchmark needs at least one grid, batch size and format".into());
+        }
+        for g in &self.grids {
+            grid_for(g)?;
+        }
+        if let Some(k) = self.overrides.keys().find(|k| !self.grids.contains(k)) {
+            return bad(format!(
+                "override for grid '{k}', which is not in grids {:?}",
+                self.grids
+            ));
+        }
+        let sizes = self
+            .overrides
+            .values()
+            .filter_map(|o| o.batch_sizes.as_ref())
+            .flatten();
+        if self.batch_sizes.iter().chain(sizes).any(|&b| b == 0) {
+            return bad("batch sizes must be at least 1".into());
+        }
+        if self.latent_size == 0 || self.timed_steps == 0 || self.forward_repeats == 0 {
+            return bad("latent size, timed steps and forward repeats must be at least 1".into());
+        }
+        if self.input_steps == 0 || self.channels == 0 || self.graph_repeats == 0 {
+            return bad("input steps, channels and graph repeats must be at least 1".into());
+        }
+        if let Some(l) = self.mesh_level.filter(|&l| l > graph::MAX_MESH_LEVEL) {
+            return bad(format!(
+                "--mesh-level {l} is above {}",
+                graph::MAX_MESH_LEVEL
+            ));
+        }
+        if !device.is_cpu() && self.formats.contains(&Format::CsrShared) {
+            return bad(
+                "csr-shared has a CPU kernel only; leave it out of --formats on CUDA".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The cases, in run order.
+    pub fn cases(&self, device: &Device) -> anyhow::Result<Vec<CaseConfig>> {
+        let dev = if device.is_cpu() { "cpu" } else { "cuda" };
+        let mut out = Vec::new();
+        for g in &self.grids {
+            let o = self.overrides.get(g).cloned().unwrap_or_default();
+            let (name, grid, _) = grid_for(g)?;
+            let mesh_level = o
+                .mesh_level
+                .or(self.mesh_level)
+                .unwrap_or_else(|| graph::default_mesh_level(&grid));
+            for &b in o.batch_sizes.as_ref().unwrap_or(&self.batch_sizes) {
+                for &format in &self.formats {
+                    out.push(CaseConfig {
+                        grid: name.clone(),
+                        mesh_level,
+                        batch_size: b,
+                        format,
+                        precision: "f32".into(),
+                        checkpointing: false,
+                        patches: 1,
+                        latent_size: o.latent_size.unwrap_or(self.latent_size),
+                        num_gnn_layers: o.num_gnn_layers.unwrap_or(self.num_gnn_layers),
+                        mlp_hidden_layers: self.mlp_hidden_layers,
+                        input_steps: self.input_steps,
+                        channels: self.channels,
+                        device: dev.into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The regional grid of the storm1996 files: 33 x 36, lat 20..60 every 1.25 deg,
+/// lon -140..-52.5 every 2.5 deg, with the four corners masked (18.9% of the cells,
+/// as the real pressure field).
+pub fn storm1996_grid() -> (Grid, Vec<bool>) {
+    let grid = Grid {
+        lat: (0..33).map(|i| 20.0 + 1.25 * i as f64).collect(),
+        lon: (0..36).map(|j| -140.0 + 2.5 * j as f64).collect(),
+        global: false,
+    };
+    let (nlat, nlon) = (grid.nlat(), grid.nlon());
+    // The triangular corner cut of `generate-data --fill-corners`, sized to 18.9%.
+    let c = (0.189f64 / 2.0).sqrt();
+    let valid = (0..grid.len())
+        .map(|k| {
+            let y = (k / nlon) as f64 / (nlat - 1) as f64;
+            let x = (k % nlon) as f64 / (nlon - 1) as f64;
+            ![x + y, 1.0 - x + y, x + 1.0 - y, 2.0 - x - y]
+                .iter()
+                .any(|&d| d < c)
+        })
+        .collect();
+    (grid, valid)
+}
+
+/// A grid argument: `storm1996`, or a global spacing in degrees. Returns the name
+/// the report uses, the grid and its valid cells.
+pub fn grid_for(spec: &str) -> Result<(String, Grid, Vec<bool>), InputError> {
+    let spec = spec.trim();
+    if spec.eq_ignore_ascii_case("storm1996") {
+        let (g, v) = storm1996_grid();
+        return Ok(("storm1996".into(), g, v));
+    }
+    let deg: f64 = spec.trim_end_matches("deg").parse().map_err(|_| {
+        InputError(format!(
+            "unknown grid '{spec}' (expected a spacing in degrees such as 5, 2.5, 1, or storm1996)"
+        ))
+    })?;
+    if !(deg > 0.0 && deg <= 30.0 && (180.0 / deg).fract().abs() < 1e-9) {
+        return Err(InputError(format!(
+            "grid spacing {deg} must divide 180 degrees and be in (0, 30]"
+        )));
+    }
+    let grid = Grid::global_cell_centred(deg);
+    let n = grid.len();
+    Ok((format!("global-{deg}"), grid, vec![true; n]))
+}
+
+/// One synthetic batch on the graph's grid nodes.
+struct SyntheticBatch {
+    x: Tensor,
+    y: Tensor,
+    weights: Tensor,
+    count: f64,
+}
+
+fn synthetic_batch(
+    graph: &WeatherGraph,
+    grid: &Grid,
+    plan_seed: u64,
+    cfg: &CaseConfig,
+    device: &Device,
+) -> anyhow::Result<SyntheticBatch> {
+    let (b, n) = (cfg.batch_size, graph.grid_nodes.len());
+    let half = cfg.input_steps * cfg.channels;
+    let f = grid_input_features(cfg.input_steps, cfg.channels);
+    let seed = plan_seed ^ (n as u64).wrapping_mul(0x9E37_79B9) ^ ((b as u64) << 40);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut x = Vec::with_capacity(b * n * f);
+    for _ in 0..b * n {
+        x.extend((0..half).map(|_| rng.random_range(-1.0f32..1.0)));
+        x.extend(std::iter::repeat_n(1.0f32, f - half));
+    }
+    let y: Vec<f32> = (0..b * n * cfg.channels)
+        .map(|_| rng.random_range(-0.5f32..0.5))
+        .collect();
+    let mut valid_cells = vec![false; grid.len()];
+    for &c in graph.grid_map.cells() {
+        valid_cells[c as usize] = true;
+    }
+    let w = grid.latitude_weights(&valid_cells);
+    let lat_w: Vec<f32> = graph
+        .grid_map
+        .cells()
+        .iter()
+        .map(|&c| w[c as usize])
+        .collect();
+    let valid = vec![true; b * n * cfg.channels];
+    let var_w = vec![1.0f32; cfg.channels];
+    let (weights, count) = loss_weights(&valid, &lat_w, &var_w, (b, n, cfg.channels), device)?;
+    Ok(SyntheticBatch {
+        x: Tensor::from_vec(x, (b, n, f), device)?,
+        y: Tensor::from_vec(y, (b, n, cfg.channels), device)?,
+        weights,
+        count,
+    })
+}
+
+/// A model of `cfg`'s format over `graph`, parameters from `seed`.
+struct Built {
+    graph: GraphTensors,
+    model: GraphCast,
+    vars: Vec<(String, Var)>,
+}
+
+fn build_model(
+    graph: &WeatherGraph,
+    cfg: &CaseConfig,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Built> {
+    let tensors = GraphTensors::new(graph, device, DType::F32)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let config = ModelConfig {
+        latent_size: cfg.latent_size,
+        num_gnn_layers: cfg.num_gnn_layers,
+        mlp_hidden_layers: cfg.mlp_hidden_layers,
+        grid_input_features: grid_input_features(cfg.input_steps, cfg.channels),
+        output_channels: cfg.channels,
+        batching: cfg.format.batching(),
+        aggregation: cfg.format.aggregation(),
+    };
+    let model = GraphCast::new(config, &tensors, vb)?;
+    let mut vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    init_parameters(&vars, seed)?;
+    Ok(Built {
+        graph: tensors,
+        model,
+        vars,
+    })
+}
+
+/// The reference format's output (flattened) and loss.
+struct Reference {
+    output: Vec<f32>,
+    loss: f64,
+}
+
+fn forward_loss(built: &Built, batch: &SyntheticBatch) -> anyhow::Result<(Tensor, Tensor)> {
+    let pred = built.model.forward(&built.graph, &batch.x)?;
+    let loss = weighted_mse(&pred, &batch.y, &batch.weights, batch.count)?;
+    Ok((pred, loss))
+}
+
+/// Compares outputs and loss with the reference: `(verified, max |diff|, |loss diff|)`.
+pub fn allclose(a: &[f32], reference: &[f32], rtol: f64, atol: f64) -> (bool, f64) {
+    let mut ok = a.len() == reference.len();
+    let mut max = 0.0f64;
+    for (&x, &r) in a.iter().zip(reference) {
+        let d = (x as f64 - r as f64).abs();
+        // NaN differences fail too: `d > tol` alone would let them through.
+        if d.is_nan() || d > atol + rtol * (r as f64).abs() {
+            ok = false;
+        }
+        if d > max || d.is_nan() {
+            max = if d.is_nan() { f64::INFINITY } else { d };
+        }
+    }
+    (ok, max)
+}
+
+fn edge_updates_per_sample(g: &GraphInfo, layers: usize) -> usize {
+    g.grid2mesh_edges + layers * g.mesh_edges + g.mesh2grid_edges
+}
+
+/// Runs one case after the graph and batch exist.
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    cfg: &CaseConfig,
+    plan: &BenchPlan,
+    graph: &WeatherGraph,
+    graph_info: &GraphInfo,
+    batch: &SyntheticBatch,
+    reference: &Reference,
+    device: &Device,
+) -> CaseResult {
+    let measure = device.is_cpu();
+    let baseline = if measure { memory::reset_peak() } else { None };
+    let mut result = CaseResult {
+        config: cfg.clone(),
+        graph: graph_info.clone(),
+        model: ModelSize {
+            parameters: 0,
+            bytes: 0,
+        },
+        verification: None,
+        timings: None,
+        memory: None,
+        error: None,
+    };
+    let outcome = (|| -> anyhow::Result<()> {
+        let built = build_model(graph, cfg, plan.seed, device)?;
+        let params: usize = built.vars.iter().map(|(_, v)| v.elem_count()).sum();
+        let param_bytes = params * DType::F32.size_in_bytes();
+        result.model = ModelSize {
+            parameters: params,
+            bytes: param_bytes,
+        };
+        let (pred, loss) = forward_loss(&built, batch)?;
+        let out: Vec<f32> = pred.flatten_all()?.to_vec1()?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        drop((pred, loss));
+        let (out_ok, max_diff) = allclose(&out, &reference.output, RTOL, ATOL);
+        let loss_diff = (loss_value - reference.loss).abs();
+        let loss_ok = loss_diff <= ATOL + RTOL * reference.loss.abs();
+        let verified = out_ok && loss_ok && loss_value.is_finite();
+        result.verification = Some(Verification {
+            verified,
+            max_output_diff: max_diff,
+            loss_diff,
+            rtol: RTOL,
+            atol: ATOL,
+            reference: Format::REFERENCE,
+        });
+        // The graph as this case holds it (the replica is cached by the model).
+        let mut case_bytes = built
+            .graph
+            .with_aggregation(cfg.format.aggregation())
+            .bytes();
+        if cfg.format.batching() == crate::model::Batching::Replicated {
+            case_bytes += built
+                .model
+                .replicated_graph(&built.graph, cfg.batch_size)?
+                .bytes();
+        }
+        result.graph.case_bytes = case_bytes;
+        let param_bytes = param_bytes as u64;
+        if !verified {
+            result.memory = Some(MemoryBreakdown::new(
+                param_bytes,
+                0,
+                0,
+                case_bytes as u64,
+                None,
+                None,
+            ));
+            return Ok(());
+        }
+
+        let mut optimizer = AdamW::new(built.vars.clone(), AdamWParams::default())?;
+        let mut last_loss = f64::NAN;
+        let mut step = || -> anyhow::Result<()> {
+            let (_, loss) = forward_loss(&built, batch)?;
+            last_loss = loss.to_scalar::<f32>()? as f64;
+            let grads = loss.backward()?;
+            let mut g: Vec<Option<Tensor>> = optimizer
+                .slots
+                .iter()
+                .map(|s| grads.get(s.var.as_tensor()).cloned())
+                .collect();
+            drop(grads);
+            clip_by_global_norm(&mut g, 1.0)?;
+            optimizer.step(&g, LEARNING_RATE)?;
+            Ok(())
+        };
+        for _ in 0..plan.warmup_steps {
+            step()?;
+        }
+        let steps = plan
+            .overrides
+            .get(&plan_grid_key(plan, cfg))
+            .and_then(|o| o.timed_steps)
+            .unwrap_or(plan.timed_steps);
+        let step_times = time_repeats(steps, &mut step)?;
+        let forward_times = time_repeats(plan.forward_repeats, || {
+            let (_, loss) = forward_loss(&built, batch)?;
+            loss.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        let peak = if measure { memory::peak() } else { None };
+        let step = Summary::of(&step_times).expect("at least one timed step");
+        let edges = edge_updates_per_sample(&result.graph, cfg.num_gnn_layers);
+        result.timings = Some(Timings {
+            forward: Summary::of(&forward_times).expect("at least one forward"),
+            samples_per_s: cfg.batch_size as f64 / step.median_s,
+            edges_per_s: (cfg.batch_size * edges) as f64 / step.median_s,
+            step,
+            warmup_steps: plan.warmup_steps,
+            final_loss: last_loss,
+        });
+        result.memory = Some(MemoryBreakdown::new(
+            param_bytes,
+            2 * param_bytes,
+            param_bytes,
+            case_bytes as u64,
+            baseline.map(|b| b as u64),
+            peak.map(|p| p as u64),
+        ));
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        result.error = Some(format!("{e:#}"));
+        result.timings = None;
+    }
+    result
+}
+
+/// The key of `cfg`'s grid in `plan.grids` (the text the user wrote).
+fn plan_grid_key(plan: &BenchPlan, cfg: &CaseConfig) -> String {
+    plan.grids
+        .iter()
+        .find(|g| grid_for(g).is_ok_and(|(name, _, _)| name == cfg.grid))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A fresh temporary directory for the graph cache of one grid.
+fn temp_cache_dir() -> anyhow::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "meshcast-bench-cache-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Builds the graph of one grid `repeats` times and loads it from a fresh cache
+/// `repeats` times: the graph and its sizes and timings.
+fn graph_for(
+    grid: &Grid,
+    valid: &[bool],
+    mesh_level: u32,
+    repeats: usize,
+) -> anyhow::Result<(WeatherGraph, GraphInfo)> {
+    let options = GraphOptions {
+        mesh_level,
+        ..GraphOptions::default()
+    };
+    let mut graph = None;
+    let build = time_repeats(repeats, || {
+        graph = Some(graph::build(grid, valid, &options)?);
+        Ok(())
+    })?;
+    let graph = graph.expect("built at least once");
+    let dir = temp_cache_dir()?;
+    let loads = (|| -> anyhow::Result<Vec<f64>> {
+        graph::load_or_build(grid, valid, &options, Some(&dir))?; // writes the file
+        let mut loads = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let t = Instant::now();
+            let (_, outcome, _) = graph::load_or_build(grid, valid, &options, Some(&dir))?;
+            loads.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(
+                outcome == graph::CacheOutcome::Hit,
+                "the graph cache in {} did not load back ({outcome})",
+                dir.display()
+            );
+        }
+        Ok(loads)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let loads = loads?;
+    let sets = [&graph.grid2mesh, &graph.mesh, &graph.mesh2grid];
+    let fb: Vec<_> = sets.iter().map(|s| s.format_bytes()).collect();
+    let feature_bytes = 4
+        * (graph.grid_nodes.features.len()
+            + graph.mesh_nodes.features.len()
+            + sets.iter().map(|s| s.features.len()).sum::<usize>());
+    let info = GraphInfo {
+        grid_cells: grid.len(),
+        grid_nodes: graph.grid_nodes.len(),
+        mesh_nodes: graph.mesh_nodes.len(),
+        grid2mesh_edges: graph.grid2mesh.len(),
+        mesh_edges: graph.mesh.len(),
+        mesh2grid_edges: graph.mesh2grid.len(),
+        coo_index_bytes: fb.iter().map(|b| b.coo).sum(),
+        csr_index_bytes: fb.iter().map(|b| b.csr).sum(),
+        csc_index_bytes: fb.iter().map(|b| b.csc).sum(),
+        feature_bytes,
+        case_bytes: 0,
+        build: Summary::of(&build).expect("repeats >= 1"),
+        cache_load: Summary::of(&loads).expect("repeats >= 1"),
+    };
+    Ok((graph, info))
+}
+
+/// Runs the plan and returns the report (not yet saved).
+pub fn run(
+    plan: &BenchPlan,
+    device: &Device,
+    command: Vec<String>,
+    progress: bool,
+) -> anyhow::Result<Report> {
+    plan.validate(device)?;
+    let cases = plan.cases(device)?;
+    let bar = if progress && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(cases.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "[{elapsed_precise}] [{bar:30}] {pos}/{len} cases: {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut results = Vec::with_capacity(cases.len());
+    // Cases come grouped by grid, then batch size: build each graph and batch once.
+    let mut graph: Option<(String, u32, Grid, WeatherGraph, GraphInfo)> = None;
+    let mut batch: Option<(usize, usize, usize, SyntheticBatch, Reference)> = None;
+    for cfg in &cases {
+        bar.set_message(format!("{} (graph)", cfg.short()));
+        let same_graph = graph
+            .as_ref()
+            .is_some_and(|(g, l, ..)| *g == cfg.grid && *l == cfg.mesh_level);
+        if !same_graph {
+            // Free the previous grid's graph and batch before building the next.
+            drop(batch.take());
+            drop(graph.take());
+            let (_, grid, valid) = grid_for(&plan_grid_key(plan, cfg))?;
+            let (g, info) = graph_for(&grid, &valid, cfg.mesh_level, plan.graph_repeats)?;
+            tracing::info!(
+                "{}: {} grid nodes, {} mesh nodes (level {}), {} + {} + {} edges; built in {:.3} s, cache load {:.3} s",
+                cfg.grid,
+                info.grid_nodes,
+                info.mesh_nodes,
+                cfg.mesh_level,
+                info.grid2mesh_edges,
+                info.mesh_edges,
+                info.mesh2grid_edges,
+                info.build.median_s,
+                info.cache_load.median_s
+            );
+            graph = Some((cfg.grid.clone(), cfg.mesh_level, grid, g, info));
+        }
+        let (_, _, grid, g, info) = graph.as_ref().expect("set above");
+        let key = (cfg.batch_size, cfg.latent_size, cfg.num_gnn_layers);
+        if batch
+            .as_ref()
+            .is_none_or(|(b, l, k, ..)| (*b, *l, *k) != key)
+        {
+            drop(batch.take());
+            bar.set_message(format!("{} (reference)", cfg.short()));
+            let sb = synthetic_batch(g, grid, plan.seed, cfg, device)?;
+            let ref_cfg = CaseConfig {
+                format: Format::REFERENCE,
+                ..cfg.clone()
+            };
+            let built = build_model(g, &ref_cfg, plan.seed, device)?;
+            let (pred, loss) = forward_loss(&built, &sb)?;
+            let reference = Reference {
+                output: pred.flatten_all()?.to_vec1()?,
+                loss: loss.to_scalar::<f32>()? as f64,
+            };
+            batch = Some((key.0, key.1, key.2, sb, reference));
+        }
+        let (_, _, _, sb, reference) = batch.as_ref().expect("set above");
+        bar.set_message(cfg.short());
+        let r = run_case(cfg, plan, g, info, sb, reference, device);
+        match (&r.error, &r.verification) {
+            (Some(e), _) => tracing::error!("{}: {e}", cfg.short()),
+            (None, Some(v)) if !v.verified => tracing::error!(
+                "{}: differs from {} (max output difference {:.3e}, loss difference {:.3e}): no timings",
+                cfg.short(),
+                v.reference,
+                v.max_output_diff,
+                v.loss_diff
+            ),
+            _ => {}
+        }
+        results.push(r);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        kind: "graph-format".into(),
+        label: plan.label.clone(),
+        created_utc: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        command,
+        meshcast: BuildInfo::current(),
+        backend: BackendInfo::current(),
+        machine: MachineInfo::detect(),
+        settings: RunSettings {
+            warmup_steps: plan.warmup_steps,
+            timed_steps: plan.timed_steps,
+            forward_repeats: plan.forward_repeats,
+            graph_repeats: plan.graph_repeats,
+            seed: plan.seed,
+            learning_rate: LEARNING_RATE,
+            rtol: RTOL,
+            atol: ATOL,
+            data: "synthetic: inputs uniform in [-1, 1) with validity flags 1, targets uniform in [-0.5, 0.5), ChaCha8 from the seed".into(),
+        },
+        cases: results,
+    })
+}
+
+/// `<dir>/<label>_<UTC timestamp>.json`.
+pub fn report_path(dir: &Path, report: &Report) -> PathBuf {
+    let stamp = chrono::DateTime::parse_from_rfc3339(&report.created_utc)
+        .map(|t| t.format("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|_| "unknown-time".into());
+    let label: String = report
+        .label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{label}_{stamp}.json"))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / (1024.0 * 1024.0))
+}
+
+/// The table printed at the end of a run.
+pub fn summary_table(report: &Report) -> String {
+    let mut rows = vec![vec![
+        "grid".to_string(),
+        "mesh".into(),
+        "batch".into(),
+        "format".into(),
+        "verified (max diff)".into(),
+        "forward ms".into(),
+        "step ms median (min..max)".into(),
+        "samples/s".into(),
+        "Medges/s".into(),
+        "case peak MiB".into(),
+        "activations MiB".into(),
+        "graph MiB".into(),
+    ]];
+    for c in &report.cases {
+        let v = match (&c.verification, &c.error) {
+            (_, Some(_)) => "error".to_string(),
+            (Some(v), None) => format!(
+                "{} ({:.1e})",
+                if v.verified { "yes" } else { "NO" },
+                v.max_output_diff
+            ),
+            (None, None) => "-".into(),
+        };
+        let (fwd, step, sps, eps) = match &c.timings {
+            Some(t) => (
+                format!("{:.1}", t.forward.median_s * 1e3),
+                format!(
+                    "{:.1} ({:.1}..{:.1})",
+                    t.step.median_s * 1e3,
+                    t.step.min_s * 1e3,
+                    t.step.max_s * 1e3
+                ),
+                format!("{:.2}", t.samples_per_s),
+                format!("{:.2}", t.edges_per_s / 1e6),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let (peak, act) = match &c.memory {
+            Some(m) => (
+                m.case_peak().map_or("-".into(), mib),
+                m.activations.map_or("-".into(), mib),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        rows.push(vec![
+            c.config.grid.clone(),
+            c.config.mesh_level.to_string(),
+            c.config.batch_size.to_string(),
+            c.config.format.to_string(),
+            v,
+            fwd,
+            step,
+            sps,
+            eps,
+            peak,
+            act,
+            mib(c.graph.case_bytes as u64),
+        ]);
+    }
+    render_table(&rows)
+}
+
+/// Left-aligned columns separated by two spaces; the first row is the header.
+pub fn render_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (k, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if k == 0 {
+            let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+            out.push_str(&rule.join("  "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_parse() {
+        assert_eq!(grid_for("5").unwrap().1.len(), 36 * 72);
+        assert_eq!(grid_for("2.5").unwrap().0, "global-2.5");
+        assert_eq!(grid_for("1").unwrap().1.len(), 64_800);
+        let (name, g, valid) = grid_for("storm1996").unwrap();
+        assert_eq!((name.as_str(), g.nlat(), g.nlon()), ("storm1996", 33, 36));
+        let masked = valid.iter().filter(|v| !**v).count() as f64 / valid.len() as f64;
+        assert!((0.15..0.22).contains(&masked), "{masked}");
+        assert!(grid_for("7").is_err());
+        assert!(grid_for("europe").is_err());
+    }
+
+    #[test]
+    fn plans_expand_to_cases() {
+        let mut plan = BenchPlan {
+            grids: vec!["5".into(), "1".into()],
+            batch_sizes: vec![1, 4],
+            ..BenchPlan::default()
+        };
+        plan.overrides.insert(
+            "1".into(),
+            GridOverride {
+                batch_sizes: Some(vec![1]),
+                num_gnn_layers: Some(2),
+                ..Default::default()
+            },
+        );
+        plan.validate(&Device::Cpu).unwrap();
+        let cases = plan.cases(&Device::Cpu).unwrap();
+        assert_eq!(cases.len(), 2 * 3 + 3);
+        assert!(cases[..6]
+            .iter()
+            .all(|c| c.mesh_level == 4 && c.num_gnn_layers == 8));
+        assert!(cases[6..]
+            .iter()
+            .all(|c| c.mesh_level == 6 && c.batch_size == 1 && c.num_gnn_layers == 2));
+        plan.overrides.insert("2.5".into(), GridOverride::default());
+        assert!(plan.validate(&Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn allclose_uses_both_tolerances() {
+        assert!(allclose(&[1.0, 100.0], &[1.0000005, 100.0009], 1e-5, 1e-6).0);
+        assert!(!allclose(&[1.0], &[1.01], 1e-5, 1e-6).0);
+        assert!(!allclose(&[f32::NAN], &[1.0], 1e-5, 1e-6).0);
+        assert_eq!(allclose(&[f32::NAN], &[1.0], 1e-5, 1e-6).1, f64::INFINITY);
+    }
+
+    #[test]
+    fn quick_plan_runs_and_verifies() {
+        let plan = BenchPlan {
+            grids: vec!["storm1996".into()],
+            batch_sizes: vec![2],
+            latent_size: 8,
+            num_gnn_layers: 1,
+            timed_steps: 2,
+            forward_repeats: 1,
+            graph_repeats: 1,
+            ..BenchPlan::quick()
+        };
+        let report = run(&plan, &Device::Cpu, vec![], false).unwrap();
+        assert_eq!(report.cases.len(), 3);
+        for c in &report.cases {
+            assert!(c.verified(), "{:?}", c.verification);
+            let t = c.timings.as_ref().unwrap();
+            assert_eq!(t.step.samples_s.len(), 2);
+            assert!(t.final_loss.is_finite());
+            // No counting allocator in unit tests: measured parts are null.
+            assert!(c.memory.unwrap().peak.is_none());
+        }
+        let replicated = &report.cases[0];
+        assert_eq!(replicated.config.format, Format::CooReplicated);
+        assert!(replicated.graph.case_bytes > report.cases[1].graph.case_bytes);
+        assert!(summary_table(&report).contains("csr-shared"));
+    }
+}
