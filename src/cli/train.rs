@@ -275,13 +275,14 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     };
     let summary = train(&run, &opts)?;
     println!(
-        "trained {} steps ({} epochs{}) in {:.1} s, {:.2} samples/s, {} parameters: train loss {}, validation loss {}, best {}; checkpoints in {}",
+        "trained {} steps ({} epochs{}) in {:.1} s, {:.2} samples/s, {} parameters, peak memory {}: train loss {}, validation loss {}, best {}; checkpoints in {}",
         summary.steps,
         summary.epochs_completed,
         if summary.interrupted { ", interrupted" } else { "" },
         summary.seconds,
         summary.samples_per_second,
         summary.parameters,
+        summary.peak_host_bytes.map_or("-".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
         fmt_opt(summary.train_loss),
         fmt_opt(summary.val_loss),
         fmt_opt(summary.best_val_loss),

@@ -51,6 +51,8 @@ pub struct TrainSummary {
     pub parameters: usize,
     pub interrupted: bool,
     pub output_dir: PathBuf,
+    /// Peak bytes allocated on the host during the run (None without the counting allocator).
+    pub peak_host_bytes: Option<usize>,
 }
 
 /// The order of the training samples in `epoch`: a pure function of (seed, epoch), so a
@@ -373,6 +375,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             "{}",
             serde_json::json!({"kind": "epoch", "epoch": epoch, "step": optimizer.step_t, "train_loss": train_loss,
                 "val_loss": val_loss, "best_val_loss": best_val, "seconds": epoch_started.elapsed().as_secs_f64(),
+                "peak_host_bytes": crate::device::memory::peak(),
                 "val_rmse": validation.as_ref().map(|v| &v.rmse),
                 "persistence_rmse": validation.as_ref().map(|v| &v.persistence_rmse)})
         )?;
@@ -418,6 +421,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         parameters: session.parameter_count(),
         interrupted,
         output_dir: opts.output_dir.clone(),
+        peak_host_bytes: crate::device::memory::peak(),
     })
 }
 
