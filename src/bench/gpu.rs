@@ -171,9 +171,9 @@ pub struct CheckGpuReport {
 
 /// Memory tiers and what fits in them, with 20% headroom, from the measured case
 /// peaks of `benchmark-graph-format` on dev-2core, 2026-11-24 (docs/benchmarks.md:
-/// f32, csr-shared or coo-shared, peak = case peak of the counting allocator).
-/// Activation memory grows linearly with batch size, latent width and processor
-/// layers; the 1-degree rows scale the measured 1-degree case accordingly.
+/// f32, shared batching, no checkpointing; host memory of the CPU backend, which a
+/// CUDA run needs in device memory about as much of). Activation memory grows
+/// linearly with batch size and processor layers (measured), and with latent width.
 pub fn tiers() -> Vec<Tier> {
     let t = |memory_gib: f64, grid: &str, latent, layers, batch, note: &str| Tier {
         memory_gib,
@@ -189,15 +189,41 @@ pub fn tiers() -> Vec<Tier> {
         .collect()
 }
 
-/// (GiB, grid, latent, layers, batch, note): filled from the measured peaks.
+/// (GiB, grid, latent, layers, batch, note). Measured activations per sample at latent
+/// 128 (docs/benchmarks.md, "Graph formats"): 5 deg 1.65 GiB with 8 layers; 2.5 deg
+/// 3.9 GiB with 4 layers; 1 deg 12.4 GiB with 1 layer. With 4x the edges of 5 deg,
+/// 2.5 deg takes about 0.7 GiB per layer and 1.2 GiB for encoder, decoder and
+/// embedders; 1 deg (another 4x on the mesh) about 2.8 GiB per layer and 9.6 GiB fixed.
+/// Each row is the largest model that fits 80% of the tier.
 const TIERS: &[(f64, &str, usize, usize, usize, &str)] = &[
-    (4.0, "5 deg", 128, 8, 4, "or 2.5 deg at batch 1"),
-    (8.0, "2.5 deg", 128, 8, 4, ""),
-    (16.0, "1 deg", 128, 4, 1, "2.5 deg: batch 8"),
-    (24.0, "1 deg", 128, 8, 1, ""),
-    (40.0, "1 deg", 128, 16, 1, "GraphCast's processor depth"),
-    (80.0, "1 deg", 128, 16, 2, ""),
-    (140.0, "1 deg", 256, 16, 2, ""),
+    (4.0, "5 deg", 128, 8, 1, ""),
+    (8.0, "5 deg", 128, 8, 3, "or 2.5 deg with 4 layers, batch 1"),
+    (
+        16.0,
+        "2.5 deg",
+        128,
+        8,
+        1,
+        "or 5 deg with 8 layers, batch 7",
+    ),
+    (
+        24.0,
+        "1 deg",
+        128,
+        3,
+        1,
+        "or 2.5 deg with 8 layers, batch 2",
+    ),
+    (
+        40.0,
+        "1 deg",
+        128,
+        7,
+        1,
+        "or 2.5 deg with 8 layers, batch 4",
+    ),
+    (80.0, "1 deg", 128, 16, 1, "GraphCast's processor depth"),
+    (141.0, "1 deg", 128, 16, 2, ""),
 ];
 
 fn recommend(device: String, memory_bytes: Option<u64>) -> Recommendation {
