@@ -2,7 +2,7 @@
 //! same graph stored and batched in different ways, case by case.
 //!
 //! A case is grid x batch size x format (`coo-replicated`, `coo-shared`, `csr-shared`)
-//! x precision x checkpointing x patches (only f32, no checkpointing and one patch
+//! x precision x checkpointing x patches (only f32 and one patch
 //! exist today; they are recorded so later reports align). For each grid the graph
 //! is built (timed, repeated) and loaded from an on-disk cache in a temporary
 //! directory (timed, repeated). For each batch size one synthetic batch is made and
@@ -43,6 +43,7 @@ use crate::device::memory::{self, MemoryBreakdown};
 use crate::error::InputError;
 use crate::graph::{self, GraphOptions, WeatherGraph};
 use crate::model::{GraphCast, GraphTensors, ModelConfig};
+use crate::train::checkpointing::step_gradients;
 use crate::train::init::init_parameters;
 use crate::train::loss::{loss_weights, weighted_mse};
 use crate::train::optimizer::{clip_by_global_norm, AdamW, AdamWParams};
@@ -76,6 +77,8 @@ pub struct BenchPlan {
     pub grids: Vec<String>,
     pub batch_sizes: Vec<usize>,
     pub formats: Vec<Format>,
+    /// Gradient checkpointing of every processor block, off and/or on.
+    pub checkpointing: Vec<bool>,
     pub latent_size: usize,
     pub num_gnn_layers: usize,
     pub mlp_hidden_layers: usize,
@@ -101,6 +104,7 @@ impl Default for BenchPlan {
             grids: vec!["5".into()],
             batch_sizes: vec![1, 4],
             formats: Format::ALL.to_vec(),
+            checkpointing: vec![false],
             latent_size: 128,
             num_gnn_layers: 8,
             mlp_hidden_layers: 1,
@@ -126,6 +130,7 @@ impl BenchPlan {
             grids: vec!["5".into(), "storm1996".into()],
             batch_sizes: vec![1, 2],
             formats: Format::ALL.to_vec(),
+            checkpointing: vec![false, true],
             latent_size: 16,
             num_gnn_layers: 2,
             mlp_hidden_layers: 1,
@@ -202,14 +207,18 @@ impl BenchPlan {
                 .or(self.mesh_level)
                 .unwrap_or_else(|| graph::default_mesh_level(&grid));
             for &b in o.batch_sizes.as_ref().unwrap_or(&self.batch_sizes) {
-                for &format in &self.formats {
+                for (&format, &checkpointing) in self
+                    .formats
+                    .iter()
+                    .flat_map(|f| self.checkpointing.iter().map(move |c| (f, c)))
+                {
                     out.push(CaseConfig {
                         grid: name.clone(),
                         mesh_level,
                         batch_size: b,
                         format,
                         precision: "f32".into(),
-                        checkpointing: false,
+                        checkpointing,
                         patches: 1,
                         latent_size: o.latent_size.unwrap_or(self.latent_size),
                         num_gnn_layers: o.num_gnn_layers.unwrap_or(self.num_gnn_layers),
@@ -473,16 +482,19 @@ fn run_case(
 
         let mut optimizer = AdamW::new(built.vars.clone(), AdamWParams::default())?;
         let mut last_loss = f64::NAN;
+        let checkpoint_every = cfg.checkpointing.then_some(1);
         let mut step = || -> anyhow::Result<()> {
-            let (_, loss) = forward_loss(&built, batch)?;
-            last_loss = loss.to_scalar::<f32>()? as f64;
-            let grads = loss.backward()?;
-            let mut g: Vec<Option<Tensor>> = optimizer
-                .slots
-                .iter()
-                .map(|s| grads.get(s.var.as_tensor()).cloned())
-                .collect();
-            drop(grads);
+            let loss = |pred: &Tensor| weighted_mse(pred, &batch.y, &batch.weights, batch.count);
+            let step = step_gradients(
+                &built.model,
+                &built.graph,
+                &batch.x,
+                &built.vars,
+                loss,
+                checkpoint_every,
+            )?;
+            last_loss = step.loss;
+            let mut g = step.grads;
             clip_by_global_norm(&mut g, 1.0)?;
             optimizer.step(&g, LEARNING_RATE)?;
             Ok(())
@@ -754,6 +766,7 @@ pub fn summary_table(report: &Report) -> String {
         "mesh".into(),
         "batch".into(),
         "format".into(),
+        "ckpt".into(),
         "verified (max diff)".into(),
         "forward ms".into(),
         "step ms median (min..max)".into(),
@@ -799,6 +812,7 @@ pub fn summary_table(report: &Report) -> String {
             c.config.mesh_level.to_string(),
             c.config.batch_size.to_string(),
             c.config.format.to_string(),
+            if c.config.checkpointing { "yes" } else { "no" }.into(),
             v,
             fwd,
             step,

@@ -101,7 +101,12 @@ pub struct CaseConfig {
 impl CaseConfig {
     /// A short name for tables: `global-5 b4 csr-shared`.
     pub fn short(&self) -> String {
-        format!("{} b{} {}", self.grid, self.batch_size, self.format)
+        let ckpt = if self.checkpointing {
+            " checkpointing"
+        } else {
+            ""
+        };
+        format!("{} b{} {}{ckpt}", self.grid, self.batch_size, self.format)
     }
 
     /// The key two reports' cases are aligned on.

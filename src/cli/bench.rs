@@ -26,6 +26,9 @@ pub struct BenchmarkGraphFormatArgs {
     /// Formats: coo-replicated (PyG-style block-diagonal batch), coo-shared, csr-shared.
     #[arg(long, value_delimiter = ',')]
     pub formats: Option<Vec<Format>>,
+    /// Gradient checkpointing off and/or on, comma-separated: false, true [default: false].
+    #[arg(long, value_delimiter = ',')]
+    pub checkpointing: Option<Vec<bool>>,
     /// Latent width [default: 128].
     #[arg(long)]
     pub latent_size: Option<usize>,
@@ -77,6 +80,7 @@ pub fn run_graph_format(
         grids,
         batch_sizes,
         formats,
+        checkpointing,
         latent_size,
         num_gnn_layers,
         mlp_hidden_layers,
