@@ -259,7 +259,10 @@ fn quick_benchmark_writes_a_verified_report() {
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["machine"]["gpus"], serde_json::json!([]));
     let cases = v["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 3);
+    // Three formats, each without and with gradient checkpointing.
+    assert_eq!(cases.len(), 6);
+    let with_ckpt = cases.iter().filter(|c| c["config"]["checkpointing"] == true).count();
+    assert_eq!(with_ckpt, 3);
     for c in cases {
         assert_eq!(c["verification"]["verified"], true, "{c}");
         assert_eq!(c["config"]["precision"], "f32");
