@@ -261,7 +261,10 @@ fn quick_benchmark_writes_a_verified_report() {
     let cases = v["cases"].as_array().unwrap();
     // Three formats, each without and with gradient checkpointing.
     assert_eq!(cases.len(), 6);
-    let with_ckpt = cases.iter().filter(|c| c["config"]["checkpointing"] == true).count();
+    let with_ckpt = cases
+        .iter()
+        .filter(|c| c["config"]["checkpointing"] == true)
+        .count();
     assert_eq!(with_ckpt, 3);
     for c in cases {
         assert_eq!(c["verification"]["verified"], true, "{c}");
