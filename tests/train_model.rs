@@ -93,6 +93,27 @@ fn trains_and_writes_checkpoints_metrics_and_run_config() {
                 .all(|s| s["loss"].as_f64().unwrap().is_finite())
     );
     assert!(epochs[1]["val_rmse"]["z"].as_f64().unwrap() > 0.0);
+    // The run ends with its measured memory and where it went.
+    let summary = m
+        .iter()
+        .find(|l| l["kind"] == "summary")
+        .expect("a summary line");
+    let memory = &summary["memory"];
+    let peak = memory["peak"].as_u64().expect("measured peak");
+    let parts: u64 = [
+        "weights",
+        "optimizer_state",
+        "gradients",
+        "graph",
+        "activations",
+    ]
+    .iter()
+    .map(|k| memory[k].as_u64().unwrap())
+    .sum();
+    assert!(
+        memory["weights"].as_u64().unwrap() > 0 && parts <= peak,
+        "{memory}"
+    );
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/last.json")).unwrap())
             .unwrap();

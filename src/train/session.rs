@@ -190,6 +190,26 @@ impl Session {
         Ok(total)
     }
 
+    /// Memory of a training run: parameters, AdamW moments and gradients (f32), the
+    /// graph and patch graphs on the device, against the measured peak and `baseline`.
+    pub fn memory_breakdown(
+        &self,
+        baseline: Option<u64>,
+    ) -> crate::device::memory::MemoryBreakdown {
+        let params = self.parameter_count() as u64 * 4;
+        let graph = self.graph_tensors.bytes()
+            + self.patches.iter().map(|p| p.graph.bytes()).sum::<usize>();
+        let peak = crate::device::memory::peak().map(|p| p as u64);
+        crate::device::memory::MemoryBreakdown::new(
+            params,
+            2 * params,
+            params,
+            graph as u64,
+            baseline,
+            peak,
+        )
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.vars.iter().map(|(_, v)| v.elem_count()).sum()
     }

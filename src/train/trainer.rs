@@ -53,6 +53,8 @@ pub struct TrainSummary {
     pub output_dir: PathBuf,
     /// Peak bytes allocated on the host during the run (None without the counting allocator).
     pub peak_host_bytes: Option<usize>,
+    /// Where the peak went (parts computed from tensor sizes, peak measured).
+    pub memory: crate::device::memory::MemoryBreakdown,
 }
 
 /// The order of the training samples in `epoch`: a pure function of (seed, epoch), so a
@@ -126,6 +128,8 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
     };
     prepare_output_dir(run, opts)?;
 
+    // Live bytes before graph and model exist: the baseline of the memory breakdown.
+    let baseline = crate::device::memory::current().map(|b| b as u64);
     let session = Session::new(
         run,
         dataset.clone(),
@@ -410,6 +414,27 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let memory = session.memory_breakdown(baseline);
+    if let (Some(peak), Some(act)) = (memory.peak, memory.activations) {
+        let mb = |b: u64| b as f64 / 1e6;
+        tracing::info!(
+            "peak memory {:.1} MB: weights {:.1}, optimizer state {:.1}, gradients {:.1}, graph {:.1}, \
+             activations and buffers {:.1}, before the run {:.1} MB",
+            mb(peak),
+            mb(memory.weights),
+            mb(memory.optimizer_state),
+            mb(memory.gradients),
+            mb(memory.graph),
+            mb(act),
+            mb(memory.baseline.unwrap_or(0))
+        );
+    }
+    writeln!(
+        metrics,
+        "{}",
+        serde_json::json!({"kind": "summary", "steps": optimizer.step_t, "seconds": seconds,
+            "samples_per_s": samples_seen as f64 / seconds.max(1e-9), "memory": memory})
+    )?;
     Ok(TrainSummary {
         steps: optimizer.step_t,
         epochs_completed,
@@ -422,6 +447,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         interrupted,
         output_dir: opts.output_dir.clone(),
         peak_host_bytes: crate::device::memory::peak(),
+        memory,
     })
 }
 
