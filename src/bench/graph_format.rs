@@ -922,7 +922,8 @@ mod tests {
             ..BenchPlan::quick()
         };
         let report = run(&plan, &Device::Cpu, vec![], false).unwrap();
-        assert_eq!(report.cases.len(), 3);
+        // Three formats, each without and with checkpointing.
+        assert_eq!(report.cases.len(), 6);
         for c in &report.cases {
             assert!(c.verified(), "{:?}", c.verification);
             let t = c.timings.as_ref().unwrap();
@@ -933,7 +934,12 @@ mod tests {
         }
         let replicated = &report.cases[0];
         assert_eq!(replicated.config.format, Format::CooReplicated);
-        assert!(replicated.graph.case_bytes > report.cases[1].graph.case_bytes);
+        let shared = report
+            .cases
+            .iter()
+            .find(|c| c.config.format == Format::CooShared)
+            .unwrap();
+        assert!(replicated.graph.case_bytes > shared.graph.case_bytes);
         assert!(summary_table(&report).contains("csr-shared"));
     }
 }
