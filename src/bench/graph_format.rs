@@ -357,14 +357,7 @@ fn build_model(
         aggregation: cfg.format.aggregation(),
     };
     let model = GraphCast::new(config, &tensors, vb)?;
-    let mut vars: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let vars = crate::model::named_parameters(&varmap);
     init_parameters(&vars, seed)?;
     Ok(Built {
         graph: tensors,

@@ -27,6 +27,20 @@ pub use interaction::InteractionNetwork;
 pub use layer_norm::LayerNorm;
 pub use mlp::Mlp;
 
+/// The parameters of `varmap` with their names, sorted by name: the fixed order that
+/// initialisation, the optimizer and checkpoints rely on.
+pub fn named_parameters(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
+    let mut vars: Vec<(String, candle_core::Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 /// Number of scalar parameters in `varmap`.
 pub fn parameter_count(varmap: &VarMap) -> usize {
     varmap.all_vars().iter().map(|v| v.elem_count()).sum()

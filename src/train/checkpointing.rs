@@ -189,14 +189,7 @@ mod tests {
             VarBuilder::from_varmap(&varmap, dtype, &dev),
         )
         .unwrap();
-        let mut vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars = crate::model::named_parameters(&varmap);
         crate::train::init::init_parameters(&vars, 3).unwrap();
         let n = graph.grid_nodes.count;
         let x = random_tensor(&[2, n, 3], dtype, 11).unwrap();

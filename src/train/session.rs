@@ -95,14 +95,7 @@ impl Session {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let model = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
-        let mut vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars = crate::model::named_parameters(&varmap);
         Ok(Session {
             dataset,
             splits,
