@@ -570,3 +570,50 @@ fn patches_with_a_halo_covering_the_receptive_field_equal_the_whole_grid() {
     );
     assert!((ra - rb).abs() <= 1e-4 * ra, "{ra} vs {rb}");
 }
+
+#[test]
+fn resume_needs_only_the_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    ok(train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        o,
+        "--num-epochs",
+        "2",
+        "--max-steps",
+        "2",
+    ]));
+    // No data, model or optimisation flags: the saved run.json says it all.
+    ok(meshcast()
+        .args([
+            "-q",
+            "train-model",
+            "--output-dir",
+            o,
+            "--resume",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/last.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["epoch"], 2);
+    assert_eq!(meta["step"], 8, "4 steps per epoch, 2 epochs");
+    assert_eq!(meta["run"]["model"]["latent_size"], 8);
+    let missing = meshcast()
+        .args([
+            "-q",
+            "train-model",
+            "--output-dir",
+            dir.path().join("nothing").to_str().unwrap(),
+            "--resume",
+        ])
+        .output()
+        .unwrap();
+    assert_bad_input(&missing, &["run.json", "no run to resume"]);
+}

@@ -158,7 +158,8 @@ fn parse_tables(text: &str, path: &Path) -> anyhow::Result<ConfigTables> {
         .map_err(|e| crate::error::InputError::file(path, format!("{e}")).into())
 }
 
-pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
+/// The run the flags (over a config, over the embedded demo) describe, and its output directory.
+fn run_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     // Data: the config's [data] table overridden by flags; neither means the embedded demo.
     let mut data = args.data.to_spec()?;
     let config = args.data.config_path()?;
@@ -253,6 +254,37 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         graph,
         model,
         train: train_cfg,
+    };
+    Ok((run, output_dir))
+}
+
+/// `--resume` with no data or config flags continues the run saved in the output
+/// directory (run.json); only --num-epochs and --max-steps may change it.
+fn saved_run(args: &TrainArgs) -> anyhow::Result<Option<(RunConfig, PathBuf)>> {
+    if !args.resume || !args.data.to_spec()?.is_empty() || args.data.config_path()?.is_some() {
+        return Ok(None);
+    }
+    let dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/demo"));
+    let path = dir.join("run.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| crate::error::InputError::file(&path, format!("no run to resume ({e})")))?;
+    let mut run: RunConfig = serde_json::from_str(&text)
+        .map_err(|e| crate::error::InputError::file(&path, format!("not a meshcast run: {e}")))?;
+    if let Some(n) = args.num_epochs {
+        run.train.num_epochs = n;
+    }
+    // --max-steps stops one invocation; a resumed run goes on unless given again.
+    run.train.max_steps = args.max_steps;
+    Ok(Some((run, dir)))
+}
+
+pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
+    let (run, output_dir) = match saved_run(&args)? {
+        Some(saved) => saved,
+        None => run_from_flags(&args)?,
     };
 
     let stop = Arc::new(AtomicBool::new(false));
