@@ -53,6 +53,15 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The loss of every optimizer step of a run, in order.
+fn step_losses(dir: &Path) -> Vec<f64> {
+    metrics(dir)
+        .iter()
+        .filter(|l| l["kind"] == "step")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn trains_and_writes_checkpoints_metrics_and_run_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,11 +424,7 @@ fn replicated_batching_gives_the_same_loss() {
                 "--max-steps",
                 "2",
             ]));
-            let m = metrics(&out);
-            m.iter()
-                .filter(|l| l["kind"] == "step")
-                .map(|l| l["loss"].as_f64().unwrap())
-                .sum()
+            step_losses(&out).iter().sum()
         })
         .collect();
     assert!(
@@ -494,11 +499,7 @@ fn checkpointing_trains_the_same_model() {
             .args(&args)
             .output()
             .unwrap());
-        metrics(&out)
-            .iter()
-            .filter(|l| l["kind"] == "step")
-            .map(|l| l["loss"].as_f64().unwrap())
-            .collect()
+        step_losses(&out)
     })
     .collect();
     for other in &runs[1..] {
@@ -533,11 +534,7 @@ fn patches_with_a_halo_covering_the_receptive_field_equal_the_whole_grid() {
         ];
         args.extend_from_slice(extra);
         ok(train(&args));
-        metrics(&out)
-            .iter()
-            .filter(|l| l["kind"] == "step")
-            .map(|l| l["loss"].as_f64().unwrap())
-            .collect()
+        step_losses(&out)
     };
     let full = losses(&[], "full");
     let patched = losses(&["--patches", "3", "--patch-halo", "180"], "patched");

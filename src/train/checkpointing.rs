@@ -197,6 +197,15 @@ mod tests {
         (model, graph, vars, x, w)
     }
 
+    fn to_f64_vec(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     fn compare(dtype: DType, batching: Batching, tol: f64) {
         let (model, graph, vars, x, w) = setup(dtype, batching);
         let loss = |p: &Tensor| (p.sqr()? * &w)?.sum_all()?.to_dtype(DType::F32);
@@ -206,20 +215,8 @@ mod tests {
             assert_eq!(plain.loss, ck.loss);
             for ((name, _), (a, b)) in vars.iter().zip(plain.grads.iter().zip(&ck.grads)) {
                 let (a, b) = (a.as_ref().expect(name), b.as_ref().expect(name));
-                let a: Vec<f64> = a
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let b: Vec<f64> = b
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let a = to_f64_vec(a);
+                let b = to_f64_vec(b);
                 let scale = a.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
                 let worst = a
                     .iter()
