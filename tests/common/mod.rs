@@ -8,9 +8,15 @@ use std::process::Output;
 use assert_cmd::Command;
 
 /// The `meshcast` binary built by cargo for this test run.
+///
+/// HDF5 file locking is off: a test thread writing a netCDF-4 file can leak its
+/// descriptor (and its lock) into a child spawned at that moment by another test, and
+/// the child's lock then makes the file unreadable to this test's own `meshcast`.
 pub fn meshcast() -> Command {
     let mut cmd = Command::cargo_bin("meshcast").expect("meshcast binary");
-    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    cmd.env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("HDF5_USE_FILE_LOCKING", "FALSE");
     cmd
 }
 
