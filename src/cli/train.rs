@@ -96,6 +96,17 @@ pub struct TrainArgs {
     /// Halo around each patch in degrees: context nodes that send messages but own no loss.
     #[arg(long)]
     pub patch_halo: Option<f64>,
+    /// Run activations, matmuls and message passing in bf16 or f16 (weights and optimizer
+    /// stay f32; f16 scales the loss dynamically and skips steps whose gradients overflow).
+    #[arg(long, value_enum)]
+    pub mixed_precision: Option<crate::model::MixedPrecision>,
+    /// f16: the loss scaler's starting scale (halved on overflow, doubled after
+    /// --loss-scale-growth-interval clean steps).
+    #[arg(long)]
+    pub initial_loss_scale: Option<f64>,
+    /// f16: clean optimizer steps before the loss scale doubles.
+    #[arg(long)]
+    pub loss_scale_growth_interval: Option<usize>,
     /// Edge -> node sums: `index-add` (candle's index_add) or `csr` (CPU segment sum by receiver).
     #[arg(long, value_enum)]
     pub aggregation: Option<crate::model::Aggregation>,
@@ -207,7 +218,10 @@ fn run_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         seed,
         prefetch_buffer_size,
         patches,
-        patch_halo
+        patch_halo,
+        mixed_precision,
+        initial_loss_scale,
+        loss_scale_growth_interval
     );
     if args.max_steps.is_some() {
         train_cfg.max_steps = args.max_steps;
@@ -307,10 +321,14 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     };
     let summary = train(&run, &opts)?;
     println!(
-        "trained {} steps ({} epochs{}) in {:.1} s, {:.2} samples/s, {} parameters, peak memory {}: train loss {}, validation loss {}, best {}; checkpoints in {}",
+        "trained {} steps ({} epochs{}{}) in {:.1} s, {:.2} samples/s, {} parameters, peak memory {}: train loss {}, validation loss {}, best {}; checkpoints in {}",
         summary.steps,
         summary.epochs_completed,
         if summary.interrupted { ", interrupted" } else { "" },
+        match summary.skipped_steps {
+            0 => String::new(),
+            n => format!(", {n} steps skipped on f16 overflow"),
+        },
         summary.seconds,
         summary.samples_per_second,
         summary.parameters,

@@ -187,8 +187,19 @@ impl CustomOp1 for CsrSegmentSum {
         let out = match storage {
             CpuStorage::F32(v) => CpuStorage::F32(segment_sum(&v[start..end], b, e, f, &self.csr)),
             CpuStorage::F64(v) => CpuStorage::F64(segment_sum(&v[start..end], b, e, f, &self.csr)),
+            // Half precision is summed in f32 and rounded once per output row.
+            CpuStorage::BF16(v) => {
+                let wide: Vec<f32> = v[start..end].iter().map(|x| x.to_f32()).collect();
+                let sum = segment_sum(&wide, b, e, f, &self.csr);
+                CpuStorage::BF16(sum.into_iter().map(half::bf16::from_f32).collect())
+            }
+            CpuStorage::F16(v) => {
+                let wide: Vec<f32> = v[start..end].iter().map(|x| x.to_f32()).collect();
+                let sum = segment_sum(&wide, b, e, f, &self.csr);
+                CpuStorage::F16(sum.into_iter().map(half::f16::from_f32).collect())
+            }
             other => bail!(
-                "csr-segment-sum supports f32 and f64, got {:?}",
+                "csr-segment-sum supports f32, f64, bf16 and f16, got {:?}",
                 other.dtype()
             ),
         };

@@ -30,13 +30,18 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
+    /// Statistics and affine map in the parameters' dtype (f32 under mixed precision,
+    /// where a bf16 variance loses too much); the result in the input's dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x_dtype = x.dtype();
+        let x = x.to_dtype(self.weight.dtype())?;
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let std = (centred.sqr()?.mean_keepdim(D::Minus1)? + LAYER_NORM_EPS)?.sqrt()?;
         centred
             .broadcast_div(&std)?
             .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+            .broadcast_add(&self.bias)?
+            .to_dtype(x_dtype)
     }
 }
 

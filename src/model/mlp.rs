@@ -76,14 +76,14 @@ impl Mlp {
             .narrow(1, offset, self.input_widths[part])?
             // CUDA's matmul rejects the column slice's strides.
             .contiguous()?;
-        Linear::new(w, None).forward(x)
+        Linear::new(w.to_dtype(x.dtype())?, None).forward(x)
     }
 
     /// The MLP from the first layer's bias on, given the summed projections of
     /// every input part (see [`Mlp::project`]).
     pub fn forward_projected(&self, projected: &Tensor) -> Result<Tensor> {
         let bias = self.layers[0].bias().expect("layers are built with a bias");
-        self.after_first_layer(projected.broadcast_add(bias)?)
+        self.after_first_layer(projected.broadcast_add(&bias.to_dtype(projected.dtype())?)?)
     }
 
     /// The MLP on input parts given separately, each `[.., rows, width_part]`
@@ -104,7 +104,7 @@ impl Mlp {
 
     fn after_first_layer(&self, mut h: Tensor) -> Result<Tensor> {
         for layer in &self.layers[1..] {
-            h = layer.forward(&h.silu()?)?;
+            h = dense(layer, &h.silu()?)?;
         }
         match &self.norm {
             Some(norm) => norm.forward(&h),
@@ -116,8 +116,19 @@ impl Mlp {
 impl Module for Mlp {
     /// The MLP on the concatenated input `[.., sum(input_widths)]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.after_first_layer(self.layers[0].forward(x)?)
+        self.after_first_layer(dense(&self.layers[0], x)?)
     }
+}
+
+/// `layer` applied in the dtype of `x`: under mixed precision the master weights are
+/// cast to the activations' dtype here, and the cast's backward returns their
+/// gradients in the master dtype.
+fn dense(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    if layer.weight().dtype() == x.dtype() {
+        return layer.forward(x);
+    }
+    let bias = layer.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+    Linear::new(layer.weight().to_dtype(x.dtype())?, bias).forward(x)
 }
 
 #[cfg(test)]

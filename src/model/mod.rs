@@ -4,7 +4,8 @@
 //! One concept per file: [`layer_norm`] (a differentiable LayerNorm), [`mlp`]
 //! (MLPs with a split first layer), [`graph_tensors`] (the graph on the device),
 //! [`aggregate`] (gather and edge-to-node sums), [`interaction`] (one
-//! message-passing step) and [`graphcast`] (the model and its config).
+//! message-passing step), [`precision`] (mixed precision) and [`graphcast`] (the
+//! model and its config).
 //!
 //! Parameters live in a `candle_nn::VarMap`; their names are documented in
 //! [`graphcast`], [`interaction`] and [`mlp`].
@@ -15,6 +16,7 @@ pub mod graphcast;
 pub mod interaction;
 pub mod layer_norm;
 pub mod mlp;
+pub mod precision;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -26,6 +28,7 @@ pub use graphcast::{Batching, GraphCast, Latents, ModelConfig};
 pub use interaction::InteractionNetwork;
 pub use layer_norm::LayerNorm;
 pub use mlp::Mlp;
+pub use precision::MixedPrecision;
 
 /// The parameters of `varmap` with their names, sorted by name: the fixed order that
 /// initialisation, the optimizer and checkpoints rely on.

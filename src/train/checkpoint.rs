@@ -42,6 +42,9 @@ pub struct CheckpointMeta {
     /// Sample order is a pure function of (seed, epoch): ChaCha8 seeded with both.
     pub rng: String,
     pub data_fingerprint: String,
+    /// The f16 loss scaler's state (absent without f16), restored on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<super::loss_scale::LossScaler>,
     pub weights_sha256: String,
     pub optimizer_sha256: String,
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{DataSpec, SplitFractions, WindowSpec};
 use crate::error::InputError;
 use crate::graph::GraphOptions;
-use crate::model::ModelConfig;
+use crate::model::{MixedPrecision, ModelConfig};
 
 /// Optimisation settings (the names users of graph_weather and friends know).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,11 @@ pub struct TrainConfig {
     pub patches: usize,
     /// Halo around each patch, degrees of great-circle distance.
     pub patch_halo: f64,
+    /// Activations, matmuls and message passing in bf16 or f16 (f32 master weights).
+    pub mixed_precision: MixedPrecision,
+    /// f16: the dynamic loss scaler's first scale, and clean steps before it doubles.
+    pub initial_loss_scale: f64,
+    pub loss_scale_growth_interval: usize,
 }
 
 impl Default for TrainConfig {
@@ -62,6 +67,9 @@ impl Default for TrainConfig {
             checkpoint_every: 1,
             patches: 1,
             patch_halo: 10.0,
+            mixed_precision: MixedPrecision::Off,
+            initial_loss_scale: 65536.0,
+            loss_scale_growth_interval: 2000,
         }
     }
 }
@@ -93,6 +101,14 @@ impl TrainConfig {
         }
         if self.checkpoint_every == 0 {
             return bad("--checkpoint-every must be at least 1".into());
+        }
+        if !(self.initial_loss_scale >= 1.0 && self.initial_loss_scale.is_finite())
+            || self.loss_scale_growth_interval == 0
+        {
+            return bad(
+                "--initial-loss-scale must be a finite number >= 1 and the growth interval >= 1"
+                    .into(),
+            );
         }
         if self.max_steps == Some(0) {
             return bad("--max-steps must be at least 1".into());

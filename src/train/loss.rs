@@ -4,7 +4,7 @@
 use candle_core::{DType, Result, Tensor};
 
 /// Per-entry weights `[batch, nodes, channels]`: `valid * lat_weight[node] * var_weight[c]`,
-/// and the number of valid entries (the denominator of the mean).
+/// and the number of valid entries (the denominator of the mean; at least 1).
 pub fn loss_weights(
     valid: &[bool],
     lat_weight: &[f32],
@@ -22,19 +22,21 @@ pub fn loss_weights(
             count += 1;
         }
     }
-    Ok((Tensor::from_vec(w, (b, n, c), device)?, count as f64))
+    Ok((Tensor::from_vec(w, (b, n, c), device)?, count.max(1) as f64))
 }
 
-/// `sum(w * (pred - target)^2) / count`, reduced in f32 whatever the prediction's dtype.
+/// `sum(w * (pred - target)^2) / denominator`, reduced in f32 whatever the prediction's
+/// dtype. The denominator is the count of valid entries (at least 1), possibly divided
+/// by a loss scale or multiplied by accumulation steps, so it may be below 1.
 pub fn weighted_mse(
     pred: &Tensor,
     target: &Tensor,
     weights: &Tensor,
-    count: f64,
+    denominator: f64,
 ) -> Result<Tensor> {
     let diff = (pred.to_dtype(DType::F32)? - target)?;
     let total = (diff.sqr()? * weights)?.sum_all()?;
-    total / count.max(1.0)
+    total / denominator
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod checkpointing;
 pub mod config;
 pub mod init;
 pub mod loss;
+pub mod loss_scale;
 pub mod optimizer;
 pub mod schedule;
 pub mod session;

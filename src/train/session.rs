@@ -94,7 +94,8 @@ impl Session {
         };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let model = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
+        let mut model = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
+        model.set_precision(run.train.mixed_precision);
         let vars = crate::model::named_parameters(&varmap);
         Ok(Session {
             dataset,
@@ -131,18 +132,17 @@ impl Session {
     }
 
     /// Loss and parameter gradients of one micro-batch: the latitude-weighted MSE with
-    /// weights `w` over `count` valid entries, divided by `accum`; patch by patch (the
-    /// losses of the owned nodes add up to the full one) when the run uses patches.
+    /// weights `w`, divided by `denominator` (valid entries x accumulation steps / loss
+    /// scale); patch by patch (the losses of the owned nodes add up to the full one)
+    /// when the run uses patches.
     pub fn gradients(
         &self,
         x: &Tensor,
         y: &Tensor,
         w: &Tensor,
-        count: f64,
-        accum: f64,
+        denominator: f64,
         checkpoint_every: Option<usize>,
     ) -> anyhow::Result<StepGradients> {
-        let denominator = count * accum;
         if self.patches.is_empty() {
             let loss = |pred: &Tensor| weighted_mse(pred, y, w, denominator);
             return Ok(step_gradients(

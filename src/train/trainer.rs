@@ -21,6 +21,7 @@ use super::checkpoint::{self, CheckpointMeta, FORMAT_VERSION};
 use super::config::RunConfig;
 use super::init::init_parameters;
 use super::loss::{loss_weights, weighted_mse};
+use super::loss_scale::{LossScaler, ScaleOutcome, MAX_CONSECUTIVE_SKIPS};
 use super::optimizer::{clip_by_global_norm, AdamW, AdamWParams};
 use super::schedule::LrSchedule;
 use super::session::{variable_weights, Session};
@@ -50,6 +51,8 @@ pub struct TrainSummary {
     pub samples_per_second: f64,
     pub parameters: usize,
     pub interrupted: bool,
+    /// Optimizer steps skipped because f16 gradients overflowed (not counted in `steps`).
+    pub skipped_steps: usize,
     pub output_dir: PathBuf,
     /// Peak bytes allocated on the host during the run (None without the counting allocator).
     pub peak_host_bytes: Option<usize>,
@@ -171,8 +174,17 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
     let mut optimizer = AdamW::new(session.vars.clone(), adamw_params)?;
     init_parameters(&session.vars, run.train.seed)?;
     let (mut epoch, mut skip_micro, mut best_val) = (0, 0, None);
+    let mut scaler = run.train.mixed_precision.needs_loss_scaling().then(|| {
+        LossScaler::new(
+            run.train.initial_loss_scale,
+            run.train.loss_scale_growth_interval,
+        )
+    });
     if let Some(ck) = &resumed {
         ck.restore(&mut optimizer)?;
+        if scaler.is_some() {
+            scaler = ck.meta.loss_scaler.or(scaler);
+        }
         (epoch, skip_micro, best_val) =
             (ck.meta.epoch, ck.meta.batch_in_epoch, ck.meta.best_val_loss);
         tracing::info!(
@@ -214,7 +226,8 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
                     batch: usize,
                     train: Option<f64>,
                     val: Option<f64>,
-                    best: Option<f64>| CheckpointMeta {
+                    best: Option<f64>,
+                    loss_scaler: Option<LossScaler>| CheckpointMeta {
         format_version: FORMAT_VERSION,
         meshcast_version: env!("CARGO_PKG_VERSION").into(),
         step: optimizer.step_t,
@@ -229,6 +242,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         schedule,
         rng: format!("chacha8(seed {} ^ epoch * golden)", run.train.seed),
         data_fingerprint: dataset.fingerprint.clone(),
+        loss_scaler,
         weights_sha256: String::new(),
         optimizer_sha256: String::new(),
     };
@@ -261,20 +275,22 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             let batch = batch?;
             let (x, y, valid) = session.tensors(&batch)?;
             let (w, count) = loss_weights(&valid, &lat_w, &var_w, y.dims3()?, &opts.device)?;
-            // Gradients of this micro-batch, scaled for accumulation (plain or checkpointed).
+            // Gradients of this micro-batch, scaled for accumulation and by the f16 loss
+            // scale (plain or checkpointed).
             let accum_scale = run.train.grad_accum_steps as f64;
+            let loss_scale = scaler.map_or(1.0, |s| s.scale);
             let step = session.gradients(
                 &x,
                 &y,
                 &w,
-                count,
-                accum_scale,
+                count * accum_scale / loss_scale,
                 run.train
                     .checkpointing
                     .then_some(run.train.checkpoint_every),
             )?;
-            let loss_value = step.loss * accum_scale;
-            if !loss_value.is_finite() {
+            let loss_value = step.loss * accum_scale / loss_scale;
+            // Under f16 an overflow is the loss scaler's to handle (the step is skipped).
+            if !loss_value.is_finite() && scaler.is_none() {
                 anyhow::bail!(
                     "the loss became {loss_value} at step {} (epoch {}): stopping without writing a checkpoint; \
                      try a lower --learning-rate",
@@ -293,8 +309,10 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             accum_count += 1;
             micro += 1;
             samples_seen += batch.len();
-            epoch_loss += loss_value;
-            epoch_batches += 1;
+            if loss_value.is_finite() {
+                epoch_loss += loss_value;
+                epoch_batches += 1;
+            }
             let end_of_epoch = micro == micro_per_epoch;
             if accum_count == run.train.grad_accum_steps || end_of_epoch {
                 if accum_count < run.train.grad_accum_steps {
@@ -302,6 +320,31 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
                     let scale = run.train.grad_accum_steps as f64 / accum_count as f64;
                     for g in accum.iter_mut().flatten() {
                         *g = (&*g * scale)?;
+                    }
+                }
+                if let Some(s) = scaler.as_mut() {
+                    if let ScaleOutcome::Skip { from, to } = s.unscale(&mut accum)? {
+                        accum = vec![None; optimizer.slots.len()];
+                        accum_count = 0;
+                        tracing::warn!(
+                            "step {} skipped: f16 gradients overflowed (not finite); loss scale {from} -> {to}",
+                            optimizer.step_t + 1
+                        );
+                        writeln!(
+                            metrics,
+                            "{}",
+                            serde_json::json!({"kind": "skip", "step": optimizer.step_t, "epoch": epoch + 1,
+                                "reason": "non-finite gradients", "loss": loss_value,
+                                "loss_scale_from": from, "loss_scale_to": to})
+                        )?;
+                        if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                            anyhow::bail!(
+                                "{MAX_CONSECUTIVE_SKIPS} optimizer steps in a row overflowed in f16 (loss scale now {to}): \
+                                 the activations themselves leave f16's range; use --mixed-precision bf16"
+                            );
+                        }
+                        bar.inc(1);
+                        continue;
                     }
                 }
                 let grad_norm = clip_by_global_norm(&mut accum, run.train.grad_clip)?;
@@ -314,7 +357,8 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
                     metrics,
                     "{}",
                     serde_json::json!({"kind": "step", "step": optimizer.step_t, "epoch": epoch + 1, "loss": loss_value,
-                        "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate})
+                        "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate,
+                        "loss_scale": scaler.map(|s| s.scale)})
                 )?;
                 bar.set_message(format!(
                     "loss {loss_value:.4} lr {lr:.2e} {rate:.1} samples/s"
@@ -327,9 +371,10 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
                         &optimizer,
                         epoch,
                         micro,
-                        Some(epoch_loss / epoch_batches as f64),
+                        Some(epoch_loss / epoch_batches.max(1) as f64),
                         last_val,
                         best_val,
+                        scaler,
                     );
                     checkpoint::save(&ckpt_dir, "last", &optimizer, &mut meta)?;
                     last_train = meta.train_loss;
@@ -369,7 +414,15 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         }
         epoch += 1;
         epochs_completed = epoch;
-        let mut meta = meta_for(&optimizer, epoch, 0, Some(train_loss), val_loss, best_val);
+        let mut meta = meta_for(
+            &optimizer,
+            epoch,
+            0,
+            Some(train_loss),
+            val_loss,
+            best_val,
+            scaler,
+        );
         checkpoint::save(&ckpt_dir, "last", &optimizer, &mut meta)?;
         if improved || (val_samples.is_empty() && epoch == run.train.num_epochs) {
             checkpoint::save(&ckpt_dir, "best", &optimizer, &mut meta)?;
@@ -433,6 +486,8 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         metrics,
         "{}",
         serde_json::json!({"kind": "summary", "steps": optimizer.step_t, "seconds": seconds,
+            "skipped_steps": scaler.map_or(0, |s| s.skipped_steps),
+            "mixed_precision": run.train.mixed_precision,
             "samples_per_s": samples_seen as f64 / seconds.max(1e-9), "memory": memory})
     )?;
     Ok(TrainSummary {
@@ -445,6 +500,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         samples_per_second: samples_seen as f64 / seconds.max(1e-9),
         parameters: session.parameter_count(),
         interrupted,
+        skipped_steps: scaler.map_or(0, |s| s.skipped_steps),
         output_dir: opts.output_dir.clone(),
         peak_host_bytes: crate::device::memory::peak(),
         memory,
@@ -493,8 +549,9 @@ pub fn validate(
         let (x, y, valid) = session.tensors(&batch)?;
         let (w, n) = loss_weights(&valid, lat_w, var_w, y.dims3()?, &session.device)?;
         let pred = session.predict(&x)?;
-        total += weighted_mse(&pred, &y, &w, n)?.to_scalar::<f32>()? as f64 * n;
-        count += n;
+        let valid_entries = valid.iter().filter(|&&v| v).count() as f64;
+        total += weighted_mse(&pred, &y, &w, n)?.to_scalar::<f32>()? as f64 * valid_entries;
+        count += valid_entries;
         let pred: Vec<f32> = pred
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
