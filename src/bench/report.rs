@@ -83,11 +83,11 @@ pub struct CaseConfig {
     pub mesh_level: u32,
     pub batch_size: usize,
     pub format: Format,
-    /// Parameter and activation dtype (only `f32` exists today).
+    /// Activation dtype: `f32`, or `bf16`/`f16` mixed precision (f32 master weights).
     pub precision: String,
-    /// Gradient checkpointing of the processor (not available yet: always false).
+    /// Gradient checkpointing of the processor, one block per segment.
     pub checkpointing: bool,
-    /// Spatial patches per sample (patch training is not available yet: always 1).
+    /// Spatial patches per sample (the graph-format benchmark runs whole grids: 1).
     pub patches: usize,
     pub latent_size: usize,
     pub num_gnn_layers: usize,
@@ -106,7 +106,15 @@ impl CaseConfig {
         } else {
             ""
         };
-        format!("{} b{} {}{ckpt}", self.grid, self.batch_size, self.format)
+        let precision = if self.precision == "f32" {
+            String::new()
+        } else {
+            format!(" {}", self.precision)
+        };
+        format!(
+            "{} b{} {}{ckpt}{precision}",
+            self.grid, self.batch_size, self.format
+        )
     }
 
     /// The key two reports' cases are aligned on.
@@ -190,6 +198,10 @@ pub struct CaseResult {
     /// Computed sizes and measured host memory (measured parts null without the
     /// counting allocator or on CUDA, where device memory is not counted).
     pub memory: Option<MemoryBreakdown>,
+    /// The planner's prediction of the case's peak above its baseline (bytes; see
+    /// `device::plan`), to set against the measured `memory.peak - memory.baseline`.
+    #[serde(default)]
+    pub predicted_peak: Option<u64>,
     /// Why the case has no timings, if it failed.
     pub error: Option<String>,
 }
@@ -371,6 +383,7 @@ pub mod tests {
                     Some(1 << 20),
                     Some(3 << 20),
                 )),
+                predicted_peak: None,
                 error: None,
             }],
         }

@@ -29,6 +29,10 @@ pub struct BenchmarkGraphFormatArgs {
     /// Gradient checkpointing off and/or on, comma-separated: false, true [default: false].
     #[arg(long, value_delimiter = ',')]
     pub checkpointing: Option<Vec<bool>>,
+    /// Precisions, comma-separated: off (f32), bf16, f16 (f16 here without loss scaling)
+    /// [default: off].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(crate::model::MixedPrecision))]
+    pub precisions: Option<Vec<crate::model::MixedPrecision>>,
     /// Latent width [default: 128].
     #[arg(long)]
     pub latent_size: Option<usize>,
@@ -81,6 +85,7 @@ pub fn run_graph_format(
         batch_sizes,
         formats,
         checkpointing,
+        precisions,
         latent_size,
         num_gnn_layers,
         mlp_hidden_layers,

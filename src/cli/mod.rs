@@ -8,6 +8,7 @@ mod eval;
 mod generate;
 mod graph_args;
 mod inspect;
+mod plan_memory;
 mod train;
 
 use std::process::ExitCode;
@@ -69,6 +70,10 @@ pub enum Command {
     /// Report the CPU, the candle backends and CUDA devices, run a matmul and a
     /// message-passing step on each device, and recommend a configuration for its memory.
     CheckGpu(bench::CheckGpuArgs),
+    /// Predict the peak memory of a training step from grid, mesh, model, batch,
+    /// precision, checkpointing and patches; with --memory-budget, choose the cheapest
+    /// configuration that fits.
+    PlanMemory(Box<plan_memory::PlanMemoryArgs>),
 }
 
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
@@ -105,6 +110,7 @@ fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()>
         Command::BenchmarkGraphFormat(args) => bench::run_graph_format(*args, device),
         Command::CompareBenchmarks(args) => bench::run_compare(args),
         Command::CheckGpu(args) => bench::run_check_gpu(args),
+        Command::PlanMemory(args) => plan_memory::run(*args),
     }
 }
 

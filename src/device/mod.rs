@@ -1,7 +1,8 @@
 //! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared;
-//! [`memory`] measures host memory.
+//! [`memory`] measures host memory, [`plan`] predicts it.
 
 pub mod memory;
+pub mod plan;
 
 use std::fmt;
 use std::str::FromStr;

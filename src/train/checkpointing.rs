@@ -1,13 +1,15 @@
 //! Gradients of a training step, plainly or with gradient checkpointing.
 //!
-//! candle has no checkpointing, so it is done by hand over the processor: the forward
-//! pass runs each segment of `every` processor blocks on a detached input and keeps
-//! only the segment boundaries; the decoder runs on the last boundary as fresh
-//! variables; then, from the last segment to the first, each segment is recomputed
-//! from its saved input (as fresh variables) and back-propagated with the surrogate
-//! loss `sum(out * grad_out)`, which yields the segment's parameter gradients and the
-//! gradient for its input; the encoder gets the same treatment last. The result equals
-//! plain back-propagation up to floating-point summation order (tested).
+//! candle has no checkpointing, so it is done by hand: the forward pass runs the
+//! encoder, then each segment of `every` processor blocks, on a detached input and
+//! keeps only the segment boundaries; the decoder runs on the last boundary as fresh
+//! variables and is back-propagated at once (its graph freed); then, from the last
+//! segment to the first, each segment is recomputed from its saved input (as fresh
+//! variables) and back-propagated with the surrogate loss `sum(out * grad_out)`, which
+//! yields the segment's parameter gradients and the gradient for its input; the encoder
+//! is recomputed last the same way. So at most one stage's activations are alive at a
+//! time, for one extra forward pass. The result equals plain back-propagation up to
+//! floating-point summation order (tested).
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
@@ -74,9 +76,9 @@ pub fn step_gradients(
         Ok(latents)
     };
 
-    // Forward: the encoder keeps its graph; the processor keeps only boundaries.
-    let encoded = model.encode(graph, &inputs)?;
-    let mut boundaries = vec![detached(&encoded)];
+    // Forward: only the boundaries are kept, the encoder's output first.
+    // The encoder is a segment too: its graph is dropped now and rebuilt at the end.
+    let mut boundaries = vec![detached(&model.encode(graph, &inputs)?)];
     for range in &segments {
         let out = run_segment(
             range.clone(),
@@ -95,6 +97,9 @@ pub fn step_gradients(
     let store = loss.backward()?;
     add_grads(&mut grads, vars, &store)?;
     let mut grad_out = grads_of(&last_vars, &store);
+    // The decoder's graph is done with: free it before the segments are recomputed.
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    drop((store, loss, pred, last));
 
     // Backward through the segments, recomputing each from its saved input.
     for (i, range) in segments.iter().enumerate().rev() {
@@ -107,11 +112,12 @@ pub fn step_gradients(
         add_grads(&mut grads, vars, &store)?;
         grad_out = grads_of(&input_vars, &store);
     }
+    let encoded = model.encode(graph, &inputs)?;
     if let Some(surrogate) = surrogate(&encoded, &grad_out)? {
         add_grads(&mut grads, vars, &surrogate.backward()?)?;
     }
     Ok(StepGradients {
-        loss: loss.to_scalar::<f32>()? as f64,
+        loss: loss_value,
         grads,
     })
 }

@@ -40,6 +40,10 @@ pub struct Session {
     /// Empty unless the run trains (or infers) patch by patch.
     pub patches: Vec<PatchTensors>,
     pub model: GraphCast,
+    /// The same model over detached views of the same parameter storage: forward
+    /// passes through it build no autograd graph, so inference frees each activation
+    /// as soon as it is used (and sees every optimizer update, which writes in place).
+    inference: GraphCast,
     /// Parameters sorted by name: the order of the optimizer and the checkpoints.
     pub vars: Vec<(String, Var)>,
     pub device: Device,
@@ -97,6 +101,13 @@ impl Session {
         let mut model = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
         model.set_precision(run.train.mixed_precision);
         let vars = crate::model::named_parameters(&varmap);
+        let views = vars
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let vb = VarBuilder::from_tensors(views, DType::F32, device);
+        let mut inference = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
+        inference.set_precision(run.train.mixed_precision);
         Ok(Session {
             dataset,
             splits,
@@ -104,16 +115,18 @@ impl Session {
             graph_tensors,
             patches,
             model,
+            inference,
             vars,
             device: device.clone(),
         })
     }
 
     /// The model's output `[B, nodes, C]` for inputs `[B, nodes, F]`, patch by patch
-    /// when the run uses patches (each patch contributes its owned nodes). No gradients.
+    /// when the run uses patches (each patch contributes its owned nodes). No gradients,
+    /// and no autograd graph held while it runs.
     pub fn predict(&self, x: &Tensor) -> anyhow::Result<Tensor> {
         if self.patches.is_empty() {
-            return Ok(self.model.forward(&self.graph_tensors, x)?.detach());
+            return Ok(self.inference.forward(&self.graph_tensors, x)?);
         }
         let (b, n, _) = x.dims3()?;
         let mut out = Tensor::zeros(
@@ -123,9 +136,8 @@ impl Session {
         )?;
         for p in &self.patches {
             let pred = self
-                .model
-                .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?
-                .detach();
+                .inference
+                .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?;
             out = out.index_add(&p.owned_full, &pred.index_select(&p.owned_local, 1)?, 1)?;
         }
         Ok(out)

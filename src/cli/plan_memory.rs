@@ -1,0 +1,206 @@
+//! `meshcast plan-memory`: predicted peak memory of a training step, and the cheapest
+//! configuration within a budget.
+
+use clap::Args;
+
+use super::{DataArgs, GraphArgs};
+use crate::data::{Dataset, Grid};
+use crate::device::plan::{self, PlanRow, Techniques};
+use crate::graph::load_or_build;
+use crate::model::{MixedPrecision, ModelConfig};
+use crate::train::session::grid_input_features;
+
+#[derive(Debug, Args)]
+pub struct PlanMemoryArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Plan for a regular global grid of this spacing (degrees) instead of data files
+    /// (1 gives 180 x 360 = 64,800 grid nodes).
+    #[arg(long, value_name = "DEG", conflicts_with_all = ["files", "vars", "config"])]
+    pub global_grid: Option<f64>,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Channels per state (data files: counted from them).
+    #[arg(long, default_value_t = 5)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 2)]
+    pub input_steps: usize,
+    #[arg(long, default_value_t = 128)]
+    pub latent_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub num_gnn_layers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub mlp_hidden_layers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Without --memory-budget: the configuration to predict.
+    #[arg(long, default_value_t = 1)]
+    pub patches: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub patch_halo: f64,
+    #[arg(long)]
+    pub checkpointing: bool,
+    #[arg(long, value_enum, default_value_t = MixedPrecision::Off)]
+    pub mixed_precision: MixedPrecision,
+    /// Choose the cheapest configuration whose predicted peak fits (e.g. 4GB, 3.5GiB):
+    /// fewest patches, then checkpointing, then bf16.
+    #[arg(long, value_parser = plan::parse_bytes)]
+    pub memory_budget: Option<u64>,
+    /// The most patches the budget search tries (powers of two).
+    #[arg(long, default_value_t = 64)]
+    pub max_patches: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: PlanMemoryArgs) -> anyhow::Result<()> {
+    let (grid, valid, channels) = match args.global_grid {
+        Some(deg) => {
+            if !(deg > 0.0 && deg <= 30.0) {
+                crate::bail_input!("--global-grid {deg}: spacing must be in (0, 30] degrees");
+            }
+            let grid = Grid::global_cell_centred(deg);
+            let valid = vec![true; grid.len()];
+            (grid, valid, args.channels)
+        }
+        None => {
+            let dataset = Dataset::open(&args.data.to_spec()?)?;
+            tracing::info!("{}", dataset.summary_line());
+            let valid = dataset.ever_valid(0..dataset.time.len())?;
+            let channels = dataset.channels.len();
+            (dataset.grid, valid, channels)
+        }
+    };
+    if args.batch_size == 0 || args.latent_size == 0 || args.patches == 0 {
+        crate::bail_input!("--batch-size, --latent-size and --patches must be at least 1");
+    }
+    let options = args.graph.options(&grid);
+    let (graph, _, _) = load_or_build(&grid, &valid, &options, args.graph.cache_dir().as_deref())?;
+    let model = ModelConfig {
+        latent_size: args.latent_size,
+        num_gnn_layers: args.num_gnn_layers,
+        mlp_hidden_layers: args.mlp_hidden_layers,
+        grid_input_features: grid_input_features(args.input_steps, channels),
+        output_channels: channels,
+        ..Default::default()
+    };
+    let shape_for = |t: Techniques| {
+        plan::step_shape(&graph, &grid, &model, args.batch_size, args.patch_halo, t)
+    };
+    let what = format!(
+        "{} grid nodes, mesh level {}, latent {}, {} layers, batch {}",
+        graph.grid_nodes.len(),
+        options.mesh_level,
+        args.latent_size,
+        args.num_gnn_layers,
+        args.batch_size
+    );
+    let (rows, chosen) = match args.memory_budget {
+        Some(budget) => plan::choose(budget, &plan::candidates(args.max_patches), shape_for)?,
+        None => {
+            let t = Techniques {
+                patches: args.patches,
+                checkpointing: args.checkpointing,
+                precision: args.mixed_precision,
+            };
+            let prediction = plan::predict(&shape_for(t)?);
+            let row = PlanRow {
+                techniques: t,
+                prediction,
+                fits: true,
+            };
+            (vec![row], Some(0))
+        }
+    };
+    if args.json {
+        let chosen_row = chosen.map(|i| &rows[i]);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "graph": plan::GraphSizes::of(&graph), "budget": args.memory_budget,
+                "tried": rows, "chosen": chosen_row}))?
+        );
+    } else {
+        println!("{what}");
+        print!("{}", table(&rows));
+    }
+    match (args.memory_budget, chosen) {
+        (Some(budget), Some(i)) => {
+            let t = rows[i].techniques;
+            if !args.json {
+                println!(
+                    "chosen: {} (predicted peak {} of {}): train-model --patches {} {}--mixed-precision {}",
+                    describe(t),
+                    gb(rows[i].prediction.total),
+                    gb(budget),
+                    t.patches,
+                    if t.checkpointing { "--checkpointing " } else { "" },
+                    t.precision
+                );
+            }
+            Ok(())
+        }
+        (Some(budget), None) => {
+            let least = rows
+                .iter()
+                .min_by_key(|r| r.prediction.total)
+                .expect("at least one candidate");
+            crate::bail_input!(
+                "no configuration fits {}: the smallest prediction is {} ({}); raise the budget, \
+                 shrink the model or the batch, or allow more --max-patches",
+                gb(budget),
+                gb(least.prediction.total),
+                describe(least.techniques)
+            )
+        }
+        (None, _) => Ok(()),
+    }
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
+}
+
+fn describe(t: Techniques) -> String {
+    format!(
+        "{} patch{}, checkpointing {}, precision {}",
+        t.patches,
+        if t.patches == 1 { "" } else { "es" },
+        if t.checkpointing { "on" } else { "off" },
+        t.precision
+    )
+}
+
+fn table(rows: &[PlanRow]) -> String {
+    let mb = |b: u64| format!("{:.0}", b as f64 / 1e6);
+    let mut out = vec![vec![
+        "patches".to_string(),
+        "ckpt".into(),
+        "precision".into(),
+        "weights+adam+grads MB".into(),
+        "graph MB".into(),
+        "activations MB".into(),
+        "peak MB".into(),
+        "fits".into(),
+    ]];
+    for r in rows {
+        let p = &r.prediction;
+        out.push(vec![
+            r.techniques.patches.to_string(),
+            if r.techniques.checkpointing {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+            r.techniques.precision.to_string(),
+            mb(p.weights + p.optimizer_state + p.gradients),
+            mb(p.graph),
+            mb(p.activations),
+            mb(p.total),
+            if r.fits { "yes" } else { "no" }.into(),
+        ]);
+    }
+    crate::bench::graph_format::render_table(&out)
+}

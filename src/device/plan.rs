@@ -1,0 +1,405 @@
+//! Peak memory of a training step, predicted from sizes, and the cheapest
+//! configuration that fits a budget (`meshcast plan-memory`, `train-model --memory-budget`).
+//!
+//! The prediction adds what is known exactly (parameters, AdamW moments, gradients, the
+//! graph tensors, the batch) to a model of the activations candle's autograd keeps for
+//! the backward pass. Activations are linear in the rows each stage runs its MLPs on
+//! (edges and nodes of each edge set, times the batch) and in the latent width; the
+//! coefficients below were fitted to measured peaks of the counting allocator (f32,
+//! bf16, with and without checkpointing, on 10- and 5-degree global grids and the
+//! storm1996 grid, latent 16 and 64, batch 1 and 3; see docs/benchmarks.md). The
+//! graph-format benchmark reports predicted against measured peaks for every case.
+
+use serde::Serialize;
+
+use crate::model::{MixedPrecision, ModelConfig};
+
+/// Without checkpointing, live latent-wide vectors (f32) per sample and edge of an
+/// interaction network ...
+const EDGE_ROW: f64 = 11.50;
+/// ... per receiving node, and per grid node of the embedder and the sender update ...
+const NODE_ROW: f64 = 47.05;
+/// ... and per row of the static embedders (graph nodes and edges, once per batch).
+const STATIC_ROW: f64 = 11.41;
+/// Fixed bytes: small tensors, allocator slack.
+const FIXED: f64 = 1.4e6;
+/// With checkpointing (one block per segment), the same per sample: of the largest
+/// stage's rows (as above), per row of the saved boundaries (mesh nodes and edges after
+/// each block, grid latents), and per static row. The boundaries dominate.
+const CKPT_STAGE: f64 = 0.056;
+const CKPT_BOUNDARY_ROW: f64 = 7.34;
+const CKPT_STATIC_ROW: f64 = 0.295;
+/// Activation bytes of bf16/f16 relative to f32 (LayerNorm statistics stay in f32, and
+/// f32 copies feed them).
+const LOW_PRECISION_FACTOR: f64 = 0.79;
+
+/// Node and edge counts of the graph a step runs on (a whole grid or one patch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GraphSizes {
+    pub grid_nodes: usize,
+    pub mesh_nodes: usize,
+    pub grid2mesh_edges: usize,
+    pub mesh_edges: usize,
+    pub mesh2grid_edges: usize,
+}
+
+impl GraphSizes {
+    pub fn of(graph: &crate::graph::WeatherGraph) -> GraphSizes {
+        GraphSizes {
+            grid_nodes: graph.grid_nodes.len(),
+            mesh_nodes: graph.mesh_nodes.len(),
+            grid2mesh_edges: graph.grid2mesh.len(),
+            mesh_edges: graph.mesh.len(),
+            mesh2grid_edges: graph.mesh2grid.len(),
+        }
+    }
+}
+
+/// The memory techniques of one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Techniques {
+    pub patches: usize,
+    pub checkpointing: bool,
+    pub precision: MixedPrecision,
+}
+
+/// What is known about a training step.
+#[derive(Debug, Clone)]
+pub struct StepShape {
+    pub model: ModelConfig,
+    pub batch_size: usize,
+    /// The graph a step runs on: the whole grid, or the largest patch.
+    pub step_graph: GraphSizes,
+    /// Bytes of every graph tensor resident on the device (whole graph and patches).
+    pub graph_bytes: u64,
+    pub techniques: Techniques,
+}
+
+/// A predicted peak and its parts, in bytes above what the process held before.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prediction {
+    pub weights: u64,
+    pub optimizer_state: u64,
+    /// Gradients (and their sum over patches).
+    pub gradients: u64,
+    pub graph: u64,
+    /// The batch's inputs, targets and loss weights (f32).
+    pub batch: u64,
+    pub activations: u64,
+    pub total: u64,
+}
+
+/// Parameters of `config` (the sum of [`crate::model::GraphCast`]'s MLPs).
+pub fn parameter_count(config: &ModelConfig) -> usize {
+    let (l, h) = (config.latent_size, config.mlp_hidden_layers);
+    let mlp = |inputs: usize, out: usize, norm: bool| {
+        let widths: Vec<usize> = std::iter::once(inputs)
+            .chain(std::iter::repeat_n(l, h))
+            .chain(std::iter::once(out))
+            .collect();
+        let linear: usize = widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+        linear + if norm { 2 * out } else { 0 }
+    };
+    use crate::graph::{EDGE_FEATURES, NODE_FEATURES};
+    let interaction = |senders: bool| {
+        mlp(3 * l, l, true) + mlp(2 * l, l, true) + if senders { mlp(l, l, true) } else { 0 }
+    };
+    mlp(config.grid_input_features + NODE_FEATURES, l, true)
+        + mlp(NODE_FEATURES, l, true)
+        + 3 * mlp(EDGE_FEATURES, l, true)
+        + interaction(true)
+        + config.num_gnn_layers * interaction(false)
+        + interaction(false)
+        + mlp(l, config.output_channels, false)
+}
+
+/// Predicted peak bytes of one training step of `shape`.
+pub fn predict(shape: &StepShape) -> Prediction {
+    let t = shape.techniques;
+    let params = parameter_count(&shape.model) as u64 * 4;
+    let gradients = if t.patches > 1 { 2 * params } else { params };
+    let g = shape.step_graph;
+    let b = shape.batch_size as f64;
+    let (grid, mesh) = (g.grid_nodes as f64, g.mesh_nodes as f64);
+    let (g2m, m2m, m2g) = (
+        g.grid2mesh_edges as f64,
+        g.mesh_edges as f64,
+        g.mesh2grid_edges as f64,
+    );
+    let layers = shape.model.num_gnn_layers as f64;
+    // Extra hidden layers add their matmul, bias and SiLU outputs per row and MLP
+    // (an extrapolation: the fit used one hidden layer).
+    let extra = 3.0 * shape.model.mlp_hidden_layers.saturating_sub(1) as f64;
+    let (edge_row, node_row) = (EDGE_ROW + extra, NODE_ROW + 2.0 * extra);
+    let encoder = edge_row * g2m + node_row * (2.0 * grid + mesh);
+    let block = edge_row * m2m + node_row * mesh;
+    let decoder = edge_row * m2g + node_row * grid;
+    let latent = shape.model.latent_size as f64;
+    let static_rows = mesh + g2m + m2m + m2g;
+    let vectors = if t.checkpointing {
+        // One stage alive at a time, plus the saved boundaries.
+        let stage = encoder.max(block).max(decoder);
+        let boundaries = (layers + 1.0) * (mesh + m2m) + grid;
+        b * (CKPT_STAGE * stage + CKPT_BOUNDARY_ROW * boundaries) + CKPT_STATIC_ROW * static_rows
+    } else {
+        b * (encoder + layers * block + decoder) + STATIC_ROW * static_rows
+    };
+    let bytes_per_value = match t.precision {
+        MixedPrecision::Off => 4.0,
+        _ => 4.0 * LOW_PRECISION_FACTOR,
+    };
+    let activations = (bytes_per_value * latent * vectors + FIXED) as u64;
+    let batch = (4.0
+        * b
+        * grid
+        * (shape.model.grid_input_features + 2 * shape.model.output_channels) as f64)
+        as u64;
+    let total = params + 2 * params + gradients + shape.graph_bytes + batch + activations;
+    Prediction {
+        weights: params,
+        optimizer_state: 2 * params,
+        gradients,
+        graph: shape.graph_bytes,
+        batch,
+        activations,
+        total,
+    }
+}
+
+/// The configurations [`choose`] tries, cheapest first: fewest patches, then
+/// checkpointing before lower precision.
+pub fn candidates(max_patches: usize) -> Vec<Techniques> {
+    let mut out = Vec::new();
+    let mut patches = 1;
+    while patches <= max_patches {
+        for (checkpointing, precision) in [
+            (false, MixedPrecision::Off),
+            (true, MixedPrecision::Off),
+            (false, MixedPrecision::Bf16),
+            (true, MixedPrecision::Bf16),
+        ] {
+            out.push(Techniques {
+                patches,
+                checkpointing,
+                precision,
+            });
+        }
+        patches *= 2;
+    }
+    out
+}
+
+/// One row of a plan: a configuration and its predicted peak.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub techniques: Techniques,
+    pub prediction: Prediction,
+    pub fits: bool,
+}
+
+/// Predictions for `candidates` (`shape_for` gives each one's step shape, e.g. after
+/// splitting the graph into its patches) and the first that fits `budget`, if any.
+pub fn choose(
+    budget: u64,
+    candidates: &[Techniques],
+    mut shape_for: impl FnMut(Techniques) -> anyhow::Result<StepShape>,
+) -> anyhow::Result<(Vec<PlanRow>, Option<usize>)> {
+    let mut rows = Vec::new();
+    let mut chosen = None;
+    for &t in candidates {
+        let prediction = predict(&shape_for(t)?);
+        let fits = prediction.total <= budget;
+        if fits && chosen.is_none() {
+            chosen = Some(rows.len());
+        }
+        rows.push(PlanRow {
+            techniques: t,
+            prediction,
+            fits,
+        });
+        if chosen.is_some() {
+            break;
+        }
+    }
+    Ok((rows, chosen))
+}
+
+/// The step shape of `techniques` on `graph` (over `grid`): the largest patch's sizes
+/// when it uses patches, and the bytes of every graph tensor the run keeps resident.
+pub fn step_shape(
+    graph: &crate::graph::WeatherGraph,
+    grid: &crate::data::Grid,
+    model: &ModelConfig,
+    batch_size: usize,
+    patch_halo: f64,
+    techniques: Techniques,
+) -> anyhow::Result<StepShape> {
+    let cpu = candle_core::Device::Cpu;
+    let bytes = |g: &crate::graph::WeatherGraph| -> anyhow::Result<u64> {
+        Ok(
+            crate::model::GraphTensors::new(g, &cpu, candle_core::DType::F32)?
+                .with_aggregation(model.aggregation)
+                .bytes() as u64,
+        )
+    };
+    let mut graph_bytes = bytes(graph)?;
+    let mut step_graph = GraphSizes::of(graph);
+    if techniques.patches > 1 {
+        let options = crate::graph::PatchOptions {
+            n_patches: techniques.patches,
+            halo_deg: patch_halo,
+        };
+        let mut largest: Option<GraphSizes> = None;
+        for patch in crate::graph::split_into_patches(graph, grid, &options)? {
+            let sub = patch.subgraph(graph);
+            graph_bytes += bytes(&sub)?;
+            let sizes = GraphSizes::of(&sub);
+            let rows = |s: &GraphSizes| s.grid2mesh_edges + s.mesh_edges + s.mesh2grid_edges;
+            if largest.is_none_or(|l| rows(&sizes) > rows(&l)) {
+                largest = Some(sizes);
+            }
+        }
+        step_graph = largest.unwrap_or(step_graph);
+    }
+    Ok(StepShape {
+        model: model.clone(),
+        batch_size,
+        step_graph,
+        graph_bytes,
+        techniques,
+    })
+}
+
+/// Parses `4GB`, `3.5 GiB`, `512MB`, `2000000000` (bytes).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = (t[..split].trim(), t[split..].trim().to_ascii_lowercase());
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4GB, 3.5GiB, 512MB)"))?;
+    let scale = match unit.as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    if !(value > 0.0 && value.is_finite()) {
+        return Err(format!("'{text}' must be a positive size"));
+    }
+    Ok((value * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::tiny_graph;
+    use crate::model::{GraphCast, GraphTensors};
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+
+    #[test]
+    fn parameter_count_matches_the_model() -> anyhow::Result<()> {
+        let graph = GraphTensors::new(&tiny_graph(1), &Device::Cpu, DType::F32)?;
+        for (latent, layers, hidden) in [(8, 2, 1), (16, 3, 2)] {
+            let config = ModelConfig {
+                latent_size: latent,
+                num_gnn_layers: layers,
+                mlp_hidden_layers: hidden,
+                grid_input_features: 20,
+                output_channels: 5,
+                ..Default::default()
+            };
+            let varmap = VarMap::new();
+            GraphCast::new(
+                config.clone(),
+                &graph,
+                VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            )?;
+            assert_eq!(
+                parameter_count(&config),
+                crate::model::parameter_count(&varmap)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("4GB"), Ok(4_000_000_000));
+        assert_eq!(parse_bytes("3.5 GiB"), Ok((3.5 * 1073741824.0) as u64));
+        assert_eq!(parse_bytes("512mb"), Ok(512_000_000));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("4 GX").is_err());
+        assert!(parse_bytes("-1GB").is_err());
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    fn shape(t: Techniques) -> StepShape {
+        StepShape {
+            model: ModelConfig {
+                latent_size: 128,
+                num_gnn_layers: 16,
+                grid_input_features: 20,
+                output_channels: 5,
+                ..Default::default()
+            },
+            batch_size: 1,
+            step_graph: GraphSizes {
+                grid_nodes: 64800 / t.patches,
+                mesh_nodes: 40962 / t.patches,
+                grid2mesh_edges: 110000 / t.patches,
+                mesh_edges: 327660 / t.patches,
+                mesh2grid_edges: 194400 / t.patches,
+            },
+            graph_bytes: 50_000_000,
+            techniques: t,
+        }
+    }
+
+    #[test]
+    fn each_technique_lowers_the_prediction() {
+        let base = Techniques {
+            patches: 1,
+            checkpointing: false,
+            precision: MixedPrecision::Off,
+        };
+        let p = |t| predict(&shape(t)).total;
+        assert!(
+            p(Techniques {
+                checkpointing: true,
+                ..base
+            }) < p(base) / 2
+        );
+        assert!(
+            p(Techniques {
+                precision: MixedPrecision::Bf16,
+                ..base
+            }) < p(base)
+        );
+        assert!(p(Techniques { patches: 4, ..base }) < p(base) / 2);
+    }
+
+    #[test]
+    fn chooses_the_first_candidate_that_fits_or_none() -> anyhow::Result<()> {
+        let all = candidates(16);
+        assert_eq!(all.len(), 5 * 4);
+        assert_eq!((all[0].patches, all[0].checkpointing), (1, false));
+        assert_eq!((all[1].patches, all[1].checkpointing), (1, true));
+        let budget = predict(&shape(all[1])).total;
+        let (rows, chosen) = choose(budget, &all, |t| Ok(shape(t)))?;
+        assert_eq!(chosen, Some(1));
+        assert!(!rows[0].fits && rows[1].fits);
+        let (rows, chosen) = choose(1_000, &all, |t| Ok(shape(t)))?;
+        assert_eq!((rows.len(), chosen), (all.len(), None));
+        Ok(())
+    }
+}
