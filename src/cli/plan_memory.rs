@@ -159,7 +159,7 @@ pub fn run(args: PlanMemoryArgs) -> anyhow::Result<()> {
 }
 
 fn gb(bytes: u64) -> String {
-    format!("{:.2} GB", bytes as f64 / 1e9)
+    crate::device::plan::human_bytes(bytes)
 }
 
 fn describe(t: Techniques) -> String {

@@ -107,6 +107,11 @@ pub struct TrainArgs {
     /// f16: clean optimizer steps before the loss scale doubles.
     #[arg(long)]
     pub loss_scale_growth_interval: Option<usize>,
+    /// Choose patches, checkpointing and precision so that the predicted peak of a
+    /// training step fits this budget (e.g. 4GB): the cheapest configuration that does
+    /// (fewest patches, then checkpointing, then bf16), as `meshcast plan-memory` shows.
+    #[arg(long, value_parser = crate::device::plan::parse_bytes)]
+    pub memory_budget: Option<u64>,
     /// Edge -> node sums: `index-add` (candle's index_add) or `csr` (CPU segment sum by receiver).
     #[arg(long, value_enum)]
     pub aggregation: Option<crate::model::Aggregation>,
@@ -261,6 +266,9 @@ fn run_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         model.aggregation = v;
     }
     let model = model_config_for(&model, window.input_steps, dataset.num_channels());
+    if let Some(budget) = args.memory_budget {
+        fit_budget(budget, &dataset, &graph, &model, &mut train_cfg, args)?;
+    }
     let run = RunConfig {
         data,
         window,
@@ -270,6 +278,66 @@ fn run_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
         train: train_cfg,
     };
     Ok((run, output_dir))
+}
+
+/// Sets patches, checkpointing and precision to the cheapest configuration whose
+/// predicted peak fits `budget`, or refuses the run when none does.
+fn fit_budget(
+    budget: u64,
+    dataset: &Dataset,
+    options: &crate::graph::GraphOptions,
+    model: &ModelConfig,
+    train_cfg: &mut TrainConfig,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
+    use crate::device::plan;
+    let valid = dataset.ever_valid(0..dataset.time.len())?;
+    let (graph, _, _) = crate::graph::load_or_build(
+        &dataset.grid,
+        &valid,
+        options,
+        args.graph.cache_dir().as_deref(),
+    )?;
+    let (rows, chosen) = plan::choose(budget, &plan::candidates(64), |t| {
+        plan::step_shape(
+            &graph,
+            &dataset.grid,
+            model,
+            train_cfg.batch_size,
+            train_cfg.patch_halo,
+            t,
+        )
+    })?;
+    let gb = plan::human_bytes;
+    let Some(i) = chosen else {
+        let least = rows
+            .iter()
+            .map(|r| r.prediction.total)
+            .min()
+            .unwrap_or_default();
+        crate::bail_input!(
+            "--memory-budget {}: no configuration fits (the smallest predicted peak is {}, with the most patches the grid allows, \
+             checkpointing and bf16); shrink the model or the batch",
+            gb(budget),
+            gb(least)
+        );
+    };
+    let t = rows[i].techniques;
+    tracing::info!(
+        "--memory-budget {}: {} patches, checkpointing {}, precision {} (predicted peak {})",
+        gb(budget),
+        t.patches,
+        if t.checkpointing { "on" } else { "off" },
+        t.precision,
+        gb(rows[i].prediction.total)
+    );
+    train_cfg.patches = t.patches;
+    train_cfg.checkpointing = t.checkpointing;
+    if t.checkpointing {
+        train_cfg.checkpoint_every = 1;
+    }
+    train_cfg.mixed_precision = t.precision;
+    Ok(())
 }
 
 /// `--resume` with no data or config flags continues the run saved in the output

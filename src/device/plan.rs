@@ -199,6 +199,7 @@ pub struct PlanRow {
 
 /// Predictions for `candidates` (`shape_for` gives each one's step shape, e.g. after
 /// splitting the graph into its patches) and the first that fits `budget`, if any.
+/// The search ends at the first patch count the grid cannot be split into.
 pub fn choose(
     budget: u64,
     candidates: &[Techniques],
@@ -207,7 +208,16 @@ pub fn choose(
     let mut rows = Vec::new();
     let mut chosen = None;
     for &t in candidates {
-        let prediction = predict(&shape_for(t)?);
+        let shape = match shape_for(t) {
+            Ok(shape) => shape,
+            // Candidates come by patch count: the grid cannot be split any finer.
+            Err(e) if t.patches > 1 => {
+                tracing::debug!("{} patches: {e:#}", t.patches);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let prediction = predict(&shape);
         let fits = prediction.total <= budget;
         if fits && chosen.is_none() {
             chosen = Some(rows.len());
@@ -268,6 +278,15 @@ pub fn step_shape(
         graph_bytes,
         techniques,
     })
+}
+
+/// `3.40 GB`, or `512 MB` below a gigabyte.
+pub fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1_000_000_000 {
+        format!("{:.2} GB", bytes as f64 / 1e9)
+    } else {
+        format!("{:.0} MB", bytes as f64 / 1e6)
+    }
 }
 
 /// Parses `4GB`, `3.5 GiB`, `512MB`, `2000000000` (bytes).
