@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{BackendInfo, BuildInfo, MachineInfo};
 use super::report::{
-    CaseConfig, CaseResult, Format, GraphInfo, ModelSize, Report, RunSettings, Timings,
-    Verification, SCHEMA_VERSION,
+    CaseConfig, CaseResult, Format, GraphInfo, ModelSize, PatchBoundaryError, Report, RunSettings,
+    Timings, Verification, SCHEMA_VERSION,
 };
 use super::stats::{time_repeats, Summary};
 use crate::data::Grid;
@@ -97,6 +97,10 @@ pub struct BenchPlan {
     pub seed: u64,
     /// Keyed by the grid as written in `grids`.
     pub overrides: BTreeMap<String, GridOverride>,
+    /// Halos (degrees) at which a forward pass over `boundary_patches` patches is
+    /// compared with the whole grid, per grid (empty: not measured).
+    pub patch_halos: Vec<f64>,
+    pub boundary_patches: usize,
 }
 
 impl Default for BenchPlan {
@@ -120,6 +124,8 @@ impl Default for BenchPlan {
             graph_repeats: 3,
             seed: 0,
             overrides: BTreeMap::new(),
+            patch_halos: Vec::new(),
+            boundary_patches: 4,
         }
     }
 }
@@ -147,6 +153,8 @@ impl BenchPlan {
             graph_repeats: 2,
             seed: 0,
             overrides: BTreeMap::new(),
+            patch_halos: vec![10.0, 180.0],
+            boundary_patches: 4,
         }
     }
 
@@ -191,6 +199,11 @@ impl BenchPlan {
         }
         if self.input_steps == 0 || self.channels == 0 || self.graph_repeats == 0 {
             return bad("input steps, channels and graph repeats must be at least 1".into());
+        }
+        if !self.patch_halos.is_empty()
+            && (self.boundary_patches < 2 || self.patch_halos.iter().any(|h| !(*h >= 0.0)))
+        {
+            return bad("patch_halos need boundary_patches >= 2 and halos >= 0 degrees".into());
         }
         if let Some(l) = self.mesh_level.filter(|&l| l > graph::MAX_MESH_LEVEL) {
             return bad(format!(
@@ -614,6 +627,60 @@ fn predicted_peak(
     Ok(p.total - p.batch)
 }
 
+/// Patched against whole-grid forward passes of `cfg`'s model (f32, batch of one) on
+/// `graph`, for every halo of the plan.
+fn patch_boundary_errors(
+    plan: &BenchPlan,
+    cfg: &CaseConfig,
+    grid: &Grid,
+    graph: &WeatherGraph,
+    device: &Device,
+) -> anyhow::Result<Vec<PatchBoundaryError>> {
+    let cfg = CaseConfig {
+        batch_size: 1,
+        format: Format::REFERENCE,
+        precision: precision_name(MixedPrecision::Off).into(),
+        ..cfg.clone()
+    };
+    let built = build_model(graph, &cfg, plan.seed, device)?;
+    let x = synthetic_batch(graph, grid, plan.seed, &cfg, device)?.x;
+    let whole = built.model.forward(&built.graph, &x)?.detach();
+    let mut out = Vec::new();
+    for &halo_deg in &plan.patch_halos {
+        let options = crate::graph::PatchOptions {
+            n_patches: plan.boundary_patches,
+            halo_deg,
+        };
+        let patches = crate::graph::split_into_patches(graph, grid, &options)?;
+        let mut patched = whole.zeros_like()?;
+        let mut largest = 0;
+        for patch in &patches {
+            largest = largest.max(patch.grid_nodes.len());
+            let p = crate::train::session::patch_tensors(patch, graph, device)?;
+            let pred = built
+                .model
+                .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?
+                .detach();
+            patched =
+                patched.index_add(&p.owned_full, &pred.index_select(&p.owned_local, 1)?, 1)?;
+        }
+        let scalar = |t: Tensor| -> anyhow::Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
+        let diff = (&patched - &whole)?;
+        let max_abs_error = scalar(diff.abs()?.max_all()?)?;
+        let rms = |t: &Tensor| -> anyhow::Result<f64> { Ok(scalar(t.sqr()?.mean_all()?)?.sqrt()) };
+        out.push(PatchBoundaryError {
+            grid: cfg.grid.clone(),
+            patches: patches.len(),
+            halo_deg,
+            largest_patch_nodes: largest,
+            max_abs_error,
+            relative_error: max_abs_error / scalar(whole.abs()?.max_all()?)?.max(f64::MIN_POSITIVE),
+            relative_rms_error: rms(&diff)? / rms(&whole)?.max(f64::MIN_POSITIVE),
+        });
+    }
+    Ok(out)
+}
+
 /// The key of `cfg`'s grid in `plan.grids` (the text the user wrote).
 fn plan_grid_key(plan: &BenchPlan, cfg: &CaseConfig) -> String {
     plan.grids
@@ -718,6 +785,7 @@ pub fn run(
         indicatif::ProgressBar::hidden()
     };
     let mut results = Vec::with_capacity(cases.len());
+    let mut patch_boundary = Vec::new();
     // Cases come grouped by grid, then batch size: build each graph and batch once.
     let mut graph: Option<(String, u32, Grid, WeatherGraph, GraphInfo)> = None;
     let mut batch: Option<(usize, usize, usize, SyntheticBatch, Reference)> = None;
@@ -744,6 +812,10 @@ pub fn run(
                 info.build.median_s,
                 info.cache_load.median_s
             );
+            if !plan.patch_halos.is_empty() {
+                bar.set_message(format!("{} (patch boundary error)", cfg.grid));
+                patch_boundary.extend(patch_boundary_errors(plan, cfg, &grid, &g, device)?);
+            }
             graph = Some((cfg.grid.clone(), cfg.mesh_level, grid, g, info));
         }
         let (_, _, grid, g, info) = graph.as_ref().expect("set above");
@@ -807,6 +879,7 @@ pub fn run(
             data: "synthetic: inputs uniform in [-1, 1) with validity flags 1, targets uniform in [-0.5, 0.5), ChaCha8 from the seed".into(),
         },
         cases: results,
+        patch_boundary,
     })
 }
 
@@ -834,6 +907,34 @@ fn mib(b: u64) -> String {
 }
 
 /// The table printed at the end of a run.
+/// The patch boundary errors as a table (empty when none were measured).
+pub fn patch_boundary_table(report: &Report) -> String {
+    if report.patch_boundary.is_empty() {
+        return String::new();
+    }
+    let mut rows = vec![vec![
+        "grid".to_string(),
+        "patches".into(),
+        "halo deg".into(),
+        "largest patch nodes".into(),
+        "max |patched - whole|".into(),
+        "relative (max)".into(),
+        "relative (rms)".into(),
+    ]];
+    for p in &report.patch_boundary {
+        rows.push(vec![
+            p.grid.clone(),
+            p.patches.to_string(),
+            format!("{}", p.halo_deg),
+            p.largest_patch_nodes.to_string(),
+            format!("{:.2e}", p.max_abs_error),
+            format!("{:.2e}", p.relative_error),
+            format!("{:.2e}", p.relative_rms_error),
+        ]);
+    }
+    render_table(&rows)
+}
+
 pub fn summary_table(report: &Report) -> String {
     let mut rows = vec![vec![
         "grid".to_string(),
@@ -1019,5 +1120,18 @@ mod tests {
             .unwrap();
         assert!(replicated.graph.case_bytes > shared.graph.case_bytes);
         assert!(summary_table(&report).contains("csr-shared"));
+        // Patch boundary error: a halo covering the globe reproduces the whole grid; a
+        // 10-degree halo, shorter than the coarse mesh's edges, does not.
+        let by_halo = |h: f64| {
+            report
+                .patch_boundary
+                .iter()
+                .find(|p| p.halo_deg == h)
+                .unwrap()
+        };
+        assert_eq!(report.patch_boundary.len(), 2);
+        assert!(by_halo(180.0).relative_error < 1e-5, "{:?}", by_halo(180.0));
+        assert!(by_halo(10.0).relative_error > 1e-4, "{:?}", by_halo(10.0));
+        assert!(by_halo(10.0).largest_patch_nodes < by_halo(180.0).largest_patch_nodes);
     }
 }

@@ -241,6 +241,26 @@ pub struct Report {
     pub machine: MachineInfo,
     pub settings: RunSettings,
     pub cases: Vec<CaseResult>,
+    /// Patched against whole-grid forward passes, per grid and halo (the plan's
+    /// `patch_halos`; empty when not asked for).
+    #[serde(default)]
+    pub patch_boundary: Vec<PatchBoundaryError>,
+}
+
+/// How far a patched forward pass lands from the whole-grid one when the halo is
+/// smaller than the model's receptive field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchBoundaryError {
+    pub grid: String,
+    pub patches: usize,
+    pub halo_deg: f64,
+    /// Grid nodes (owned and halo) of the largest patch.
+    pub largest_patch_nodes: usize,
+    /// Largest |patched - whole| over every output, and that over the largest |whole|.
+    pub max_abs_error: f64,
+    pub relative_error: f64,
+    /// RMS of the difference over the RMS of the whole-grid output.
+    pub relative_rms_error: f64,
 }
 
 impl Report {
@@ -386,6 +406,7 @@ pub mod tests {
                 predicted_peak: None,
                 error: None,
             }],
+            patch_boundary: Vec::new(),
         }
     }
 

@@ -103,6 +103,7 @@ pub fn run_graph_format(
     let path = graph_format::report_path(&args.output_dir, &report);
     report.save(&path)?;
     print!("{}", graph_format::summary_table(&report));
+    print!("{}", graph_format::patch_boundary_table(&report));
     println!("report: {}", path.display());
     let failed: Vec<String> = report
         .cases

@@ -267,7 +267,8 @@ impl Session {
     }
 }
 
-fn patch_tensors(
+/// A patch's tensors on `device` (its subgraph of `full`, node maps and owned mask).
+pub fn patch_tensors(
     patch: &Patch,
     full: &WeatherGraph,
     device: &Device,
