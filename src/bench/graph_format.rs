@@ -201,7 +201,8 @@ impl BenchPlan {
             return bad("input steps, channels and graph repeats must be at least 1".into());
         }
         if !self.patch_halos.is_empty()
-            && (self.boundary_patches < 2 || self.patch_halos.iter().any(|h| !(*h >= 0.0)))
+            && (self.boundary_patches < 2
+                || self.patch_halos.iter().any(|h| h.is_nan() || *h < 0.0))
         {
             return bad("patch_halos need boundary_patches >= 2 and halos >= 0 degrees".into());
         }
