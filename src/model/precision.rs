@@ -33,14 +33,6 @@ impl MixedPrecision {
         }
     }
 
-    /// Bytes per activation element.
-    pub fn activation_bytes(self) -> usize {
-        match self {
-            MixedPrecision::Off => 4,
-            MixedPrecision::Bf16 | MixedPrecision::F16 => 2,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             MixedPrecision::Off => "off",
