@@ -45,6 +45,23 @@ fn weights(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("checkpoints/last.safetensors"), &Device::Cpu).unwrap()
 }
 
+/// The sidecar of the run's `last` checkpoint.
+fn last_meta(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoints/last.json")).unwrap())
+        .unwrap()
+}
+
+/// Both runs' `last` checkpoints hold bit-identical weights.
+fn assert_same_weights(a: &Path, b: &Path, why: &str) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(x, y, "parameter {name} differs: {why}");
+    }
+}
+
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -123,9 +140,7 @@ fn trains_and_writes_checkpoints_metrics_and_run_config() {
         memory["weights"].as_u64().unwrap() > 0 && parts <= peak,
         "{memory}"
     );
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/last.json")).unwrap())
-            .unwrap();
+    let meta = last_meta(&out);
     assert_eq!(meta["epoch"], 2);
     assert_eq!(meta["run"]["model"]["latent_size"], 8);
     assert_eq!(meta["stats"]["channels"].as_array().unwrap().len(), 5);
@@ -167,10 +182,7 @@ fn one_epoch_then_resume_equals_two_epochs_straight() {
         ]
         .concat(),
     ));
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(split.join("checkpoints/last.json")).unwrap(),
-    )
-    .unwrap();
+    let meta = last_meta(&split);
     assert_eq!(meta["step"], 4);
     assert_eq!(meta["epoch"], 1, "stopped at the end of the first epoch");
     ok(train(
@@ -185,13 +197,7 @@ fn one_epoch_then_resume_equals_two_epochs_straight() {
         ]
         .concat(),
     ));
-    let (a, b) = (weights(&straight), weights(&split));
-    assert_eq!(a.len(), b.len());
-    for (name, ta) in &a {
-        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(x, y, "parameter {name} differs after resume");
-    }
+    assert_same_weights(&straight, &split, "after resume");
     // Stopping mid-epoch and resuming also lands on the same weights.
     let mid = dir.path().join("mid");
     ok(train(
@@ -208,15 +214,7 @@ fn one_epoch_then_resume_equals_two_epochs_straight() {
         ]
         .concat(),
     ));
-    for (name, ta) in &a {
-        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = weights(&mid)[name]
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(x, y, "parameter {name} differs after a mid-epoch resume");
-    }
+    assert_same_weights(&straight, &mid, "after a mid-epoch resume");
 }
 
 #[test]
@@ -596,9 +594,7 @@ fn resume_needs_only_the_output_directory() {
         ])
         .output()
         .unwrap());
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/last.json")).unwrap())
-            .unwrap();
+    let meta = last_meta(&out);
     assert_eq!(meta["epoch"], 2);
     assert_eq!(meta["step"], 8, "4 steps per epoch, 2 epochs");
     assert_eq!(meta["run"]["model"]["latent_size"], 8);
@@ -699,18 +695,11 @@ fn f16_overflow_is_skipped_logged_and_never_applied() {
         assert_eq!(from, 1e30 / 2f64.powi(k as i32));
         assert_eq!(s["loss_scale_to"].as_f64().unwrap(), from / 2.0);
     }
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/last.json")).unwrap())
-            .unwrap();
+    let meta = last_meta(&two);
     assert_eq!(meta["step"], 0);
     assert_eq!(meta["loss_scaler"]["skipped_steps"], 4);
     assert_eq!(meta["loss_scaler"]["scale"].as_f64().unwrap(), 1e30 / 16.0);
-    let (a, b) = (weights(&two), weights(&four));
-    for (name, ta) in &a {
-        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(x, y, "{name} changed although every step was skipped");
-    }
+    assert_same_weights(&two, &four, "every step was skipped");
 }
 
 /// The f16 scaler state is part of the checkpoint: stopping after a few applied steps
@@ -747,13 +736,7 @@ fn f16_loss_scaler_state_survives_resume() {
         ]
         .concat(),
     ));
-    let scaler = |d: &Path| -> serde_json::Value {
-        serde_json::from_str::<serde_json::Value>(
-            &std::fs::read_to_string(d.join("checkpoints/last.json")).unwrap(),
-        )
-        .unwrap()["loss_scaler"]
-            .clone()
-    };
+    let scaler = |d: &Path| last_meta(d)["loss_scaler"].clone();
     let stopped = scaler(&split);
     assert!(stopped["skipped_steps"].as_u64().unwrap() > 0, "{stopped}");
     ok(train(
@@ -764,10 +747,5 @@ fn f16_loss_scaler_state_survives_resume() {
         .concat(),
     ));
     assert_eq!(scaler(&split), scaler(&straight));
-    let (a, b) = (weights(&straight), weights(&split));
-    for (name, ta) in &a {
-        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(x, y, "parameter {name} differs after an f16 resume");
-    }
+    assert_same_weights(&straight, &split, "after an f16 resume");
 }

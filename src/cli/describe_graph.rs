@@ -27,23 +27,33 @@ pub struct DescribeGraphArgs {
     pub json: bool,
 }
 
-pub fn run(args: DescribeGraphArgs) -> anyhow::Result<()> {
-    let (grid, valid) = match args.global_grid {
+/// The grid a graph is built for: a regular global grid of `global_grid` degrees, or
+/// the data's grid with the cells valid in any step; and the data's channel count.
+pub(super) fn grid_of(
+    data: &DataArgs,
+    global_grid: Option<f64>,
+) -> anyhow::Result<(Grid, Vec<bool>, Option<usize>)> {
+    match global_grid {
         Some(deg) => {
             if !(deg > 0.0 && deg <= 30.0) {
                 crate::bail_input!("--global-grid {deg}: spacing must be in (0, 30] degrees");
             }
             let grid = Grid::global_cell_centred(deg);
             let valid = vec![true; grid.len()];
-            (grid, valid)
+            Ok((grid, valid, None))
         }
         None => {
-            let dataset = Dataset::open(&args.data.to_spec()?)?;
+            let dataset = Dataset::open(&data.to_spec()?)?;
             tracing::info!("{}", dataset.summary_line());
             let valid = dataset.ever_valid(0..dataset.time.len())?;
-            (dataset.grid, valid)
+            let channels = dataset.channels.len();
+            Ok((dataset.grid, valid, Some(channels)))
         }
-    };
+    }
+}
+
+pub fn run(args: DescribeGraphArgs) -> anyhow::Result<()> {
+    let (grid, valid, _) = grid_of(&args.data, args.global_grid)?;
     let options = args.graph.options(&grid);
     let cache = args.graph.cache_dir();
     let (graph, outcome, seconds) = load_or_build(&grid, &valid, &options, cache.as_deref())?;

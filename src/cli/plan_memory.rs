@@ -4,7 +4,6 @@
 use clap::Args;
 
 use super::{DataArgs, GraphArgs};
-use crate::data::{Dataset, Grid};
 use crate::device::plan::{self, PlanRow, Techniques};
 use crate::graph::load_or_build;
 use crate::model::{MixedPrecision, ModelConfig};
@@ -55,23 +54,9 @@ pub struct PlanMemoryArgs {
 }
 
 pub fn run(args: PlanMemoryArgs) -> anyhow::Result<()> {
-    let (grid, valid, channels) = match args.global_grid {
-        Some(deg) => {
-            if !(deg > 0.0 && deg <= 30.0) {
-                crate::bail_input!("--global-grid {deg}: spacing must be in (0, 30] degrees");
-            }
-            let grid = Grid::global_cell_centred(deg);
-            let valid = vec![true; grid.len()];
-            (grid, valid, args.channels)
-        }
-        None => {
-            let dataset = Dataset::open(&args.data.to_spec()?)?;
-            tracing::info!("{}", dataset.summary_line());
-            let valid = dataset.ever_valid(0..dataset.time.len())?;
-            let channels = dataset.channels.len();
-            (dataset.grid, valid, channels)
-        }
-    };
+    let (grid, valid, data_channels) =
+        super::describe_graph::grid_of(&args.data, args.global_grid)?;
+    let channels = data_channels.unwrap_or(args.channels);
     if args.batch_size == 0 || args.latent_size == 0 || args.patches == 0 {
         crate::bail_input!("--batch-size, --latent-size and --patches must be at least 1");
     }
