@@ -183,6 +183,10 @@ pub struct ReferenceMeta {
     pub step: StepMeta,
     /// Parameter names in the fixed (sorted) order.
     pub parameters: Vec<String>,
+    /// Parameters the loss does not depend on (e.g. `embed.mesh` without processor
+    /// layers): their `grad.*` is zero and AdamW leaves them untouched.
+    #[serde(default)]
+    pub no_gradient: Vec<String>,
     pub parameter_count: usize,
     /// Settings of the run set aside for the export, and similar remarks.
     pub notes: Vec<String>,
@@ -331,6 +335,7 @@ fn export_checkpoint(
             optimizer_file: Some(absolute(&f.optimizer)),
         },
         parameters: Vec::new(),
+        no_gradient: Vec::new(),
         parameter_count: 0,
         notes,
     };
@@ -433,6 +438,7 @@ fn export_synthetic(
             optimizer_file: None,
         },
         parameters: Vec::new(),
+        no_gradient: Vec::new(),
         parameter_count: 0,
         notes: vec![format!(
             "parameters from init_parameters(seed {}); inputs uniform in [-1, 1) with validity flags 1, targets uniform in [-0.5, 0.5), all entries valid",
@@ -476,11 +482,15 @@ fn finish(
     let loss_fn = |pred: &Tensor| weighted_mse(pred, &p.y, &p.w, p.count);
     let step = step_gradients(p.model, p.graph_tensors, &p.x, p.vars, loss_fn, None)?;
     let mut grads = step.grads.clone();
-    for ((name, _), g) in p.vars.iter().zip(&step.grads) {
-        let g = g
-            .as_ref()
-            .with_context(|| format!("parameter {name} got no gradient"))?;
-        tensors.insert(format!("grad.{name}"), g.clone());
+    for ((name, var), g) in p.vars.iter().zip(&step.grads) {
+        let g = match g {
+            Some(g) => g.clone(),
+            None => {
+                meta.no_gradient.push(name.clone());
+                var.as_tensor().zeros_like()?
+            }
+        };
+        tensors.insert(format!("grad.{name}"), g);
     }
     let grad_norm = clip_by_global_norm(&mut grads, meta.step.grad_clip)?;
     optimizer.step(&grads, meta.step.lr)?;
