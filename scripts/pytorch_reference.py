@@ -54,7 +54,11 @@ EDGE_SETS = ("grid2mesh", "mesh", "mesh2grid")
 FORMATS = ("coo-replicated", "coo-shared", "csr-shared")
 BENCH_LEARNING_RATE = 1e-4  # benchmark-graph-format's timed steps
 BENCH_GRAD_CLIP = 1.0
-RTOL, ATOL = 1e-5, 1e-6  # benchmark-graph-format's verification
+# Verification of a timed case against meshcast's output on the same weights and batch:
+# |a - b| <= ATOL_SCALE * max|b| + RTOL * |b| elementwise. (benchmark-graph-format's
+# own formats are bit-identical and use atol 1e-6; across frameworks the summation
+# orders differ, so the absolute part scales with the output.)
+RTOL, ATOL_SCALE = 1e-5, 1e-5
 
 
 # ----------------------------------------------------------------------------- model
@@ -602,16 +606,17 @@ def run_bench_case(args):
     ref_loss = float(t["meshcast.loss"].reshape(()))
     d = (out.detach().double() - ref_out.double()).abs()
     max_diff = d.max().item()
-    out_ok = bool((d <= ATOL + RTOL * ref_out.double().abs()).all())
+    atol = ATOL_SCALE * ref_out.double().abs().max().item()
+    out_ok = bool((d <= atol + RTOL * ref_out.double().abs()).all())
     loss_diff = abs(loss.item() - ref_loss)
-    verified = out_ok and loss_diff <= ATOL + RTOL * abs(ref_loss) and np.isfinite(loss.item())
+    verified = bool(out_ok and loss_diff <= RTOL * abs(ref_loss) and np.isfinite(loss.item()))
     graph_bytes = graph.bytes(csr=args.format == "csr-shared")
     if model.replicated:
         graph_bytes += model._replica[1].bytes()
     del out, loss
     result = {
         "verification": {"verified": verified, "max_output_diff": max_diff, "loss_diff": loss_diff,
-                         "rtol": RTOL, "atol": ATOL, "reference": "coo-shared"},
+                         "rtol": RTOL, "atol": atol, "reference": "coo-shared"},
         "parameters": n_params,
         "graph_bytes": graph_bytes,
         "timings": None,
@@ -843,9 +848,10 @@ def run_bench(args):
             **settings,
             "learning_rate": BENCH_LEARNING_RATE,
             "rtol": RTOL,
-            "atol": ATOL,
+            "atol": ATOL_SCALE,
             "data": (f"meshcast export-reference --synthetic-grid (seed {settings['seed']}): same parameters as "
-                     "meshcast's cases; PyTorch's output verified against meshcast's on that batch; "
+                     "meshcast's cases; PyTorch's output verified against meshcast's (coo-shared) on that batch "
+                     "with rtol 1e-5 and atol 1e-5 x max|meshcast output| (settings.atol is that factor); "
                      f"{args.variant} edge-MLP first layer; memory: peak anonymous RSS (VmHWM reset via "
                      "/proc/self/clear_refs, minus file-backed pages) above the anonymous RSS before graph and model, "
                      "one fresh process per case"),
