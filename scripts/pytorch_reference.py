@@ -12,7 +12,7 @@ load_state_dict(strict=True).
         (or --synthetic-grid). Recomputes meshcast's output, loss and every parameter
         gradient on the same weights, graph and batch, in f32 (and in f64 as the exact
         reference), and one AdamW step; prints one line per tensor group; exit 1 when
-        any group differs by more than --tolerance (default 1e-5), 2 for bad input.
+        anything differs beyond the tolerances below, 2 for bad input.
 
     python scripts/pytorch_reference.py bench --meshcast target/release/meshcast \\
             --out-dir DIR -- [benchmark-graph-format flags]
@@ -21,10 +21,18 @@ load_state_dict(strict=True).
         a fresh process, same threads) and writes a report in the same JSON schema, then
         runs `meshcast compare-benchmarks pytorch.json meshcast.json`.
 
-Relative error of a tensor a against a reference b: max|a - b| / max|b| (the largest
-difference over the largest entry of that tensor); a group's error is the largest over
-its tensors. The AdamW check measures the update instead of the weights:
-max|w'_a - w'_b| / max|w'_b - w| (w the weights before the step).
+How close is close (f32 against f32, summed in different orders):
+- per tensor group (the output; the loss; the gradients of each MLP owner such as
+  `encoder` or `processor.3`): L2 = ||a - b||_2 / ||b||_2 over all the group's entries
+  <= --tolerance (1e-5);
+- per tensor: max-abs = max|a - b| / max|b| <= --tensor-tolerance (1e-4). Single
+  ill-conditioned sums, e.g. the gradient of a LayerNorm bias summed over 10^4 edges,
+  differ by up to ~2e-5 between PyTorch's own f32 and f64 results, so 1e-5 per entry
+  would fail PyTorch against itself; the f64 columns show each side's distance from
+  the float64 result;
+- AdamW: meshcast's updated weights against torch.optim.AdamW run in float64 on the
+  same gradients and state, within 2 f32 ulp of the weight + 1e-5 x the tensor's
+  largest update per element; moments m and v within 1e-5 (max-abs).
 """
 
 from __future__ import annotations
@@ -366,6 +374,15 @@ def rel_err(a, b):
     return diff / scale
 
 
+def rel_l2(a, b):
+    """||a - b||_2 / ||b||_2 in f64 (0 when both are 0)."""
+    a, b = a.double(), b.double()
+    nb, nd = b.norm().item(), (a - b).norm().item()
+    if nb == 0.0:
+        return 0.0 if nd == 0.0 else float("inf")
+    return nd / nb
+
+
 def group_of(name):
     """A parameter's group: its MLP's owner (embed.mesh, encoder, processor.3, ...)."""
     parts = name.split(".")
@@ -488,8 +505,9 @@ def run_check(args):
     print(f"export: {args.export_dir} ({meta['source']}; {meta['grid']}, mesh level {meta['mesh_level']}, "
           f"batch {meta['batch']['size']} {meta['batch']['split']}, {meta['parameter_count']} parameters, "
           f"latent {cfg['latent_size']}, {cfg['num_gnn_layers']} processor layers, meshcast {cfg['batching']}/{cfg['aggregation']})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PyTorch format {fmt}; "
-          f"relative error = max|a - b| / max|b| per tensor, max over the group; tolerance {args.tolerance:g}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PyTorch format {fmt}. Per group: "
+          f"L2 = ||a - b|| / ||b|| over all its tensors (tolerance {args.tolerance:g}); per tensor: "
+          f"max-abs = max|a - b| / max|b| (tolerance {args.tensor_tolerance:g}); f64 = PyTorch in float64")
     groups = OrderedDict()
     groups["output"] = ["output"]
     groups["loss"] = ["loss"]
@@ -503,22 +521,33 @@ def run_check(args):
     def mc_pick(key):
         return mc["output"] if key == "output" else mc["loss"] if key == "loss" else mc["grads"][key]
 
-    header = f"{'group':<26} {'tensors':>7} " + " ".join(f"{'meshcast vs torch-f32 ' + v:>30}" for v in variants)
-    header += f" {'meshcast vs f64':>16} {'torch-f32 vs f64':>17}  worst tensor"
+    def flat(get, keys):
+        return torch.cat([get(k).reshape(-1).double() for k in keys])
+
+    header = f"{'group':<24} {'tensors':>7} " + " ".join(f"{'L2 vs torch-f32 ' + v:>22}" for v in variants)
+    header += f" {'L2 meshcast-f64':>16} {'L2 torch32-f64':>15}  {'worst tensor max-abs':>20} (meshcast-f64, torch32-f64) tensor"
     print(header)
     failed = []
-    worst_all = 0.0
+    worst_l2 = worst_t = 0.0
     for g, keys in groups.items():
-        errs = {v: [(rel_err(mc_pick(k), pick(results[(torch.float32, v)], k)), k) for k in keys] for v in variants}
-        e_mc64 = max(rel_err(mc_pick(k), pick(exact, k)) for k in keys)
-        e_t64 = max(rel_err(pick(results[(torch.float32, variants[0])], k), pick(exact, k)) for k in keys)
-        worst = max((max(e) for e in errs.values()), key=lambda x: x[0])
-        worst_all = max(worst_all, worst[0])
-        ok = worst[0] <= args.tolerance
+        mc_flat = flat(mc_pick, keys)
+        ex_flat = flat(lambda k: pick(exact, k), keys)
+        t32 = {v: flat(lambda k: pick(results[(torch.float32, v)], k), keys) for v in variants}
+        l2 = {v: rel_l2(mc_flat, t32[v]) for v in variants}
+        l2_mc64, l2_t64 = rel_l2(mc_flat, ex_flat), rel_l2(t32[variants[0]], ex_flat)
+        per_tensor = [
+            (max(rel_err(mc_pick(k), pick(results[(torch.float32, v)], k)) for v in variants), k) for k in keys
+        ]
+        e_t, k_t = max(per_tensor)
+        e_mc64 = rel_err(mc_pick(k_t), pick(exact, k_t))
+        e_t64 = rel_err(pick(results[(torch.float32, variants[0])], k_t), pick(exact, k_t))
+        worst_l2, worst_t = max(worst_l2, *l2.values()), max(worst_t, e_t)
+        ok = max(l2.values()) <= args.tolerance and e_t <= args.tensor_tolerance
         if not ok:
             failed.append(g)
-        cols = " ".join(f"{max(errs[v])[0]:>30.3e}" for v in variants)
-        print(f"{g:<26} {len(keys):>7} {cols} {e_mc64:>16.3e} {e_t64:>17.3e}  {worst[1]}{'' if ok else '  MISMATCH'}")
+        cols = " ".join(f"{l2[v]:>22.3e}" for v in variants)
+        print(f"{g:<24} {len(keys):>7} {cols} {l2_mc64:>16.3e} {l2_t64:>15.3e}  {e_t:>20.3e} ({e_mc64:.1e}, {e_t64:.1e}) "
+              f"{k_t}{'' if ok else '  MISMATCH'}")
 
     # One optimizer step. (a) meshcast's own gradients into torch.optim.AdamW: the
     # optimizer formula alone. (b) torch's gradients: the whole training step.
@@ -549,9 +578,10 @@ def run_check(args):
         print(f"{label:<26} {len(names):>7} weights {ulps:.2f} ulp max, {upd:.3e} of the update; "
               f"m {em:.3e}, v {ev:.3e}  {worst_name}{'' if ok or not gate else '  MISMATCH'}{note}")
     if failed:
-        print(f"FAIL: {len(failed)} group(s) beyond {args.tolerance:g}: {', '.join(failed)}")
+        print(f"FAIL: {len(failed)} group(s) beyond tolerance: {', '.join(failed)}")
         return 1
-    print(f"OK: every group within {args.tolerance:g} (largest {worst_all:.3e})")
+    print(f"OK: every group within {args.tolerance:g} (largest L2 {worst_l2:.3e}), every tensor within "
+          f"{args.tensor_tolerance:g} (largest max-abs {worst_t:.3e}), AdamW step as torch.optim.AdamW")
     return 0
 
 
@@ -877,7 +907,11 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="compare meshcast's export with PyTorch (exit 1 on mismatch)")
     c.add_argument("export_dir")
-    c.add_argument("--tolerance", type=float, default=1e-5)
+    c.add_argument("--tolerance", type=float, default=1e-5,
+                   help="per tensor group: ||a - b|| / ||b|| over the group, and the AdamW step")
+    c.add_argument("--tensor-tolerance", type=float, default=1e-4,
+                   help="per tensor: max|a - b| / max|b| (single ill-conditioned sums, e.g. a bias "
+                        "gradient summed over 10^4 edges, differ by ~2e-5 between f32 and f64 PyTorch)")
     c.add_argument("--variants", default="concat,split",
                    help="edge-MLP first layer: concat (textbook) and/or split (the concat trick)")
     c.add_argument("--format", default="auto", choices=("auto",) + FORMATS,

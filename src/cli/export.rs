@@ -121,7 +121,11 @@ pub fn run(args: ExportReferenceArgs, device: candle_core::Device) -> anyhow::Re
         m.step.lr
     );
     if m.source == "checkpoint" {
-        tracing::info!("batch t0 {:?} ({})", m.batch.t0, split_name(args.split));
+        tracing::info!(
+            "batch: samples t0 {:?} of the {} block",
+            m.batch.t0,
+            split_name(args.split)
+        );
     }
     for note in &m.notes {
         tracing::info!("note: {note}");
