@@ -357,11 +357,7 @@ fn export_synthetic(
     out_dir: &Path,
     device: &Device,
 ) -> anyhow::Result<Exported> {
-    if src.batch_size == 0
-        || src.latent_size == 0
-        || src.input_steps == 0
-        || src.channels == 0
-    {
+    if src.batch_size == 0 || src.latent_size == 0 || src.input_steps == 0 || src.channels == 0 {
         crate::bail_input!(
             "--batch-size, --latent-size, --input-steps and --channels must be at least 1"
         );
@@ -679,16 +675,15 @@ mod tests {
         };
         let out = export(&Source::Synthetic(src), dir.path(), &Device::Cpu).unwrap();
         assert_eq!(out.files.len(), 3);
-        let meta: ReferenceMeta = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(SIDECAR_FILE)).unwrap(),
-        )
-        .unwrap();
+        let meta: ReferenceMeta =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(SIDECAR_FILE)).unwrap())
+                .unwrap();
         assert_eq!(meta.grid, "global-30");
         assert_eq!(meta.batch.count, (2 * meta.grid_nodes * 2) as f64);
-        let t = candle_core::safetensors::load(dir.path().join(TENSORS_FILE), &Device::Cpu)
-            .unwrap();
-        let w = candle_core::safetensors::load(dir.path().join(WEIGHTS_FILE), &Device::Cpu)
-            .unwrap();
+        let t =
+            candle_core::safetensors::load(dir.path().join(TENSORS_FILE), &Device::Cpu).unwrap();
+        let w =
+            candle_core::safetensors::load(dir.path().join(WEIGHTS_FILE), &Device::Cpu).unwrap();
         assert_eq!(w.len(), meta.parameters.len());
         for name in &meta.parameters {
             assert_eq!(t[&format!("grad.{name}")].dims(), w[name].dims());

@@ -109,7 +109,13 @@ fn exports_a_checkpoint_step_and_pytorch_agrees() {
         ("shared-csr", &["--aggregation", "csr"]),
         (
             "replicated",
-            &["--batching", "replicated", "--patches", "2", "--checkpointing"],
+            &[
+                "--batching",
+                "replicated",
+                "--patches",
+                "2",
+                "--checkpointing",
+            ],
         ),
     ];
     for (name, flags) in cases {
@@ -132,11 +138,9 @@ fn exports_a_checkpoint_step_and_pytorch_agrees() {
         );
         let t = candle_core::safetensors::load(out.join("reference.safetensors"), &Device::Cpu)
             .unwrap();
-        let w = candle_core::safetensors::load(
-            meta["weights_file"].as_str().unwrap(),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let w =
+            candle_core::safetensors::load(meta["weights_file"].as_str().unwrap(), &Device::Cpu)
+                .unwrap();
         let names: Vec<&str> = meta["parameters"]
             .as_array()
             .unwrap()
@@ -162,7 +166,10 @@ fn exports_a_checkpoint_step_and_pytorch_agrees() {
             .unwrap() as f64;
         let loss = sse / meta["batch"]["count"].as_f64().unwrap();
         let exported = meta["loss"].as_f64().unwrap();
-        assert!((loss - exported).abs() <= 1e-5 * exported, "{loss} vs {exported}");
+        assert!(
+            (loss - exported).abs() <= 1e-5 * exported,
+            "{loss} vs {exported}"
+        );
 
         if let Some(py) = &python {
             let o = StdCommand::new(py)
