@@ -14,5 +14,6 @@ pub mod error;
 pub mod eval;
 pub mod graph;
 pub mod model;
+pub mod reference;
 pub mod train;
 pub mod util;

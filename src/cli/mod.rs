@@ -5,6 +5,7 @@ mod bench;
 mod data_args;
 mod describe_graph;
 mod eval;
+mod export;
 mod generate;
 mod graph_args;
 mod inspect;
@@ -74,6 +75,11 @@ pub enum Command {
     /// precision, checkpointing and patches; with --memory-budget, choose the cheapest
     /// configuration that fits.
     PlanMemory(Box<plan_memory::PlanMemoryArgs>),
+    /// Write what an independent implementation needs to recompute one training step:
+    /// the graph, a batch, and meshcast's outputs, loss, gradients and AdamW update
+    /// (from a checkpoint, or a benchmark case's synthetic model); see
+    /// scripts/pytorch_reference.py.
+    ExportReference(Box<export::ExportReferenceArgs>),
 }
 
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
@@ -111,6 +117,7 @@ fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()>
         Command::CompareBenchmarks(args) => bench::run_compare(args),
         Command::CheckGpu(args) => bench::run_check_gpu(args),
         Command::PlanMemory(args) => plan_memory::run(*args),
+        Command::ExportReference(args) => export::run(*args, device),
     }
 }
 
