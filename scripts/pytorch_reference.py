@@ -19,7 +19,9 @@ load_state_dict(strict=True).
         Runs `meshcast benchmark-graph-format` with those flags (or takes its report from
         --meshcast-report), then times PyTorch's training step on the same cases (each in
         a fresh process, same threads) and writes a report in the same JSON schema, then
-        runs `meshcast compare-benchmarks pytorch.json meshcast.json`.
+        runs `meshcast compare-benchmarks pytorch.json meshcast.json`. Cases that meshcast
+        ran on CUDA ("cuda", "cuda:N") run on that GPU here too (TF32 off, timed between
+        torch.cuda.synchronize() calls, memory from torch.cuda.max_memory_allocated).
 
 How close is close (f32 against f32, summed in different orders):
 - per tensor group (the output; the loss; the gradients of each MLP owner such as
@@ -38,6 +40,7 @@ How close is close (f32 against f32, summed in different orders):
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import hashlib
 import json
@@ -65,7 +68,10 @@ BENCH_GRAD_CLIP = 1.0
 # Verification of a timed case against meshcast's output on the same weights and batch:
 # |a - b| <= ATOL_SCALE * max|b| + RTOL * |b| elementwise. (benchmark-graph-format's
 # own formats are bit-identical and use atol 1e-6; across frameworks the summation
-# orders differ, so the absolute part scales with the output.)
+# orders differ, so the absolute part scales with the output.) The same on CUDA: TF32 is
+# off there (use_cuda), so the GPU's f32 differs from meshcast's CPU f32 only in summation
+# order (cuBLAS blocking, index_add's atomics), as PyTorch's CPU does; on the CPU the
+# largest differences are ~1e-6 x max|output|, a tenth of this. bench --atol-scale loosens it.
 RTOL, ATOL_SCALE = 1e-5, 1e-5
 
 
@@ -125,7 +131,7 @@ class EdgeSet:
     def replicated(self, copies):
         """The block-diagonal batch graph of PyTorch Geometric: copy b offset by b * n."""
         def tile(index, n):
-            return (index[None, :] + n * torch.arange(copies)[:, None]).reshape(-1)
+            return (index[None, :] + n * torch.arange(copies, device=index.device)[:, None]).reshape(-1)
 
         e = self.senders.numel()
         return EdgeSet(
@@ -136,6 +142,11 @@ class EdgeSet:
             self.n_receivers * copies,
             tile(self.csr_edge_ids, e),
         )
+
+    def to(self, device):
+        """The same edge set on `device` (built on the host, where the CSR is checked)."""
+        return EdgeSet(self.senders.to(device), self.receivers.to(device), self.features.to(device),
+                       self.n_senders, self.n_receivers, self.csr_edge_ids.to(device))
 
     def bytes(self):
         return sum(t.numel() * t.element_size() for t in (self.senders, self.receivers, self.features))
@@ -157,6 +168,10 @@ class Graph:
             self.mesh_features.repeat(copies, 1),
             {k: v.replicated(copies) for k, v in self.sets.items()},
         )
+
+    def to(self, device):
+        return Graph(self.grid_features.to(device), self.mesh_features.to(device),
+                     {k: v.to(device) for k, v in self.sets.items()})
 
     def bytes(self, csr=False):
         b = sum(t.numel() * t.element_size() for t in (self.grid_features, self.mesh_features))
@@ -604,6 +619,39 @@ def reset_peak_rss():
         f.write("5")
 
 
+def parse_device(name):
+    """meshcast's device string (`cpu`, `cuda`, `cuda:N`) as a torch.device; `cuda` is
+    ordinal 0, as in meshcast (src/device/mod.rs). None for anything else."""
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, ordinal = name.partition(":")
+    if kind in ("cuda", "gpu") and (ordinal == "" or ordinal.isdigit()):
+        return torch.device("cuda", int(ordinal or 0))
+    return None
+
+
+def cuda_missing(device):
+    """Why PyTorch cannot run on CUDA device `device` (None when it can)."""
+    build = f"torch {torch.__version__}, " + (f"CUDA {torch.version.cuda} build" if torch.version.cuda
+                                               else "a CPU-only build")
+    if not torch.cuda.is_available():
+        return f"PyTorch sees no CUDA device ({build})"
+    if device.index >= torch.cuda.device_count():
+        return f"PyTorch sees {torch.cuda.device_count()} CUDA device(s), no {device} ({build})"
+    return None
+
+
+def use_cuda(device):
+    """Makes `device` current, with TF32 off: by default cuDNN (and, in older torch or
+    with set_float32_matmul_precision, cuBLAS) may run f32 work in TF32 (10-bit mantissa),
+    whose ~1e-3 errors would fail the 1e-5 verification against meshcast's f32 and time a
+    cheaper computation than meshcast's. With both off the GPU does plain f32, like the
+    CPU, so the CPU tolerances hold (only summation orders differ, as on the CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.cuda.set_device(device)
+
+
 def summary(samples):
     s = sorted(samples)
     n = len(s)
@@ -618,14 +666,31 @@ def run_bench_case(args):
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+    dev = parse_device(args.device)
+    if dev is None:
+        raise BadInput(f"device {args.device}: expected cpu, cuda or cuda:N")
+    cuda = dev.type == "cuda"
+    if cuda:
+        missing = cuda_missing(dev)
+        if missing:
+            raise BadInput(f"device {args.device}: {missing}")
+        use_cuda(dev)
     meta, t = load_export(args.export, names=("graph.", "batch.", "meshcast."))
     weights = load_weights(meta)
     gc.collect()
     base = proc_status()
     graph = graph_from(t, torch.float32)
     batch = {k: torch.from_numpy(t[f"batch.{k}"]) for k in "xyw"}
+    if cuda:
+        # The batch is on the device before the baseline, as in meshcast's CUDA cases;
+        # graph and model after it. (The CUDA context is not in memory_allocated, nor
+        # in meshcast's pool figure.)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        torch.cuda.synchronize(dev)
+        cuda_base = torch.cuda.memory_allocated(dev)
+        graph = graph.to(dev)
     count = meta["batch"]["count"]
-    model = build_model(meta, weights, torch.float32)
+    model = build_model(meta, weights, torch.float32).to(dev)
     configure(model, args.format, args.variant == "split")
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
@@ -634,9 +699,9 @@ def run_bench_case(args):
     loss = weighted_mse(out, batch["y"], batch["w"], count)
     ref_out = torch.from_numpy(t["meshcast.output"])
     ref_loss = float(t["meshcast.loss"].reshape(()))
-    d = (out.detach().double() - ref_out.double()).abs()
+    d = (out.detach().cpu().double() - ref_out.double()).abs()
     max_diff = d.max().item()
-    atol = ATOL_SCALE * ref_out.double().abs().max().item()
+    atol = args.atol_scale * ref_out.double().abs().max().item()
     out_ok = bool((d <= atol + RTOL * ref_out.double().abs()).all())
     loss_diff = abs(loss.item() - ref_loss)
     verified = bool(out_ok and loss_diff <= RTOL * abs(ref_loss) and np.isfinite(loss.item()))
@@ -651,6 +716,9 @@ def run_bench_case(args):
         "graph_bytes": graph_bytes,
         "timings": None,
     }
+    if cuda:
+        result["device"] = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev),
+                            "cuda_runtime": torch.version.cuda, "tf32": False}
     if not verified:
         print(json.dumps(result))
         return 0
@@ -666,27 +734,53 @@ def run_bench_case(args):
         opt.step()
         last[0] = loss.item()
 
+    def sync():
+        """CUDA runs asynchronously: the host clock is read only with the GPU idle, so a
+        sample is one whole step and nothing else (the step's closing loss.item() would
+        wait for the stream too, but the timing should not rest on that)."""
+        if cuda:
+            torch.cuda.synchronize(dev)
+
     gc.collect()
     reset_peak_rss()
+    if cuda:
+        # From the warm-up on, as the RSS peak above and meshcast's pool peak.
+        sync()
+        torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(args.warmup):
         step()
     times = []
     for _ in range(args.steps):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     end = proc_status()
+    if cuda:
+        cuda_peak = torch.cuda.max_memory_allocated(dev)
+        cuda_reserved = torch.cuda.max_memory_reserved(dev)
     fwd = []
     for _ in range(args.forward_repeats):
+        sync()
         t0 = time.perf_counter()
         loss = weighted_mse(model(graph, batch["x"]), batch["y"], batch["w"], count)
         loss.item()
+        sync()
         fwd.append(time.perf_counter() - t0)
         del loss
+    result["timings"] = {"step": summary(times), "forward": summary(fwd), "final_loss": last[0]}
+    if cuda:
+        # Bytes of live tensors at the peak (the caching allocator's count, rounded to its
+        # 512-byte blocks), the device-side twin of meshcast's CUDA pool peak; the reserved
+        # peak (what the allocator held from the driver) is recorded beside it.
+        result["memory"] = {"memory_method": "torch.cuda.max_memory_allocated", "baseline": cuda_base,
+                            "peak": cuda_peak, "max_memory_reserved": cuda_reserved}
+        print(json.dumps(result))
+        return 0
     # Peak anonymous memory: VmHWM minus the file-backed pages (libraries paged in),
     # against anonymous memory before the graph and model existed.
     peak_anon = end["VmHWM"] - end["RssFile"] - end["RssShmem"]
-    result["timings"] = {"step": summary(times), "forward": summary(fwd), "final_loss": last[0]}
     result["memory"] = {"baseline": base["RssAnon"], "peak": peak_anon,
                         "vm_hwm": end["VmHWM"], "rss_file": end["RssFile"], "baseline_vm_rss": base["VmRSS"]}
     print(json.dumps(result))
@@ -733,6 +827,43 @@ def git_revision():
         return None
 
 
+def nvidia_driver_version():
+    """The NVIDIA kernel module's version, read as meshcast reads it (src/bench/machine.rs)."""
+    try:
+        line = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return next((w for w in line.split() if w[:1].isdigit() and "." in w), None)
+
+
+def cuda_driver_api_version():
+    """The CUDA version the driver supports (cuDriverGetVersion), as in meshcast's report;
+    torch.version.cuda is the runtime torch was built with, recorded in `meshcast.version`."""
+    try:
+        v = ctypes.c_int()
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(v)) == 0:
+            return f"{v.value // 1000}.{(v.value % 1000) // 10}"
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def gpu_info():
+    """Every CUDA device torch sees, in meshcast's GpuInfo keys. Called after the cases
+    ran: the CUDA context this opens in this process would hold GPU memory beside them."""
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        try:
+            free = torch.cuda.mem_get_info(i)[0]
+        except RuntimeError:
+            free = None
+        gpus.append({"ordinal": i, "name": torch.cuda.get_device_name(i),
+                     "compute_capability": f"{p.major}.{p.minor}", "memory_total_bytes": p.total_memory,
+                     "memory_free_bytes": free})
+    return gpus
+
+
 def edge_updates(g, layers):
     return g["grid2mesh_edges"] + layers * g["mesh_edges"] + g["mesh2grid_edges"]
 
@@ -760,6 +891,7 @@ def run_bench(args):
     cpu, flags = cpu_info()
     cases = []
     exports = {}
+    cpu_cases = cuda_cases = device_errors = 0
     tmp = tempfile.TemporaryDirectory(prefix="meshcast-torch-bench-")
     try:
         for case in mc["cases"]:
@@ -783,12 +915,24 @@ def run_bench(args):
                 unsupported.append("checkpointing")
             if cfg.get("patches", 1) != 1:
                 unsupported.append("patches")
-            if cfg["device"] != "cpu":
+            dev = parse_device(cfg["device"])
+            if dev is None:
                 unsupported.append(f"device {cfg['device']}")
             if unsupported:
                 res["error"] = f"not run by the PyTorch reference ({', '.join(unsupported)})"
                 print(f"{label}: skipped ({res['error']})", flush=True)
                 continue
+            if dev.type == "cuda":
+                label += f" {cfg['device']}"
+                cuda_cases += 1
+                missing = cuda_missing(dev)
+                if missing:
+                    res["error"] = f"device {cfg['device']}: {missing}"
+                    print(f"{label}: error: {res['error']}", flush=True)
+                    device_errors += 1
+                    continue
+            else:
+                cpu_cases += 1
             key = (cfg["grid"], cfg["mesh_level"], cfg["batch_size"], cfg["latent_size"], cfg["num_gnn_layers"],
                    cfg["mlp_hidden_layers"], cfg["input_steps"], cfg["channels"])
             if key not in exports:
@@ -799,7 +943,7 @@ def run_bench(args):
                        "--latent-size", str(cfg["latent_size"]), "--num-gnn-layers", str(cfg["num_gnn_layers"]),
                        "--mlp-hidden-layers", str(cfg["mlp_hidden_layers"]), "--input-steps", str(cfg["input_steps"]),
                        "--channels", str(cfg["channels"]), "--seed", str(settings["seed"]),
-                       "--no-graph-cache", "--out", str(d)]
+                       "--no-graph-cache", "--device", "cpu", "--out", str(d)]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 exports[key] = (d, r.stderr.strip() if r.returncode else None)
             d, err = exports[key]
@@ -810,6 +954,7 @@ def run_bench(args):
             steps = len(case["timings"]["step"]["samples_s"]) if case.get("timings") else settings["timed_steps"]
             cmd = [sys.executable, str(Path(__file__).resolve()), "bench-case", "--export", str(d),
                    "--format", cfg["format"], "--variant", args.variant, "--threads", str(threads),
+                   "--device", cfg["device"], "--atol-scale", str(args.atol_scale),
                    "--warmup", str(settings["warmup_steps"]), "--steps", str(steps),
                    "--forward-repeats", str(settings["forward_repeats"])]
             r = subprocess.run(cmd, capture_output=True, text=True)
@@ -840,7 +985,10 @@ def run_bench(args):
                     "baseline": m["baseline"], "peak": m["peak"],
                     "activations": max(0, m["peak"] - m["baseline"] - parts),
                 }
+                # CUDA cases name their own method (m["memory_method"] replaces this one).
                 res["pytorch"] = {"memory_method": "peak anonymous RSS", **m}
+                if "device" in one:
+                    res["pytorch"]["device"] = one["device"]
                 print(f"{label}: step {med * 1e3:.1f} ms ({tm['step']['min_s'] * 1e3:.1f}..{tm['step']['max_s'] * 1e3:.1f}), "
                       f"peak {(m['peak'] - m['baseline']) / 2**20:.1f} MiB, verified (max diff {one['verification']['max_output_diff']:.1e})",
                       flush=True)
@@ -849,6 +997,22 @@ def run_bench(args):
     finally:
         tmp.cleanup()
 
+    # The GPUs as meshcast's report lists them: when it ran on CUDA or lists GPUs (a
+    # CUDA build), so that compare-benchmarks sees the same machine; else as before.
+    gpus = gpu_info() if torch.cuda.is_available() and (cuda_cases or mc["machine"].get("gpus")) else []
+    version = f"pytorch-reference (torch {torch.__version__}"
+    version += f", CUDA runtime {torch.version.cuda})" if gpus and torch.version.cuda else ")"
+    memory = []
+    if cpu_cases or not cuda_cases:
+        memory.append(("memory: peak anonymous RSS (VmHWM reset via /proc/self/clear_refs, minus file-backed pages) "
+                       "above the anonymous RSS before graph and model"))
+    if cuda_cases:
+        memory.append(("CUDA cases: " if cpu_cases else "memory: ")
+                      + "torch.cuda.max_memory_allocated (peak reset before the warm-up steps) above "
+                        "torch.cuda.memory_allocated with the batch on the device, before graph and model; "
+                        "TF32 off (torch.backends.cuda.matmul and cudnn allow_tf32 = False); steps timed "
+                        "between torch.cuda.synchronize() calls; meshcast's reference output computed on the CPU")
+    atol_text = f"{args.atol_scale:g}".replace("e-0", "e-")  # 1e-5, as the text always said
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     report = {
         "schema_version": mc["schema_version"],
@@ -857,34 +1021,32 @@ def run_bench(args):
         "created_utc": created,
         "command": sys.argv,
         "meshcast": {
-            "version": f"pytorch-reference (torch {torch.__version__})",
+            "version": version,
             "git_revision": git_revision(),
             "git_revision_source": "run time (scripts/pytorch_reference.py: git rev-parse --short HEAD)",
             "profile": "release",
         },
         "backend": {
-            "cuda": False, "metal": False, "mkl": bool(torch.backends.mkl.is_available()), "accelerate": False,
+            "cuda": bool(gpus), "metal": False, "mkl": bool(torch.backends.mkl.is_available()), "accelerate": False,
             "with_avx": "avx2" in flags, "with_f16c": "f16c" in flags, "with_neon": False, "with_simd128": False,
             "cpu_threads": threads,
         },
         "machine": {
             "hostname": socket.gethostname(),
             "cpu": cpu,
-            "gpu_driver_version": None,
-            "cuda_driver_api_version": None,
-            "gpus": [],
+            "gpu_driver_version": nvidia_driver_version() if gpus else None,
+            "cuda_driver_api_version": cuda_driver_api_version() if gpus else None,
+            "gpus": gpus,
         },
         "settings": {
             **settings,
             "learning_rate": BENCH_LEARNING_RATE,
             "rtol": RTOL,
-            "atol": ATOL_SCALE,
+            "atol": args.atol_scale,
             "data": (f"meshcast export-reference --synthetic-grid (seed {settings['seed']}): same parameters as "
                      "meshcast's cases; PyTorch's output verified against meshcast's (coo-shared) on that batch "
-                     "with rtol 1e-5 and atol 1e-5 x max|meshcast output| (settings.atol is that factor); "
-                     f"{args.variant} edge-MLP first layer; memory: peak anonymous RSS (VmHWM reset via "
-                     "/proc/self/clear_refs, minus file-backed pages) above the anonymous RSS before graph and model, "
-                     "one fresh process per case"),
+                     f"with rtol 1e-5 and atol {atol_text} x max|meshcast output| (settings.atol is that "
+                     f"factor); {args.variant} edge-MLP first layer; {'; '.join(memory)}, one fresh process per case"),
         },
         "cases": cases,
     }
@@ -896,7 +1058,7 @@ def run_bench(args):
     print("+", " ".join(cmp), flush=True)
     subprocess.run(cmp, check=False)
     unverified = [c for c in cases if c["verification"] and not c["verification"]["verified"]]
-    return 1 if unverified else 0
+    return 1 if unverified or device_errors else 0
 
 
 # ----------------------------------------------------------------------------- main
@@ -924,13 +1086,19 @@ def main(argv=None):
     b.add_argument("--meshcast-report", help="an existing meshcast report (else run benchmark-graph-format)")
     b.add_argument("--out-dir", default="benchmarks")
     b.add_argument("--variant", default="concat", choices=("concat", "split"))
-    b.add_argument("--threads", type=int, default=0, help="default: the meshcast report's cpu_threads")
+    b.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: the meshcast report's cpu_threads); CUDA cases use them "
+                        "for host-side work only")
+    b.add_argument("--atol-scale", type=float, default=ATOL_SCALE,
+                   help="verification: atol = this x max|meshcast output| (with rtol 1e-5)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then benchmark-graph-format flags")
     k = sub.add_parser("bench-case", help=argparse.SUPPRESS)
     k.add_argument("--export", required=True)
     k.add_argument("--format", required=True, choices=FORMATS)
     k.add_argument("--variant", default="concat", choices=("concat", "split"))
     k.add_argument("--threads", type=int, required=True)
+    k.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (meshcast's case device)")
+    k.add_argument("--atol-scale", type=float, default=ATOL_SCALE)
     k.add_argument("--warmup", type=int, default=2)
     k.add_argument("--steps", type=int, default=10)
     k.add_argument("--forward-repeats", type=int, default=5)

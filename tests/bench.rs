@@ -306,7 +306,7 @@ fn bench_configs_load() {
             .join("configs")
             .join(name);
         let plan = meshcast::bench::graph_format::BenchPlan::load(&path).unwrap();
-        plan.validate(&candle_core::Device::Cpu).unwrap();
+        plan.validate().unwrap();
     }
     let quick = meshcast::bench::graph_format::BenchPlan::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/bench-quick.toml"),

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::machine::{nvidia_driver_version, BackendInfo, BuildInfo, CpuInfo, GpuInfo};
-use crate::model::aggregate::{sum_into_receivers, Aggregation, CsrIndex};
+use crate::model::aggregate::{sum_into_receivers, Aggregation};
 use crate::model::EdgeTensors;
 
 /// CUDA as this binary sees it.
@@ -340,25 +340,42 @@ fn matmul_check(device: &Device) -> KernelCheck {
 fn mp_edges(device: &Device, aggregation: Aggregation) -> candle_core::Result<EdgeTensors> {
     let e = MP_NODES * MP_DEGREE;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let senders: Vec<u32> = (0..e)
-        .map(|_| rng.random_range(0..MP_NODES as u32))
-        .collect();
-    let receivers: Vec<u32> = (0..e).map(|k| (k % MP_NODES) as u32).collect();
-    Ok(EdgeTensors {
-        senders: Tensor::from_slice(&senders, e, device)?,
-        receivers: Tensor::from_slice(&receivers, e, device)?,
-        features: Tensor::zeros((e, crate::graph::EDGE_FEATURES), DType::F32, device)?,
+    let coo = crate::graph::Coo {
         n_senders: MP_NODES,
         n_receivers: MP_NODES,
-        by_receiver: std::sync::Arc::new(CsrIndex::from_receivers(&receivers, MP_NODES)),
-        aggregation,
-    })
+        senders: (0..e)
+            .map(|_| rng.random_range(0..MP_NODES as u32))
+            .collect(),
+        receivers: (0..e).map(|k| (k % MP_NODES) as u32).collect(),
+    };
+    let features = Tensor::zeros((e, crate::graph::EDGE_FEATURES), DType::F32, device)?;
+    let mut edges = EdgeTensors::from_coo(&coo, features)?;
+    edges.aggregation = aggregation;
+    Ok(edges)
+}
+
+/// Gather to edges, sum into receivers, and the backward of both (the gradient of
+/// `sum(out * weights)` with respect to the node latents): `[out, gradient]`.
+fn message_passing_step(
+    edges: &EdgeTensors,
+    nodes: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let nodes = candle_core::Var::from_tensor(nodes)?;
+    let messages = crate::model::aggregate::gather_senders(edges, nodes.as_tensor())?;
+    let out = sum_into_receivers(edges, &messages)?;
+    let grads = (&out * weights)?.sum_all()?.backward()?;
+    let grad = grads
+        .get(nodes.as_tensor())
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg("no gradient for the node latents".into()))?;
+    Tensor::cat(&[&out, &grad], 0)
 }
 
 fn message_passing_check(device: &Device, aggregation: Aggregation) -> KernelCheck {
     let e = MP_NODES * MP_DEGREE;
     let mut check = KernelCheck {
-        name: format!("gather + segment sum ({aggregation})"),
+        name: format!("gather + segment sum, forward and backward ({aggregation})"),
         size: format!("{MP_NODES} nodes, {e} edges, {MP_FEATURES} features"),
         median_s: None,
         gflops: None,
@@ -369,20 +386,14 @@ fn message_passing_check(device: &Device, aggregation: Aggregation) -> KernelChe
     };
     let run = || -> candle_core::Result<(f64, f64, String)> {
         let h = random(&[1, MP_NODES, MP_FEATURES], 4, &Device::Cpu)?;
+        let w = random(&[1, MP_NODES, MP_FEATURES], 5, &Device::Cpu)?;
         let edges = mp_edges(device, aggregation)?;
-        let hd = h.to_device(device)?;
-        let step = || -> candle_core::Result<Tensor> {
-            let messages = crate::model::aggregate::gather_senders(&edges, &hd)?;
-            sum_into_receivers(&edges, &messages)
-        };
-        step()?;
-        let (secs, out) = median_time(5, step)?;
+        let (hd, wd) = (h.to_device(device)?, w.to_device(device)?);
+        message_passing_step(&edges, &hd, &wd)?;
+        let (secs, out) = median_time(5, || message_passing_step(&edges, &hd, &wd))?;
         // The check: the CPU with index_add, the reference aggregation.
         let cpu_edges = mp_edges(&Device::Cpu, Aggregation::IndexAdd)?;
-        let reference = sum_into_receivers(
-            &cpu_edges,
-            &crate::model::aggregate::gather_senders(&cpu_edges, &h)?,
-        )?;
+        let reference = message_passing_step(&cpu_edges, &h, &w)?;
         let against = if device.is_cpu() && aggregation == Aggregation::IndexAdd {
             "itself (the CPU reference)"
         } else {
@@ -393,8 +404,8 @@ fn message_passing_check(device: &Device, aggregation: Aggregation) -> KernelChe
     match run() {
         Ok((secs, rel, against)) => {
             check.median_s = Some(secs);
-            // One add per edge and feature.
-            check.gflops = Some((e * MP_FEATURES) as f64 / secs / 1e9);
+            // One add per edge and feature in the sum, and again in the gather's backward.
+            check.gflops = Some((2 * e * MP_FEATURES) as f64 / secs / 1e9);
             check.max_rel_diff = Some(rel);
             check.checked_against = against;
             check.ok = rel < 1e-5;
@@ -426,6 +437,7 @@ pub fn check() -> CheckGpuReport {
                     kernels: vec![
                         matmul_check(&dev),
                         message_passing_check(&dev, Aggregation::IndexAdd),
+                        message_passing_check(&dev, Aggregation::Csr),
                     ],
                 });
             }

@@ -165,7 +165,7 @@ impl BenchPlan {
     }
 
     /// Refuses plans that cannot run, before any work.
-    pub fn validate(&self, device: &Device) -> Result<(), InputError> {
+    pub fn validate(&self) -> Result<(), InputError> {
         let bad = |m: String| Err(InputError(m));
         if self.grids.is_empty()
             || self.batch_sizes.is_empty()
@@ -211,11 +211,6 @@ impl BenchPlan {
                 "--mesh-level {l} is above {}",
                 graph::MAX_MESH_LEVEL
             ));
-        }
-        if !device.is_cpu() && self.formats.contains(&Format::CsrShared) {
-            return bad(
-                "csr-shared has a CPU kernel only; leave it out of --formats on CUDA".into(),
-            );
         }
         Ok(())
     }
@@ -459,8 +454,7 @@ fn run_case(
     reference: &Reference,
     device: &Device,
 ) -> CaseResult {
-    let measure = device.is_cpu();
-    let baseline = if measure { memory::reset_peak() } else { None };
+    let baseline = memory::reset_peak_on(device);
     let mut result = CaseResult {
         config: cfg.clone(),
         graph: graph_info.clone(),
@@ -536,9 +530,7 @@ fn run_case(
         let mut optimizer = AdamW::new(built.vars.clone(), AdamWParams::default())?;
         // The peak of the training steps only: the verification forward above kept its
         // whole graph (a forward pass with trainable weights does), which is not a step's.
-        if measure {
-            memory::reset_peak();
-        }
+        memory::reset_peak_on(device);
         let mut last_loss = f64::NAN;
         let checkpoint_every = cfg.checkpointing.then_some(1);
         let mut step = || -> anyhow::Result<()> {
@@ -566,7 +558,7 @@ fn run_case(
             .and_then(|o| o.timed_steps)
             .unwrap_or(plan.timed_steps);
         let step_times = time_repeats(steps, &mut step)?;
-        let peak = if measure { memory::peak() } else { None };
+        let peak = memory::peak_on(device);
         let forward_times = time_repeats(plan.forward_repeats, || {
             let (_, loss) = forward_loss(&built, batch)?;
             loss.to_scalar::<f32>()?;
@@ -771,7 +763,7 @@ pub fn run(
     command: Vec<String>,
     progress: bool,
 ) -> anyhow::Result<Report> {
-    plan.validate(device)?;
+    plan.validate()?;
     let cases = plan.cases(device)?;
     let bar = if progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(cases.len() as u64);
@@ -1068,7 +1060,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        plan.validate(&Device::Cpu).unwrap();
+        plan.validate().unwrap();
         let cases = plan.cases(&Device::Cpu).unwrap();
         assert_eq!(cases.len(), 2 * 3 + 3);
         assert!(cases[..6]
@@ -1078,7 +1070,7 @@ mod tests {
             .iter()
             .all(|c| c.mesh_level == 6 && c.batch_size == 1 && c.num_gnn_layers == 2));
         plan.overrides.insert("2.5".into(), GridOverride::default());
-        assert!(plan.validate(&Device::Cpu).is_err());
+        assert!(plan.validate().is_err());
     }
 
     #[test]

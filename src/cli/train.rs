@@ -112,7 +112,8 @@ pub struct TrainArgs {
     /// (fewest patches, then checkpointing, then bf16), as `meshcast plan-memory` shows.
     #[arg(long, value_parser = crate::device::plan::parse_bytes)]
     pub memory_budget: Option<u64>,
-    /// Edge -> node sums: `index-add` (candle's index_add) or `csr` (CPU segment sum by receiver).
+    /// Gathers and edge -> node sums: `csr` (segment sums by receiver and by sender, CPU and
+    /// CUDA kernels; the default) or `index-add` (candle's index_select/index_add).
     #[arg(long, value_enum)]
     pub aggregation: Option<crate::model::Aggregation>,
     /// No progress bar.
@@ -388,6 +389,12 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         progress: !args.no_progress,
     };
     let summary = train(&run, &opts)?;
+    let gb = |b: usize| format!("{:.2} GB", b as f64 / 1e9);
+    let peak_memory = |host: Option<usize>, device: Option<usize>| match (host, device) {
+        (host, Some(d)) => format!("{} on the GPU, {} host", gb(d), host.map_or("-".into(), gb)),
+        (Some(h), None) => gb(h),
+        (None, None) => "-".into(),
+    };
     println!(
         "trained {} steps ({} epochs{}{}) in {:.1} s, {:.2} samples/s, {} parameters, peak memory {}: train loss {}, validation loss {}, best {}; checkpoints in {}",
         summary.steps,
@@ -400,7 +407,7 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         summary.seconds,
         summary.samples_per_second,
         summary.parameters,
-        summary.peak_host_bytes.map_or("-".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
+        peak_memory(summary.peak_host_bytes, summary.peak_device_bytes),
         fmt_opt(summary.train_loss),
         fmt_opt(summary.val_loss),
         fmt_opt(summary.best_val_loss),

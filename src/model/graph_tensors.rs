@@ -1,12 +1,10 @@
 //! The graph as device tensors: built once from a [`WeatherGraph`] and shared by
 //! every sample and every batch (never copied per sample).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Result, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::aggregate::{Aggregation, CsrIndex};
+use super::aggregate::{Aggregation, CsrIndex, Grouping};
 use crate::graph::{EdgeSet, NodeSet, WeatherGraph, EDGE_FEATURES, NODE_FEATURES};
 
 /// Bytes of a tensor's elements.
@@ -33,9 +31,10 @@ pub struct EdgeTensors {
     pub features: Tensor,
     pub n_senders: usize,
     pub n_receivers: usize,
-    /// The edges grouped by receiver (host arrays, shared by clones), for
-    /// [`Aggregation::Csr`].
-    pub by_receiver: Arc<CsrIndex>,
+    /// The edges grouped by receiver (CSR), for [`Aggregation::Csr`].
+    pub by_receiver: Grouping,
+    /// The edges grouped by sender (CSC), for [`Aggregation::Csr`].
+    pub by_sender: Grouping,
     /// How [`super::aggregate::sum_into_receivers`] sums messages on this edge set.
     pub aggregation: Aggregation,
 }
@@ -88,28 +87,39 @@ impl EdgeTensors {
     fn new(edges: &EdgeSet, device: &Device, dtype: DType) -> Result<EdgeTensors> {
         let features = Tensor::from_slice(&edges.features, (edges.len(), EDGE_FEATURES), device)?
             .to_dtype(dtype)?;
+        EdgeTensors::from_coo(&edges.coo, features)
+    }
+
+    /// From COO indices and `[E, EDGE_FEATURES]` features (on the device to use), with
+    /// both groupings built and the default aggregation.
+    pub fn from_coo(coo: &crate::graph::formats::Coo, features: Tensor) -> Result<EdgeTensors> {
+        let device = features.device().clone();
+        let e = coo.senders.len();
         Ok(EdgeTensors {
-            senders: Tensor::from_slice(edges.senders(), edges.len(), device)?,
-            receivers: Tensor::from_slice(edges.receivers(), edges.len(), device)?,
+            senders: Tensor::from_slice(&coo.senders, e, &device)?,
+            receivers: Tensor::from_slice(&coo.receivers, e, &device)?,
             features,
-            n_senders: edges.coo.n_senders,
-            n_receivers: edges.coo.n_receivers,
-            by_receiver: Arc::new(CsrIndex::from_csr(&edges.by_receiver)),
+            n_senders: coo.n_senders,
+            n_receivers: coo.n_receivers,
+            by_receiver: Grouping::new(
+                &CsrIndex::from_receivers(&coo.receivers, coo.n_receivers),
+                &device,
+            )?,
+            by_sender: Grouping::new(
+                &CsrIndex::from_receivers(&coo.senders, coo.n_senders),
+                &device,
+            )?,
             aggregation: Aggregation::default(),
         })
     }
 
-    /// Bytes of the tensors (indices and features), plus the host CSR index when
-    /// this edge set aggregates with it.
+    /// Bytes of the tensors: indices, features and both groupings.
     pub fn bytes(&self) -> usize {
-        let csr = match self.aggregation {
-            Aggregation::Csr => self.by_receiver.bytes(),
-            Aggregation::IndexAdd => 0,
-        };
         tensor_bytes(&self.senders)
             + tensor_bytes(&self.receivers)
             + tensor_bytes(&self.features)
-            + csr
+            + self.by_receiver.bytes()
+            + self.by_sender.bytes()
     }
 
     pub fn len(&self) -> usize {
@@ -138,7 +148,8 @@ impl EdgeTensors {
             features: self.features.repeat((copies, 1))?,
             n_senders: self.n_senders * copies,
             n_receivers: self.n_receivers * copies,
-            by_receiver: Arc::new(self.by_receiver.replicated(copies)),
+            by_receiver: self.by_receiver.replicated(copies)?,
+            by_sender: self.by_sender.replicated(copies)?,
             aggregation: self.aggregation,
         })
     }
@@ -253,14 +264,17 @@ mod tests {
             }
         }
         assert_eq!(r.grid_nodes.count, 3 * t.grid_nodes.count);
-        // The replicated CSR is the CSR of the replicated receivers.
-        let r = r.with_aggregation(Aggregation::Csr);
+        // The replicated groupings are those of the replicated indices.
         assert_eq!(
-            *r.mesh2grid.by_receiver,
+            r.mesh2grid.by_receiver.to_index()?,
             CsrIndex::from_receivers(&receivers, r.mesh2grid.n_receivers)
         );
+        assert_eq!(
+            r.mesh2grid.by_sender.to_index()?,
+            CsrIndex::from_receivers(&senders, r.mesh2grid.n_senders)
+        );
+        let r = r.with_aggregation(Aggregation::Csr);
         assert_eq!(r.aggregation(), Aggregation::Csr);
-        assert!(r.bytes() > r.with_aggregation(Aggregation::IndexAdd).bytes());
         assert_eq!(r.mesh.features.dims(), &[3 * t.mesh.len(), EDGE_FEATURES]);
         Ok(())
     }

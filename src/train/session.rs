@@ -204,7 +204,7 @@ impl Session {
         let params = self.parameter_count() as u64 * 4;
         let graph = self.graph_tensors.bytes()
             + self.patches.iter().map(|p| p.graph.bytes()).sum::<usize>();
-        let peak = crate::device::memory::peak().map(|p| p as u64);
+        let peak = crate::device::memory::peak_on(self.graph_tensors.device()).map(|p| p as u64);
         crate::device::memory::MemoryBreakdown::new(
             params,
             2 * params,

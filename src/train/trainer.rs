@@ -56,6 +56,8 @@ pub struct TrainSummary {
     pub output_dir: PathBuf,
     /// Peak bytes allocated on the host during the run (None without the counting allocator).
     pub peak_host_bytes: Option<usize>,
+    /// Peak bytes of the GPU's memory pool (None on the CPU).
+    pub peak_device_bytes: Option<usize>,
     /// Where the peak went (parts computed from tensor sizes, peak measured).
     pub memory: crate::device::memory::MemoryBreakdown,
 }
@@ -132,7 +134,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
     prepare_output_dir(run, opts)?;
 
     // Live bytes before graph and model exist: the baseline of the memory breakdown.
-    let baseline = crate::device::memory::current().map(|b| b as u64);
+    let baseline = crate::device::memory::current_on(&opts.device).map(|b| b as u64);
     let session = Session::new(
         run,
         dataset.clone(),
@@ -433,6 +435,7 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             serde_json::json!({"kind": "epoch", "epoch": epoch, "step": optimizer.step_t, "train_loss": train_loss,
                 "val_loss": val_loss, "best_val_loss": best_val, "seconds": epoch_started.elapsed().as_secs_f64(),
                 "peak_host_bytes": crate::device::memory::peak(),
+                "peak_device_bytes": device_peak(&opts.device),
                 "val_rmse": validation.as_ref().map(|v| &v.rmse),
                 "persistence_rmse": validation.as_ref().map(|v| &v.persistence_rmse)})
         )?;
@@ -503,8 +506,16 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
         skipped_steps: scaler.map_or(0, |s| s.skipped_steps),
         output_dir: opts.output_dir.clone(),
         peak_host_bytes: crate::device::memory::peak(),
+        peak_device_bytes: device_peak(&opts.device),
         memory,
     })
+}
+
+/// The GPU memory pool's peak, when training on a GPU.
+fn device_peak(device: &Device) -> Option<usize> {
+    (!device.is_cpu())
+        .then(|| crate::device::memory::peak_on(device))
+        .flatten()
 }
 
 /// The validation pass: the loss, and per channel the latitude-weighted RMSE of the

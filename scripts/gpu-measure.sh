@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md, on a machine with an NVIDIA GPU and a
+# meshcast built with `cuda` (scripts/build-cuda.sh), CUDA 13 runtime libraries found
+# on the machine (e.g. PyTorch's nvidia/cu13/lib) or already on LD_LIBRARY_PATH.
+#   scripts/gpu-measure.sh MESHCAST_BINARY OUT_DIR [PART...]
+# Parts (default: check formats):
+#   check     check-gpu: devices, a matmul and message passing (forward and backward)
+#             checked against the CPU
+#   formats   benchmark-graph-format on the GPU: 5 and 2.5 deg, the three formats,
+#             f32 and bf16, batch 1 and 8 (2.5 deg: 1 and 4)
+#   memory    the memory toolkit on the GPU: 1 deg, 8 and 16 layers, with and without
+#             checkpointing (device peak from the CUDA memory pool, planner beside it)
+#   train     train-model end to end on generated 5 deg data: f32, bf16, checkpointing
+set -euo pipefail
+bin=$(realpath "${1:?meshcast binary}")
+out=$(mkdir -p "${2:?output dir}" && realpath "$2")
+shift 2
+parts=("${@:-check formats}")
+parts=(${parts[*]})
+
+if ! ldconfig -p | grep -q libcublas.so.13 && [ -z "${LD_LIBRARY_PATH:-}" ]; then
+  lib=$(find / -xdev -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
+  [ -n "$lib" ] && export LD_LIBRARY_PATH=$(dirname "$lib")
+  echo "gpu-measure: CUDA libraries from ${LD_LIBRARY_PATH:-nowhere}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+work=$(mktemp -d)
+bench() { "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$out" "$@"; }
+
+for part in "${parts[@]}"; do
+  echo "=== $part"
+  case $part in
+    check)
+      "$bin" check-gpu --require-cuda --json >"$out/check-gpu.json"
+      "$bin" check-gpu --require-cuda
+      ;;
+    formats)
+      bench --label gpu-formats-5 --grids 5 --batch-sizes 1,8 \
+        --formats coo-replicated,coo-shared,csr-shared --precisions off,bf16 \
+        --num-gnn-layers 8 --warmup-steps 3 --timed-steps 10 --forward-repeats 5
+      bench --label gpu-formats-2.5 --grids 2.5 --batch-sizes 1,4 \
+        --formats coo-replicated,coo-shared,csr-shared --precisions off,bf16 \
+        --num-gnn-layers 8 --warmup-steps 3 --timed-steps 10 --forward-repeats 5
+      ;;
+    memory)
+      bench --label gpu-memory-1 --grids 1 --batch-sizes 1 --formats csr-shared \
+        --precisions off,bf16 --checkpointing false,true --num-gnn-layers 16 \
+        --warmup-steps 2 --timed-steps 5 --forward-repeats 2
+      ;;
+    train)
+      "$bin" generate-data --resolution 5 --steps 120 --output "$work/synthetic5.nc"
+      for flags in "" "--mixed-precision bf16" "--checkpointing"; do
+        "$bin" train-model --device cuda --data "$work/synthetic5.nc" --num-epochs 1 \
+          --batch-size 4 --no-progress --overwrite --output-dir "$work/run" $flags
+      done
+      ;;
+    *) echo "gpu-measure: unknown part '$part'" >&2; exit 2 ;;
+  esac
+done
