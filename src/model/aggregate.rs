@@ -641,7 +641,8 @@ mod tests {
         let csr = random_edges(30, 40, 200, 3)?;
         let mut index_add = csr.clone();
         index_add.aggregation = Aggregation::IndexAdd;
-        let grads = |e: &EdgeTensors| -> Result<(Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>)> {
+        type Grid3 = Vec<Vec<Vec<f64>>>;
+        let grads = |e: &EdgeTensors| -> Result<(Grid3, Grid3)> {
             let s = Var::from_tensor(&random_tensor(&[2, 30, 3], DType::F64, 4)?)?;
             let r = Var::from_tensor(&random_tensor(&[2, 40, 3], DType::F64, 5)?)?;
             let w = random_tensor(&[2, 200, 3], DType::F64, 6)?;
