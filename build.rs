@@ -1,6 +1,6 @@
 //! Build script: records the git revision of the source tree being built, so benchmark
 //! reports name the code they measured (`MESHCAST_GIT_REVISION`, empty outside git);
-//! with the `cuda` feature, compiles the segment-sum kernel to PTX.
+//! with the `cuda` feature, compiles meshcast's CUDA kernels to PTX.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,19 +33,22 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        compile_segment_sum_kernel();
+        for kernel in ["segment_sum", "layer_norm"] {
+            compile_kernel(kernel);
+        }
     }
 }
 
-/// src/model/segment_sum.cu to `$OUT_DIR/segment_sum.ptx` with nvcc (`$CUDA_ROOT/bin`
-/// or the PATH), for the compute capability candle's own kernels are built for
-/// (`CUDA_COMPUTE_CAP`, default 90: Hopper).
-fn compile_segment_sum_kernel() {
-    println!("cargo:rerun-if-changed=src/model/segment_sum.cu");
+/// src/model/NAME.cu to `$OUT_DIR/NAME.ptx` with nvcc (`$CUDA_ROOT/bin` or the PATH),
+/// for the compute capability candle's own kernels are built for (`CUDA_COMPUTE_CAP`,
+/// default 90: Hopper).
+fn compile_kernel(name: &str) {
+    let source = format!("src/model/{name}.cu");
+    println!("cargo:rerun-if-changed={source}");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_ROOT");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("segment_sum.ptx");
+        .join(format!("{name}.ptx"));
     let nvcc = std::env::var("CUDA_ROOT")
         .map(|root| PathBuf::from(root).join("bin/nvcc"))
         .unwrap_or_else(|_| PathBuf::from("nvcc"));
@@ -53,10 +56,10 @@ fn compile_segment_sum_kernel() {
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", "-std=c++17"])
         .arg(format!("--gpu-architecture=sm_{cap}"))
-        .arg("src/model/segment_sum.cu")
+        .arg(&source)
         .arg("-o")
         .arg(&out)
         .status()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
-    assert!(status.success(), "nvcc failed on src/model/segment_sum.cu");
+    assert!(status.success(), "nvcc failed on {source}");
 }
