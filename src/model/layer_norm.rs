@@ -403,6 +403,8 @@ mod tests {
             for (mine, theirs) in [(&x, &x_ref), (&wv, &w_ref), (&bv, &b_ref)] {
                 let a = g.get(mine.as_tensor()).expect("a gradient");
                 assert_eq!(a.dtype(), mine.dtype());
+                // A gradient that tracks its inputs would keep the step's graph alive.
+                assert!(!a.track_op(), "{dtype:?}: the gradient holds the graph");
                 let e = g_ref.get(theirs.as_tensor()).expect("a gradient");
                 assert!(rel(a, e)? < 2.0 * tol, "{dtype:?} gradient");
             }
