@@ -470,7 +470,7 @@ fn finish(
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
         let path = out_dir.join(WEIGHTS_FILE);
-        save_tensors(&weights, &path)?;
+        crate::util::save_tensors(&weights, &path)?;
         files.push(path);
     }
     let mut tensors = graph_tensors(p.graph)?;
@@ -519,7 +519,7 @@ fn finish(
     meta.parameter_count = p.vars.iter().map(|(_, v)| v.elem_count()).sum();
 
     let path = out_dir.join(TENSORS_FILE);
-    save_tensors(&tensors, &path)?;
+    crate::util::save_tensors(&tensors, &path)?;
     files.push(path);
     let path = out_dir.join(SIDECAR_FILE);
     crate::util::write_atomic(&path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
@@ -614,14 +614,6 @@ fn synthetic_batch(
         w,
         count,
     ))
-}
-
-fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
-    let tmp = crate::util::temp_path(path);
-    candle_core::safetensors::save(tensors, &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot move into place", path.display()))
 }
 
 fn absolute(path: &Path) -> PathBuf {

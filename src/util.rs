@@ -33,3 +33,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
     result.with_context(|| format!("{}: cannot write", path.display()))
 }
+
+/// Writes `tensors` as safetensors to `path` through a temp file and a rename, so a
+/// crash never leaves a half-written file under the final name.
+pub fn save_tensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let tmp = temp_path(path);
+    candle_core::safetensors::save(tensors, &tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot move into place", path.display()))
+}

@@ -23,6 +23,7 @@ use candle_core::{
 use serde::{Deserialize, Serialize};
 
 use super::graph_tensors::EdgeTensors;
+use super::row_kernels::fill_rows;
 
 /// How edge messages are gathered from and summed into nodes.
 #[derive(
@@ -380,8 +381,7 @@ fn u32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [u32]> 
 }
 
 /// `out[b, g, :] = sum over k in offsets[g]..offsets[g+1] of msg[b, edge_ids[k], :]`,
-/// output rows handed out in chunks to candle's own CPU worker pool (the pool its
-/// element-wise ops use, so no second set of threads competes for the cores).
+/// output rows filled in parallel ([`fill_rows`]).
 fn segment_sum_rows<T>(
     msg: &[T],
     b: usize,
@@ -394,59 +394,29 @@ where
     T: Copy + Default + std::ops::AddAssign + Send + Sync,
 {
     let n = offsets.len() - 1;
-    let rows = b * n;
-    let mut out = vec![T::default(); rows * f];
-    if out.is_empty() {
-        return out;
-    }
-    let dst = RowsPtr(out.as_mut_ptr());
-    let sum_rows = |range: std::ops::Range<usize>| {
-        for global in range {
-            let (bi, r) = (global / n, global % n);
-            // SAFETY: row `global` lies inside `out` (global < rows), and the pool hands
-            // every row index to exactly one call, so no two threads write the same row.
-            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(global * f), f) };
-            let base = bi * e * f;
-            for &id in &edge_ids[offsets[r] as usize..offsets[r + 1] as usize] {
-                let src = &msg[base + id as usize * f..base + (id as usize + 1) * f];
-                for (d, s) in row.iter_mut().zip(src) {
-                    *d += *s;
-                }
+    let mut out = vec![T::default(); b * n * f];
+    fill_rows(&mut out, f, edge_ids.len() * b * f, |global, row| {
+        let (bi, r) = (global / n, global % n);
+        let base = bi * e * f;
+        for &id in &edge_ids[offsets[r] as usize..offsets[r + 1] as usize] {
+            let src = &msg[base + id as usize * f..base + (id as usize + 1) * f];
+            for (d, s) in row.iter_mut().zip(src) {
+                *d += *s;
             }
         }
-    };
-    // Below ~64k summed values the pool's wake-up costs more than it saves.
-    if edge_ids.len() * b * f < 1 << 16 {
-        sum_rows(0..rows);
-    } else {
-        candle_core::utils::barrier_pool().execute_chunked(rows, sum_rows);
-    }
+    });
     out
 }
-
-/// The output buffer, shared with the workers that fill disjoint rows of it.
-struct RowsPtr<T>(*mut T);
-
-impl<T> RowsPtr<T> {
-    /// Pointer to element `offset` (a method, so closures capture the whole wrapper).
-    fn at(&self, offset: usize) -> *mut T {
-        // SAFETY: callers stay within the allocation (see `segment_sum_rows`).
-        unsafe { self.0.add(offset) }
-    }
-}
-
-// SAFETY: the pointer is only used to write disjoint rows while `segment_sum_rows` holds the
-// buffer; T itself is Send + Sync.
-unsafe impl<T: Send> Send for RowsPtr<T> {}
-unsafe impl<T: Send + Sync> Sync for RowsPtr<T> {}
 
 /// The CUDA side of [`SegmentSum`]: src/model/segment_sum.cu, compiled to PTX by build.rs.
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{bail, Context, CudaStorage, DType, Layout, Result, Shape};
+
+    use crate::model::row_kernels::launch_config;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/segment_sum.ptx"));
     const THREADS: u32 = 256;
@@ -470,12 +440,7 @@ mod cuda {
         let edge_ids = edge_ids.slice(edge_ids_layout.start_offset()..);
         let dev = &msg.device;
         let total = b * groups * f;
-        let blocks = total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
-        let config = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = launch_config(total.div_ceil(THREADS as usize), THREADS);
         let (b, groups32, e, f) = (b as u32, groups as u32, e as u32, f as u32);
         macro_rules! launch {
             ($t:ty, $kernel:literal) => {{
@@ -596,7 +561,7 @@ mod tests {
 
     #[test]
     fn csr_forward_equals_index_add() -> Result<()> {
-        // Enough values (3 x 4000 x 8 > 2^16) that the parallel path runs.
+        // Enough values (3 x 4000 x 8 > 2^15) that the parallel path runs.
         let e = random_edges(300, 500, 4000, 7)?;
         for dtype in [DType::F64, DType::F32] {
             let m = random_tensor(&[3, 4000, 8], dtype, 8)?;

@@ -12,6 +12,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, Context, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
 
+use super::row_kernels::fill_rows;
+
 /// Added to the variance before the square root, as in PyTorch's default.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
@@ -207,23 +209,11 @@ element!(half::f16, |v: half::f16| v.to_f64(), half::f16::from_f64);
 
 impl Rows<'_> {
     fn run<T: Element>(&self, x: &[T]) -> Vec<T> {
-        let mut out = vec![T::default(); x.len()];
         let cols = self.cols;
-        let dst = OutPtr(out.as_mut_ptr());
-        let norm_rows = |range: std::ops::Range<usize>| {
-            for r in range {
-                let row = &x[r * cols..(r + 1) * cols];
-                // SAFETY: row `r` lies inside `out`, and the pool hands every row index to
-                // exactly one call, so no two threads write the same row.
-                let y = unsafe { std::slice::from_raw_parts_mut(dst.at(r * cols), cols) };
-                self.row(row, y);
-            }
-        };
-        if x.len() < 1 << 15 {
-            norm_rows(0..self.rows);
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(self.rows, norm_rows);
-        }
+        let mut out = vec![T::default(); self.rows * cols];
+        fill_rows(&mut out, cols, x.len(), |r, y| {
+            self.row(&x[r * cols..(r + 1) * cols], y)
+        });
         out
     }
 
@@ -238,27 +228,15 @@ impl Rows<'_> {
     }
 }
 
-/// The output buffer, shared with the workers that fill disjoint rows of it.
-struct OutPtr<T>(*mut T);
-
-impl<T> OutPtr<T> {
-    fn at(&self, offset: usize) -> *mut T {
-        // SAFETY: callers stay within the allocation (see `Rows::run`).
-        unsafe { self.0.add(offset) }
-    }
-}
-
-// SAFETY: only used to write disjoint rows while `Rows::run` holds the buffer.
-unsafe impl<T: Send> Send for OutPtr<T> {}
-unsafe impl<T: Send + Sync> Sync for OutPtr<T> {}
-
 /// The CUDA side of [`LayerNormOp`]: src/model/layer_norm.cu, compiled to PTX by build.rs.
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{bail, Context, CudaStorage, DType, Layout, Result, Shape};
+
+    use crate::model::row_kernels::launch_config;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
     /// Threads per block: 8 warps, one row each.
@@ -277,12 +255,7 @@ mod cuda {
             .contiguous_offsets()
             .context("layer norm needs a contiguous input")?;
         let dev = &x.device;
-        let blocks = rows.div_ceil((THREADS / 32) as usize).clamp(1, 1 << 20) as u32;
-        let config = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = launch_config(rows.div_ceil((THREADS / 32) as usize), THREADS);
         let (rows32, cols32) = (rows as u32, cols as u32);
         macro_rules! launch {
             ($t:ty, $acc:ty, $kernel:literal) => {{

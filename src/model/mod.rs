@@ -17,6 +17,7 @@ pub mod interaction;
 pub mod layer_norm;
 pub mod mlp;
 pub mod precision;
+pub mod row_kernels;
 #[cfg(test)]
 pub(crate) mod testing;
 

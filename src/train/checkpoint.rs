@@ -69,14 +69,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
-    let tmp = crate::util::temp_path(path);
-    candle_core::safetensors::save(tensors, &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot move into place", path.display()))
-}
-
 /// Writes checkpoint `name`. Refuses (and writes nothing) if any weight is NaN or infinite.
 pub fn save(
     dir: &Path,
@@ -107,8 +99,8 @@ pub fn save(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let f = files(dir, name);
-    save_tensors(&weights, &f.weights)?;
-    save_tensors(&moments, &f.optimizer)?;
+    crate::util::save_tensors(&weights, &f.weights)?;
+    crate::util::save_tensors(&moments, &f.optimizer)?;
     meta.weights_sha256 = sha256_file(&f.weights)?;
     meta.optimizer_sha256 = sha256_file(&f.optimizer)?;
     crate::util::write_atomic(&f.meta, serde_json::to_string_pretty(meta)?.as_bytes())

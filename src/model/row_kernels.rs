@@ -1,0 +1,79 @@
+//! What meshcast's own kernels share: on the CPU, filling an output row by row on
+//! candle's worker pool (the pool its element-wise ops use, so no second set of threads
+//! competes for the cores); on CUDA, the launch shape.
+
+/// Calls `fill(r, row)` for every row `r` of `out` (rows of `width` values), on candle's
+/// worker pool when `work` (values touched) is large enough to pay for waking it (about
+/// 2^15), else on this thread. Every row is handed to exactly one call.
+pub fn fill_rows<T, F>(out: &mut [T], width: usize, work: usize, fill: F)
+where
+    T: Send + Sync,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    if width == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / width;
+    let dst = RowsPtr(out.as_mut_ptr());
+    let fill_range = |range: std::ops::Range<usize>| {
+        for r in range {
+            // SAFETY: row `r` lies inside `out` (r < rows), and each row index reaches
+            // exactly one call, so no two threads write the same row.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(r * width), width) };
+            fill(r, row);
+        }
+    };
+    if work < 1 << 15 {
+        fill_range(0..rows);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(rows, fill_range);
+    }
+}
+
+/// The output buffer, shared with the workers that fill disjoint rows of it.
+struct RowsPtr<T>(*mut T);
+
+impl<T> RowsPtr<T> {
+    /// Pointer to element `offset` (a method, so closures capture the whole wrapper).
+    fn at(&self, offset: usize) -> *mut T {
+        // SAFETY: callers stay within the allocation (see `fill_rows`).
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the pointer is only used to write disjoint rows while `fill_rows` holds the
+// buffer; T itself is Send + Sync.
+unsafe impl<T: Send> Send for RowsPtr<T> {}
+unsafe impl<T: Send + Sync> Sync for RowsPtr<T> {}
+
+/// A 1-D launch of `blocks` blocks of `threads` threads (kernels loop over the rest).
+#[cfg(feature = "cuda")]
+pub fn launch_config(
+    blocks: usize,
+    threads: u32,
+) -> candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+    candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+        grid_dim: (blocks.clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_filled_once_on_both_paths() {
+        for rows in [3usize, 40_000] {
+            let mut out = vec![0u32; rows * 2];
+            fill_rows(&mut out, 2, rows * 2, |r, row| {
+                row[0] += r as u32;
+                row[1] += 1;
+            });
+            for (r, row) in out.chunks(2).enumerate() {
+                assert_eq!(row, [r as u32, 1]);
+            }
+        }
+    }
+}
