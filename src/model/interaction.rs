@@ -24,7 +24,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::aggregate::{gather_receivers, gather_senders, sum_into_receivers};
+use super::aggregate::{gather_sum, sum_into_receivers};
 use super::graph_tensors::EdgeTensors;
 use super::mlp::Mlp;
 
@@ -75,11 +75,13 @@ impl InteractionNetwork {
         edge_latents: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let m = &self.edge_mlp;
-        let projected = m
-            .project(0, edge_latents)?
-            .broadcast_add(&gather_senders(edges, &m.project(1, senders)?)?)?
-            .broadcast_add(&gather_receivers(edges, &m.project(2, receivers)?)?)?;
-        let new_edges = edge_latents.broadcast_add(&m.forward_projected(&projected)?)?;
+        let preactivation = gather_sum(
+            edges,
+            &m.project(0, edge_latents)?,
+            &m.project_with_bias(1, senders)?,
+            &m.project(2, receivers)?,
+        )?;
+        let new_edges = edge_latents.broadcast_add(&m.forward_preactivation(&preactivation)?)?;
         let aggregated = sum_into_receivers(edges, &new_edges)?;
         let update = self.node_mlp.forward_parts(&[receivers, &aggregated])?;
         Ok((receivers.broadcast_add(&update)?, new_edges))
@@ -97,6 +99,7 @@ impl InteractionNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::aggregate::{gather_receivers, gather_senders};
     use crate::model::graph_tensors::GraphTensors;
     use crate::model::testing::{check_gradients, random_tensor, tiny_graph};
     use candle_core::{DType, Device, D};

@@ -79,11 +79,28 @@ impl Mlp {
         Linear::new(w.to_dtype(x.dtype())?, None).forward(x)
     }
 
+    /// [`Mlp::project`] plus the first layer's bias: adding it to one (small, per-node)
+    /// part instead of to the summed edge rows saves a pass over them.
+    pub fn project_with_bias(&self, part: usize, x: &Tensor) -> Result<Tensor> {
+        let projected = self.project(part, x)?;
+        projected.broadcast_add(&self.first_bias().to_dtype(projected.dtype())?)
+    }
+
     /// The MLP from the first layer's bias on, given the summed projections of
     /// every input part (see [`Mlp::project`]).
     pub fn forward_projected(&self, projected: &Tensor) -> Result<Tensor> {
-        let bias = self.layers[0].bias().expect("layers are built with a bias");
-        self.after_first_layer(projected.broadcast_add(&bias.to_dtype(projected.dtype())?)?)
+        let bias = self.first_bias().to_dtype(projected.dtype())?;
+        self.after_first_layer(projected.broadcast_add(&bias)?)
+    }
+
+    /// The MLP after its first layer, given that layer's output with the bias already
+    /// added (see [`Mlp::project_with_bias`]).
+    pub fn forward_preactivation(&self, preactivation: &Tensor) -> Result<Tensor> {
+        self.after_first_layer(preactivation.clone())
+    }
+
+    fn first_bias(&self) -> &Tensor {
+        self.layers[0].bias().expect("layers are built with a bias")
     }
 
     /// The MLP on input parts given separately, each `[.., rows, width_part]`
