@@ -164,6 +164,7 @@ pub struct Verification {
     /// |loss - reference loss|.
     pub loss_diff: f64,
     pub rtol: f64,
+    /// Absolute tolerance in output units: `RunSettings::atol` x the largest reference output.
     pub atol: f64,
     pub reference: Format,
 }
@@ -222,6 +223,7 @@ pub struct RunSettings {
     pub seed: u64,
     pub learning_rate: f64,
     pub rtol: f64,
+    /// f32 absolute tolerance, as a fraction of the largest reference output.
     pub atol: f64,
     /// How inputs are made.
     pub data: String,

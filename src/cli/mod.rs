@@ -116,7 +116,7 @@ fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()>
         Command::BenchmarkGraphFormat(args) => bench::run_graph_format(*args, device),
         Command::CompareBenchmarks(args) => bench::run_compare(args),
         Command::CheckGpu(args) => bench::run_check_gpu(args),
-        Command::PlanMemory(args) => plan_memory::run(*args),
+        Command::PlanMemory(args) => plan_memory::run(*args, device),
         Command::ExportReference(args) => export::run(*args, device),
     }
 }

@@ -53,7 +53,8 @@ pub struct PlanMemoryArgs {
     pub json: bool,
 }
 
-pub fn run(args: PlanMemoryArgs) -> anyhow::Result<()> {
+/// Predicts for `device` (the global `--device`): the CPU runs f32 on fused kernels.
+pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<()> {
     let (grid, valid, data_channels) =
         super::describe_graph::grid_of(&args.data, args.global_grid)?;
     let channels = data_channels.unwrap_or(args.channels);
@@ -71,7 +72,15 @@ pub fn run(args: PlanMemoryArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let shape_for = |t: Techniques| {
-        plan::step_shape(&graph, &grid, &model, args.batch_size, args.patch_halo, t)
+        plan::step_shape(
+            &graph,
+            &grid,
+            &model,
+            args.batch_size,
+            args.patch_halo,
+            t,
+            device.is_cpu(),
+        )
     };
     let what = format!(
         "{} grid nodes, mesh level {}, latent {}, {} layers, batch {}",

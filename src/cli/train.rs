@@ -176,7 +176,9 @@ fn parse_tables(text: &str, path: &Path) -> anyhow::Result<ConfigTables> {
 }
 
 /// The run the flags (over a config, over the embedded demo) describe, and its output directory.
-fn run_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
+/// The run the flags (and config) describe; a memory budget is fitted for a step on the
+/// CPU when `on_cpu`.
+fn run_from_flags(args: &TrainArgs, on_cpu: bool) -> anyhow::Result<(RunConfig, PathBuf)> {
     // Data: the config's [data] table overridden by flags; neither means the embedded demo.
     let mut data = args.data.to_spec()?;
     let config = args.data.config_path()?;
@@ -268,7 +270,15 @@ fn run_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, PathBuf)> {
     }
     let model = model_config_for(&model, window.input_steps, dataset.num_channels());
     if let Some(budget) = args.memory_budget {
-        fit_budget(budget, &dataset, &graph, &model, &mut train_cfg, args)?;
+        fit_budget(
+            budget,
+            &dataset,
+            &graph,
+            &model,
+            &mut train_cfg,
+            args,
+            on_cpu,
+        )?;
     }
     let run = RunConfig {
         data,
@@ -290,6 +300,7 @@ fn fit_budget(
     model: &ModelConfig,
     train_cfg: &mut TrainConfig,
     args: &TrainArgs,
+    on_cpu: bool,
 ) -> anyhow::Result<()> {
     use crate::device::plan;
     let valid = dataset.ever_valid(0..dataset.time.len())?;
@@ -307,6 +318,7 @@ fn fit_budget(
             train_cfg.batch_size,
             train_cfg.patch_halo,
             t,
+            on_cpu,
         )
     })?;
     let gb = plan::human_bytes;
@@ -367,7 +379,7 @@ fn saved_run(args: &TrainArgs) -> anyhow::Result<Option<(RunConfig, PathBuf)>> {
 pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     let (run, output_dir) = match saved_run(&args)? {
         Some(saved) => saved,
-        None => run_from_flags(&args)?,
+        None => run_from_flags(&args, device.is_cpu())?,
     };
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -37,6 +37,13 @@ const FIXED: f64 = 1.4e6;
 const CKPT_STAGE: f64 = 2.084;
 const CKPT_BOUNDARY_ROW: f64 = 0.700;
 const CKPT_STATIC_ROW: f64 = 4.009;
+/// Activations with meshcast's fused CPU kernels (f32 on the CPU with csr: dense layers
+/// that keep only their input, LayerNorm fused with the residual, the edge MLP's first
+/// layer as one op) relative to the composed ops the coefficients above were fitted on:
+/// without and with checkpointing (measured: 0.46-0.49 and 0.59-0.66 on 10- and 5-degree
+/// grids, latent 64 and 128, batch 1, 3 and 8; see docs/benchmarks.md).
+const FUSED_FACTOR: f64 = 0.47;
+const FUSED_CKPT_FACTOR: f64 = 0.63;
 /// Activation bytes of bf16/f16 relative to f32 (the f32 master weights' casts and the
 /// f32 statistics the backward recomputes add to the half-size activations).
 const LOW_PRECISION_FACTOR: f64 = 0.57;
@@ -81,6 +88,17 @@ pub struct StepShape {
     /// Bytes of every graph tensor resident on the device (whole graph and patches).
     pub graph_bytes: u64,
     pub techniques: Techniques,
+    /// The step runs on the CPU (where f32 with csr takes the fused kernels).
+    pub on_cpu: bool,
+}
+
+impl StepShape {
+    /// Whether the step runs the fused CPU kernels (see `FUSED_FACTOR`).
+    pub fn fused_kernels(&self) -> bool {
+        self.on_cpu
+            && self.techniques.precision == MixedPrecision::Off
+            && self.model.aggregation == crate::model::Aggregation::Csr
+    }
 }
 
 /// A predicted peak and its parts, in bytes above what the process held before.
@@ -152,9 +170,21 @@ pub fn predict(shape: &StepShape) -> Prediction {
         // One stage alive at a time, plus the saved boundaries.
         let stage = encoder.max(block).max(decoder);
         let boundaries = (layers + 1.0) * (mesh + m2m) + grid;
-        b * (CKPT_STAGE * stage + CKPT_BOUNDARY_ROW * boundaries) + CKPT_STATIC_ROW * static_rows
+        let fused = if shape.fused_kernels() {
+            FUSED_CKPT_FACTOR
+        } else {
+            1.0
+        };
+        fused
+            * (b * (CKPT_STAGE * stage + CKPT_BOUNDARY_ROW * boundaries)
+                + CKPT_STATIC_ROW * static_rows)
     } else {
-        b * (encoder + layers * block + decoder) + STATIC_ROW * static_rows
+        let fused = if shape.fused_kernels() {
+            FUSED_FACTOR
+        } else {
+            1.0
+        };
+        fused * (b * (encoder + layers * block + decoder) + STATIC_ROW * static_rows)
     };
     let bytes_per_value = match t.precision {
         MixedPrecision::Off => 4.0,
@@ -255,6 +285,7 @@ pub fn step_shape(
     batch_size: usize,
     patch_halo: f64,
     techniques: Techniques,
+    on_cpu: bool,
 ) -> anyhow::Result<StepShape> {
     let cpu = candle_core::Device::Cpu;
     let bytes = |g: &crate::graph::WeatherGraph| -> anyhow::Result<u64> {
@@ -289,6 +320,7 @@ pub fn step_shape(
         step_graph,
         graph_bytes,
         techniques,
+        on_cpu,
     })
 }
 
@@ -393,6 +425,8 @@ mod tests {
             },
             graph_bytes: 50_000_000,
             techniques: t,
+            // On a GPU, where low precision runs the same (composed) ops as f32.
+            on_cpu: false,
         }
     }
 

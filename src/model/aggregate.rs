@@ -209,7 +209,11 @@ pub fn csr_segment_sum(edges: &EdgeTensors, messages: &Tensor) -> Result<Tensor>
 
 /// Sums the rows of `messages` `[B, E, F]` into the groups of `grouping`:
 /// `[B, groups, F]`. `endpoint[e]` is edge `e`'s group (for the backward gather).
-fn segment_sum(messages: &Tensor, endpoint: &Tensor, grouping: &Grouping) -> Result<Tensor> {
+pub(crate) fn segment_sum(
+    messages: &Tensor,
+    endpoint: &Tensor,
+    grouping: &Grouping,
+) -> Result<Tensor> {
     let (_, e, _) = messages.dims3()?;
     if e != grouping.n_edges() {
         bail!(

@@ -66,8 +66,9 @@ pub struct ModelConfig {
     /// Outputs per grid node; set by the caller from the data.
     pub output_channels: usize,
     pub batching: Batching,
-    /// How edge messages are summed into receivers (`indexadd` or `csr`); older
-    /// configs without the field get `indexadd`.
+    /// How edge messages are summed into receivers (`index-add` or `csr`, the
+    /// default; configs and checkpoints without the field get `csr`, which computes
+    /// the same sums).
     #[serde(default)]
     pub aggregation: Aggregation,
 }
@@ -81,7 +82,7 @@ impl Default for ModelConfig {
             grid_input_features: 0,
             output_channels: 0,
             batching: Batching::Shared,
-            aggregation: Aggregation::IndexAdd,
+            aggregation: Aggregation::Csr,
         }
     }
 }
@@ -232,7 +233,7 @@ impl GraphCast {
         let static_grid = self.low(&graph.grid_nodes.features.unsqueeze(0)?)?;
         let grid = self
             .embed_grid_nodes
-            .forward_parts(&[&self.low(grid_inputs)?, &static_grid])?;
+            .forward_parts(&[&self.low(grid_inputs)?, &static_grid], None)?;
         let mesh = self
             .embed_mesh_nodes
             .forward(&self.low(&graph.mesh_nodes.features.unsqueeze(0)?)?)?;
@@ -536,8 +537,10 @@ mod tests {
         for batching in [Batching::Shared, Batching::Replicated] {
             let d64 = aggregation_differences(DType::F64, batching)?;
             assert!(d64.iter().all(|&d| d < 1e-12), "{batching:?} {d64:?}");
+            // In f32 the paths differ by rounding: csr adds the edge MLP's first-layer
+            // parts in another order (gathered node rows first, see edge_input.rs).
             let d32 = aggregation_differences(DType::F32, batching)?;
-            assert!(d32.iter().all(|&d| d < 1e-6), "{batching:?} {d32:?}");
+            assert!(d32.iter().all(|&d| d < 1e-5), "{batching:?} {d32:?}");
         }
         Ok(())
     }

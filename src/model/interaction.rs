@@ -21,10 +21,11 @@
 //! (input `[receiver, aggregated]`) and, with a sender update, `sender_mlp.*`;
 //! see [`Mlp`] for the names inside each. All MLPs end in LayerNorm.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::aggregate::{gather_sum, sum_into_receivers};
+use super::aggregate::sum_into_receivers;
+use super::edge_input::edge_input;
 use super::graph_tensors::EdgeTensors;
 use super::mlp::Mlp;
 
@@ -75,22 +76,25 @@ impl InteractionNetwork {
         edge_latents: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let m = &self.edge_mlp;
-        let preactivation = gather_sum(
+        let preactivation = edge_input(
             edges,
-            &m.project(0, edge_latents)?,
+            edge_latents,
+            &m.first_layer_block(0, edge_latents.dtype())?,
             &m.project_with_bias(1, senders)?,
             &m.project(2, receivers)?,
         )?;
-        let new_edges = edge_latents.broadcast_add(&m.forward_preactivation(&preactivation)?)?;
+        let new_edges = m.forward_preactivation(&preactivation, Some(edge_latents))?;
         let aggregated = sum_into_receivers(edges, &new_edges)?;
-        let update = self.node_mlp.forward_parts(&[receivers, &aggregated])?;
-        Ok((receivers.broadcast_add(&update)?, new_edges))
+        let new_receivers = self
+            .node_mlp
+            .forward_parts(&[receivers, &aggregated], Some(receivers))?;
+        Ok((new_receivers, new_edges))
     }
 
     /// `h_s + MLP_s(h_s)`; the identity for a network built without a sender update.
     pub fn update_senders(&self, senders: &Tensor) -> Result<Tensor> {
         match &self.sender_mlp {
-            Some(mlp) => senders + mlp.forward(senders)?,
+            Some(mlp) => mlp.forward_residual(senders),
             None => Ok(senders.clone()),
         }
     }
@@ -102,7 +106,7 @@ mod tests {
     use crate::model::aggregate::{gather_receivers, gather_senders};
     use crate::model::graph_tensors::GraphTensors;
     use crate::model::testing::{check_gradients, random_tensor, tiny_graph};
-    use candle_core::{DType, Device, D};
+    use candle_core::{DType, Device, Module, D};
     use candle_nn::VarMap;
 
     /// The textbook version: gather, concatenate, one MLP call per update.

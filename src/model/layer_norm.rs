@@ -9,7 +9,7 @@
 //! backward recomputes the row statistics and applies the closed-form gradient.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, Context, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
 
 use super::row_kernels::fill_rows;
@@ -32,6 +32,34 @@ impl LayerNorm {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
         Ok(LayerNorm { weight, bias })
+    }
+}
+
+impl LayerNorm {
+    /// `residual + LayerNorm(x)`, with `residual` of `x`'s shape or broadcasting over
+    /// `x`'s first dimension. On the CPU in f32 and f64 one op ([`ResidualLayerNormOp`]):
+    /// the normalised rows are never kept, only `x` and the sum.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let broadcasts = residual.rank() == dims.len()
+            && residual.dims().first() == Some(&1)
+            && residual.dims()[1..] == dims[1..];
+        let fused = x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && residual.dtype() == x.dtype()
+            && self.weight.dtype() == x.dtype()
+            && (residual.dims() == dims || broadcasts);
+        if !fused {
+            return residual.broadcast_add(&self.forward(x)?);
+        }
+        let affine = Tensor::stack(&[&self.weight, &self.bias], 0)?;
+        x.contiguous()?.apply_op3(
+            &residual.contiguous()?,
+            &affine,
+            ResidualLayerNormOp {
+                eps: LAYER_NORM_EPS,
+            },
+        )
     }
 }
 
@@ -147,32 +175,225 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // With xhat = (x - mean) * rstd and g = grad * weight:
-        //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
-        //   dweight = sum over rows of grad * xhat, dbias = sum over rows of grad.
-        // In the weights' dtype (f32 under mixed precision), as the forward pass; on
-        // detached inputs, or the gradients would keep this step's graph alive.
-        let (x, weight) = (x.detach(), weight.detach());
-        let dtype = weight.dtype();
-        let cols = weight.elem_count();
-        let x32 = x.to_dtype(dtype)?;
-        let grad32 = grad.detach().to_dtype(dtype)?;
-        let centred = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
-        let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = centred.broadcast_mul(&rstd)?;
-        let g = grad32.broadcast_mul(&weight)?;
-        let dx = g
-            .broadcast_sub(&g.mean_keepdim(D::Minus1)?)?
-            .sub(&xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?
-            .broadcast_mul(&rstd)?
-            .to_dtype(x.dtype())?;
-        let rows = |t: Tensor| t.reshape(((), cols))?.sum(0);
-        let dweight = rows((&grad32 * &xhat)?)?;
-        let dbias = rows(grad32)?;
+        let (dx, dweight, dbias) = backward(x, weight, grad, self.eps)?;
         Ok((Some(dx), Some(dweight), Some(dbias)))
     }
+}
+
+/// `residual + LayerNorm(x)` on the CPU (f32, f64), with `affine` the stacked
+/// `[weight, bias]` (`[2, dim]`, the dtype of `x`) and `residual`'s rows repeating when
+/// it has fewer (a first dimension of 1).
+pub struct ResidualLayerNormOp {
+    pub eps: f64,
+}
+
+impl CustomOp3 for ResidualLayerNormOp {
+    fn name(&self) -> &'static str {
+        "meshcast-residual-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+        affine: &CpuStorage,
+        affine_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let cols = x_layout.shape().dims().last().copied().unwrap_or(0);
+        let residual_values = residual_layout.shape().elem_count();
+        if affine_layout.shape().dims() != [2, cols]
+            || residual_values == 0
+            || x_layout.shape().elem_count() % residual_values != 0
+            || residual_values % cols.max(1) != 0
+        {
+            bail!(
+                "residual layer norm: input {:?}, residual {:?}, affine {:?}",
+                x_layout.shape().dims(),
+                residual_layout.shape().dims(),
+                affine_layout.shape().dims()
+            );
+        }
+        let range = |l: &Layout| {
+            l.contiguous_offsets()
+                .context("residual layer norm needs contiguous operands")
+        };
+        let ((xs, xe), (rs, re), (a_start, _)) = (
+            range(x_layout)?,
+            range(residual_layout)?,
+            range(affine_layout)?,
+        );
+        macro_rules! run {
+            ($variant:ident) => {{
+                let (
+                    CpuStorage::$variant(x),
+                    CpuStorage::$variant(residual),
+                    CpuStorage::$variant(affine),
+                ) = (x, residual, affine)
+                else {
+                    bail!("residual layer norm: operands of one dtype")
+                };
+                let affine: Vec<f64> = affine[a_start..a_start + 2 * cols]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let norm = Rows {
+                    rows: (xe - xs) / cols.max(1),
+                    cols,
+                    w: &affine[..cols],
+                    b: &affine[cols..],
+                    eps: self.eps,
+                };
+                CpuStorage::$variant(norm.run_residual(&x[xs..xe], &residual[rs..re]))
+            }};
+        }
+        let out = match x {
+            CpuStorage::F32(_) => run!(F32),
+            CpuStorage::F64(_) => run!(F64),
+            other => bail!("residual layer norm of {:?}", other.dtype()),
+        };
+        Ok((out, x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        affine: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dweight, dbias) = backward(x, &affine.detach().get(0)?, grad, self.eps)?;
+        let grad = grad.detach();
+        let dresidual = if residual.dims() == grad.dims() {
+            grad
+        } else {
+            grad.sum_keepdim(0)?
+        };
+        let daffine = Tensor::stack(&[dweight, dbias], 0)?;
+        Ok((Some(dx), Some(dresidual), Some(daffine)))
+    }
+}
+
+/// `(dx, dweight, dbias)` of the LayerNorm of `x` for the output gradient `grad`.
+fn backward(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if x.device().is_cpu() && weight.dtype() == x.dtype() {
+        match x.dtype() {
+            DType::F32 => return cpu_backward::<f32>(x, weight, grad, eps),
+            DType::F64 => return cpu_backward::<f64>(x, weight, grad, eps),
+            _ => {}
+        }
+    }
+    // With xhat = (x - mean) * rstd and g = grad * weight:
+    //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+    //   dweight = sum over rows of grad * xhat, dbias = sum over rows of grad.
+    // In the weights' dtype (f32 under mixed precision), as the forward pass; on
+    // detached inputs, or the gradients would keep this step's graph alive.
+    let (x, weight) = (x.detach(), weight.detach());
+    let dtype = weight.dtype();
+    let cols = weight.elem_count();
+    let x32 = x.to_dtype(dtype)?;
+    let grad32 = grad.detach().to_dtype(dtype)?;
+    let centred = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
+    let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let xhat = centred.broadcast_mul(&rstd)?;
+    let g = grad32.broadcast_mul(&weight)?;
+    let dx = g
+        .broadcast_sub(&g.mean_keepdim(D::Minus1)?)?
+        .sub(&xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?
+        .broadcast_mul(&rstd)?
+        .to_dtype(x.dtype())?;
+    let rows = |t: Tensor| t.reshape(((), cols))?.sum(0);
+    let dweight = rows((&grad32 * &xhat)?)?;
+    let dbias = rows(grad32)?;
+    Ok((dx, dweight, dbias))
+}
+
+/// [`backward`] on the CPU in two passes over the rows (statistics in f64), with no
+/// row-sized intermediates: the gradient's share of the step's peak memory is `dx`.
+fn cpu_backward<T: Element + candle_core::WithDType>(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let cols = weight.elem_count();
+    let (x, grad) = (x.detach().contiguous()?, grad.detach().contiguous()?);
+    let w: Vec<f64> = weight.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(gs)) = (&*xs, &*gs) else {
+        bail!("layer norm backward: expected CPU tensors")
+    };
+    let span = |l: &Layout| {
+        l.contiguous_offsets()
+            .context("layer norm backward: strided")
+    };
+    let ((x0, x1), (g0, g1)) = (span(xl)?, span(gl)?);
+    let (xv, gv) = (&xs.as_slice::<T>()?[x0..x1], &gs.as_slice::<T>()?[g0..g1]);
+    let rows = xv.len() / cols.max(1);
+    let n = cols as f64;
+    let wide = |v: &T| Element::to_f64(*v);
+    // Row r's mean and 1/std, and xhat_j = (x_j - mean) * rstd.
+    let stats = |r: usize| {
+        let row = &xv[r * cols..(r + 1) * cols];
+        let mean = row.iter().map(&wide).sum::<f64>() / n;
+        let var = row.iter().map(|v| (wide(v) - mean).powi(2)).sum::<f64>() / n;
+        (row, mean, 1.0 / (var + eps).sqrt())
+    };
+    // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = grad * weight.
+    let mut dx = vec![T::default(); xv.len()];
+    fill_rows(&mut dx, cols, xv.len(), |r, out| {
+        let (row, mean, rstd) = stats(r);
+        let grow = &gv[r * cols..(r + 1) * cols];
+        let (mut g_mean, mut gx_mean) = (0.0, 0.0);
+        for ((v, gr), wj) in row.iter().zip(grow).zip(&w) {
+            let g = wide(gr) * wj;
+            g_mean += g;
+            gx_mean += g * (wide(v) - mean) * rstd;
+        }
+        let (g_mean, gx_mean) = (g_mean / n, gx_mean / n);
+        for (((o, v), gr), wj) in out.iter_mut().zip(row).zip(grow).zip(&w) {
+            let xhat = (wide(v) - mean) * rstd;
+            *o = <T as Element>::from_f64(rstd * (wide(gr) * wj - g_mean - xhat * gx_mean));
+        }
+    });
+    // dweight = sum over rows of grad * xhat, dbias = sum of grad: partial sums over
+    // blocks of rows in parallel, then summed.
+    const BLOCK: usize = 256;
+    let blocks = rows.div_ceil(BLOCK);
+    let mut partial = vec![0f64; blocks * 2 * cols];
+    fill_rows(&mut partial, 2 * cols, xv.len(), |b, out| {
+        let (dw, db) = out.split_at_mut(cols);
+        for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+            let (row, mean, rstd) = stats(r);
+            let grow = &gv[r * cols..(r + 1) * cols];
+            for (((w, b), v), gr) in dw.iter_mut().zip(db.iter_mut()).zip(row).zip(grow) {
+                let g = wide(gr);
+                *w += g * (wide(v) - mean) * rstd;
+                *b += g;
+            }
+        }
+    });
+    let mut sums = vec![0f64; 2 * cols];
+    for block in partial.chunks(2 * cols) {
+        for (s, p) in sums.iter_mut().zip(block) {
+            *s += p;
+        }
+    }
+    let sums: Vec<T> = sums.into_iter().map(<T as Element>::from_f64).collect();
+    let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+    let dweight = Tensor::from_slice(&sums[..cols], cols, x.device())?;
+    let dbias = Tensor::from_slice(&sums[cols..], cols, x.device())?;
+    Ok((dx, dweight, dbias))
 }
 
 /// One LayerNorm call on the CPU: each row's statistics in f64, in two passes.
@@ -213,6 +434,25 @@ impl Rows<'_> {
         let mut out = vec![T::default(); self.rows * cols];
         fill_rows(&mut out, cols, x.len(), |r, y| {
             self.row(&x[r * cols..(r + 1) * cols], y)
+        });
+        out
+    }
+
+    /// `residual + LayerNorm(x)`, the residual's rows repeating when it has fewer.
+    fn run_residual<T: Element + std::ops::Add<Output = T>>(
+        &self,
+        x: &[T],
+        residual: &[T],
+    ) -> Vec<T> {
+        let cols = self.cols;
+        let residual_rows = residual.len() / cols.max(1);
+        let mut out = vec![T::default(); self.rows * cols];
+        fill_rows(&mut out, cols, x.len(), |r, y| {
+            self.row(&x[r * cols..(r + 1) * cols], y);
+            let k = r % residual_rows;
+            for (o, &v) in y.iter_mut().zip(&residual[k * cols..(k + 1) * cols]) {
+                *o = *o + v;
+            }
         });
         out
     }
@@ -397,5 +637,62 @@ mod tests {
         }
         let x = random_tensor(&[2, 3, 6], DType::F64, 2)?;
         check_gradients(&varmap, &x, |x| norm.forward(x), &["weight", "bias"])
+    }
+
+    #[test]
+    fn residual_form_equals_norm_plus_residual_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let norm = LayerNorm::new(64, vb)?;
+        for var in varmap.all_vars() {
+            var.set(&random_tensor(var.dims(), DType::F32, 7)?)?;
+        }
+        let x = candle_core::Var::from_tensor(&random_tensor(&[3, 300, 64], DType::F32, 1)?)?;
+        // A residual of x's shape, and one broadcasting over the batch.
+        for residual_batch in [3, 1] {
+            let residual = candle_core::Var::from_tensor(&random_tensor(
+                &[residual_batch, 300, 64],
+                DType::F32,
+                2,
+            )?)?;
+            let r = random_tensor(&[3, 300, 64], DType::F32, 3)?;
+            let fused = norm.forward_residual(&x, &residual)?;
+            let composed = residual.broadcast_add(&norm.forward(&x)?)?;
+            let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "forward");
+            let g = (fused * &r)?.sum_all()?.backward()?;
+            let g_ref = (composed * &r)?.sum_all()?.backward()?;
+            let mut vars = varmap.all_vars();
+            vars.extend([x.clone(), residual.clone()]);
+            for v in &vars {
+                let mine = g.get(v.as_tensor()).expect("a gradient");
+                assert!(!mine.track_op(), "the gradient holds the graph");
+                let theirs = g_ref.get(v.as_tensor()).expect("a gradient");
+                assert_eq!(mine.dims(), v.dims());
+                let d = (mine - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d <= 1e-5 * scale, "gradient {d} of {scale}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn residual_form_gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+        let norm = LayerNorm::new(6, vb)?;
+        for var in varmap.all_vars() {
+            var.set(&random_tensor(var.dims(), DType::F64, 7)?)?;
+        }
+        let x = random_tensor(&[2, 3, 6], DType::F64, 2)?;
+        check_gradients(
+            &varmap,
+            &x,
+            |x| norm.forward_residual(&x.sqr()?, &x.narrow(0, 0, 1)?),
+            &["weight", "bias"],
+        )
     }
 }

@@ -7,7 +7,7 @@
 //! products per node block; projecting node latents once per node
 //! (`[B, N, L] x W_s -> [B, N, H]`) and gathering the projected rows gives the
 //! same sum with `N <= E` products and no concatenated tensor. [`Mlp::project`]
-//! and [`Mlp::forward_projected`] expose that split; [`Mlp::forward`] takes the
+//! and [`Mlp::forward_preactivation`] expose that split; [`Mlp::forward`] takes the
 //! concatenation, as a plain reference implementation would.
 //!
 //! Parameters (VarMap keys under the MLP's prefix): `layers.{i}.weight`
@@ -17,9 +17,10 @@
 //! the order of the input parts, so it maps one-to-one onto a PyTorch
 //! `nn.Linear` applied to `torch.cat(parts, -1)`.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 
+use super::dense::dense;
 use super::layer_norm::LayerNorm;
 
 /// `in -> hidden (x hidden_layers, SiLU after each) -> out`, then an optional LayerNorm.
@@ -67,85 +68,93 @@ impl Mlp {
 
     /// Input part `part` times its block of the first layer's weight, without
     /// the bias: `[.., width_part] -> [.., hidden]`. Summing the projections of
-    /// all parts (broadcasting as needed) and passing the sum to
-    /// [`Mlp::forward_projected`] equals [`Mlp::forward`] on their concatenation.
+    /// all parts (broadcasting as needed) plus the first layer's bias and passing the
+    /// sum to [`Mlp::forward_preactivation`] equals [`Mlp::forward`] on their
+    /// concatenation.
     pub fn project(&self, part: usize, x: &Tensor) -> Result<Tensor> {
-        let offset = self.input_widths[..part].iter().sum();
-        let w = self.layers[0]
-            .weight()
-            .narrow(1, offset, self.input_widths[part])?
-            // CUDA's matmul rejects the column slice's strides.
-            .contiguous()?;
-        Linear::new(w.to_dtype(x.dtype())?, None).forward(x)
+        Linear::new(self.first_layer_block(part, x.dtype())?, None).forward(x)
     }
 
     /// [`Mlp::project`] plus the first layer's bias: adding it to one (small, per-node)
     /// part instead of to the summed edge rows saves a pass over them.
     pub fn project_with_bias(&self, part: usize, x: &Tensor) -> Result<Tensor> {
-        let projected = self.project(part, x)?;
-        projected.broadcast_add(&self.first_bias().to_dtype(projected.dtype())?)
+        let bias = self.layers[0]
+            .bias()
+            .expect("layers are built with a bias")
+            .to_dtype(x.dtype())?;
+        dense(x, &self.first_layer_block(part, x.dtype())?, &bias, false)
     }
 
-    /// The MLP from the first layer's bias on, given the summed projections of
-    /// every input part (see [`Mlp::project`]).
-    pub fn forward_projected(&self, projected: &Tensor) -> Result<Tensor> {
-        let bias = self.first_bias().to_dtype(projected.dtype())?;
-        self.after_first_layer(projected.broadcast_add(&bias)?)
+    /// The first layer's weight columns that act on input part `part`, in `dtype`.
+    pub fn first_layer_block(&self, part: usize, dtype: DType) -> Result<Tensor> {
+        let offset = self.input_widths[..part].iter().sum();
+        self.layers[0]
+            .weight()
+            .narrow(1, offset, self.input_widths[part])?
+            // CUDA's matmul rejects the column slice's strides.
+            .contiguous()?
+            .to_dtype(dtype)
     }
 
     /// The MLP after its first layer, given that layer's output with the bias already
-    /// added (see [`Mlp::project_with_bias`]).
-    pub fn forward_preactivation(&self, preactivation: &Tensor) -> Result<Tensor> {
-        self.after_first_layer(preactivation.clone())
-    }
-
-    fn first_bias(&self) -> &Tensor {
-        self.layers[0].bias().expect("layers are built with a bias")
+    /// added (see [`Mlp::project_with_bias`]), plus `residual` when given.
+    pub fn forward_preactivation(
+        &self,
+        preactivation: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut h = preactivation.clone();
+        for layer in &self.layers[1..] {
+            h = apply(layer, &h, true)?;
+        }
+        match (&self.norm, residual) {
+            (Some(norm), Some(r)) => norm.forward_residual(&h, r),
+            (Some(norm), None) => norm.forward(&h),
+            (None, Some(r)) => r.broadcast_add(&h),
+            (None, None) => Ok(h),
+        }
     }
 
     /// The MLP on input parts given separately, each `[.., rows, width_part]`
-    /// with batch dimensions that broadcast against each other; no
-    /// concatenated tensor is formed.
-    pub fn forward_parts(&self, parts: &[&Tensor]) -> Result<Tensor> {
+    /// with batch dimensions that broadcast against each other, plus `residual` when
+    /// given; no concatenated tensor is formed.
+    pub fn forward_parts(&self, parts: &[&Tensor], residual: Option<&Tensor>) -> Result<Tensor> {
         assert_eq!(
             parts.len(),
             self.input_widths.len(),
             "one tensor per input part"
         );
-        let mut sum = self.project(0, parts[0])?;
+        let mut sum = self.project_with_bias(0, parts[0])?;
         for (i, x) in parts.iter().enumerate().skip(1) {
             sum = sum.broadcast_add(&self.project(i, x)?)?;
         }
-        self.forward_projected(&sum)
+        self.forward_preactivation(&sum, residual)
     }
 
-    fn after_first_layer(&self, mut h: Tensor) -> Result<Tensor> {
-        for layer in &self.layers[1..] {
-            h = dense(layer, &h.silu()?)?;
-        }
-        match &self.norm {
-            Some(norm) => norm.forward(&h),
-            None => Ok(h),
-        }
+    /// `x + MLP(x)` (the input widths must add up to the output width).
+    pub fn forward_residual(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_preactivation(&apply(&self.layers[0], x, false)?, Some(x))
     }
 }
 
 impl Module for Mlp {
     /// The MLP on the concatenated input `[.., sum(input_widths)]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.after_first_layer(dense(&self.layers[0], x)?)
+        self.forward_preactivation(&apply(&self.layers[0], x, false)?, None)
     }
 }
 
-/// `layer` applied in the dtype of `x`: under mixed precision the master weights are
-/// cast to the activations' dtype here, and the cast's backward returns their
-/// gradients in the master dtype.
-fn dense(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    if layer.weight().dtype() == x.dtype() {
-        return layer.forward(x);
-    }
-    let bias = layer.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
-    Linear::new(layer.weight().to_dtype(x.dtype())?, bias).forward(x)
+/// `layer` applied to `x` (to `silu(x)` with `silu_input`) in the dtype of `x`: under
+/// mixed precision the master weights are cast to the activations' dtype here, and the
+/// cast's backward returns their gradients in the master dtype.
+fn apply(layer: &Linear, x: &Tensor, silu_input: bool) -> Result<Tensor> {
+    let bias = layer.bias().expect("layers are built with a bias");
+    dense(
+        x,
+        &layer.weight().to_dtype(x.dtype())?,
+        &bias.to_dtype(x.dtype())?,
+        silu_input,
+    )
 }
 
 #[cfg(test)]
@@ -194,7 +203,7 @@ mod tests {
         let c = random_tensor(&[2, 7, 2], DType::F64, 3)?;
         let concat = Tensor::cat(&[&a.broadcast_as((2, 7, 3))?, &b, &c], 2)?;
         let reference = m.forward(&concat)?;
-        let split = m.forward_parts(&[&a, &b, &c])?;
+        let split = m.forward_parts(&[&a, &b, &c], None)?;
         assert_eq!(split.dims(), &[2, 7, 6]);
         let diff = (reference - split)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-12, "max difference {diff}");
@@ -225,7 +234,7 @@ mod tests {
             &x,
             |x| {
                 let parts = [x.narrow(2, 0, 3)?, x.narrow(2, 3, 4)?, x.narrow(2, 7, 2)?];
-                m.forward_parts(&[&parts[0], &parts[1], &parts[2]])
+                m.forward_parts(&[&parts[0], &parts[1], &parts[2]], None)
             },
             &params,
         )

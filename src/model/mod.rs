@@ -11,6 +11,8 @@
 //! [`graphcast`], [`interaction`] and [`mlp`].
 
 pub mod aggregate;
+pub mod dense;
+pub mod edge_input;
 pub mod graph_tensors;
 pub mod graphcast;
 pub mod interaction;

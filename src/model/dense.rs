@@ -1,0 +1,337 @@
+//! A dense layer, `x W^T + b` or `silu(x) W^T + b`, as one op that keeps nothing but
+//! its input for the backward pass.
+//!
+//! Composed from candle ops, `silu(h) W^T + b` keeps three row-sized tensors alive
+//! until the backward pass (the SiLU output, the product and the biased sum): on an
+//! edge MLP that is three of its seven `[B, E, L]` activations. [`DenseOp`] keeps only
+//! `h` (which the previous op keeps anyway) and its output, and recomputes `silu(h)` in
+//! the backward pass, one element-wise pass against two matmuls. The product runs on
+//! the `gemm` crate that candle's own CPU matmul uses, starting from the bias, so the
+//! bias costs no extra pass either.
+//!
+//! The fused path is for f32 and f64 on the CPU; elsewhere (CUDA, half precision)
+//! [`dense`] composes the same function from candle ops.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
+};
+use candle_nn::{Linear, Module};
+
+use super::row_kernels::fill_rows;
+
+/// `act(x) W^T + b` for `x` `[.., in]`, `weight` `[out, in]` and `bias` `[out]`, where
+/// `act` is SiLU when `silu_input` and the identity otherwise.
+pub fn dense(x: &Tensor, weight: &Tensor, bias: &Tensor, silu_input: bool) -> Result<Tensor> {
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && weight.dtype() == x.dtype()
+        && bias.dtype() == x.dtype();
+    if fused {
+        return x
+            .contiguous()?
+            .apply_op3(&weight.contiguous()?, bias, DenseOp { silu_input });
+    }
+    let x = if silu_input { x.silu()? } else { x.clone() };
+    Linear::new(weight.clone(), Some(bias.clone())).forward(&x)
+}
+
+/// The op behind [`dense`] (CPU, f32 and f64, contiguous operands).
+pub struct DenseOp {
+    pub silu_input: bool,
+}
+
+/// A float the CPU kernels compute in.
+pub(crate) trait Real: WithDType {
+    fn silu(self) -> Self;
+    /// `d silu(x) / dx = s (1 + x (1 - s))` with `s = sigmoid(x)`.
+    fn silu_derivative(self) -> Self;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn silu(self) -> Self {
+                self / (1.0 + (-self).exp())
+            }
+            fn silu_derivative(self) -> Self {
+                let s = 1.0 / (1.0 + (-self).exp());
+                s * (1.0 + self * (1.0 - s))
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
+
+/// The contiguous values of a CPU tensor (its own storage, no copy).
+fn with_values<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("dense: expected a CPU tensor")
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .context("dense: expected a contiguous tensor")?;
+    f(&cpu.as_slice::<T>()?[start..end])
+}
+
+fn contiguous<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .with_context(|| format!("dense: strided {what}"))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+impl DenseOp {
+    fn forward<T: Real>(
+        &self,
+        x: &[T],
+        weight: &[T],
+        bias: &[T],
+        (rows, inputs, outputs): (usize, usize, usize),
+    ) -> Vec<T> {
+        let mut out = vec![T::zero(); rows * outputs];
+        fill_rows(&mut out, outputs, rows * outputs, |_, row| {
+            row.copy_from_slice(bias)
+        });
+        let activated;
+        let lhs = if self.silu_input {
+            let mut a = vec![T::zero(); x.len()];
+            fill_rows(&mut a, inputs, x.len(), |r, row| {
+                let src = &x[r * inputs..(r + 1) * inputs];
+                for (o, &v) in row.iter_mut().zip(src) {
+                    *o = v.silu();
+                }
+            });
+            activated = a;
+            &activated[..]
+        } else {
+            x
+        };
+        gemm_accumulate(&mut out, lhs, weight, inputs, outputs);
+        out
+    }
+}
+
+/// `out[rows, outputs] += lhs[rows, inputs] W^T` for `weight` W `[outputs, inputs]`
+/// (all row-major), on candle's thread count.
+pub(crate) fn gemm_accumulate<T: Real>(
+    out: &mut [T],
+    lhs: &[T],
+    weight: &[T],
+    inputs: usize,
+    outputs: usize,
+) {
+    let rows = out.len() / outputs.max(1);
+    if rows == 0 || outputs == 0 || inputs == 0 {
+        return;
+    }
+    assert!(lhs.len() >= rows * inputs && weight.len() >= outputs * inputs);
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three buffers hold at least rows x outputs, rows x inputs and
+    // outputs x inputs values (checked above), matching the dimensions and strides:
+    // W^T's element (i, o) is weight[o * inputs + i].
+    unsafe {
+        gemm::gemm(
+            rows,
+            outputs,
+            inputs,
+            out.as_mut_ptr(),
+            1,
+            outputs as isize,
+            true,
+            lhs.as_ptr(),
+            1,
+            inputs as isize,
+            weight.as_ptr(),
+            inputs as isize,
+            1,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `grad * silu'(x)`, one pass.
+fn silu_backward<T: Real>(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let cols = x.dim(candle_core::D::Minus1)?;
+    let values = with_values::<T, _>(x, |x| {
+        with_values::<T, _>(grad, |g| {
+            let mut out = vec![T::zero(); x.len()];
+            fill_rows(&mut out, cols, x.len(), |r, row| {
+                let span = r * cols..(r + 1) * cols;
+                for ((o, &v), &d) in row.iter_mut().zip(&x[span.clone()]).zip(&g[span]) {
+                    *o = d * v.silu_derivative();
+                }
+            });
+            Ok(out)
+        })
+    })?;
+    Tensor::from_vec(values, x.shape(), x.device())
+}
+
+impl CustomOp3 for DenseOp {
+    fn name(&self) -> &'static str {
+        "meshcast-dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (outputs, inputs) = weight_layout.shape().dims2()?;
+        let dims = x_layout.shape().dims();
+        if dims.last() != Some(&inputs) || bias_layout.shape().dims() != [outputs] {
+            bail!(
+                "dense: input {:?}, weight {:?}, bias {:?}",
+                dims,
+                weight_layout.shape().dims(),
+                bias_layout.shape().dims()
+            );
+        }
+        let rows = x_layout.shape().elem_count() / inputs.max(1);
+        let sizes = (rows, inputs, outputs);
+        let out = match x.dtype() {
+            DType::F32 => CpuStorage::F32(self.forward::<f32>(
+                contiguous(x, x_layout, "input")?,
+                contiguous(weight, weight_layout, "weight")?,
+                contiguous(bias, bias_layout, "bias")?,
+                sizes,
+            )),
+            DType::F64 => CpuStorage::F64(self.forward::<f64>(
+                contiguous(x, x_layout, "input")?,
+                contiguous(weight, weight_layout, "weight")?,
+                contiguous(bias, bias_layout, "bias")?,
+                sizes,
+            )),
+            other => bail!("dense: f32 or f64, got {other:?}"),
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked above") = outputs;
+        Ok((out, Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // On detached tensors: gradients that tracked their inputs would keep this
+        // step's graph alive.
+        let (outputs, inputs) = weight.dims2()?;
+        let x_shape = x.shape().clone();
+        let x = x.detach().reshape(((), inputs))?;
+        let weight = weight.detach();
+        let grad = grad.detach().contiguous()?.reshape(((), outputs))?;
+        let activated = if self.silu_input {
+            x.silu()?
+        } else {
+            x.clone()
+        };
+        let dweight = grad.t()?.matmul(&activated)?;
+        drop(activated);
+        let dbias = grad.sum(0)?;
+        let dactivated = grad.matmul(&weight)?;
+        let dx = match (self.silu_input, x.dtype()) {
+            (false, _) => dactivated,
+            (true, DType::F32) => silu_backward::<f32>(&dactivated, &x)?,
+            (true, DType::F64) => silu_backward::<f64>(&dactivated, &x)?,
+            (true, other) => bail!("dense: f32 or f64, got {other:?}"),
+        };
+        Ok((Some(dx.reshape(x_shape)?), Some(dweight), Some(dbias)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{check_gradients, random_tensor};
+    use candle_core::{Device, Var};
+    use candle_nn::{VarBuilder, VarMap};
+
+    fn composed(x: &Tensor, w: &Tensor, b: &Tensor, silu: bool) -> Result<Tensor> {
+        let x = if silu { x.silu()? } else { x.clone() };
+        Linear::new(w.clone(), Some(b.clone())).forward(&x)
+    }
+
+    fn max_relative(a: &Tensor, e: &Tensor) -> Result<f64> {
+        let (a, e) = (a.to_dtype(DType::F64)?, e.to_dtype(DType::F64)?);
+        let d = (a - &e)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        Ok(d / e.abs()?.max_all()?.to_scalar::<f64>()?)
+    }
+
+    #[test]
+    fn equals_candle_ops_with_their_gradients() -> Result<()> {
+        // f32 with enough rows for the parallel paths, a strided (transposed) input,
+        // both activations; gradients against autograd through candle's own ops.
+        for silu in [false, true] {
+            let x = Var::from_tensor(
+                &random_tensor(&[2, 48, 700], DType::F32, 1)?
+                    .transpose(1, 2)?
+                    .to_dtype(DType::F32)?,
+            )?;
+            let w = Var::from_tensor(&random_tensor(&[40, 48], DType::F32, 2)?)?;
+            let b = Var::from_tensor(&random_tensor(&[40], DType::F32, 3)?)?;
+            let r = random_tensor(&[2, 700, 40], DType::F32, 4)?;
+            let y = dense(&x, &w, &b, silu)?;
+            let expected = composed(&x, &w, &b, silu)?;
+            assert_eq!(y.dims(), &[2, 700, 40]);
+            assert!(max_relative(&y, &expected)? < 1e-5, "silu {silu}: forward");
+            let g = (y * &r)?.sum_all()?.backward()?;
+            let g_ref = (expected * &r)?.sum_all()?.backward()?;
+            for v in [&x, &w, &b] {
+                let mine = g.get(v.as_tensor()).expect("a gradient");
+                assert!(!mine.track_op(), "the gradient holds the graph");
+                let theirs = g_ref.get(v.as_tensor()).expect("a gradient");
+                assert_eq!(mine.dims(), v.dims());
+                assert!(max_relative(mine, theirs)? < 1e-5, "silu {silu}: gradient");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        let w = vb.get_with_hints(
+            (5, 4),
+            "weight",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.5,
+            },
+        )?;
+        let b = vb.get_with_hints(
+            5,
+            "bias",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.5,
+            },
+        )?;
+        let x = random_tensor(&[2, 3, 4], DType::F64, 5)?;
+        for silu in [false, true] {
+            check_gradients(&varmap, &x, |x| dense(x, &w, &b, silu), &["weight", "bias"])?;
+        }
+        Ok(())
+    }
+}
