@@ -31,16 +31,11 @@ pub fn edge_input(
     s: &Tensor,
     r: &Tensor,
 ) -> Result<Tensor> {
-    let dtype = e.dtype();
-    let fused = edges.aggregation == Aggregation::Csr
-        && e.device().is_cpu()
-        && matches!(dtype, DType::F32 | DType::F64)
-        && [weight, s, r].iter().all(|t| t.dtype() == dtype);
-    if !fused {
+    if !fused(edges, e, &[weight, s, r]) {
         let projected = Linear::new(weight.clone(), None).forward(e)?;
         return gather_sum(edges, &projected, s, r);
     }
-    // Sender and receiver projections side by side on the node axis, at one batch size.
+    // Sender and receiver projections stacked on the node axis, at one batch size.
     let batch = s.dim(0)?.max(r.dim(0)?);
     let nodes = Tensor::cat(
         &[
@@ -49,19 +44,71 @@ pub fn edge_input(
         ],
         1,
     )?;
+    apply(edges, e, weight, &nodes, NodeLayout::Stacked)
+}
+
+/// [`edge_input`] on an edge set whose senders and receivers are the same nodes, with
+/// both projections of those nodes side by side: `sr` `[B|1, n, 2 out]`, the sender
+/// projection in the first `out` columns. One product of the nodes with both weight
+/// blocks makes `sr`, so no stacked copy is formed.
+pub fn edge_input_same_nodes(
+    edges: &EdgeTensors,
+    e: &Tensor,
+    weight: &Tensor,
+    sr: &Tensor,
+) -> Result<Tensor> {
+    if !fused(edges, e, &[weight, sr]) {
+        let out = weight.dim(0)?;
+        let projected = Linear::new(weight.clone(), None).forward(e)?;
+        return gather_sum(
+            edges,
+            &projected,
+            &sr.narrow(2, 0, out)?.contiguous()?,
+            &sr.narrow(2, out, out)?.contiguous()?,
+        );
+    }
+    apply(edges, e, weight, &sr.contiguous()?, NodeLayout::SideBySide)
+}
+
+/// Whether the fused op applies: csr, on the CPU, f32 or f64 throughout.
+fn fused(edges: &EdgeTensors, e: &Tensor, others: &[&Tensor]) -> bool {
+    edges.aggregation == Aggregation::Csr
+        && e.device().is_cpu()
+        && matches!(e.dtype(), DType::F32 | DType::F64)
+        && others.iter().all(|t| t.dtype() == e.dtype())
+}
+
+fn apply(
+    edges: &EdgeTensors,
+    e: &Tensor,
+    weight: &Tensor,
+    nodes: &Tensor,
+    layout: NodeLayout,
+) -> Result<Tensor> {
     e.contiguous()?.apply_op3(
         &weight.contiguous()?,
-        &nodes,
+        nodes,
         EdgeInputOp {
             edges: edges.clone(),
+            layout,
         },
     )
 }
 
-/// See [`edge_input`]; its arguments are `e`, `weight` and the node projections
-/// `[senders; receivers]` concatenated on the node axis.
+/// Where the sender and receiver projections sit in [`EdgeInputOp`]'s node operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLayout {
+    /// `[B|1, n_senders + n_receivers, out]`: the senders' rows, then the receivers'.
+    Stacked,
+    /// `[B|1, n, 2 out]`: one node set, sender projection then receiver projection.
+    SideBySide,
+}
+
+/// See [`edge_input`]; its arguments are `e`, `weight` and the node projections in
+/// `layout`.
 pub struct EdgeInputOp {
     pub edges: EdgeTensors,
+    pub layout: NodeLayout,
 }
 
 /// Sizes of one [`EdgeInputOp`] call.
@@ -69,6 +116,9 @@ struct Sizes {
     batch: usize,
     e_batched: bool,
     nodes_batched: bool,
+    /// Rows and values per row of the node operand.
+    node_rows: usize,
+    node_width: usize,
     edges: usize,
     inputs: usize,
     outputs: usize,
@@ -78,12 +128,16 @@ impl EdgeInputOp {
     fn sizes(&self, e: &Layout, weight: &Layout, nodes: &Layout) -> Result<Sizes> {
         let (be, n_e, inputs) = e.shape().dims3()?;
         let (outputs, w_in) = weight.shape().dims2()?;
-        let (bn, n_nodes, f) = nodes.shape().dims3()?;
+        let (bn, n_nodes, width) = nodes.shape().dims3()?;
         let batch = be.max(bn);
+        let (ns, nr) = (self.edges.n_senders, self.edges.n_receivers);
+        let nodes_fit = match self.layout {
+            NodeLayout::Stacked => n_nodes == ns + nr && width == outputs,
+            NodeLayout::SideBySide => n_nodes == ns && n_nodes == nr && width == 2 * outputs,
+        };
         if n_e != self.edges.len()
             || w_in != inputs
-            || f != outputs
-            || n_nodes != self.edges.n_senders + self.edges.n_receivers
+            || !nodes_fit
             || (be != batch && be != 1)
             || (bn != batch && bn != 1)
         {
@@ -99,6 +153,8 @@ impl EdgeInputOp {
             batch,
             e_batched: be == batch && batch > 1,
             nodes_batched: bn == batch && batch > 1,
+            node_rows: n_nodes,
+            node_width: width,
             edges: n_e,
             inputs,
             outputs,
@@ -108,16 +164,21 @@ impl EdgeInputOp {
     fn forward<T: Real>(&self, z: &Sizes, e: &[T], weight: &[T], nodes: &[T]) -> Result<Vec<T>> {
         let senders = self.edges.senders.to_vec1::<u32>()?;
         let receivers = self.edges.receivers.to_vec1::<u32>()?;
-        let n_senders = self.edges.n_senders;
-        let n_nodes = n_senders + self.edges.n_receivers;
         let f = z.outputs;
+        // Receiver k's projection: rows after the senders' (stacked) or columns after
+        // the sender projection (side by side).
+        let (receiver_row, receiver_col) = match self.layout {
+            NodeLayout::Stacked => (self.edges.n_senders, 0),
+            NodeLayout::SideBySide => (0, f),
+        };
+        let width = z.node_width;
         let len = z.batch * z.edges * f;
         let mut out = vec![T::zero(); len];
         fill_rows(&mut out, f, len, |row, dst| {
             let (b, k) = (row / z.edges, row % z.edges);
-            let base = if z.nodes_batched { b * n_nodes } else { 0 };
-            let s0 = (base + senders[k] as usize) * f;
-            let r0 = (base + n_senders + receivers[k] as usize) * f;
+            let base = if z.nodes_batched { b * z.node_rows } else { 0 };
+            let s0 = (base + senders[k] as usize) * width;
+            let r0 = (base + receiver_row + receivers[k] as usize) * width + receiver_col;
             for ((d, &s), &r) in dst.iter_mut().zip(&nodes[s0..s0 + f]).zip(&nodes[r0..]) {
                 *d = s + r;
             }
@@ -198,7 +259,11 @@ impl CustomOp3 for EdgeInputOp {
         drop(g_e);
         let ds = segment_sum(&grad, &self.edges.senders, &self.edges.by_sender)?;
         let dr = segment_sum(&grad, &self.edges.receivers, &self.edges.by_receiver)?;
-        let dnodes = fold(&Tensor::cat(&[ds, dr], 1)?, nodes)?;
+        let axis = match self.layout {
+            NodeLayout::Stacked => 1,
+            NodeLayout::SideBySide => 2,
+        };
+        let dnodes = fold(&Tensor::cat(&[ds, dr], axis)?, nodes)?;
         Ok((Some(de), Some(dweight), Some(dnodes)))
     }
 }
@@ -240,6 +305,37 @@ mod tests {
                 let theirs = g_ref.get(v.as_tensor()).expect("a gradient");
                 let d = (mine - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
                 assert!(d < 1e-12, "({be}, {bs}, {br}): gradient {d}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The side-by-side layout of one node set against the composed layer.
+    #[test]
+    fn same_nodes_equals_the_composed_layer_with_gradients() -> Result<()> {
+        let graph = GraphTensors::new(&tiny_graph(2), &Device::Cpu, DType::F64)?
+            .with_aggregation(Aggregation::Csr);
+        let edges = &graph.mesh;
+        let n = graph.mesh_nodes.count;
+        for (be, bn) in [(1, 3), (3, 3), (3, 1)] {
+            let e = Var::from_tensor(&random_tensor(&[be, edges.len(), 5], DType::F64, 1)?)?;
+            let w = Var::from_tensor(&random_tensor(&[6, 5], DType::F64, 2)?)?;
+            let sr = Var::from_tensor(&random_tensor(&[bn, n, 12], DType::F64, 3)?)?;
+            let fused = edge_input_same_nodes(edges, &e, &w, &sr)?;
+            let projected = Linear::new(w.as_tensor().clone(), None).forward(&e)?;
+            let (s, r) = (sr.narrow(2, 0, 6)?, sr.narrow(2, 6, 6)?);
+            let composed = gather_sum(edges, &projected, &s, &r)?;
+            let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "forward {diff}");
+            let weights = random_tensor(fused.dims(), DType::F64, 5)?;
+            let g = (fused * &weights)?.sum_all()?.backward()?;
+            let g_ref = (composed * &weights)?.sum_all()?.backward()?;
+            for v in [&e, &w, &sr] {
+                let mine = g.get(v.as_tensor()).expect("a gradient");
+                assert_eq!(mine.dims(), v.dims());
+                let theirs = g_ref.get(v.as_tensor()).expect("a gradient");
+                let d = (mine - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(d < 1e-12, "({be}, {bn}): gradient {d}");
             }
         }
         Ok(())

@@ -25,7 +25,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::aggregate::sum_into_receivers;
-use super::edge_input::edge_input;
+use super::edge_input::{edge_input, edge_input_same_nodes};
 use super::graph_tensors::EdgeTensors;
 use super::mlp::Mlp;
 
@@ -76,13 +76,20 @@ impl InteractionNetwork {
         edge_latents: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let m = &self.edge_mlp;
-        let preactivation = edge_input(
-            edges,
-            edge_latents,
-            &m.first_layer_block(0, edge_latents.dtype())?,
-            &m.project_with_bias(1, senders)?,
-            &m.project(2, receivers)?,
-        )?;
+        let edge_block = m.first_layer_block(0, edge_latents.dtype())?;
+        let preactivation = if senders.id() == receivers.id() {
+            // The processor: one node set sends and receives, one product projects it.
+            let sr = m.project_pair_with_bias(1, 2, senders)?;
+            edge_input_same_nodes(edges, edge_latents, &edge_block, &sr)?
+        } else {
+            edge_input(
+                edges,
+                edge_latents,
+                &edge_block,
+                &m.project_with_bias(1, senders)?,
+                &m.project(2, receivers)?,
+            )?
+        };
         let new_edges = m.forward_preactivation(&preactivation, Some(edge_latents))?;
         let aggregated = sum_into_receivers(edges, &new_edges)?;
         let new_receivers = self

@@ -17,7 +17,7 @@
 //! the order of the input parts, so it maps one-to-one onto a PyTorch
 //! `nn.Linear` applied to `torch.cat(parts, -1)`.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 
 use super::dense::dense;
@@ -85,6 +85,30 @@ impl Mlp {
         dense(x, &self.first_layer_block(part, x.dtype())?, &bias, false)
     }
 
+    /// `x` projected for two input parts at once: `[.., 2 hidden]`, part `first`'s
+    /// projection plus the first layer's bias, then part `second`'s projection. One
+    /// product for an edge MLP whose senders and receivers are the same nodes.
+    pub fn project_pair_with_bias(
+        &self,
+        first: usize,
+        second: usize,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let bias = self.layers[0]
+            .bias()
+            .expect("layers are built with a bias")
+            .to_dtype(x.dtype())?;
+        let weight = Tensor::cat(
+            &[
+                self.first_layer_block(first, x.dtype())?,
+                self.first_layer_block(second, x.dtype())?,
+            ],
+            0,
+        )?;
+        let bias = Tensor::cat(&[&bias, &bias.zeros_like()?], 0)?;
+        dense(x, &weight, &bias, false)
+    }
+
     /// The first layer's weight columns that act on input part `part`, in `dtype`.
     pub fn first_layer_block(&self, part: usize, dtype: DType) -> Result<Tensor> {
         let offset = self.input_widths[..part].iter().sum();
@@ -115,16 +139,35 @@ impl Mlp {
         }
     }
 
-    /// The MLP on input parts given separately, each `[.., rows, width_part]`
+    /// The MLP on input parts given separately, each `[batch, rows, width_part]`
     /// with batch dimensions that broadcast against each other, plus `residual` when
-    /// given; no concatenated tensor is formed.
+    /// given. On the CPU in f32/f64 the parts are concatenated (see the comment inside);
+    /// elsewhere each is projected on its own and no concatenation is formed.
     pub fn forward_parts(&self, parts: &[&Tensor], residual: Option<&Tensor>) -> Result<Tensor> {
         assert_eq!(
             parts.len(),
             self.input_widths.len(),
             "one tensor per input part"
         );
-        let mut sum = self.project_with_bias(0, parts[0])?;
+        let x0 = parts[0];
+        if x0.device().is_cpu() && matches!(x0.dtype(), DType::F32 | DType::F64) {
+            // With the fused dense op, one product over the concatenation keeps less
+            // than the split: the concatenation (inputs' width) instead of each part's
+            // projection and their sums (the hidden width each).
+            let batch = parts
+                .iter()
+                .map(|p| p.dim(0))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .fold(1, usize::max);
+            let parts = parts
+                .iter()
+                .map(|p| p.broadcast_as((batch, p.dim(1)?, p.dim(2)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let x = Tensor::cat(&parts, D::Minus1)?;
+            return self.forward_preactivation(&apply(&self.layers[0], &x, false)?, residual);
+        }
+        let mut sum = self.project_with_bias(0, x0)?;
         for (i, x) in parts.iter().enumerate().skip(1) {
             sum = sum.broadcast_add(&self.project(i, x)?)?;
         }
