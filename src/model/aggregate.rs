@@ -23,7 +23,7 @@ use candle_core::{
 use serde::{Deserialize, Serialize};
 
 use super::graph_tensors::EdgeTensors;
-use super::row_kernels::fill_rows;
+use super::row_kernels::{contiguous_values, fill_rows};
 
 /// How edge messages are gathered from and summed into nodes.
 #[derive(
@@ -266,8 +266,8 @@ impl CustomOp3 for SegmentSum {
         let (start, end) = msg_layout
             .contiguous_offsets()
             .context("csr-segment-sum needs contiguous messages")?;
-        let offsets = u32_slice(offsets, offsets_layout)?;
-        let edge_ids = u32_slice(edge_ids, edge_ids_layout)?;
+        let offsets = contiguous_values::<u32>(offsets, offsets_layout, "segment sum offsets")?;
+        let edge_ids = contiguous_values::<u32>(edge_ids, edge_ids_layout, "segment sum edge ids")?;
         let groups = offsets.len() - 1;
         let sum = |msg: &[f32]| segment_sum_rows(msg, b, e, f, offsets, edge_ids);
         let out = match msg {
@@ -442,7 +442,7 @@ impl GatherSum {
 }
 
 /// The values of a U32 index tensor on the CPU.
-fn host_index(t: &Tensor) -> Result<Vec<u32>> {
+pub(crate) fn host_index(t: &Tensor) -> Result<Vec<u32>> {
     t.to_vec1::<u32>()
 }
 
@@ -608,14 +608,6 @@ impl GatherSumRows<'_> {
 fn gathered_shape(nodes: &Layout, ids: &Layout) -> Result<Shape> {
     let (b, _, f) = nodes.shape().dims3()?;
     Ok(Shape::from((b, ids.shape().dims1()?, f)))
-}
-
-/// A U32 index tensor's values.
-fn u32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [u32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .context("segment sum: index tensors must be contiguous")?;
-    Ok(&storage.as_slice::<u32>()?[start..end])
 }
 
 /// `out[b, g, :] = sum over k in offsets[g]..offsets[g+1] of msg[b, edge_ids[k], :]`,

@@ -13,12 +13,10 @@
 //! [`dense`] composes the same function from candle ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
-};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use candle_nn::{Linear, Module};
 
-use super::row_kernels::fill_rows;
+use super::row_kernels::{contiguous_values, cpu_values, fill_rows};
 
 /// `act(x) W^T + b` for `x` `[.., in]`, `weight` `[out, in]` and `bias` `[out]`, where
 /// `act` is SiLU when `silu_input` and the identity otherwise.
@@ -63,25 +61,6 @@ macro_rules! real {
 }
 real!(f32);
 real!(f64);
-
-/// The contiguous values of a CPU tensor (its own storage, no copy).
-fn with_values<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("dense: expected a CPU tensor")
-    };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .context("dense: expected a contiguous tensor")?;
-    f(&cpu.as_slice::<T>()?[start..end])
-}
-
-fn contiguous<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .with_context(|| format!("dense: strided {what}"))?;
-    Ok(&s.as_slice::<T>()?[start..end])
-}
 
 impl DenseOp {
     fn forward<T: Real>(
@@ -165,19 +144,18 @@ pub(crate) fn gemm_accumulate<T: Real>(
 /// `grad * silu'(x)`, one pass.
 fn silu_backward<T: Real>(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
     let cols = x.dim(candle_core::D::Minus1)?;
-    let values = with_values::<T, _>(x, |x| {
-        with_values::<T, _>(grad, |g| {
-            let mut out = vec![T::zero(); x.len()];
-            fill_rows(&mut out, cols, x.len(), |r, row| {
-                let span = r * cols..(r + 1) * cols;
-                for ((o, &v), &d) in row.iter_mut().zip(&x[span.clone()]).zip(&g[span]) {
-                    *o = d * v.silu_derivative();
-                }
-            });
-            Ok(out)
-        })
-    })?;
-    Tensor::from_vec(values, x.shape(), x.device())
+    let (xs, xl) = x.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let xv = cpu_values::<T>(&xs, xl, "dense backward")?;
+    let gv = cpu_values::<T>(&gs, gl, "dense backward")?;
+    let mut out = vec![T::zero(); xv.len()];
+    fill_rows(&mut out, cols, xv.len(), |r, row| {
+        let span = r * cols..(r + 1) * cols;
+        for ((o, &v), &d) in row.iter_mut().zip(&xv[span.clone()]).zip(&gv[span]) {
+            *o = d * v.silu_derivative();
+        }
+    });
+    Tensor::from_vec(out, x.shape(), x.device())
 }
 
 impl CustomOp3 for DenseOp {
@@ -208,15 +186,15 @@ impl CustomOp3 for DenseOp {
         let sizes = (rows, inputs, outputs);
         let out = match x.dtype() {
             DType::F32 => CpuStorage::F32(self.forward::<f32>(
-                contiguous(x, x_layout, "input")?,
-                contiguous(weight, weight_layout, "weight")?,
-                contiguous(bias, bias_layout, "bias")?,
+                contiguous_values(x, x_layout, "dense input")?,
+                contiguous_values(weight, weight_layout, "dense weight")?,
+                contiguous_values(bias, bias_layout, "dense bias")?,
                 sizes,
             )),
             DType::F64 => CpuStorage::F64(self.forward::<f64>(
-                contiguous(x, x_layout, "input")?,
-                contiguous(weight, weight_layout, "weight")?,
-                contiguous(bias, bias_layout, "bias")?,
+                contiguous_values(x, x_layout, "dense input")?,
+                contiguous_values(weight, weight_layout, "dense weight")?,
+                contiguous_values(bias, bias_layout, "dense bias")?,
                 sizes,
             )),
             other => bail!("dense: f32 or f64, got {other:?}"),

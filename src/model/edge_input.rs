@@ -12,13 +12,13 @@
 //! [`edge_input`] composes the product and [`gather_sum`].
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Linear, Module};
 
-use super::aggregate::{gather_sum, segment_sum, Aggregation};
+use super::aggregate::{gather_sum, host_index, segment_sum, Aggregation};
 use super::dense::{gemm_accumulate, Real};
 use super::graph_tensors::EdgeTensors;
-use super::row_kernels::fill_rows;
+use super::row_kernels::{contiguous_values, fill_rows};
 
 /// `e W^T + s[:, senders] + r[:, receivers]` for edge latents `e` `[B|1, E, in]`, the
 /// edge block `weight` `[out, in]` of the first layer, and node projections `s`
@@ -162,8 +162,8 @@ impl EdgeInputOp {
     }
 
     fn forward<T: Real>(&self, z: &Sizes, e: &[T], weight: &[T], nodes: &[T]) -> Result<Vec<T>> {
-        let senders = self.edges.senders.to_vec1::<u32>()?;
-        let receivers = self.edges.receivers.to_vec1::<u32>()?;
+        let senders = host_index(&self.edges.senders)?;
+        let receivers = host_index(&self.edges.receivers)?;
         let f = z.outputs;
         // Receiver k's projection: rows after the senders' (stacked) or columns after
         // the sender projection (side by side).
@@ -209,19 +209,13 @@ impl CustomOp3 for EdgeInputOp {
         nodes_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let z = self.sizes(e_layout, weight_layout, nodes_layout)?;
-        fn values<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-            let (a, b) = l
-                .contiguous_offsets()
-                .context("edge input: strided operand")?;
-            Ok(&s.as_slice::<T>()?[a..b])
-        }
         macro_rules! run {
             ($t:ty, $variant:ident) => {
                 CpuStorage::$variant(self.forward::<$t>(
                     &z,
-                    values(e, e_layout)?,
-                    values(weight, weight_layout)?,
-                    values(nodes, nodes_layout)?,
+                    contiguous_values(e, e_layout, "edge input")?,
+                    contiguous_values(weight, weight_layout, "edge input")?,
+                    contiguous_values(nodes, nodes_layout, "edge input")?,
                 )?)
             };
         }

@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
 
-use super::row_kernels::fill_rows;
+use super::row_kernels::{cpu_values, fill_rows};
 
 /// Added to the variance before the square root, as in PyTorch's default.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
@@ -330,15 +330,8 @@ fn cpu_backward<T: Element + candle_core::WithDType>(
     let w: Vec<f64> = weight.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
     let (xs, xl) = x.storage_and_layout();
     let (gs, gl) = grad.storage_and_layout();
-    let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(gs)) = (&*xs, &*gs) else {
-        bail!("layer norm backward: expected CPU tensors")
-    };
-    let span = |l: &Layout| {
-        l.contiguous_offsets()
-            .context("layer norm backward: strided")
-    };
-    let ((x0, x1), (g0, g1)) = (span(xl)?, span(gl)?);
-    let (xv, gv) = (&xs.as_slice::<T>()?[x0..x1], &gs.as_slice::<T>()?[g0..g1]);
+    let xv = cpu_values::<T>(&xs, xl, "layer norm backward")?;
+    let gv = cpu_values::<T>(&gs, gl, "layer norm backward")?;
     let rows = xv.len() / cols.max(1);
     let n = cols as f64;
     let wide = |v: &T| Element::to_f64(*v);

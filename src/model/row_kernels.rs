@@ -2,6 +2,34 @@
 //! candle's worker pool (the pool its element-wise ops use, so no second set of threads
 //! competes for the cores); on CUDA, the launch shape.
 
+use candle_core::{bail, Context, CpuStorage, Layout, Result, Storage, WithDType};
+
+/// The values of a contiguous CPU operand, as a custom op's `cpu_fwd` receives it
+/// (`what` names the op and operand in the error).
+pub fn contiguous_values<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .with_context(|| format!("{what}: needs a contiguous operand"))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// [`contiguous_values`] of a tensor's storage (`Tensor::storage_and_layout`), which
+/// must be on the CPU: how a backward pass reads its operands without a copy.
+pub fn cpu_values<'a, T: WithDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let Storage::Cpu(cpu) = storage else {
+        bail!("{what}: expected a CPU tensor")
+    };
+    contiguous_values(cpu, layout, what)
+}
+
 /// Calls `fill(r, row)` for every row `r` of `out` (rows of `width` values), on candle's
 /// worker pool when `work` (values touched) is large enough to pay for waking it (about
 /// 2^15), else on this thread. Every row is handed to exactly one call.
