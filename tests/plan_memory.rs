@@ -35,11 +35,7 @@ fn plan(data: &Path, extra: &[&str]) -> std::process::Output {
 
 fn plan_json(data: &Path, extra: &[&str]) -> serde_json::Value {
     let out = plan(data, extra);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -53,11 +49,7 @@ fn measured(data: &Path, dir: &Path, extra: &[&str]) -> f64 {
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let summary: serde_json::Value = text
         .lines()
@@ -131,11 +123,7 @@ fn the_budget_picks_the_cheapest_configuration_that_fits() {
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["train"]["checkpointing"], true);

@@ -54,11 +54,7 @@ fn tiny_run(dir: &Path, data: &Path, name: &str, extra: &[&str]) -> PathBuf {
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "train-model failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o);
     out
 }
 
@@ -69,11 +65,7 @@ fn export(args: &[&str], out: &Path) {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "export-reference failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o);
 }
 
 fn sidecar(dir: &Path) -> serde_json::Value {

@@ -33,11 +33,7 @@ fn train(args: &[&str]) -> std::process::Output {
 }
 
 fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "train-model failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 

@@ -69,6 +69,15 @@ pub fn generate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     path
 }
 
+/// Fails the test with the command's stderr unless it exited successfully.
+pub fn succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "meshcast failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs inspect-data --json and parses the report.
 pub fn inspect_json(args: &[String]) -> serde_json::Value {
     let out = meshcast()
@@ -78,11 +87,7 @@ pub fn inspect_json(args: &[String]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "inspect-data failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
