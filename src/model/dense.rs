@@ -18,14 +18,19 @@ use candle_nn::{Linear, Module};
 
 use super::row_kernels::{contiguous_values, cpu_values, fill_rows};
 
+/// Whether meshcast's fused CPU kernels take `x` and `others`: on the CPU, in f32 or
+/// f64, all of one dtype (elsewhere the composed candle ops run). The planner's
+/// `StepShape::fused_kernels` is the same rule for a whole step.
+pub fn runs_fused(x: &Tensor, others: &[&Tensor]) -> bool {
+    x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && others.iter().all(|t| t.dtype() == x.dtype())
+}
+
 /// `act(x) W^T + b` for `x` `[.., in]`, `weight` `[out, in]` and `bias` `[out]`, where
 /// `act` is SiLU when `silu_input` and the identity otherwise.
 pub fn dense(x: &Tensor, weight: &Tensor, bias: &Tensor, silu_input: bool) -> Result<Tensor> {
-    let fused = x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && weight.dtype() == x.dtype()
-        && bias.dtype() == x.dtype();
-    if fused {
+    if runs_fused(x, &[weight, bias]) {
         return x
             .contiguous()?
             .apply_op3(&weight.contiguous()?, bias, DenseOp { silu_input });

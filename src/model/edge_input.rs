@@ -16,7 +16,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use candle_nn::{Linear, Module};
 
 use super::aggregate::{gather_sum, host_index, segment_sum, Aggregation};
-use super::dense::{gemm_accumulate, Real};
+use super::dense::{gemm_accumulate, runs_fused, Real};
 use super::graph_tensors::EdgeTensors;
 use super::row_kernels::{contiguous_values, fill_rows};
 
@@ -72,10 +72,7 @@ pub fn edge_input_same_nodes(
 
 /// Whether the fused op applies: csr, on the CPU, f32 or f64 throughout.
 fn fused(edges: &EdgeTensors, e: &Tensor, others: &[&Tensor]) -> bool {
-    edges.aggregation == Aggregation::Csr
-        && e.device().is_cpu()
-        && matches!(e.dtype(), DType::F32 | DType::F64)
-        && others.iter().all(|t| t.dtype() == e.dtype())
+    edges.aggregation == Aggregation::Csr && runs_fused(e, others)
 }
 
 fn apply(

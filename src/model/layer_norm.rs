@@ -12,6 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
 
+use super::dense::runs_fused;
 use super::row_kernels::{cpu_values, fill_rows};
 
 /// Added to the variance before the square root, as in PyTorch's default.
@@ -44,11 +45,8 @@ impl LayerNorm {
         let broadcasts = residual.rank() == dims.len()
             && residual.dims().first() == Some(&1)
             && residual.dims()[1..] == dims[1..];
-        let fused = x.device().is_cpu()
-            && matches!(x.dtype(), DType::F32 | DType::F64)
-            && residual.dtype() == x.dtype()
-            && self.weight.dtype() == x.dtype()
-            && (residual.dims() == dims || broadcasts);
+        let fused =
+            runs_fused(x, &[residual, &self.weight]) && (residual.dims() == dims || broadcasts);
         if !fused {
             return residual.broadcast_add(&self.forward(x)?);
         }

@@ -20,7 +20,7 @@
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 
-use super::dense::dense;
+use super::dense::{dense, runs_fused};
 use super::layer_norm::LayerNorm;
 
 /// `in -> hidden (x hidden_layers, SiLU after each) -> out`, then an optional LayerNorm.
@@ -150,7 +150,7 @@ impl Mlp {
             "one tensor per input part"
         );
         let x0 = parts[0];
-        if x0.device().is_cpu() && matches!(x0.dtype(), DType::F32 | DType::F64) {
+        if runs_fused(x0, &[]) {
             // With the fused dense op, one product over the concatenation keeps less
             // than the split: the concatenation (inputs' width) instead of each part's
             // projection and their sums (the hidden width each).
