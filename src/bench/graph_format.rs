@@ -2,19 +2,21 @@
 //! same graph stored and batched in different ways, case by case.
 //!
 //! A case is grid x batch size x format (`coo-replicated`, `coo-shared`, `csr-shared`)
-//! x precision x checkpointing x patches (only f32 and one patch
-//! exist today; they are recorded so later reports align). For each grid the graph
-//! is built (timed, repeated) and loaded from an on-disk cache in a temporary
-//! directory (timed, repeated). For each batch size one synthetic batch is made and
-//! the reference format (coo-shared) runs it once. Then each case:
+//! x precision x checkpointing (patches are recorded so later reports align; the cases
+//! run whole grids). For each grid the graph is built (timed, repeated) and loaded
+//! from an on-disk cache in a temporary directory (timed, repeated). For each batch
+//! size one synthetic batch is made and the reference format (coo-shared, f32) runs it
+//! once. Then each case:
 //!
-//! 1. resets the allocator's peak and builds its graph tensors, model (parameters
-//!    initialised from the seed, so identical across formats) and AdamW state;
-//! 2. runs the forward pass and loss and compares them with the reference
+//! 1. resets the allocator's peak and builds its graph tensors and model (parameters
+//!    initialised from the seed, so identical across formats);
+//! 2. on the model's inference view (detached parameters, no autograd graph) runs the
+//!    forward pass and loss and compares them with the reference
 //!    (elementwise `|a - b| <= atol + rtol |b|`); a case that differs records
-//!    `verified: false` and gets no timings;
-//! 3. runs `warmup_steps` training steps (forward, loss, backward, clipping, AdamW),
-//!    then times `forward_repeats` forward passes and `timed_steps` steps;
+//!    `verified: false` and gets no timings; then times `forward_repeats` forward
+//!    passes and records their peak (`inference_peak`);
+//! 3. creates the AdamW state, runs `warmup_steps` training steps (forward, loss,
+//!    backward, clipping, AdamW), then times `timed_steps` steps;
 //! 4. reads the peak of the counting allocator and fills the memory breakdown.
 //!
 //! Inputs are synthetic: uniform values in [-1, 1) for the normalised input states,
@@ -420,8 +422,14 @@ struct Reference {
     loss: f64,
 }
 
-fn forward_loss(built: &Built, batch: &SyntheticBatch) -> anyhow::Result<(Tensor, Tensor)> {
-    let pred = built.model.forward(&built.graph, &batch.x)?;
+/// Output and loss of `model` on `batch`; given the inference view
+/// ([`GraphCast::detached`]), no autograd graph is kept.
+fn forward_loss(
+    model: &GraphCast,
+    graph: &GraphTensors,
+    batch: &SyntheticBatch,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let pred = model.forward(graph, &batch.x)?;
     let loss = weighted_mse(&pred, &batch.y, &batch.weights, batch.count)?;
     Ok((pred, loss))
 }
@@ -470,6 +478,7 @@ fn run_case(
         timings: None,
         memory: None,
         predicted_peak: None,
+        inference_peak: None,
         error: None,
     };
     let outcome = (|| -> anyhow::Result<()> {
@@ -480,7 +489,10 @@ fn run_case(
             parameters: params,
             bytes: param_bytes,
         };
-        let (pred, loss) = forward_loss(&built, batch)?;
+        // Verification, then the timed forward passes, on the inference view: its
+        // peak is what a forecast of this batch needs (weights, graph, activations).
+        let inference = built.model.detached(&built.vars, &built.graph)?;
+        let (pred, loss) = forward_loss(&inference, &built.graph, batch)?;
         let out: Vec<f32> = pred.flatten_all()?.to_vec1()?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         drop((pred, loss));
@@ -532,9 +544,18 @@ fn run_case(
             return Ok(());
         }
 
+        let forward_times = time_repeats(plan.forward_repeats, || {
+            let (_, loss) = forward_loss(&inference, &built.graph, batch)?;
+            loss.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        result.inference_peak = memory::peak_on(device)
+            .zip(baseline)
+            .map(|(p, b)| p.saturating_sub(b) as u64);
+        drop(inference);
+
         let mut optimizer = AdamW::new(built.vars.clone(), AdamWParams::default())?;
-        // The peak of the training steps only: the verification forward above kept its
-        // whole graph (a forward pass with trainable weights does), which is not a step's.
+        // The peak of the training steps only, from the level the case holds now.
         memory::reset_peak_on(device);
         let mut last_loss = f64::NAN;
         let checkpoint_every = cfg.checkpointing.then_some(1);
@@ -564,11 +585,6 @@ fn run_case(
             .unwrap_or(plan.timed_steps);
         let step_times = time_repeats(steps, &mut step)?;
         let peak = memory::peak_on(device);
-        let forward_times = time_repeats(plan.forward_repeats, || {
-            let (_, loss) = forward_loss(&built, batch)?;
-            loss.to_scalar::<f32>()?;
-            Ok(())
-        })?;
         let step = Summary::of(&step_times).expect("at least one timed step");
         let edges = edge_updates_per_sample(&result.graph, cfg.num_gnn_layers);
         result.timings = Some(Timings {
@@ -598,7 +614,6 @@ fn run_case(
 }
 
 /// The planner's prediction for a case (its batch was allocated before the baseline).
-/// Replicated batching is predicted as shared: the planner knows one batching.
 fn predicted_peak(
     cfg: &CaseConfig,
     g: &GraphInfo,
@@ -832,7 +847,8 @@ pub fn run(
                 ..cfg.clone()
             };
             let built = build_model(g, &ref_cfg, plan.seed, device)?;
-            let (pred, loss) = forward_loss(&built, &sb)?;
+            let inference = built.model.detached(&built.vars, &built.graph)?;
+            let (pred, loss) = forward_loss(&inference, &built.graph, &sb)?;
             let reference = Reference {
                 output: pred.flatten_all()?.to_vec1()?,
                 loss: loss.to_scalar::<f32>()? as f64,
@@ -951,6 +967,7 @@ pub fn summary_table(report: &Report) -> String {
         "predicted MiB".into(),
         "activations MiB".into(),
         "graph MiB".into(),
+        "inference peak MiB".into(),
     ]];
     for c in &report.cases {
         let v = match (&c.verification, &c.error) {
@@ -999,6 +1016,7 @@ pub fn summary_table(report: &Report) -> String {
             c.predicted_peak.map_or("-".into(), mib),
             act,
             mib(c.graph.case_bytes as u64),
+            c.inference_peak.map_or("-".into(), mib),
         ]);
     }
     render_table(&rows)

@@ -172,7 +172,7 @@ pub struct Verification {
 /// Timings of a verified case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
-    /// Forward pass and loss, no backward.
+    /// Forward pass and loss on the inference view (no autograd graph), no backward.
     pub forward: Summary,
     /// Forward, loss, backward, gradient clipping and the AdamW update.
     pub step: Summary,
@@ -203,6 +203,11 @@ pub struct CaseResult {
     /// `device::plan`), to set against the measured `memory.peak - memory.baseline`.
     #[serde(default)]
     pub predicted_peak: Option<u64>,
+    /// Peak bytes above the case's baseline during its forward passes on the
+    /// inference view (no autograd graph kept): weights, graph (and the replica of
+    /// coo-replicated) and activations. What a forecast of this batch needs.
+    #[serde(default)]
+    pub inference_peak: Option<u64>,
     /// Why the case has no timings, if it failed.
     pub error: Option<String>,
 }
@@ -406,6 +411,7 @@ pub mod tests {
                     Some(3 << 20),
                 )),
                 predicted_peak: None,
+                inference_peak: None,
                 error: None,
             }],
             patch_boundary: Vec::new(),

@@ -25,7 +25,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -155,6 +155,20 @@ impl GraphCast {
             compute_dtype: vb.dtype(),
             config,
         })
+    }
+
+    /// The same model over detached views of its parameters `vars` (the same storage,
+    /// so it follows every optimizer step). Forward passes through it build no autograd
+    /// graph, so inference frees each activation once the next op has read it.
+    pub fn detached(&self, vars: &[(String, Var)], graph: &GraphTensors) -> Result<GraphCast> {
+        let views = vars
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let vb = VarBuilder::from_tensors(views, self.master_dtype, graph.device());
+        let mut model = GraphCast::new(self.config.clone(), graph, vb)?;
+        model.compute_dtype = self.compute_dtype;
+        Ok(model)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -498,6 +512,30 @@ mod tests {
         let f32_diffs = batching_differences(DType::F32)?;
         assert!(f32_diffs[0] < 1e-6, "outputs differ by {}", f32_diffs[0]);
         assert!(f32_diffs.iter().all(|&d| d < 1e-5), "{f32_diffs:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn detached_view_computes_the_same_output_without_an_autograd_graph() -> Result<()> {
+        let graph = GraphTensors::new(&tiny_graph(1), &Device::Cpu, DType::F32)?;
+        let varmap = VarMap::new();
+        let m = model_with(&varmap, &graph, Batching::Shared, Aggregation::Csr)?;
+        let vars = crate::model::named_parameters(&varmap);
+        let view = m.detached(&vars, &graph)?;
+        let x = random_tensor(&[2, graph.grid_nodes.count, 5], DType::F32, 4)?;
+        let (trained, inferred) = (m.forward(&graph, &x)?, view.forward(&graph, &x)?);
+        assert!(trained.track_op(), "the trainable model records its ops");
+        assert!(!inferred.track_op(), "the view keeps no autograd graph");
+        let diff = (&trained - &inferred)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        // The view shares the parameters' storage: an update shows through.
+        let (name, var) = &vars[0];
+        var.set(&(var.as_tensor() + 1.0)?)?;
+        let moved = (m.forward(&graph, &x)? - view.forward(&graph, &x)?)?;
+        assert_eq!(moved.abs()?.max_all()?.to_scalar::<f32>()?, 0.0, "{name}");
         Ok(())
     }
 

@@ -101,13 +101,7 @@ impl Session {
         let mut model = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
         model.set_precision(run.train.mixed_precision);
         let vars = crate::model::named_parameters(&varmap);
-        let views = vars
-            .iter()
-            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-            .collect();
-        let vb = VarBuilder::from_tensors(views, DType::F32, device);
-        let mut inference = GraphCast::new(run.model.clone(), &graph_tensors, vb)?;
-        inference.set_precision(run.train.mixed_precision);
+        let inference = model.detached(&vars, &graph_tensors)?;
         Ok(Session {
             dataset,
             splits,
