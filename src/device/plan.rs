@@ -10,8 +10,9 @@
 //! storm1996 grid, latent 16 and 64, batch 1 and 3; see docs/benchmarks.md), then
 //! rescaled per group (plain x0.75, checkpointing x0.88 overall, low precision 0.79 -> 0.57) to
 //! 16 peaks measured after the LayerNorm became one custom op (5 deg and storm1996,
-//! latent 64, batch 1 and 2). The graph-format benchmark reports predicted against
-//! measured peaks for every case.
+//! latent 64, batch 1 and 2). On the CPU in f32 the fused kernels keep less, by a
+//! factor per aggregation; a replicated batch pays the static embeddings once per copy.
+//! The graph-format benchmark reports predicted against measured peaks for every case.
 
 use serde::Serialize;
 
@@ -37,13 +38,17 @@ const FIXED: f64 = 1.4e6;
 const CKPT_STAGE: f64 = 2.084;
 const CKPT_BOUNDARY_ROW: f64 = 0.700;
 const CKPT_STATIC_ROW: f64 = 4.009;
-/// Activations with meshcast's fused CPU kernels (f32 on the CPU with csr: dense layers
-/// that keep only their input, LayerNorm fused with the residual, the edge MLP's first
-/// layer as one op) relative to the composed ops the coefficients above were fitted on:
-/// without and with checkpointing (measured: 0.46-0.49 and 0.59-0.66 on 10- and 5-degree
-/// grids, latent 64 and 128, batch 1, 3 and 8; see docs/benchmarks.md).
-const FUSED_FACTOR: f64 = 0.47;
-const FUSED_CKPT_FACTOR: f64 = 0.63;
+/// Activations with meshcast's fused CPU kernels (f32 on the CPU: dense layers that
+/// keep only their input, LayerNorm fused with the residual, one product over the node
+/// MLP's inputs; with csr also the edge MLP's first layer) relative to the composed ops
+/// the coefficients above were fitted on, `(plain, checkpointing)`. With checkpointing
+/// the factor scales the recomputed stage and the static rows, not the saved
+/// boundaries, which are plain tensors either way. Measured on 10- and 5-degree grids,
+/// latent 64 and 128, 4 to 16 layers, batch 1, 3 and 8, and the 1-degree step of two
+/// patches (docs/benchmarks.md): csr 0.43-0.45 and 0.48-0.66, index-add 0.59-0.63 and
+/// 0.64-0.74.
+const FUSED_FACTORS_CSR: (f64, f64) = (0.46, 0.55);
+const FUSED_FACTORS_INDEX_ADD: (f64, f64) = (0.61, 0.69);
 /// Activation bytes of bf16/f16 relative to f32 (the f32 master weights' casts and the
 /// f32 statistics the backward recomputes add to the half-size activations).
 const LOW_PRECISION_FACTOR: f64 = 0.57;
@@ -88,16 +93,25 @@ pub struct StepShape {
     /// Bytes of every graph tensor resident on the device (whole graph and patches).
     pub graph_bytes: u64,
     pub techniques: Techniques,
-    /// The step runs on the CPU (where f32 with csr takes the fused kernels).
+    /// The step runs on the CPU (where f32 takes the fused kernels).
     pub on_cpu: bool,
 }
 
 impl StepShape {
-    /// Whether the step runs the fused CPU kernels (see `FUSED_FACTOR`).
+    /// Whether the step runs the fused CPU kernels (the rule of `model::dense::runs_fused`
+    /// for a whole step).
     pub fn fused_kernels(&self) -> bool {
-        self.on_cpu
-            && self.techniques.precision == MixedPrecision::Off
-            && self.model.aggregation == crate::model::Aggregation::Csr
+        self.on_cpu && self.techniques.precision == MixedPrecision::Off
+    }
+
+    /// The activation factors of the step's kernels, `(plain, checkpointing)` (see
+    /// `FUSED_FACTORS_CSR`; 1 for the composed ops).
+    fn kernel_factors(&self) -> (f64, f64) {
+        match (self.fused_kernels(), self.model.aggregation) {
+            (false, _) => (1.0, 1.0),
+            (true, crate::model::Aggregation::Csr) => FUSED_FACTORS_CSR,
+            (true, crate::model::Aggregation::IndexAdd) => FUSED_FACTORS_INDEX_ADD,
+        }
     }
 }
 
@@ -165,26 +179,21 @@ pub fn predict(shape: &StepShape) -> Prediction {
     let block = edge_row * m2m + node_row * mesh;
     let decoder = edge_row * m2g + node_row * grid;
     let latent = shape.model.latent_size as f64;
-    let static_rows = mesh + g2m + m2m + m2g;
+    // The static embedders run once per batch, or once per copy of a replicated graph.
+    let copies = match shape.model.batching {
+        crate::model::Batching::Shared => 1.0,
+        crate::model::Batching::Replicated => b,
+    };
+    let static_rows = copies * (mesh + g2m + m2m + m2g);
+    let (plain_factor, checkpointing_factor) = shape.kernel_factors();
     let vectors = if t.checkpointing {
         // One stage alive at a time, plus the saved boundaries.
         let stage = encoder.max(block).max(decoder);
         let boundaries = (layers + 1.0) * (mesh + m2m) + grid;
-        let fused = if shape.fused_kernels() {
-            FUSED_CKPT_FACTOR
-        } else {
-            1.0
-        };
-        fused
-            * (b * (CKPT_STAGE * stage + CKPT_BOUNDARY_ROW * boundaries)
-                + CKPT_STATIC_ROW * static_rows)
+        checkpointing_factor * (b * CKPT_STAGE * stage + CKPT_STATIC_ROW * static_rows)
+            + b * CKPT_BOUNDARY_ROW * boundaries
     } else {
-        let fused = if shape.fused_kernels() {
-            FUSED_FACTOR
-        } else {
-            1.0
-        };
-        fused * (b * (encoder + layers * block + decoder) + STATIC_ROW * static_rows)
+        plain_factor * (b * (encoder + layers * block + decoder) + STATIC_ROW * static_rows)
     };
     let bytes_per_value = match t.precision {
         MixedPrecision::Off => 4.0,
@@ -451,6 +460,30 @@ mod tests {
             }) < p(base)
         );
         assert!(p(Techniques { patches: 4, ..base }) < p(base) / 2);
+    }
+
+    #[test]
+    fn a_replicated_batch_pays_the_static_embeddings_once_per_copy() {
+        let t = Techniques {
+            patches: 1,
+            checkpointing: false,
+            precision: MixedPrecision::Off,
+        };
+        let mut s = shape(t);
+        s.batch_size = 4;
+        let shared = predict(&s).activations;
+        s.model.batching = crate::model::Batching::Replicated;
+        let replicated = predict(&s).activations;
+        // Three more copies of the static rows (mesh nodes and the three edge sets).
+        let g = s.step_graph;
+        let static_rows =
+            (g.mesh_nodes + g.grid2mesh_edges + g.mesh_edges + g.mesh2grid_edges) as f64;
+        let expected = 3.0 * STATIC_ROW * static_rows * 4.0 * 128.0;
+        let extra = (replicated - shared) as f64;
+        assert!(
+            (extra - expected).abs() < 1e-6 * expected,
+            "{extra} vs {expected}"
+        );
     }
 
     #[test]
