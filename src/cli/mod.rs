@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::device::memory::FreedPages;
 use crate::device::DeviceSpec;
 
 pub use data_args::{DataArgs, WindowArgs};
@@ -86,6 +87,12 @@ pub enum Command {
 /// (2 for bad input, 1 for anything else) with one line on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any other thread exists: only a run under a memory budget gives freed
+    // pages back, so that its resident size stays near the budgeted peak.
+    crate::device::memory::set_freed_pages(match &cli.command {
+        Command::TrainModel(args) if args.memory_budget.is_some() => FreedPages::Return,
+        _ => FreedPages::Keep,
+    });
     init_logging(cli.verbose, cli.quiet);
     // Opened once here so a device that cannot be had fails before any work.
     let result = cli.device.open().and_then(|device| {

@@ -110,6 +110,8 @@ pub struct TrainArgs {
     /// Choose patches, checkpointing and precision so that the predicted peak of a
     /// training step fits this budget (e.g. 4GB): the cheapest configuration that does
     /// (fewest patches, then checkpointing, then bf16), as `meshcast plan-memory` shows.
+    /// Freed memory then goes back to the system, so the resident size stays near the
+    /// counted peak (a little slower on the CPU).
     #[arg(long, value_parser = crate::device::plan::parse_bytes)]
     pub memory_budget: Option<u64>,
     /// Gathers and edge -> node sums: `csr` (segment sums by receiver and by sender, CPU and

@@ -134,6 +134,36 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     }
 }
 
+/// What the process's mimalloc does with freed pages (see [`set_freed_pages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreedPages {
+    /// Keep them: no page is zeroed twice; the resident size can stay above the live peak.
+    Keep,
+    /// Give them back after mimalloc's purge delay (1 s): the resident size follows the
+    /// live bytes.
+    Return,
+}
+
+/// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_e` in mimalloc.h, v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sets what mimalloc does with freed pages. Call it before any other thread exists.
+/// `MIMALLOC_PURGE_DELAY`, when set, decides instead.
+///
+/// Returning pages costs time: a training step frees and re-allocates gigabytes, and
+/// the kernel zeroes every page given back when it is touched again (27% of the
+/// 5-degree bar case's step). Keeping them costs resident memory above the live peak:
+/// a 1-degree step in two patches with a counted peak of 3.04 GB reaches 4.07 GB RSS
+/// keeping them, 3.42 GB returning them (docs/benchmarks.md). A run under a memory
+/// budget cannot spend that.
+pub fn set_freed_pages(policy: FreedPages) {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() || policy == FreedPages::Return {
+        return;
+    }
+    // SAFETY: sets one option before other threads exist; no memory is involved.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 static REGISTERED: OnceLock<&'static Counters> = OnceLock::new();
 
 /// Makes `allocator` (the process's global allocator) the one [`current`], [`peak`]
