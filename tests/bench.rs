@@ -276,6 +276,12 @@ fn quick_benchmark_writes_a_verified_report() {
         let m = &c["memory"];
         assert!(m["peak"].as_u64().unwrap() > m["baseline"].as_u64().unwrap());
         assert!(m["activations"].as_u64().unwrap() > 0);
+        // Inference holds weights and graph but no autograd graph: below the training
+        // step's peak.
+        let inference = c["inference_peak"].as_u64().unwrap();
+        let case_peak = m["peak"].as_u64().unwrap() - m["baseline"].as_u64().unwrap();
+        let held = m["weights"].as_u64().unwrap() + m["graph"].as_u64().unwrap();
+        assert!(held < inference && inference < case_peak, "{c}");
     }
     assert!(stdout(&o).contains("csr-shared"));
     // Valid for compare-benchmarks: against itself, nothing changed.
