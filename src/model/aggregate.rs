@@ -18,7 +18,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, Context, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor,
+    bail, Context, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -463,13 +463,6 @@ impl CustomOp3 for GatherSum {
         let shape = self.shape(e_layout, s_layout, r_layout)?;
         let senders = host_index(&self.edges.senders)?;
         let receivers = host_index(&self.edges.receivers)?;
-        let slice = |l: &Layout| -> Result<(usize, usize)> {
-            l.contiguous_offsets()
-                .context("gather-sum needs contiguous inputs")
-        };
-        let (e0, e1) = slice(e_layout)?;
-        let (s0, s1) = slice(s_layout)?;
-        let (r0, r1) = slice(r_layout)?;
         let run = GatherSumRows {
             shape: &shape,
             senders: &senders,
@@ -477,20 +470,21 @@ impl CustomOp3 for GatherSum {
             n_senders: self.edges.n_senders,
             n_receivers: self.edges.n_receivers,
         };
-        let out = match (e, s, r) {
-            (CpuStorage::F32(e), CpuStorage::F32(s), CpuStorage::F32(r)) => {
-                CpuStorage::F32(run.run(&e[e0..e1], &s[s0..s1], &r[r0..r1]))
-            }
-            (CpuStorage::F64(e), CpuStorage::F64(s), CpuStorage::F64(r)) => {
-                CpuStorage::F64(run.run(&e[e0..e1], &s[s0..s1], &r[r0..r1]))
-            }
-            (CpuStorage::BF16(e), CpuStorage::BF16(s), CpuStorage::BF16(r)) => {
-                CpuStorage::BF16(run.run(&e[e0..e1], &s[s0..s1], &r[r0..r1]))
-            }
-            (CpuStorage::F16(e), CpuStorage::F16(s), CpuStorage::F16(r)) => {
-                CpuStorage::F16(run.run(&e[e0..e1], &s[s0..s1], &r[r0..r1]))
-            }
-            _ => bail!("gather-sum: inputs of one float dtype, got {:?}", e.dtype()),
+        macro_rules! run {
+            ($t:ty, $variant:ident) => {
+                CpuStorage::$variant(run.run::<$t>(
+                    contiguous_values(e, e_layout, "gather-sum")?,
+                    contiguous_values(s, s_layout, "gather-sum")?,
+                    contiguous_values(r, r_layout, "gather-sum")?,
+                ))
+            };
+        }
+        let out = match e.dtype() {
+            DType::F32 => run!(f32, F32),
+            DType::F64 => run!(f64, F64),
+            DType::BF16 => run!(half::bf16, BF16),
+            DType::F16 => run!(half::f16, F16),
+            other => bail!("gather-sum: inputs of one float dtype, got {other:?}"),
         };
         Ok((out, Shape::from((shape.batch, shape.edges, shape.features))))
     }
