@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod graph;
 pub mod model;
-pub mod reference;
+pub mod predict;
+pub mod verify;
 pub mod train;
 pub mod util;

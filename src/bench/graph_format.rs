@@ -29,9 +29,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::machine::{BackendInfo, BuildInfo, MachineInfo};
@@ -44,19 +44,13 @@ use crate::data::Grid;
 use crate::device::memory::{self, MemoryBreakdown};
 use crate::error::InputError;
 use crate::graph::{self, GraphOptions, WeatherGraph};
-use crate::model::{GraphCast, GraphTensors, MixedPrecision, ModelConfig};
-use crate::train::checkpointing::step_gradients;
-use crate::train::init::init_parameters;
-use crate::train::loss::{loss_weights, weighted_mse};
-use crate::train::optimizer::{clip_by_global_norm, AdamW, AdamWParams};
-use crate::train::session::grid_input_features;
+use crate::model::{GraphTensors, MixedPrecision, ModelConfig};
+use crate::verify::tolerance::{allclose, tolerances, ATOL, RTOL};
+use crate::predict::{synthetic, LossTarget, Network, Patched, Predictor, WholeGraph};
+use crate::train::loss::weighted_mse;
+use crate::train::optimizer::{AdamW, AdamWParams};
+use crate::train::step::train_step;
 
-/// Tolerances of the verification against the reference format (f32): relative, and
-/// absolute as a fraction of the largest reference output (`ATOL` x max |output|), since
-/// formats that add the same terms in another order differ by rounding of the terms'
-/// size, also where a sum cancels to near zero.
-pub const RTOL: f64 = 1e-5;
-pub const ATOL: f64 = 1e-5;
 /// Learning rate of the timed steps (small: the weights should barely move).
 const LEARNING_RATE: f64 = 1e-4;
 
@@ -309,11 +303,10 @@ pub fn grid_for(spec: &str) -> Result<(String, Grid, Vec<bool>), InputError> {
 /// One synthetic batch on the graph's grid nodes.
 struct SyntheticBatch {
     x: Tensor,
-    y: Tensor,
-    weights: Tensor,
-    count: f64,
+    target: LossTarget,
 }
 
+/// `cfg`'s batch, from a seed of the plan's, the grid's size and the batch size.
 fn synthetic_batch(
     graph: &WeatherGraph,
     grid: &Grid,
@@ -322,74 +315,31 @@ fn synthetic_batch(
     device: &Device,
 ) -> anyhow::Result<SyntheticBatch> {
     let (b, n) = (cfg.batch_size, graph.grid_nodes.len());
-    let half = cfg.input_steps * cfg.channels;
-    let f = grid_input_features(cfg.input_steps, cfg.channels);
     let seed = plan_seed ^ (n as u64).wrapping_mul(0x9E37_79B9) ^ ((b as u64) << 40);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut x = Vec::with_capacity(b * n * f);
-    for _ in 0..b * n {
-        x.extend((0..half).map(|_| rng.random_range(-1.0f32..1.0)));
-        x.extend(std::iter::repeat_n(1.0f32, f - half));
-    }
-    let y: Vec<f32> = (0..b * n * cfg.channels)
-        .map(|_| rng.random_range(-0.5f32..0.5))
-        .collect();
-    let mut valid_cells = vec![false; grid.len()];
-    for &c in graph.grid_map.cells() {
-        valid_cells[c as usize] = true;
-    }
-    let w = grid.latitude_weights(&valid_cells);
-    let lat_w: Vec<f32> = graph
-        .grid_map
-        .cells()
-        .iter()
-        .map(|&c| w[c as usize])
-        .collect();
-    let valid = vec![true; b * n * cfg.channels];
-    let var_w = vec![1.0f32; cfg.channels];
-    let (weights, count) = loss_weights(&valid, &lat_w, &var_w, (b, n, cfg.channels), device)?;
-    Ok(SyntheticBatch {
-        x: Tensor::from_vec(x, (b, n, f), device)?,
-        y: Tensor::from_vec(y, (b, n, cfg.channels), device)?,
-        weights,
-        count,
-    })
+    let shape = (b, cfg.input_steps, cfg.channels);
+    let (x, target) = synthetic::batch(graph, grid, shape, seed, device)?;
+    Ok(SyntheticBatch { x, target })
 }
 
-/// A model of `cfg`'s format over `graph`, parameters from `seed`.
-struct Built {
-    graph: GraphTensors,
-    model: GraphCast,
-    vars: Vec<(String, Var)>,
-}
-
+/// The model of `cfg`'s format on the whole of `graph`, parameters from `seed`.
 fn build_model(
     graph: &WeatherGraph,
     cfg: &CaseConfig,
     seed: u64,
     device: &Device,
-) -> anyhow::Result<Built> {
+) -> anyhow::Result<WholeGraph> {
     let tensors = GraphTensors::new(graph, device, DType::F32)?;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let config = ModelConfig {
         latent_size: cfg.latent_size,
         num_gnn_layers: cfg.num_gnn_layers,
         mlp_hidden_layers: cfg.mlp_hidden_layers,
-        grid_input_features: grid_input_features(cfg.input_steps, cfg.channels),
-        output_channels: cfg.channels,
         batching: cfg.format.batching(),
         aggregation: cfg.format.aggregation(),
-    };
-    let mut model = GraphCast::new(config, &tensors, vb)?;
-    model.set_precision(case_precision(cfg)?);
-    let vars = crate::model::named_parameters(&varmap);
-    init_parameters(&vars, seed)?;
-    Ok(Built {
-        graph: tensors,
-        model,
-        vars,
-    })
+        ..ModelConfig::default()
+    }
+    .for_data(cfg.input_steps, cfg.channels);
+    let net = Network::initialised(config, case_precision(cfg)?, &tensors, seed)?;
+    Ok(WholeGraph::new(Arc::new(net), tensors))
 }
 
 /// How a case's precision is written in reports (`f32` for no mixed precision).
@@ -404,72 +354,42 @@ fn case_precision(cfg: &CaseConfig) -> anyhow::Result<MixedPrecision> {
     cfg.precision.parse().map_err(anyhow::Error::msg)
 }
 
-/// Verification tolerances against the f32 reference, `(rtol, atol)` with `atol` a
-/// fraction of the largest reference output: f32 cases must agree to rounding, element
-/// by element; low-precision cases within their mantissa's reach (bf16 8 bits, f16 11
-/// bits) of the largest reference output.
-pub fn tolerances(p: MixedPrecision) -> (f64, f64) {
-    match p {
-        MixedPrecision::Off => (RTOL, ATOL),
-        MixedPrecision::Bf16 => (5e-2, 1e-6),
-        MixedPrecision::F16 => (1e-2, 1e-6),
-    }
-}
-
 /// The reference format's output (flattened) and loss.
 struct Reference {
     output: Vec<f32>,
     loss: f64,
 }
 
-/// Output and loss of `model` on `batch`; given the inference view
-/// ([`GraphCast::detached`]), no autograd graph is kept.
+/// Output and loss of `predictor` on `batch`, on its inference view: no autograd graph
+/// is kept.
 fn forward_loss(
-    model: &GraphCast,
-    graph: &GraphTensors,
+    predictor: &dyn Predictor,
     batch: &SyntheticBatch,
 ) -> anyhow::Result<(Tensor, Tensor)> {
-    let pred = model.forward(graph, &batch.x)?;
-    let loss = weighted_mse(&pred, &batch.y, &batch.weights, batch.count)?;
+    let pred = predictor.forward(&batch.x)?;
+    let t = &batch.target;
+    let loss = weighted_mse(&pred, &t.y, &t.w, t.denominator)?;
     Ok((pred, loss))
-}
-
-/// Compares outputs and loss with the reference: `(verified, max |diff|, |loss diff|)`.
-pub fn allclose(a: &[f32], reference: &[f32], rtol: f64, atol: f64) -> (bool, f64) {
-    let mut ok = a.len() == reference.len();
-    let mut max = 0.0f64;
-    for (&x, &r) in a.iter().zip(reference) {
-        let d = (x as f64 - r as f64).abs();
-        // NaN differences fail too: `d > tol` alone would let them through.
-        if d.is_nan() || d > atol + rtol * (r as f64).abs() {
-            ok = false;
-        }
-        if d > max || d.is_nan() {
-            max = if d.is_nan() { f64::INFINITY } else { d };
-        }
-    }
-    (ok, max)
 }
 
 fn edge_updates_per_sample(g: &GraphInfo, layers: usize) -> usize {
     g.grid2mesh_edges + layers * g.mesh_edges + g.mesh2grid_edges
 }
 
+/// What a case runs on: the graph and its sizes, the batch, and the reference's result.
+struct CaseInputs<'a> {
+    graph: &'a WeatherGraph,
+    info: &'a GraphInfo,
+    batch: &'a SyntheticBatch,
+    reference: &'a Reference,
+}
+
 /// Runs one case after the graph and batch exist.
-#[allow(clippy::too_many_arguments)]
-fn run_case(
-    cfg: &CaseConfig,
-    plan: &BenchPlan,
-    graph: &WeatherGraph,
-    graph_info: &GraphInfo,
-    batch: &SyntheticBatch,
-    reference: &Reference,
-    device: &Device,
-) -> CaseResult {
+fn run_case(cfg: &CaseConfig, plan: &BenchPlan, inputs: &CaseInputs, device: &Device) -> CaseResult {
     let baseline = memory::reset_peak_on(device);
     let mut result = CaseResult {
         config: cfg.clone(),
-        graph: graph_info.clone(),
+        graph: inputs.info.clone(),
         model: ModelSize {
             parameters: 0,
             bytes: 0,
@@ -481,136 +401,142 @@ fn run_case(
         inference_peak: None,
         error: None,
     };
-    let outcome = (|| -> anyhow::Result<()> {
-        let built = build_model(graph, cfg, plan.seed, device)?;
-        let params: usize = built.vars.iter().map(|(_, v)| v.elem_count()).sum();
-        let param_bytes = params * DType::F32.size_in_bytes();
-        result.model = ModelSize {
-            parameters: params,
-            bytes: param_bytes,
-        };
-        // Verification, then the timed forward passes, on the inference view: its
-        // peak is what a forecast of this batch needs (weights, graph, activations).
-        let inference = built.model.detached(&built.vars, &built.graph)?;
-        let (pred, loss) = forward_loss(&inference, &built.graph, batch)?;
-        let out: Vec<f32> = pred.flatten_all()?.to_vec1()?;
-        let loss_value = loss.to_scalar::<f32>()? as f64;
-        drop((pred, loss));
-        let precision = case_precision(cfg)?;
-        let (rtol, atol_fraction) = tolerances(precision);
-        let scale = reference
-            .output
-            .iter()
-            .fold(0.0f64, |m, v| m.max(v.abs() as f64));
-        let atol = atol_fraction * scale.max(f64::MIN_POSITIVE);
-        let (mut out_ok, max_diff) = allclose(&out, &reference.output, rtol, atol);
-        if precision != MixedPrecision::Off {
-            // Low precision: normwise, against the largest reference output.
-            out_ok = out.len() == reference.output.len() && max_diff <= atol + rtol * scale;
-        }
-        let loss_diff = (loss_value - reference.loss).abs();
-        let loss_ok = loss_diff <= atol + rtol * reference.loss.abs();
-        let verified = out_ok && loss_ok && loss_value.is_finite();
-        result.verification = Some(Verification {
-            verified,
-            max_output_diff: max_diff,
-            loss_diff,
-            rtol,
-            atol,
-            reference: Format::REFERENCE,
-        });
-        // The graph as this case holds it (the replica is cached by the model).
-        let mut case_bytes = built
-            .graph
-            .with_aggregation(cfg.format.aggregation())
-            .bytes();
-        if cfg.format.batching() == crate::model::Batching::Replicated {
-            case_bytes += built
-                .model
-                .replicated_graph(&built.graph, cfg.batch_size)?
-                .bytes();
-        }
-        result.graph.case_bytes = case_bytes;
-        let param_bytes = param_bytes as u64;
-        if !verified {
-            result.memory = Some(MemoryBreakdown::new(
-                param_bytes,
-                0,
-                0,
-                case_bytes as u64,
-                None,
-                None,
-            ));
-            return Ok(());
-        }
-
-        let forward_times = time_repeats(plan.forward_repeats, || {
-            let (_, loss) = forward_loss(&inference, &built.graph, batch)?;
-            loss.to_scalar::<f32>()?;
-            Ok(())
-        })?;
-        result.inference_peak = memory::peak_on(device)
-            .zip(baseline)
-            .map(|(p, b)| p.saturating_sub(b) as u64);
-        drop(inference);
-
-        let mut optimizer = AdamW::new(built.vars.clone(), AdamWParams::default())?;
-        // The peak of the training steps only, from the level the case holds now.
-        memory::reset_peak_on(device);
-        let mut last_loss = f64::NAN;
-        let checkpoint_every = cfg.checkpointing.then_some(1);
-        let mut step = || -> anyhow::Result<()> {
-            let loss = |pred: &Tensor| weighted_mse(pred, &batch.y, &batch.weights, batch.count);
-            let step = step_gradients(
-                &built.model,
-                &built.graph,
-                &batch.x,
-                &built.vars,
-                loss,
-                checkpoint_every,
-            )?;
-            last_loss = step.loss;
-            let mut g = step.grads;
-            clip_by_global_norm(&mut g, 1.0)?;
-            optimizer.step(&g, LEARNING_RATE)?;
-            Ok(())
-        };
-        for _ in 0..plan.warmup_steps {
-            step()?;
-        }
-        let steps = plan
-            .overrides
-            .get(&plan_grid_key(plan, cfg))
-            .and_then(|o| o.timed_steps)
-            .unwrap_or(plan.timed_steps);
-        let step_times = time_repeats(steps, &mut step)?;
-        let peak = memory::peak_on(device);
-        let step = Summary::of(&step_times).expect("at least one timed step");
-        let edges = edge_updates_per_sample(&result.graph, cfg.num_gnn_layers);
-        result.timings = Some(Timings {
-            forward: Summary::of(&forward_times).expect("at least one forward"),
-            samples_per_s: cfg.batch_size as f64 / step.median_s,
-            edges_per_s: (cfg.batch_size * edges) as f64 / step.median_s,
-            step,
-            warmup_steps: plan.warmup_steps,
-            final_loss: last_loss,
-        });
-        result.memory = Some(MemoryBreakdown::new(
-            param_bytes,
-            2 * param_bytes,
-            param_bytes,
-            case_bytes as u64,
-            baseline.map(|b| b as u64),
-            peak.map(|p| p as u64),
-        ));
-        result.predicted_peak = Some(predicted_peak(cfg, &result.graph, built.model.config())?);
-        Ok(())
-    })();
-    if let Err(e) = outcome {
+    if let Err(e) = measure_case(cfg, plan, inputs, device, baseline, &mut result) {
         result.error = Some(format!("{e:#}"));
         result.timings = None;
     }
     result
+}
+
+/// Verification, then (if verified) timed forward passes and training steps, memory.
+fn measure_case(
+    cfg: &CaseConfig,
+    plan: &BenchPlan,
+    inputs: &CaseInputs,
+    device: &Device,
+    baseline: Option<usize>,
+    result: &mut CaseResult,
+) -> anyhow::Result<()> {
+    let predictor = build_model(inputs.graph, cfg, plan.seed, device)?;
+    let net = predictor.network();
+    let param_bytes = net.parameter_count() * DType::F32.size_in_bytes();
+    result.model = ModelSize {
+        parameters: net.parameter_count(),
+        bytes: param_bytes,
+    };
+    // Verification, then the timed forward passes, on the inference view: its peak
+    // is what a forecast of this batch needs (weights, graph, activations).
+    let verification = verify(&predictor, cfg, inputs)?;
+    let verified = verification.verified;
+    result.verification = Some(verification);
+    result.graph.case_bytes = case_graph_bytes(&predictor, cfg)?;
+    let (param_bytes, graph_bytes) = (param_bytes as u64, result.graph.case_bytes as u64);
+    if !verified {
+        result.memory = Some(MemoryBreakdown::new(param_bytes, 0, 0, graph_bytes, None, None));
+        return Ok(());
+    }
+    let forward_times = time_repeats(plan.forward_repeats, || {
+        let (_, loss) = forward_loss(&predictor, inputs.batch)?;
+        loss.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    result.inference_peak = memory::peak_on(device)
+        .zip(baseline)
+        .map(|(p, b)| p.saturating_sub(b) as u64);
+    // The peak of the training steps only, from the level the case holds now.
+    memory::reset_peak_on(device);
+    let (step_times, final_loss) = time_steps(&predictor, cfg, plan, inputs.batch)?;
+    let peak = memory::peak_on(device);
+    let step = Summary::of(&step_times).expect("at least one timed step");
+    let edges = edge_updates_per_sample(&result.graph, cfg.num_gnn_layers);
+    result.timings = Some(Timings {
+        forward: Summary::of(&forward_times).expect("at least one forward"),
+        samples_per_s: cfg.batch_size as f64 / step.median_s,
+        edges_per_s: (cfg.batch_size * edges) as f64 / step.median_s,
+        step,
+        warmup_steps: plan.warmup_steps,
+        final_loss,
+    });
+    result.memory = Some(MemoryBreakdown::new(
+        param_bytes,
+        2 * param_bytes,
+        param_bytes,
+        graph_bytes,
+        baseline.map(|b| b as u64),
+        peak.map(|p| p as u64),
+    ));
+    result.predicted_peak = Some(predicted_peak(cfg, &result.graph, net.config())?);
+    Ok(())
+}
+
+/// The case's output and loss against the reference format's.
+fn verify(predictor: &dyn Predictor, cfg: &CaseConfig, inputs: &CaseInputs) -> anyhow::Result<Verification> {
+    let (pred, loss) = forward_loss(predictor, inputs.batch)?;
+    let out: Vec<f32> = pred.flatten_all()?.to_vec1()?;
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let reference = inputs.reference;
+    let precision = case_precision(cfg)?;
+    let (rtol, atol_fraction) = tolerances(precision);
+    let scale = reference
+        .output
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64));
+    let atol = atol_fraction * scale.max(f64::MIN_POSITIVE);
+    let (mut out_ok, max_diff) = allclose(&out, &reference.output, rtol, atol);
+    if precision != MixedPrecision::Off {
+        // Low precision: normwise, against the largest reference output.
+        out_ok = out.len() == reference.output.len() && max_diff <= atol + rtol * scale;
+    }
+    let loss_diff = (loss_value - reference.loss).abs();
+    let loss_ok = loss_diff <= atol + rtol * reference.loss.abs();
+    Ok(Verification {
+        verified: out_ok && loss_ok && loss_value.is_finite(),
+        max_output_diff: max_diff,
+        loss_diff,
+        rtol,
+        atol,
+        reference: Format::REFERENCE,
+    })
+}
+
+/// The graph as the case holds it (the replica of coo-replicated is cached by the model).
+fn case_graph_bytes(predictor: &WholeGraph, cfg: &CaseConfig) -> anyhow::Result<usize> {
+    let graph = predictor.graph();
+    let mut bytes = graph.with_aggregation(cfg.format.aggregation()).bytes();
+    if cfg.format.batching() == crate::model::Batching::Replicated {
+        let model = predictor.network().model();
+        bytes += model.replicated_graph(graph, cfg.batch_size)?.bytes();
+    }
+    Ok(bytes)
+}
+
+/// `warmup_steps` untimed training steps, then the timed ones: their times and the
+/// last loss.
+fn time_steps(
+    predictor: &dyn Predictor,
+    cfg: &CaseConfig,
+    plan: &BenchPlan,
+    batch: &SyntheticBatch,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    let mut optimizer = AdamW::new(predictor.network().vars().to_vec(), AdamWParams::default())?;
+    let mut last_loss = f64::NAN;
+    let checkpoint_every = cfg.checkpointing.then_some(1);
+    let mut step = || -> anyhow::Result<()> {
+        let data = (&batch.x, &batch.target);
+        let (step, _) = train_step(predictor, &mut optimizer, data, checkpoint_every, 1.0, LEARNING_RATE)?;
+        last_loss = step.loss;
+        Ok(())
+    };
+    for _ in 0..plan.warmup_steps {
+        step()?;
+    }
+    let steps = plan
+        .overrides
+        .get(&plan_grid_key(plan, cfg))
+        .and_then(|o| o.timed_steps)
+        .unwrap_or(plan.timed_steps);
+    let times = time_repeats(steps, &mut step)?;
+    Ok((times, last_loss))
 }
 
 /// The planner's prediction for a case (its batch was allocated before the baseline).
@@ -656,35 +582,26 @@ fn patch_boundary_errors(
         precision: precision_name(MixedPrecision::Off).into(),
         ..cfg.clone()
     };
-    let built = build_model(graph, &cfg, plan.seed, device)?;
+    let whole_graph = build_model(graph, &cfg, plan.seed, device)?;
     let x = synthetic_batch(graph, grid, plan.seed, &cfg, device)?.x;
-    let whole = built.model.forward(&built.graph, &x)?.detach();
+    let whole = whole_graph.forward(&x)?;
     let mut out = Vec::new();
     for &halo_deg in &plan.patch_halos {
         let options = crate::graph::PatchOptions {
             n_patches: plan.boundary_patches,
             halo_deg,
         };
-        let patches = crate::graph::split_into_patches(graph, grid, &options)?;
-        let mut patched = whole.zeros_like()?;
-        let mut largest = 0;
-        for patch in &patches {
-            largest = largest.max(patch.grid_nodes.len());
-            let p = crate::train::session::patch_tensors(patch, graph, device)?;
-            let pred = built
-                .model
-                .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?
-                .detach();
-            patched =
-                patched.index_add(&p.owned_full, &pred.index_select(&p.owned_local, 1)?, 1)?;
-        }
+        let patches = Patched::split(graph, grid, &options, device)?;
+        let largest = patches.iter().map(|p| p.graph.grid_nodes.count).max().unwrap_or(0);
+        let n_patches = patches.len();
+        let patched = Patched::new(whole_graph.shared_network(), patches).forward(&x)?;
         let scalar = |t: Tensor| -> anyhow::Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
         let diff = (&patched - &whole)?;
         let max_abs_error = scalar(diff.abs()?.max_all()?)?;
         let rms = |t: &Tensor| -> anyhow::Result<f64> { Ok(scalar(t.sqr()?.mean_all()?)?.sqrt()) };
         out.push(PatchBoundaryError {
             grid: cfg.grid.clone(),
-            patches: patches.len(),
+            patches: n_patches,
             halo_deg,
             largest_patch_nodes: largest,
             max_abs_error,
@@ -846,9 +763,8 @@ pub fn run(
                 precision: precision_name(MixedPrecision::Off).into(),
                 ..cfg.clone()
             };
-            let built = build_model(g, &ref_cfg, plan.seed, device)?;
-            let inference = built.model.detached(&built.vars, &built.graph)?;
-            let (pred, loss) = forward_loss(&inference, &built.graph, &sb)?;
+            let reference_model = build_model(g, &ref_cfg, plan.seed, device)?;
+            let (pred, loss) = forward_loss(&reference_model, &sb)?;
             let reference = Reference {
                 output: pred.flatten_all()?.to_vec1()?,
                 loss: loss.to_scalar::<f32>()? as f64,
@@ -857,7 +773,13 @@ pub fn run(
         }
         let (_, _, _, sb, reference) = batch.as_ref().expect("set above");
         bar.set_message(cfg.short());
-        let r = run_case(cfg, plan, g, info, sb, reference, device);
+        let inputs = CaseInputs {
+            graph: g,
+            info,
+            batch: sb,
+            reference,
+        };
+        let r = run_case(cfg, plan, &inputs, device);
         match (&r.error, &r.verification) {
             (Some(e), _) => tracing::error!("{}: {e}", cfg.short()),
             (None, Some(v)) if !v.verified => tracing::error!(
@@ -1095,14 +1017,6 @@ mod tests {
             .all(|c| c.mesh_level == 6 && c.batch_size == 1 && c.num_gnn_layers == 2));
         plan.overrides.insert("2.5".into(), GridOverride::default());
         assert!(plan.validate().is_err());
-    }
-
-    #[test]
-    fn allclose_uses_both_tolerances() {
-        assert!(allclose(&[1.0, 100.0], &[1.0000005, 100.0009], 1e-5, 1e-6).0);
-        assert!(!allclose(&[1.0], &[1.01], 1e-5, 1e-6).0);
-        assert!(!allclose(&[f32::NAN], &[1.0], 1e-5, 1e-6).0);
-        assert_eq!(allclose(&[f32::NAN], &[1.0], 1e-5, 1e-6).1, f64::INFINITY);
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! `meshcast export-reference`: flags onto [`crate::reference::export`].
+//! `meshcast export-reference`: flags onto [`crate::verify::export::export`].
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::model::{Aggregation, Batching};
-use crate::reference::{
+use crate::verify::export::{
     export, parse_split, split_name, CheckpointSource, Source, SyntheticSource,
 };
 

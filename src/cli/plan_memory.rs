@@ -7,7 +7,6 @@ use super::{DataArgs, GraphArgs};
 use crate::device::plan::{self, PlanRow, Techniques};
 use crate::graph::load_or_build;
 use crate::model::{MixedPrecision, ModelConfig};
-use crate::train::session::grid_input_features;
 
 #[derive(Debug, Args)]
 pub struct PlanMemoryArgs {
@@ -67,10 +66,9 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         latent_size: args.latent_size,
         num_gnn_layers: args.num_gnn_layers,
         mlp_hidden_layers: args.mlp_hidden_layers,
-        grid_input_features: grid_input_features(args.input_steps, channels),
-        output_channels: channels,
         ..Default::default()
-    };
+    }
+    .for_data(args.input_steps, channels);
     let shape_for = |t: Techniques| {
         plan::step_shape(
             &graph,

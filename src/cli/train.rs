@@ -16,7 +16,6 @@ use crate::data::generate::{generate, GenerateOptions};
 use crate::data::{Dataset, SplitFractions, WindowSpec};
 use crate::model::{Batching, ModelConfig};
 use crate::train::config::{RunConfig, TrainConfig};
-use crate::train::session::model_config_for;
 use crate::train::trainer::{best_checkpoint, train, TrainOptions};
 
 /// The embedded default run.
@@ -270,7 +269,7 @@ fn run_from_flags(args: &TrainArgs, on_cpu: bool) -> anyhow::Result<(RunConfig, 
     if let Some(v) = args.aggregation {
         model.aggregation = v;
     }
-    let model = model_config_for(&model, window.input_steps, dataset.num_channels());
+    let model = model.for_data(window.input_steps, dataset.num_channels());
     if let Some(budget) = args.memory_budget {
         fit_budget(
             budget,

@@ -5,27 +5,29 @@
 //! (anomalies against the training block's per-cell climatology), next to persistence
 //! and climatology baselines. [`forecast`] writes one rollout as CF-NetCDF, step by step.
 
-pub mod rollout;
+mod forecast;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
 use candle_core::Device;
-use netcdf::Extent;
 use serde::Serialize;
+
+pub use forecast::forecast;
 
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
 use crate::error::InputError;
 use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::predict::{NodeState, NormalisedResidual, Rollout};
 use crate::train::session::Session;
-use rollout::{step, NodeState};
 
 /// A model restored from a checkpoint, with its data.
 pub struct Loaded {
     pub session: Session,
+    /// The checkpoint's run as executed here (data and patches possibly replaced).
+    pub run: crate::train::RunConfig,
     pub stats: NormStats,
     pub meta: CheckpointMeta,
 }
@@ -61,7 +63,7 @@ pub fn load(
         .into());
     }
     let session = Session::new(&run, dataset, graph_cache, device)?;
-    ck.restore_weights(&session.vars)?;
+    ck.restore_weights(session.network().vars())?;
     tracing::info!(
         "loaded {}/{name} (step {}, epoch {})",
         dir.display(),
@@ -70,6 +72,7 @@ pub fn load(
     );
     Ok(Loaded {
         session,
+        run,
         stats: ck.meta.stats.clone(),
         meta: ck.meta,
     })
@@ -98,6 +101,13 @@ pub struct EvalReport {
     pub initial_times: Vec<String>,
     pub rollout_steps: usize,
     pub variables: BTreeMap<String, Vec<LeadScores>>,
+    /// How the model ran: patches (1: whole grid) and graph forward passes in all
+    /// (one per patch per model step and batch).
+    pub patches: usize,
+    pub graph_forwards: usize,
+    /// Peak bytes allocated during the rollouts above what was held before them
+    /// (weights, graph and data excluded; None without the counting allocator).
+    pub rollout_peak_bytes: Option<u64>,
 }
 
 /// Weighted sums from which RMSE, bias and ACC follow.
@@ -136,20 +146,13 @@ impl Sums {
 /// Per-cell mean of every channel over the training block (the climatology), on graph nodes.
 fn climatology(loaded: &Loaded) -> anyhow::Result<NodeState> {
     let s = &loaded.session;
-    let (cells, channels, grid_cells) = (
-        s.graph.grid_map.cells(),
-        loaded.stats.channels.len(),
-        s.dataset.grid.len(),
-    );
-    let (mut sum, mut count) = (
-        vec![0f64; cells.len() * channels],
-        vec![0u32; cells.len() * channels],
-    );
-    let mut reader = StepReader::default();
+    let channels = loaded.stats.channels.len();
+    let size = s.graph.grid_map.cells().len() * channels;
+    let (mut sum, mut count) = (vec![0f64; size], vec![0u32; size]);
+    let mut reader = NodeReader::new(s, channels);
     for t in s.splits.train.clone() {
-        let state =
-            NodeState::from_state(&reader.read(&s.dataset, t)?, cells, channels, grid_cells);
-        for k in 0..sum.len() {
+        let state = reader.read(t)?;
+        for k in 0..size {
             if state.valid[k] {
                 sum[k] += state.values[k] as f64;
                 count[k] += 1;
@@ -157,7 +160,7 @@ fn climatology(loaded: &Loaded) -> anyhow::Result<NodeState> {
         }
     }
     Ok(NodeState {
-        values: (0..sum.len())
+        values: (0..size)
             .map(|k| {
                 if count[k] > 0 {
                     (sum[k] / count[k] as f64) as f32
@@ -170,6 +173,85 @@ fn climatology(loaded: &Loaded) -> anyhow::Result<NodeState> {
     })
 }
 
+/// Initial times of the test block that leave room for `rollout_steps` model steps.
+fn initial_times(loaded: &Loaded, rollout_steps: usize) -> anyhow::Result<Vec<usize>> {
+    let (s, window) = (&loaded.session, loaded.meta.run.window);
+    let test = s.splits.range(Split::Test);
+    let inits: Vec<usize> = s
+        .splits
+        .samples(Split::Test)
+        .into_iter()
+        .filter(|&t0| t0 + rollout_steps * window.lead_steps < test.end)
+        .collect();
+    if inits.is_empty() {
+        return Err(InputError(format!(
+            "{}: the test block (steps {}..{}) is too short for {} input steps and a {rollout_steps}-step rollout at lead {}",
+            s.dataset.file_list(),
+            test.start,
+            test.end,
+            window.input_steps,
+            window.lead_steps
+        ))
+        .into());
+    }
+    Ok(inits)
+}
+
+/// Reads dataset time steps as states on the graph's grid nodes.
+struct NodeReader<'a> {
+    session: &'a Session,
+    channels: usize,
+    reader: StepReader,
+}
+
+impl<'a> NodeReader<'a> {
+    fn new(session: &'a Session, channels: usize) -> NodeReader<'a> {
+        NodeReader {
+            session,
+            channels,
+            reader: StepReader::default(),
+        }
+    }
+
+    fn read(&mut self, t: usize) -> anyhow::Result<NodeState> {
+        let s = self.session;
+        let state = self.reader.read(&s.dataset, t)?;
+        let cells = s.graph.grid_map.cells();
+        Ok(NodeState::from_state(&state, cells, self.channels, s.dataset.grid.len()))
+    }
+
+    /// The `input_steps` states ending at `t0`, oldest first.
+    fn history(&mut self, t0: usize, input_steps: usize) -> anyhow::Result<Vec<NodeState>> {
+        (0..input_steps)
+            .map(|k| self.read(t0 + 1 + k - input_steps))
+            .collect()
+    }
+}
+
+/// Adds one lead's forecasts of one batch (model, persistence, climatology) against
+/// `truth`, weighted by latitude.
+fn score_lead(
+    sums: &mut [[Sums; 3]],
+    lat_w: &[f32],
+    (model, initial, truth, clim): (&NodeState, &NodeState, &NodeState, &NodeState),
+) {
+    let channels = sums.len();
+    for (n, &node_w) in lat_w.iter().enumerate() {
+        for (c, acc) in sums.iter_mut().enumerate() {
+            let j = n * channels + c;
+            if !truth.valid[j] {
+                continue;
+            }
+            let (w, o, cl) = (node_w as f64, truth.values[j] as f64, clim.values[j] as f64);
+            acc[0].add(w, model.values[j] as f64, o, cl);
+            if initial.valid[j] {
+                acc[1].add(w, initial.values[j] as f64, o, cl);
+            }
+            acc[2].add(w, cl, o, cl);
+        }
+    }
+}
+
 /// Rolls out `rollout_steps` model steps from every initial time of the test block that
 /// leaves room for them, `batch_size` initial times at a time.
 pub fn evaluate(
@@ -179,98 +261,36 @@ pub fn evaluate(
 ) -> anyhow::Result<EvalReport> {
     let s = &loaded.session;
     let window = loaded.meta.run.window;
-    let lead = window.lead_steps;
-    let test = s.splits.range(Split::Test);
-    let inits: Vec<usize> = s
-        .splits
-        .samples(Split::Test)
-        .into_iter()
-        .filter(|&t0| t0 + rollout_steps * lead < test.end)
-        .collect();
-    if inits.is_empty() {
-        return Err(InputError(format!(
-            "{}: the test block (steps {}..{}) is too short for {} input steps and a {rollout_steps}-step rollout at lead {lead}",
-            s.dataset.file_list(),
-            test.start,
-            test.end,
-            window.input_steps
-        ))
-        .into());
-    }
-    let (cells, channels, grid_cells) = (
-        s.graph.grid_map.cells(),
-        loaded.stats.channels.len(),
-        s.dataset.grid.len(),
-    );
+    let inits = initial_times(loaded, rollout_steps)?;
+    let channels = loaded.stats.channels.len();
     let lat_w = s.node_latitude_weights();
     let clim = climatology(loaded)?;
-    let mut reader = StepReader::default();
-    let mut read = |t: usize| -> anyhow::Result<NodeState> {
-        Ok(NodeState::from_state(
-            &reader.read(&s.dataset, t)?,
-            cells,
-            channels,
-            grid_cells,
-        ))
+    let model = NormalisedResidual {
+        predictor: s.predictor.as_ref(),
+        stats: &loaded.stats,
     };
+    let mut reader = NodeReader::new(s, channels);
+    let baseline = crate::device::memory::reset_peak_on(&s.device);
     // sums[lead][channel][system]: model, persistence, climatology.
     let mut sums = vec![vec![[Sums::default(); 3]; channels]; rollout_steps];
     for chunk in inits.chunks(batch_size.max(1)) {
-        let mut histories: Vec<Vec<NodeState>> = chunk
+        let histories = chunk
             .iter()
-            .map(|&t0| {
-                (0..window.input_steps)
-                    .map(|k| read(t0 + 1 + k - window.input_steps))
-                    .collect()
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let initial: Vec<NodeState> = histories
-            .iter()
-            .map(|h| h.last().expect("history").clone())
-            .collect();
+            .map(|&t0| reader.history(t0, window.input_steps))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let initial: Vec<NodeState> = histories.iter().map(|h| h[h.len() - 1].clone()).collect();
+        let mut rollout = Rollout::new(histories);
         for (k, lead_sums) in sums.iter_mut().enumerate() {
-            let next = step(s, &loaded.stats, &histories)?;
+            rollout.step(&model)?;
             for (i, &t0) in chunk.iter().enumerate() {
-                let truth = read(t0 + (k + 1) * lead)?;
-                for (n, &node_w) in lat_w.iter().enumerate() {
-                    for (c, acc) in lead_sums.iter_mut().enumerate() {
-                        let j = n * channels + c;
-                        if !truth.valid[j] {
-                            continue;
-                        }
-                        let (w, o, cl) =
-                            (node_w as f64, truth.values[j] as f64, clim.values[j] as f64);
-                        acc[0].add(w, next[i].values[j] as f64, o, cl);
-                        if initial[i].valid[j] {
-                            acc[1].add(w, initial[i].values[j] as f64, o, cl);
-                        }
-                        acc[2].add(w, cl, o, cl);
-                    }
-                }
-                histories[i].remove(0);
-                histories[i].push(next[i].clone());
+                let truth = reader.read(t0 + (k + 1) * window.lead_steps)?;
+                score_lead(lead_sums, &lat_w, (rollout.current(i), &initial[i], &truth, &clim));
             }
         }
     }
-    let step_hours = s.dataset.time.step_seconds().unwrap_or(0) as f64 / 3600.0;
-    let variables = loaded
-        .stats
-        .channels
-        .iter()
-        .enumerate()
-        .map(|(c, name)| {
-            let leads = (0..rollout_steps)
-                .map(|k| LeadScores {
-                    lead_steps: (k + 1) * lead,
-                    lead_hours: ((k + 1) * lead) as f64 * step_hours,
-                    model: sums[k][c][0].scores(),
-                    persistence: sums[k][c][1].scores(),
-                    climatology: sums[k][c][2].scores(),
-                })
-                .collect();
-            (name.clone(), leads)
-        })
-        .collect();
+    let rollout_peak_bytes = crate::device::memory::peak_on(&s.device)
+        .zip(baseline)
+        .map(|(p, b)| p.saturating_sub(b) as u64);
     Ok(EvalReport {
         checkpoint_step: loaded.meta.step,
         initial_times: inits
@@ -278,8 +298,38 @@ pub fn evaluate(
             .map(|&t| s.dataset.time.datetime(t).to_string())
             .collect(),
         rollout_steps,
-        variables,
+        variables: variable_scores(loaded, &sums),
+        patches: loaded.run.train.patches.max(1),
+        graph_forwards: s.predictor.graph_forwards(),
+        rollout_peak_bytes,
     })
+}
+
+/// The sums as scores per variable and lead.
+fn variable_scores(loaded: &Loaded, sums: &[Vec<[Sums; 3]>]) -> BTreeMap<String, Vec<LeadScores>> {
+    let s = &loaded.session;
+    let lead = loaded.meta.run.window.lead_steps;
+    let step_hours = s.dataset.time.step_seconds().unwrap_or(0) as f64 / 3600.0;
+    loaded
+        .stats
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let leads = sums
+                .iter()
+                .enumerate()
+                .map(|(k, lead_sums)| LeadScores {
+                    lead_steps: (k + 1) * lead,
+                    lead_hours: ((k + 1) * lead) as f64 * step_hours,
+                    model: lead_sums[c][0].scores(),
+                    persistence: lead_sums[c][1].scores(),
+                    climatology: lead_sums[c][2].scores(),
+                })
+                .collect();
+            (name.clone(), leads)
+        })
+        .collect()
 }
 
 impl std::fmt::Display for EvalReport {
@@ -323,122 +373,6 @@ impl std::fmt::Display for EvalReport {
             }
         }
         Ok(())
-    }
-}
-
-/// Writes a `steps`-step forecast from `init` (index on the data's time axis) to `out`:
-/// CF-NetCDF with time, lat, lon and every variable (with units, `_FillValue` where the
-/// grid cell is not a graph node), one time step written as soon as it is computed.
-pub fn forecast(loaded: &Loaded, init: usize, steps: usize, out: &Path) -> anyhow::Result<PathBuf> {
-    let s = &loaded.session;
-    let window = loaded.meta.run.window;
-    if init + 1 < window.input_steps {
-        crate::bail_input!(
-            "the initial time needs {} earlier steps of data",
-            window.input_steps - 1
-        );
-    }
-    let (cells, channels, grid) = (
-        s.graph.grid_map.cells(),
-        loaded.stats.channels.len(),
-        &s.dataset.grid,
-    );
-    let mut reader = StepReader::default();
-    let mut history: Vec<NodeState> = (0..window.input_steps)
-        .map(|k| {
-            Ok(NodeState::from_state(
-                &reader.read(&s.dataset, init + 1 + k - window.input_steps)?,
-                cells,
-                channels,
-                grid.len(),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let tmp = crate::util::temp_path(out);
-    let ctx = || format!("{}: cannot write the forecast", out.display());
-    let mut file = netcdf::create(&tmp).with_context(ctx)?;
-    let init_time = s.dataset.time.datetime(init);
-    let step_hours =
-        (s.dataset.time.step_seconds().unwrap_or(0) * window.lead_steps as i64) as f64 / 3600.0;
-    file.add_attribute("Conventions", "CF-1.8")?;
-    file.add_attribute("title", "meshcast forecast")?;
-    file.add_attribute(
-        "source",
-        format!(
-            "meshcast {} checkpoint step {}",
-            env!("CARGO_PKG_VERSION"),
-            loaded.meta.step
-        ),
-    )?;
-    file.add_attribute("forecast_reference_time", init_time.to_string())?;
-    file.add_unlimited_dimension("time")?;
-    file.add_dimension("lat", grid.nlat())?;
-    file.add_dimension("lon", grid.nlon())?;
-    let mut v = file.add_variable::<f64>("time", &["time"])?;
-    v.put_attribute("standard_name", "time")?;
-    v.put_attribute("units", format!("hours since {init_time}:00"))?;
-    v.put_attribute("calendar", cf_calendar(s.dataset.time.calendar))?;
-    v.put_attribute("axis", "T")?;
-    let mut v = file.add_variable::<f64>("lat", &["lat"])?;
-    v.put_attribute("standard_name", "latitude")?;
-    v.put_attribute("units", "degrees_north")?;
-    let mut v = file.add_variable::<f64>("lon", &["lon"])?;
-    v.put_attribute("standard_name", "longitude")?;
-    v.put_attribute("units", "degrees_east")?;
-    for ch in &s.dataset.channels {
-        let mut v = file.add_variable::<f32>(&ch.name, &["time", "lat", "lon"])?;
-        v.put_attribute("_FillValue", crate::data::generate::FILL_VALUE)?;
-        if let Some(u) = &ch.units {
-            v.put_attribute("units", u.as_str())?;
-        }
-        if let Some(l) = &ch.long_name {
-            v.put_attribute("long_name", l.as_str())?;
-        }
-    }
-    file.enddef()?;
-    file.variable_mut("lat")
-        .expect("defined")
-        .put_values(&grid.lat, ..)?;
-    file.variable_mut("lon")
-        .expect("defined")
-        .put_values(&grid.lon, ..)?;
-    for k in 0..steps {
-        let next = step(s, &loaded.stats, std::slice::from_ref(&history))?.remove(0);
-        file.variable_mut("time")
-            .expect("defined")
-            .put_values(&[(k + 1) as f64 * step_hours], k..k + 1)?;
-        for (c, ch) in s.dataset.channels.iter().enumerate() {
-            let mut field = vec![crate::data::generate::FILL_VALUE; grid.len()];
-            for (n, &cell) in cells.iter().enumerate() {
-                field[cell as usize] = next.values[n * channels + c];
-            }
-            let extent = [Extent::from(k..k + 1), (..).into(), (..).into()];
-            file.variable_mut(&ch.name)
-                .expect("defined")
-                .put_values(&field, extent)
-                .with_context(ctx)?;
-        }
-        history.remove(0);
-        history.push(next);
-        tracing::info!(
-            "forecast step {}/{steps} (+{} h) written",
-            k + 1,
-            (k + 1) as f64 * step_hours
-        );
-    }
-    file.close().with_context(ctx)?;
-    std::fs::rename(&tmp, out).with_context(ctx)?;
-    Ok(out.to_path_buf())
-}
-
-fn cf_calendar(c: crate::data::time::Calendar) -> &'static str {
-    use crate::data::time::Calendar::*;
-    match c {
-        ProlepticGregorian => "proleptic_gregorian",
-        Julian => "julian",
-        NoLeap => "noleap",
-        AllLeap => "all_leap",
-        Day360 => "360_day",
     }
 }
 

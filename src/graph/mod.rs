@@ -99,6 +99,13 @@ impl GridNodeMap {
         self.cell_of_node[node] as usize
     }
 
+    /// Latitude weights of the graph nodes on `grid` (cos lat, mean 1 over the nodes).
+    pub fn latitude_weights(&self, grid: &crate::data::Grid) -> Vec<f32> {
+        let valid: Vec<bool> = self.node_of_cell.iter().map(|&n| n != Self::MASKED).collect();
+        let w = grid.latitude_weights(&valid);
+        self.cell_of_node.iter().map(|&c| w[c as usize]).collect()
+    }
+
     /// The grid cell of every graph node, ascending.
     pub fn cells(&self) -> &[u32] {
         &self.cell_of_node

@@ -87,6 +87,19 @@ impl Default for ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// This architecture for data of `input_steps` states of `channels` variables: per
+    /// grid node the normalised values and their validity flags in (see
+    /// `predict::inputs`), one normalised residual per channel out.
+    pub fn for_data(&self, input_steps: usize, channels: usize) -> ModelConfig {
+        ModelConfig {
+            grid_input_features: 2 * input_steps * channels,
+            output_channels: channels,
+            ..self.clone()
+        }
+    }
+}
+
 /// Latents between the stages.
 #[derive(Debug, Clone)]
 pub struct Latents {

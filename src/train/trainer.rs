@@ -1,32 +1,33 @@
 //! The training loop of `meshcast train-model`.
 //!
-//! files -> dataset -> batches (prefetched) -> model -> loss -> gradients (accumulated,
-//! clipped) -> AdamW with warm-up + cosine schedule; a validation pass and `last`/`best`
-//! checkpoints after every epoch; `metrics.jsonl` gets one line per step and per epoch.
-//! Ctrl-C (the `stop` flag) ends the run after the current step with a `last` checkpoint.
+//! files -> dataset -> batches (prefetched) -> predictor -> loss -> gradients
+//! (accumulated, clipped) -> AdamW with warm-up + cosine schedule; a validation pass and
+//! `last`/`best` checkpoints after every epoch; `metrics.jsonl` gets one typed record
+//! per step, skipped step and epoch, and a summary. Ctrl-C (the `stop` flag) ends the
+//! run after the current step with a `last` checkpoint.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::checkpoint::{self, CheckpointMeta, FORMAT_VERSION};
+use super::checkpoint::{self, Checkpoint, CheckpointMeta, FORMAT_VERSION};
 use super::config::RunConfig;
-use super::init::init_parameters;
-use super::loss::{loss_weights, weighted_mse};
 use super::loss_scale::{LossScaler, ScaleOutcome, MAX_CONSECUTIVE_SKIPS};
-use super::optimizer::{clip_by_global_norm, AdamW, AdamWParams};
+use super::metrics::{MetricsLog, Record};
+use super::optimizer::{AdamW, AdamWParams};
 use super::schedule::LrSchedule;
 use super::session::{variable_weights, Session};
-use crate::data::{BatchLoader, Dataset, NormStats, Prefetch, Split};
+use super::step::apply_gradients;
+use super::validation::{validate, Validation, ValidationSet};
+use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split};
 use crate::error::InputError;
+use crate::predict::gradients::accumulate;
 
 /// How to run (not what): where, from where, on what.
 pub struct TrainOptions {
@@ -102,65 +103,515 @@ fn prepare_output_dir(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<()
     crate::util::write_atomic(&run_file, serde_json::to_string_pretty(run)?.as_bytes())
 }
 
-/// Trains `run` and returns the summary. The caller has validated nothing; this does.
-pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
-    run.train.validate()?;
-    let dataset = Arc::new(Dataset::open(&run.data)?);
-    tracing::info!("data: {}", dataset.summary_line());
-    // A window the data cannot hold is refused before anything is written.
-    crate::data::Splits::new(dataset.time.len(), run.split, run.window)
-        .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
+/// The `last` checkpoint of `--resume`, refused when it belongs to another run or data.
+fn resume_checkpoint(
+    run: &RunConfig,
+    opts: &TrainOptions,
+    dataset: &Dataset,
+) -> anyhow::Result<Option<Checkpoint>> {
+    if !opts.resume {
+        return Ok(None);
+    }
     let ckpt_dir = opts.output_dir.join("checkpoints");
-    let resumed = if opts.resume {
-        let ck = checkpoint::load(&ckpt_dir, "last", &opts.device)?;
-        if let Some(why) = run.resume_mismatch(&ck.meta.run) {
-            return Err(
-                InputError(format!("cannot resume from {}: {why}", ckpt_dir.display())).into(),
-            );
-        }
-        if ck.meta.data_fingerprint != dataset.fingerprint {
-            return Err(InputError(format!(
-                "cannot resume from {}: the data files changed since the checkpoint (fingerprint {} vs {})",
-                ckpt_dir.display(),
-                ck.meta.data_fingerprint,
-                dataset.fingerprint
-            ))
-            .into());
-        }
-        Some(ck)
-    } else {
-        None
-    };
-    prepare_output_dir(run, opts)?;
-
-    // Live bytes before graph and model exist: the baseline of the memory breakdown.
-    let baseline = crate::device::memory::current_on(&opts.device).map(|b| b as u64);
-    let session = Session::new(
-        run,
-        dataset.clone(),
-        opts.graph_cache.as_deref(),
-        &opts.device,
-    )?;
-    let stats = Arc::new(match &resumed {
-        Some(ck) => ck.meta.stats.clone(),
-        None => NormStats::load_or_compute(
-            &opts.output_dir.join("stats.json"),
-            &dataset,
-            &session.splits,
-        )?,
-    });
-    let train_samples = session.splits.samples(Split::Train);
-    let val_samples = session.splits.samples(Split::Validation);
-    if train_samples.is_empty() {
+    let ck = checkpoint::load(&ckpt_dir, "last", &opts.device)?;
+    if let Some(why) = run.resume_mismatch(&ck.meta.run) {
+        return Err(InputError(format!("cannot resume from {}: {why}", ckpt_dir.display())).into());
+    }
+    if ck.meta.data_fingerprint != dataset.fingerprint {
         return Err(InputError(format!(
-            "{}: the training block has no sample",
-            dataset.file_list()
+            "cannot resume from {}: the data files changed since the checkpoint (fingerprint {} vs {})",
+            ckpt_dir.display(),
+            ck.meta.data_fingerprint,
+            dataset.fingerprint
         ))
         .into());
     }
-    let micro_per_epoch = train_samples.len().div_ceil(run.train.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(run.train.grad_accum_steps);
-    let schedule = LrSchedule {
+    Ok(Some(ck))
+}
+
+/// Trains `run` and returns the summary. The caller has validated nothing; this does.
+pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
+    Trainer::new(run, opts)?.run()
+}
+
+/// Where the run stands: what a checkpoint records and the summary reports.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Epoch in progress (0-based) and micro-batches of it consumed before this process
+    /// started it (a resumed run skips them).
+    epoch: usize,
+    skip_micro: usize,
+    best_val: Option<f64>,
+    last_train: Option<f64>,
+    last_val: Option<f64>,
+    samples_seen: usize,
+    interrupted: bool,
+}
+
+/// Micro-batch gradients waiting for the optimizer.
+struct Accumulator {
+    grads: Vec<Option<Tensor>>,
+    count: usize,
+}
+
+impl Accumulator {
+    fn new(slots: usize) -> Accumulator {
+        Accumulator {
+            grads: vec![None; slots],
+            count: 0,
+        }
+    }
+}
+
+/// The mean training loss of the epoch in progress (over finite micro-batch losses).
+#[derive(Default)]
+struct EpochLoss {
+    sum: f64,
+    batches: usize,
+}
+
+impl EpochLoss {
+    fn mean(&self) -> f64 {
+        self.sum / self.batches.max(1) as f64
+    }
+}
+
+/// How an epoch ended.
+enum EpochEnd {
+    Completed(f64),
+    /// `--max-steps` or Ctrl-C inside the epoch: `last` is saved, the run ends.
+    Stopped,
+}
+
+struct Trainer<'a> {
+    run: &'a RunConfig,
+    opts: &'a TrainOptions,
+    session: Session,
+    stats: Arc<NormStats>,
+    train_samples: Vec<usize>,
+    val_samples: Vec<usize>,
+    lat_w: Vec<f32>,
+    var_w: Vec<f32>,
+    micro_per_epoch: usize,
+    schedule: LrSchedule,
+    adamw: AdamWParams,
+    optimizer: AdamW,
+    scaler: Option<LossScaler>,
+    metrics: MetricsLog,
+    prefetch: Prefetch,
+    progress: Progress,
+    /// Live bytes before graph and model existed: the memory breakdown's baseline.
+    baseline: Option<u64>,
+    started: Instant,
+}
+
+impl<'a> Trainer<'a> {
+    /// Validates the run, prepares the output directory, builds the session and the
+    /// optimizer, and restores a resumed run's state.
+    fn new(run: &'a RunConfig, opts: &'a TrainOptions) -> anyhow::Result<Trainer<'a>> {
+        run.train.validate()?;
+        let dataset = Arc::new(Dataset::open(&run.data)?);
+        tracing::info!("data: {}", dataset.summary_line());
+        // A window the data cannot hold is refused before anything is written.
+        crate::data::Splits::new(dataset.time.len(), run.split, run.window)
+            .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
+        let resumed = resume_checkpoint(run, opts, &dataset)?;
+        prepare_output_dir(run, opts)?;
+        let baseline = crate::device::memory::current_on(&opts.device).map(|b| b as u64);
+        let session = Session::new(run, dataset.clone(), opts.graph_cache.as_deref(), &opts.device)?;
+        let stats = Arc::new(match &resumed {
+            Some(ck) => ck.meta.stats.clone(),
+            None => NormStats::load_or_compute(
+                &opts.output_dir.join("stats.json"),
+                &dataset,
+                &session.splits,
+            )?,
+        });
+        let train_samples = session.splits.samples(Split::Train);
+        if train_samples.is_empty() {
+            return Err(InputError(format!(
+                "{}: the training block has no sample",
+                dataset.file_list()
+            ))
+            .into());
+        }
+        let micro_per_epoch = train_samples.len().div_ceil(run.train.batch_size);
+        let adamw = AdamWParams {
+            weight_decay: run.train.weight_decay,
+            ..Default::default()
+        };
+        let vars = session.network().vars().to_vec();
+        crate::train::init::init_parameters(&vars, run.train.seed)?;
+        let mut trainer = Trainer {
+            run,
+            opts,
+            val_samples: session.splits.samples(Split::Validation),
+            lat_w: session.node_latitude_weights(),
+            var_w: variable_weights(run, &stats),
+            schedule: schedule_for(run, micro_per_epoch.div_ceil(run.train.grad_accum_steps)),
+            optimizer: AdamW::new(vars, adamw)?,
+            scaler: run.train.mixed_precision.needs_loss_scaling().then(|| {
+                LossScaler::new(run.train.initial_loss_scale, run.train.loss_scale_growth_interval)
+            }),
+            metrics: MetricsLog::open(&opts.output_dir)?,
+            prefetch: match run.train.use_prefetch {
+                true => Prefetch::Buffer(run.train.prefetch_buffer_size),
+                false => Prefetch::Off,
+            },
+            progress: Progress::default(),
+            started: Instant::now(),
+            session,
+            stats,
+            train_samples,
+            micro_per_epoch,
+            adamw,
+            baseline,
+        };
+        if let Some(ck) = resumed {
+            trainer.restore(&ck)?;
+        }
+        trainer.log_start();
+        Ok(trainer)
+    }
+
+    /// Weights, moments, loss scale and position of a resumed run.
+    fn restore(&mut self, ck: &Checkpoint) -> anyhow::Result<()> {
+        ck.restore(&mut self.optimizer)?;
+        if self.scaler.is_some() {
+            self.scaler = ck.meta.loss_scaler.or(self.scaler);
+        }
+        let p = &mut self.progress;
+        (p.epoch, p.skip_micro, p.best_val) =
+            (ck.meta.epoch, ck.meta.batch_in_epoch, ck.meta.best_val_loss);
+        tracing::info!(
+            "resumed at step {} (epoch {}, batch {})",
+            ck.meta.step,
+            p.epoch + 1,
+            p.skip_micro
+        );
+        Ok(())
+    }
+
+    fn log_start(&self) {
+        tracing::info!(
+            "model: {} parameters, latent {}, {} processor layers; {} training samples, {} validation; {} steps per epoch",
+            self.session.network().parameter_count(),
+            self.run.model.latent_size,
+            self.run.model.num_gnn_layers,
+            self.train_samples.len(),
+            self.val_samples.len(),
+            self.micro_per_epoch.div_ceil(self.run.train.grad_accum_steps)
+        );
+    }
+
+    /// Epochs until the last, `--max-steps` or Ctrl-C; then the summary.
+    fn run(mut self) -> anyhow::Result<TrainSummary> {
+        while self.progress.epoch < self.run.train.num_epochs {
+            let epoch_started = Instant::now();
+            match self.train_epoch()? {
+                EpochEnd::Stopped => break,
+                EpochEnd::Completed(train_loss) => self.end_epoch(train_loss, epoch_started)?,
+            }
+            let hit_max = self.run.train.max_steps.is_some_and(|m| self.optimizer.step_t >= m);
+            if self.opts.stop.load(Ordering::Relaxed) || hit_max {
+                self.progress.interrupted = self.opts.stop.load(Ordering::Relaxed);
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// The micro-batches of the epoch in progress (after those a resumed run consumed).
+    fn train_epoch(&mut self) -> anyhow::Result<EpochEnd> {
+        let (run, epoch) = (self.run, self.progress.epoch);
+        let order = epoch_order(&self.train_samples, run.train.seed, epoch);
+        let skip = std::mem::take(&mut self.progress.skip_micro);
+        let remaining = &order[(skip * run.train.batch_size).min(order.len())..];
+        let loader = BatchLoader::new(
+            self.session.dataset.clone(),
+            self.stats.clone(),
+            run.window,
+            remaining,
+            run.train.batch_size,
+            self.prefetch,
+        )?;
+        let bar = progress_bar(self.opts.progress, self.micro_per_epoch, skip, epoch, run.train.num_epochs);
+        let (mut micro, mut loss) = (skip, EpochLoss::default());
+        let mut accum = Accumulator::new(self.optimizer.slots.len());
+        for batch in loader {
+            let loss_value = self.micro_step(&batch?, &mut accum)?;
+            micro += 1;
+            if loss_value.is_finite() {
+                loss.sum += loss_value;
+                loss.batches += 1;
+            }
+            let end_of_epoch = micro == self.micro_per_epoch;
+            if accum.count == run.train.grad_accum_steps || end_of_epoch {
+                if let Some(message) = self.optimizer_step(&mut accum, loss_value)? {
+                    bar.set_message(message);
+                    if !end_of_epoch && self.stop_requested() {
+                        bar.finish_and_clear();
+                        self.stop_mid_epoch(micro, loss.mean())?;
+                        return Ok(EpochEnd::Stopped);
+                    }
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(EpochEnd::Completed(loss.mean()))
+    }
+
+    /// Gradients of one micro-batch added to `accum`; returns its loss (the mean over
+    /// its valid entries, unscaled).
+    fn micro_step(&mut self, batch: &Batch, accum: &mut Accumulator) -> anyhow::Result<f64> {
+        let train = &self.run.train;
+        let (x, mut target, _) = self.session.tensors(batch, &self.lat_w, &self.var_w)?;
+        // Scaled for accumulation and by the f16 loss scale.
+        let accum_scale = train.grad_accum_steps as f64;
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        target.denominator *= accum_scale / loss_scale;
+        let checkpoint_every = train.checkpointing.then_some(train.checkpoint_every);
+        let step = self.session.predictor.gradients(&x, &target, checkpoint_every)?;
+        let loss_value = step.loss * accum_scale / loss_scale;
+        // Under f16 an overflow is the loss scaler's to handle (the step is skipped).
+        if !loss_value.is_finite() && self.scaler.is_none() {
+            anyhow::bail!(
+                "the loss became {loss_value} at step {} (epoch {}): stopping without writing a checkpoint; \
+                 try a lower --learning-rate",
+                self.optimizer.step_t + 1,
+                self.progress.epoch + 1
+            );
+        }
+        accumulate(&mut accum.grads, step.grads)?;
+        accum.count += 1;
+        self.progress.samples_seen += batch.len();
+        Ok(loss_value)
+    }
+
+    /// Unscales, clips and applies the accumulated gradients, and logs the step;
+    /// None when f16 gradients overflowed and the step was skipped.
+    fn optimizer_step(&mut self, accum: &mut Accumulator, loss: f64) -> anyhow::Result<Option<String>> {
+        let taken = std::mem::replace(accum, Accumulator::new(self.optimizer.slots.len()));
+        let mut grads = taken.grads;
+        if taken.count < self.run.train.grad_accum_steps {
+            // A short last accumulation: rescale to the mean over the micro-batches taken.
+            let scale = self.run.train.grad_accum_steps as f64 / taken.count as f64;
+            for g in grads.iter_mut().flatten() {
+                *g = (&*g * scale)?;
+            }
+        }
+        if let Some(s) = self.scaler.as_mut() {
+            if let ScaleOutcome::Skip { from, to } = s.unscale(&mut grads)? {
+                self.skip_step(loss, from, to)?;
+                return Ok(None);
+            }
+        }
+        let lr = self.schedule.at(self.optimizer.step_t);
+        let grad_norm = apply_gradients(&mut self.optimizer, &mut grads, self.run.train.grad_clip, lr)?;
+        let rate = self.progress.samples_seen as f64 / self.started.elapsed().as_secs_f64();
+        self.metrics.write(&Record::Step {
+            step: self.optimizer.step_t,
+            epoch: self.progress.epoch + 1,
+            loss,
+            lr,
+            grad_norm,
+            samples_per_s: rate,
+            loss_scale: self.scaler.map(|s| s.scale),
+        })?;
+        Ok(Some(format!("loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s")))
+    }
+
+    /// Logs a step skipped for overflowing f16 gradients; stops a run that keeps overflowing.
+    fn skip_step(&mut self, loss: f64, from: f64, to: f64) -> anyhow::Result<()> {
+        tracing::warn!(
+            "step {} skipped: f16 gradients overflowed (not finite); loss scale {from} -> {to}",
+            self.optimizer.step_t + 1
+        );
+        self.metrics.write(&Record::Skip {
+            step: self.optimizer.step_t,
+            epoch: self.progress.epoch + 1,
+            reason: "non-finite gradients",
+            loss,
+            loss_scale_from: from,
+            loss_scale_to: to,
+        })?;
+        if self.scaler.is_some_and(|s| s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS) {
+            anyhow::bail!(
+                "{MAX_CONSECUTIVE_SKIPS} optimizer steps in a row overflowed in f16 (loss scale now {to}): \
+                 the activations themselves leave f16's range; use --mixed-precision bf16"
+            );
+        }
+        Ok(())
+    }
+
+    /// `--max-steps` reached or Ctrl-C pressed.
+    fn stop_requested(&self) -> bool {
+        let hit_max = self.run.train.max_steps.is_some_and(|m| self.optimizer.step_t >= m);
+        hit_max || self.opts.stop.load(Ordering::Relaxed)
+    }
+
+    /// Saves `last` inside the epoch (at micro-batch `micro`) and ends the run.
+    fn stop_mid_epoch(&mut self, micro: usize, train_loss: f64) -> anyhow::Result<()> {
+        let meta = self.save(&["last"], micro, Some(train_loss), self.progress.last_val)?;
+        self.progress.last_train = meta.train_loss;
+        let stop_now = self.opts.stop.load(Ordering::Relaxed);
+        self.progress.interrupted = stop_now;
+        let step = self.optimizer.step_t;
+        if stop_now {
+            tracing::warn!("interrupted: saved checkpoints/last at step {step}; continue with --resume");
+        } else {
+            tracing::info!("--max-steps {step} reached: saved checkpoints/last");
+        }
+        Ok(())
+    }
+
+    /// Validation, `last` (and `best`) checkpoints and the epoch's record.
+    fn end_epoch(&mut self, train_loss: f64, epoch_started: Instant) -> anyhow::Result<()> {
+        let validation = validate(&self.session, &self.validation_set())?;
+        let val_loss = validation.as_ref().map(|v| v.loss);
+        let p = &mut self.progress;
+        let improved = match (val_loss, p.best_val) {
+            (Some(v), Some(b)) => v < b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if improved {
+            p.best_val = val_loss;
+        }
+        p.epoch += 1;
+        let last_epoch = p.epoch == self.run.train.num_epochs;
+        let names: &[&str] = if improved || (self.val_samples.is_empty() && last_epoch) {
+            &["last", "best"]
+        } else {
+            &["last"]
+        };
+        self.save(names, 0, Some(train_loss), val_loss)?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        self.metrics.write(&Record::Epoch {
+            epoch: self.progress.epoch,
+            step: self.optimizer.step_t,
+            train_loss,
+            val_loss,
+            best_val_loss: self.progress.best_val,
+            seconds,
+            peak_host_bytes: crate::device::memory::peak(),
+            peak_device_bytes: device_peak(&self.opts.device),
+            val_rmse: validation.as_ref().map(|v| &v.rmse),
+            persistence_rmse: validation.as_ref().map(|v| &v.persistence_rmse),
+        })?;
+        self.log_epoch(train_loss, val_loss, validation.as_ref(), seconds);
+        (self.progress.last_train, self.progress.last_val) = (Some(train_loss), val_loss);
+        Ok(())
+    }
+
+    fn validation_set(&self) -> ValidationSet<'_> {
+        ValidationSet {
+            samples: &self.val_samples,
+            stats: self.stats.clone(),
+            window: self.run.window,
+            batch_size: self.run.train.batch_size,
+            prefetch: self.prefetch,
+            lat_w: &self.lat_w,
+            var_w: &self.var_w,
+        }
+    }
+
+    fn log_epoch(&self, train_loss: f64, val_loss: Option<f64>, validation: Option<&Validation>, seconds: f64) {
+        tracing::info!(
+            "epoch {}/{}: train loss {train_loss:.5}, validation loss {}, {seconds:.1} s",
+            self.progress.epoch,
+            self.run.train.num_epochs,
+            val_loss.map_or("-".into(), |v| format!("{v:.5}")),
+        );
+        if let Some(v) = validation {
+            let parts: Vec<String> = v
+                .rmse
+                .iter()
+                .map(|(name, r)| format!("{name} {r:.4} (persistence {:.4})", v.persistence_rmse[name]))
+                .collect();
+            tracing::info!(
+                "validation RMSE at lead {}: {}",
+                self.run.window.lead_steps,
+                parts.join(", ")
+            );
+        }
+    }
+
+    /// Writes checkpoints `names` at the current step, micro-batch `batch_in_epoch` of
+    /// the epoch in progress.
+    fn save(
+        &self,
+        names: &[&str],
+        batch_in_epoch: usize,
+        train_loss: Option<f64>,
+        val_loss: Option<f64>,
+    ) -> anyhow::Result<CheckpointMeta> {
+        let run = self.run;
+        let mut meta = CheckpointMeta {
+            format_version: FORMAT_VERSION,
+            meshcast_version: env!("CARGO_PKG_VERSION").into(),
+            step: self.optimizer.step_t,
+            epoch: self.progress.epoch,
+            batch_in_epoch,
+            train_loss,
+            val_loss,
+            best_val_loss: self.progress.best_val,
+            run: run.clone(),
+            stats: (*self.stats).clone(),
+            adamw: self.adamw,
+            schedule: self.schedule,
+            rng: format!("chacha8(seed {} ^ epoch * golden)", run.train.seed),
+            data_fingerprint: self.session.dataset.fingerprint.clone(),
+            loss_scaler: self.scaler,
+            weights_sha256: String::new(),
+            optimizer_sha256: String::new(),
+        };
+        let dir = self.opts.output_dir.join("checkpoints");
+        for name in names {
+            checkpoint::save(&dir, name, &self.optimizer, &mut meta)?;
+        }
+        Ok(meta)
+    }
+
+    /// The memory report, the summary record and the summary.
+    fn finish(mut self) -> anyhow::Result<TrainSummary> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let memory = self.session.memory_breakdown(self.baseline);
+        log_memory(&memory);
+        let samples_per_second = self.progress.samples_seen as f64 / seconds.max(1e-9);
+        let skipped_steps = self.scaler.map_or(0, |s| s.skipped_steps);
+        self.metrics.write(&Record::Summary {
+            steps: self.optimizer.step_t,
+            seconds,
+            skipped_steps,
+            mixed_precision: self.run.train.mixed_precision,
+            samples_per_s: samples_per_second,
+            memory: &memory,
+        })?;
+        let p = &self.progress;
+        Ok(TrainSummary {
+            steps: self.optimizer.step_t,
+            epochs_completed: p.epoch,
+            train_loss: p.last_train,
+            val_loss: p.last_val,
+            best_val_loss: p.best_val,
+            seconds,
+            samples_per_second,
+            parameters: self.session.network().parameter_count(),
+            interrupted: p.interrupted,
+            skipped_steps,
+            output_dir: self.opts.output_dir.clone(),
+            peak_host_bytes: crate::device::memory::peak(),
+            peak_device_bytes: device_peak(&self.opts.device),
+            memory,
+        })
+    }
+}
+
+/// Linear warm-up (at most half the run) and cosine decay over every epoch's steps.
+fn schedule_for(run: &RunConfig, steps_per_epoch: usize) -> LrSchedule {
+    LrSchedule {
         peak: run.train.learning_rate,
         warmup_steps: run
             .train
@@ -168,309 +619,10 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             .min(steps_per_epoch * run.train.num_epochs / 2),
         total_steps: steps_per_epoch * run.train.num_epochs,
         final_fraction: run.train.final_lr_fraction,
-    };
-    let adamw_params = AdamWParams {
-        weight_decay: run.train.weight_decay,
-        ..Default::default()
-    };
-    let mut optimizer = AdamW::new(session.vars.clone(), adamw_params)?;
-    init_parameters(&session.vars, run.train.seed)?;
-    let (mut epoch, mut skip_micro, mut best_val) = (0, 0, None);
-    let mut scaler = run.train.mixed_precision.needs_loss_scaling().then(|| {
-        LossScaler::new(
-            run.train.initial_loss_scale,
-            run.train.loss_scale_growth_interval,
-        )
-    });
-    if let Some(ck) = &resumed {
-        ck.restore(&mut optimizer)?;
-        if scaler.is_some() {
-            scaler = ck.meta.loss_scaler.or(scaler);
-        }
-        (epoch, skip_micro, best_val) =
-            (ck.meta.epoch, ck.meta.batch_in_epoch, ck.meta.best_val_loss);
-        tracing::info!(
-            "resumed at step {} (epoch {}, batch {})",
-            ck.meta.step,
-            epoch + 1,
-            skip_micro
-        );
     }
-    tracing::info!(
-        "model: {} parameters, latent {}, {} processor layers; {} training samples, {} validation; {} steps per epoch",
-        session.parameter_count(),
-        run.model.latent_size,
-        run.model.num_gnn_layers,
-        train_samples.len(),
-        val_samples.len(),
-        steps_per_epoch
-    );
+}
 
-    let lat_w = session.node_latitude_weights();
-    let var_w = variable_weights(run, &stats);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(opts.output_dir.join("metrics.jsonl"))
-        .with_context(|| format!("{}: cannot open metrics.jsonl", opts.output_dir.display()))?;
-    let prefetch = if run.train.use_prefetch {
-        Prefetch::Buffer(run.train.prefetch_buffer_size)
-    } else {
-        Prefetch::Off
-    };
-    let started = Instant::now();
-    let mut samples_seen = 0usize;
-    let (mut last_train, mut last_val) = (None, None);
-    let mut epochs_completed = epoch;
-    let mut interrupted = false;
-    let meta_for = |optimizer: &AdamW,
-                    epoch: usize,
-                    batch: usize,
-                    train: Option<f64>,
-                    val: Option<f64>,
-                    best: Option<f64>,
-                    loss_scaler: Option<LossScaler>| CheckpointMeta {
-        format_version: FORMAT_VERSION,
-        meshcast_version: env!("CARGO_PKG_VERSION").into(),
-        step: optimizer.step_t,
-        epoch,
-        batch_in_epoch: batch,
-        train_loss: train,
-        val_loss: val,
-        best_val_loss: best,
-        run: run.clone(),
-        stats: (*stats).clone(),
-        adamw: adamw_params,
-        schedule,
-        rng: format!("chacha8(seed {} ^ epoch * golden)", run.train.seed),
-        data_fingerprint: dataset.fingerprint.clone(),
-        loss_scaler,
-        weights_sha256: String::new(),
-        optimizer_sha256: String::new(),
-    };
-
-    'epochs: while epoch < run.train.num_epochs {
-        let order = epoch_order(&train_samples, run.train.seed, epoch);
-        let remaining = &order[(skip_micro * run.train.batch_size).min(order.len())..];
-        let loader = BatchLoader::new(
-            dataset.clone(),
-            stats.clone(),
-            run.window,
-            remaining,
-            run.train.batch_size,
-            prefetch,
-        )?;
-        let bar = progress_bar(
-            opts.progress,
-            micro_per_epoch,
-            skip_micro,
-            epoch,
-            run.train.num_epochs,
-        );
-        let mut micro = skip_micro;
-        skip_micro = 0;
-        let (mut epoch_loss, mut epoch_batches) = (0.0, 0usize);
-        let mut accum: Vec<Option<Tensor>> = vec![None; optimizer.slots.len()];
-        let mut accum_count = 0;
-        let epoch_started = Instant::now();
-        for batch in loader {
-            let batch = batch?;
-            let (x, y, valid) = session.tensors(&batch)?;
-            let (w, count) = loss_weights(&valid, &lat_w, &var_w, y.dims3()?, &opts.device)?;
-            // Gradients of this micro-batch, scaled for accumulation and by the f16 loss
-            // scale (plain or checkpointed).
-            let accum_scale = run.train.grad_accum_steps as f64;
-            let loss_scale = scaler.map_or(1.0, |s| s.scale);
-            let step = session.gradients(
-                &x,
-                &y,
-                &w,
-                count * accum_scale / loss_scale,
-                run.train
-                    .checkpointing
-                    .then_some(run.train.checkpoint_every),
-            )?;
-            let loss_value = step.loss * accum_scale / loss_scale;
-            // Under f16 an overflow is the loss scaler's to handle (the step is skipped).
-            if !loss_value.is_finite() && scaler.is_none() {
-                anyhow::bail!(
-                    "the loss became {loss_value} at step {} (epoch {}): stopping without writing a checkpoint; \
-                     try a lower --learning-rate",
-                    optimizer.step_t + 1,
-                    epoch + 1
-                );
-            }
-            for (g, acc) in step.grads.into_iter().zip(accum.iter_mut()) {
-                if let Some(g) = g {
-                    *acc = Some(match acc.take() {
-                        Some(a) => (a + g)?,
-                        None => g,
-                    });
-                }
-            }
-            accum_count += 1;
-            micro += 1;
-            samples_seen += batch.len();
-            if loss_value.is_finite() {
-                epoch_loss += loss_value;
-                epoch_batches += 1;
-            }
-            let end_of_epoch = micro == micro_per_epoch;
-            if accum_count == run.train.grad_accum_steps || end_of_epoch {
-                if accum_count < run.train.grad_accum_steps {
-                    // A short last accumulation: rescale to the mean over the micro-batches taken.
-                    let scale = run.train.grad_accum_steps as f64 / accum_count as f64;
-                    for g in accum.iter_mut().flatten() {
-                        *g = (&*g * scale)?;
-                    }
-                }
-                if let Some(s) = scaler.as_mut() {
-                    if let ScaleOutcome::Skip { from, to } = s.unscale(&mut accum)? {
-                        accum = vec![None; optimizer.slots.len()];
-                        accum_count = 0;
-                        tracing::warn!(
-                            "step {} skipped: f16 gradients overflowed (not finite); loss scale {from} -> {to}",
-                            optimizer.step_t + 1
-                        );
-                        writeln!(
-                            metrics,
-                            "{}",
-                            serde_json::json!({"kind": "skip", "step": optimizer.step_t, "epoch": epoch + 1,
-                                "reason": "non-finite gradients", "loss": loss_value,
-                                "loss_scale_from": from, "loss_scale_to": to})
-                        )?;
-                        if s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
-                            anyhow::bail!(
-                                "{MAX_CONSECUTIVE_SKIPS} optimizer steps in a row overflowed in f16 (loss scale now {to}): \
-                                 the activations themselves leave f16's range; use --mixed-precision bf16"
-                            );
-                        }
-                        bar.inc(1);
-                        continue;
-                    }
-                }
-                let grad_norm = clip_by_global_norm(&mut accum, run.train.grad_clip)?;
-                let lr = schedule.at(optimizer.step_t);
-                optimizer.step(&accum, lr)?;
-                accum = vec![None; optimizer.slots.len()];
-                accum_count = 0;
-                let rate = samples_seen as f64 / started.elapsed().as_secs_f64();
-                writeln!(
-                    metrics,
-                    "{}",
-                    serde_json::json!({"kind": "step", "step": optimizer.step_t, "epoch": epoch + 1, "loss": loss_value,
-                        "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate,
-                        "loss_scale": scaler.map(|s| s.scale)})
-                )?;
-                bar.set_message(format!(
-                    "loss {loss_value:.4} lr {lr:.2e} {rate:.1} samples/s"
-                ));
-                let hit_max = run.train.max_steps.is_some_and(|m| optimizer.step_t >= m);
-                let stop_now = opts.stop.load(Ordering::Relaxed);
-                if (hit_max || stop_now) && !end_of_epoch {
-                    bar.finish_and_clear();
-                    let mut meta = meta_for(
-                        &optimizer,
-                        epoch,
-                        micro,
-                        Some(epoch_loss / epoch_batches.max(1) as f64),
-                        last_val,
-                        best_val,
-                        scaler,
-                    );
-                    checkpoint::save(&ckpt_dir, "last", &optimizer, &mut meta)?;
-                    last_train = meta.train_loss;
-                    interrupted = stop_now;
-                    if stop_now {
-                        tracing::warn!("interrupted: saved checkpoints/last at step {}; continue with --resume", optimizer.step_t);
-                    } else {
-                        tracing::info!(
-                            "--max-steps {} reached: saved checkpoints/last",
-                            optimizer.step_t
-                        );
-                    }
-                    break 'epochs;
-                }
-            }
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let train_loss = epoch_loss / epoch_batches.max(1) as f64;
-        let validation = validate(
-            &session,
-            &stats,
-            run,
-            &val_samples,
-            &lat_w,
-            &var_w,
-            prefetch,
-        )?;
-        let val_loss = validation.as_ref().map(|v| v.loss);
-        let improved = match (val_loss, best_val) {
-            (Some(v), Some(b)) => v < b,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if improved {
-            best_val = val_loss;
-        }
-        epoch += 1;
-        epochs_completed = epoch;
-        let mut meta = meta_for(
-            &optimizer,
-            epoch,
-            0,
-            Some(train_loss),
-            val_loss,
-            best_val,
-            scaler,
-        );
-        checkpoint::save(&ckpt_dir, "last", &optimizer, &mut meta)?;
-        if improved || (val_samples.is_empty() && epoch == run.train.num_epochs) {
-            checkpoint::save(&ckpt_dir, "best", &optimizer, &mut meta)?;
-        }
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"kind": "epoch", "epoch": epoch, "step": optimizer.step_t, "train_loss": train_loss,
-                "val_loss": val_loss, "best_val_loss": best_val, "seconds": epoch_started.elapsed().as_secs_f64(),
-                "peak_host_bytes": crate::device::memory::peak(),
-                "peak_device_bytes": device_peak(&opts.device),
-                "val_rmse": validation.as_ref().map(|v| &v.rmse),
-                "persistence_rmse": validation.as_ref().map(|v| &v.persistence_rmse)})
-        )?;
-        tracing::info!(
-            "epoch {epoch}/{}: train loss {train_loss:.5}, validation loss {}, {:.1} s",
-            run.train.num_epochs,
-            val_loss.map_or("-".into(), |v| format!("{v:.5}")),
-            epoch_started.elapsed().as_secs_f64()
-        );
-        if let Some(v) = &validation {
-            let parts: Vec<String> = v
-                .rmse
-                .iter()
-                .map(|(name, r)| {
-                    format!(
-                        "{name} {r:.4} (persistence {:.4})",
-                        v.persistence_rmse[name]
-                    )
-                })
-                .collect();
-            tracing::info!(
-                "validation RMSE at lead {}: {}",
-                run.window.lead_steps,
-                parts.join(", ")
-            );
-        }
-        (last_train, last_val) = (Some(train_loss), val_loss);
-        let hit_max = run.train.max_steps.is_some_and(|m| optimizer.step_t >= m);
-        if opts.stop.load(Ordering::Relaxed) || hit_max {
-            interrupted = opts.stop.load(Ordering::Relaxed);
-            break;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let memory = session.memory_breakdown(baseline);
+fn log_memory(memory: &crate::device::memory::MemoryBreakdown) {
     if let (Some(peak), Some(act)) = (memory.peak, memory.activations) {
         let mb = |b: u64| b as f64 / 1e6;
         tracing::info!(
@@ -485,30 +637,6 @@ pub fn train(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<TrainSummar
             mb(memory.baseline.unwrap_or(0))
         );
     }
-    writeln!(
-        metrics,
-        "{}",
-        serde_json::json!({"kind": "summary", "steps": optimizer.step_t, "seconds": seconds,
-            "skipped_steps": scaler.map_or(0, |s| s.skipped_steps),
-            "mixed_precision": run.train.mixed_precision,
-            "samples_per_s": samples_seen as f64 / seconds.max(1e-9), "memory": memory})
-    )?;
-    Ok(TrainSummary {
-        steps: optimizer.step_t,
-        epochs_completed,
-        train_loss: last_train,
-        val_loss: last_val,
-        best_val_loss: best_val,
-        seconds,
-        samples_per_second: samples_seen as f64 / seconds.max(1e-9),
-        parameters: session.parameter_count(),
-        interrupted,
-        skipped_steps: scaler.map_or(0, |s| s.skipped_steps),
-        output_dir: opts.output_dir.clone(),
-        peak_host_bytes: crate::device::memory::peak(),
-        peak_device_bytes: device_peak(&opts.device),
-        memory,
-    })
 }
 
 /// The GPU memory pool's peak, when training on a GPU.
@@ -516,84 +644,6 @@ fn device_peak(device: &Device) -> Option<usize> {
     (!device.is_cpu())
         .then(|| crate::device::memory::peak_on(device))
         .flatten()
-}
-
-/// The validation pass: the loss, and per channel the latitude-weighted RMSE of the
-/// model's next state and of persistence (no change), in physical units.
-#[derive(Debug, Clone, Serialize)]
-pub struct Validation {
-    pub loss: f64,
-    pub rmse: std::collections::BTreeMap<String, f64>,
-    pub persistence_rmse: std::collections::BTreeMap<String, f64>,
-}
-
-/// Runs the model on `samples` without gradients (None when there are none).
-pub fn validate(
-    session: &Session,
-    stats: &Arc<NormStats>,
-    run: &RunConfig,
-    samples: &[usize],
-    lat_w: &[f32],
-    var_w: &[f32],
-    prefetch: Prefetch,
-) -> anyhow::Result<Option<Validation>> {
-    if samples.is_empty() {
-        return Ok(None);
-    }
-    let loader = BatchLoader::new(
-        session.dataset.clone(),
-        stats.clone(),
-        run.window,
-        samples,
-        run.train.batch_size,
-        prefetch,
-    )?;
-    let channels = stats.channels.len();
-    let (mut total, mut count) = (0.0, 0.0);
-    let (mut model_sq, mut persist_sq, mut weight) = (
-        vec![0.0; channels],
-        vec![0.0; channels],
-        vec![0.0; channels],
-    );
-    for batch in loader {
-        let batch = batch?;
-        let (x, y, valid) = session.tensors(&batch)?;
-        let (w, n) = loss_weights(&valid, lat_w, var_w, y.dims3()?, &session.device)?;
-        let pred = session.predict(&x)?;
-        let valid_entries = valid.iter().filter(|&&v| v).count() as f64;
-        total += weighted_mse(&pred, &y, &w, n)?.to_scalar::<f32>()? as f64 * valid_entries;
-        count += valid_entries;
-        let pred: Vec<f32> = pred
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let target: Vec<f32> = y.flatten_all()?.to_vec1()?;
-        let nodes = lat_w.len();
-        for (i, ok) in valid.iter().enumerate() {
-            if *ok {
-                let (c, node) = (i % channels, (i / channels) % nodes);
-                let lw = lat_w[node] as f64;
-                model_sq[c] += lw * ((pred[i] - target[i]) as f64).powi(2);
-                persist_sq[c] += lw * (target[i] as f64).powi(2);
-                weight[c] += lw;
-            }
-        }
-    }
-    let rmse = |sq: &[f64]| -> std::collections::BTreeMap<String, f64> {
-        (0..channels)
-            .map(|c| {
-                (
-                    stats.channels[c].clone(),
-                    (sq[c] / weight[c].max(1e-12)).sqrt() * stats.diff_std[c],
-                )
-            })
-            .collect()
-    };
-    Ok(Some(Validation {
-        loss: total / count.max(1.0),
-        rmse: rmse(&model_sq),
-        persistence_rmse: rmse(&persist_sq),
-    }))
 }
 
 fn progress_bar(

@@ -40,26 +40,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::graph_format::grid_for;
-use crate::data::{BatchLoader, Dataset, Grid, Prefetch, Split};
+use crate::data::{BatchLoader, Dataset, Prefetch, Split};
 use crate::error::InputError;
 use crate::graph::{
     default_mesh_level, load_or_build, EdgeSet, GraphOptions, WeatherGraph, EDGE_FEATURES,
     NODE_FEATURES,
 };
 use crate::model::layer_norm::LAYER_NORM_EPS;
-use crate::model::{Aggregation, Batching, GraphCast, GraphTensors, MixedPrecision, ModelConfig};
+use crate::model::{Aggregation, Batching, GraphTensors, MixedPrecision, ModelConfig};
+use crate::predict::{synthetic, LossTarget, Network, Predictor, WholeGraph};
 use crate::train::checkpoint;
-use crate::train::checkpointing::step_gradients;
-use crate::train::init::init_parameters;
-use crate::train::loss::{loss_weights, weighted_mse};
-use crate::train::optimizer::{clip_by_global_norm, AdamW, AdamWParams};
-use crate::train::session::{grid_input_features, variable_weights, Session};
+use crate::train::optimizer::{AdamW, AdamWParams};
+use crate::train::session::{variable_weights, Session};
+use crate::train::step::train_step;
 
 /// Version of the export layout; bumped when a name or meaning changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -200,14 +197,10 @@ pub struct Exported {
 
 /// The pieces every source provides before the step is taken.
 struct Prepared<'a> {
-    model: &'a GraphCast,
+    predictor: &'a dyn Predictor,
     graph: &'a WeatherGraph,
-    graph_tensors: &'a GraphTensors,
-    vars: &'a [(String, Var)],
     x: Tensor,
-    y: Tensor,
-    w: Tensor,
-    count: f64,
+    target: LossTarget,
 }
 
 /// Runs one step as described in the module docs and writes the export to `out_dir`.
@@ -258,7 +251,7 @@ fn export_checkpoint(
         tracing::warn!("the data files changed since the checkpoint was written");
     }
     let session = Session::new(&run, dataset.clone(), src.graph_cache.as_deref(), device)?;
-    let mut optimizer = AdamW::new(session.vars.clone(), ck.meta.adamw)?;
+    let mut optimizer = AdamW::new(session.network().vars().to_vec(), ck.meta.adamw)?;
     ck.restore(&mut optimizer)?;
 
     let samples = session.splits.samples(src.split);
@@ -285,10 +278,9 @@ fn export_checkpoint(
     )?
     .next()
     .context("the loader returned no batch")??;
-    let (x, y, valid) = session.tensors(&batch)?;
     let lat_w = session.node_latitude_weights();
     let var_w = variable_weights(&run, &ck.meta.stats);
-    let (w, count) = loss_weights(&valid, &lat_w, &var_w, y.dims3()?, device)?;
+    let (x, target, _) = session.tensors(&batch, &lat_w, &var_w)?;
 
     let f = checkpoint::files(&dir, &name);
     let lr = ck.meta.schedule.at(optimizer.step_t);
@@ -321,7 +313,7 @@ fn export_checkpoint(
             split: split_name(src.split).into(),
             t0: batch.t0.clone(),
             size,
-            count,
+            count: target.denominator,
             channels: ck.meta.stats.channels.clone(),
         },
         loss: 0.0,
@@ -340,14 +332,10 @@ fn export_checkpoint(
         notes,
     };
     let prepared = Prepared {
-        model: &session.model,
+        predictor: session.predictor.as_ref(),
         graph: &session.graph,
-        graph_tensors: &session.graph_tensors,
-        vars: &session.vars,
         x,
-        y,
-        w,
-        count,
+        target,
     };
     finish(prepared, optimizer, meta, out_dir, false)
 }
@@ -386,18 +374,17 @@ fn export_synthetic(
         latent_size: src.latent_size,
         num_gnn_layers: src.num_gnn_layers,
         mlp_hidden_layers: src.mlp_hidden_layers,
-        grid_input_features: grid_input_features(src.input_steps, src.channels),
-        output_channels: src.channels,
         batching: src.batching,
         aggregation: src.aggregation,
-    };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = GraphCast::new(config.clone(), &graph_tensors, vb)?;
-    let vars = crate::model::named_parameters(&varmap);
-    init_parameters(&vars, src.seed)?;
-    let (x, y, w, count) = synthetic_batch(&graph, &grid, src, device)?;
-    let optimizer = AdamW::new(vars.clone(), AdamWParams::default())?;
+        ..ModelConfig::default()
+    }
+    .for_data(src.input_steps, src.channels);
+    let net = Network::initialised(config.clone(), MixedPrecision::Off, &graph_tensors, src.seed)?;
+    let predictor = WholeGraph::new(std::sync::Arc::new(net), graph_tensors);
+    let shape = (src.batch_size, src.input_steps, src.channels);
+    let seed = src.seed ^ 0x7265_6665_7265_6e63;
+    let (x, target) = synthetic::batch(&graph, &grid, shape, seed, device)?;
+    let optimizer = AdamW::new(predictor.network().vars().to_vec(), AdamWParams::default())?;
     let meta = ReferenceMeta {
         format_version: FORMAT_VERSION,
         meshcast_version: env!("CARGO_PKG_VERSION").into(),
@@ -420,7 +407,7 @@ fn export_synthetic(
             split: "synthetic".into(),
             t0: Vec::new(),
             size: src.batch_size,
-            count,
+            count: target.denominator,
             channels: (0..src.channels).map(|c| format!("c{c}")).collect(),
         },
         loss: 0.0,
@@ -437,19 +424,16 @@ fn export_synthetic(
         no_gradient: Vec::new(),
         parameter_count: 0,
         notes: vec![format!(
-            "parameters from init_parameters(seed {}); inputs uniform in [-1, 1) with validity flags 1, targets uniform in [-0.5, 0.5), all entries valid",
-            src.seed
+            "parameters from init_parameters(seed {}); {}",
+            src.seed,
+            synthetic::DESCRIPTION
         )],
     };
     let prepared = Prepared {
-        model: &model,
+        predictor: &predictor,
         graph: &graph,
-        graph_tensors: &graph_tensors,
-        vars: &vars,
         x,
-        y,
-        w,
-        count,
+        target,
     };
     finish(prepared, optimizer, meta, out_dir, true)
 }
@@ -463,9 +447,9 @@ fn finish(
     write_weights: bool,
 ) -> anyhow::Result<Exported> {
     let mut files = Vec::new();
+    let vars = p.predictor.network().vars();
     if write_weights {
-        let weights: HashMap<String, Tensor> = p
-            .vars
+        let weights: HashMap<String, Tensor> = vars
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
@@ -474,11 +458,16 @@ fn finish(
         files.push(path);
     }
     let mut tensors = graph_tensors(p.graph)?;
-    let output = p.model.forward(p.graph_tensors, &p.x)?.detach();
-    let loss_fn = |pred: &Tensor| weighted_mse(pred, &p.y, &p.w, p.count);
-    let step = step_gradients(p.model, p.graph_tensors, &p.x, p.vars, loss_fn, None)?;
-    let mut grads = step.grads.clone();
-    for ((name, var), g) in p.vars.iter().zip(&step.grads) {
+    let output = p.predictor.forward(&p.x)?;
+    let (step, grad_norm) = train_step(
+        p.predictor,
+        &mut optimizer,
+        (&p.x, &p.target),
+        None,
+        meta.step.grad_clip,
+        meta.step.lr,
+    )?;
+    for ((name, var), g) in vars.iter().zip(&step.grads) {
         let g = match g {
             Some(g) => g.clone(),
             None => {
@@ -488,8 +477,6 @@ fn finish(
         };
         tensors.insert(format!("grad.{name}"), g);
     }
-    let grad_norm = clip_by_global_norm(&mut grads, meta.step.grad_clip)?;
-    optimizer.step(&grads, meta.step.lr)?;
     for slot in &optimizer.slots {
         tensors.insert(
             format!("step.weight.{}", slot.name),
@@ -499,8 +486,8 @@ fn finish(
         tensors.insert(format!("step.v.{}", slot.name), slot.v.clone());
     }
     tensors.insert("batch.x".into(), p.x.clone());
-    tensors.insert("batch.y".into(), p.y.clone());
-    tensors.insert("batch.w".into(), p.w.clone());
+    tensors.insert("batch.y".into(), p.target.y.clone());
+    tensors.insert("batch.w".into(), p.target.w.clone());
     tensors.insert("meshcast.output".into(), output);
     tensors.insert(
         "meshcast.loss".into(),
@@ -515,8 +502,8 @@ fn finish(
     meta.loss = step.loss;
     meta.step.grad_norm = grad_norm;
     meta.step.clipped = meta.step.grad_clip > 0.0 && grad_norm > meta.step.grad_clip;
-    meta.parameters = p.vars.iter().map(|(n, _)| n.clone()).collect();
-    meta.parameter_count = p.vars.iter().map(|(_, v)| v.elem_count()).sum();
+    meta.parameters = vars.iter().map(|(n, _)| n.clone()).collect();
+    meta.parameter_count = p.predictor.network().parameter_count();
 
     let path = out_dir.join(TENSORS_FILE);
     crate::util::save_tensors(&tensors, &path)?;
@@ -568,52 +555,6 @@ fn graph_tensors(graph: &WeatherGraph) -> anyhow::Result<HashMap<String, Tensor>
         );
     }
     Ok(t)
-}
-
-/// Inputs uniform in [-1, 1) with validity flags 1, targets uniform in [-0.5, 0.5),
-/// every entry valid, latitude weights as in training; ChaCha8 from the seed.
-fn synthetic_batch(
-    graph: &WeatherGraph,
-    grid: &Grid,
-    src: &SyntheticSource,
-    device: &Device,
-) -> anyhow::Result<(Tensor, Tensor, Tensor, f64)> {
-    let (b, n, c) = (src.batch_size, graph.grid_nodes.len(), src.channels);
-    let half = src.input_steps * c;
-    let f = grid_input_features(src.input_steps, c);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(src.seed ^ 0x7265_6665_7265_6e63);
-    let mut x = Vec::with_capacity(b * n * f);
-    for _ in 0..b * n {
-        x.extend((0..half).map(|_| rng.random_range(-1.0f32..1.0)));
-        x.extend(std::iter::repeat_n(1.0f32, f - half));
-    }
-    let y: Vec<f32> = (0..b * n * c)
-        .map(|_| rng.random_range(-0.5f32..0.5))
-        .collect();
-    let mut valid_cells = vec![false; grid.len()];
-    for &cell in graph.grid_map.cells() {
-        valid_cells[cell as usize] = true;
-    }
-    let lat = grid.latitude_weights(&valid_cells);
-    let lat_w: Vec<f32> = graph
-        .grid_map
-        .cells()
-        .iter()
-        .map(|&cell| lat[cell as usize])
-        .collect();
-    let (w, count) = loss_weights(
-        &vec![true; b * n * c],
-        &lat_w,
-        &vec![1.0; c],
-        (b, n, c),
-        device,
-    )?;
-    Ok((
-        Tensor::from_vec(x, (b, n, f), device)?,
-        Tensor::from_vec(y, (b, n, c), device)?,
-        w,
-        count,
-    ))
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -22,16 +22,30 @@ pub struct StepGradients {
     pub grads: Vec<Option<Tensor>>,
 }
 
-fn add_grads(acc: &mut [Option<Tensor>], vars: &[(String, Var)], store: &GradStore) -> Result<()> {
-    for (slot, (_, var)) in acc.iter_mut().zip(vars) {
-        if let Some(g) = store.get(var.as_tensor()) {
+impl StepGradients {
+    /// Adds `other`'s loss and gradients to these (patches of one batch).
+    pub fn add(&mut self, other: StepGradients) -> Result<()> {
+        self.loss += other.loss;
+        accumulate(&mut self.grads, other.grads)
+    }
+}
+
+/// `acc += grads`, slot by slot (a None slot takes the gradient as it is).
+pub fn accumulate(acc: &mut [Option<Tensor>], grads: Vec<Option<Tensor>>) -> Result<()> {
+    for (slot, g) in acc.iter_mut().zip(grads) {
+        if let Some(g) = g {
             *slot = Some(match slot.take() {
                 Some(a) => (a + g)?,
-                None => g.clone(),
+                None => g,
             });
         }
     }
     Ok(())
+}
+
+fn add_grads(acc: &mut [Option<Tensor>], vars: &[(String, Var)], store: &GradStore) -> Result<()> {
+    let grads = vars.iter().map(|(_, v)| store.get(v.as_tensor()).cloned());
+    accumulate(acc, grads.collect())
 }
 
 /// Gradients of `loss_fn(model(inputs))`; `checkpoint_every` = Some(k) checkpoints the

@@ -1,0 +1,75 @@
+//! One prediction path: every subcommand that runs the model (train, eval, forecast,
+//! benchmark-graph-format, export-reference) goes through a [`Predictor`].
+//!
+//! In the spirit of DeepMind graphcast's `predictor_base.Predictor` and its stacked
+//! wrappers, the layers are:
+//!
+//! ```text
+//! Rollout              (rollout.rs)   autoregressive: each next state joins the history
+//!  NormalisedResidual  (residual.rs)  physical states -> model inputs (inputs.rs: values,
+//!                                     then validity flags); output residual -> next state
+//!   Predictor          (this file)    forward (inference view) and gradients of the loss
+//!    WholeGraph        (whole.rs)     the graph in one piece (shared or replicated batch)
+//!    Patched           (patched.rs)   spatial patches, each with its own subgraph
+//!     Network          (network.rs)   the model, its detached inference view, parameters,
+//!                                     precision; built and initialised in one place
+//! ```
+//!
+//! Precision is a property of the [`Network`] rather than a wrapper: meshcast casts
+//! the f32 master weights inside every linear layer, so gradients come home in f32.
+//! Replicated (block-diagonal) batching is the model's `Batching` option, run by
+//! [`GraphCast`](crate::model::GraphCast) on the replicated graph.
+
+pub mod gradients;
+pub mod inputs;
+pub mod network;
+pub mod patched;
+pub mod residual;
+pub mod rollout;
+pub mod synthetic;
+pub mod whole;
+
+use candle_core::{Result, Tensor};
+
+pub use gradients::StepGradients;
+pub use network::Network;
+pub use patched::{PatchTensors, Patched};
+pub use residual::{NodeState, NormalisedResidual};
+pub use rollout::Rollout;
+pub use whole::WholeGraph;
+
+/// What the loss compares the output with: `sum(w * (output - y)^2) / denominator`.
+pub struct LossTarget {
+    /// `[B, nodes, C]` normalised residual targets.
+    pub y: Tensor,
+    /// `[B, nodes, C]` per-entry weights (validity x latitude x variable weight).
+    pub w: Tensor,
+    /// Valid entries (x accumulation steps / loss scale during training).
+    pub denominator: f64,
+}
+
+/// A way to run the network over the graph.
+pub trait Predictor {
+    /// The parameters, model and inference view this predictor runs.
+    fn network(&self) -> &Network;
+
+    /// Outputs `[B, nodes, C]` for inputs `[B, nodes, F]`, on the inference view: no
+    /// autograd graph is kept, so each activation is freed once it has been read.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The loss against `target` and every parameter's gradient; `checkpoint_every`
+    /// = Some(k) recomputes the processor in segments of k blocks.
+    fn gradients(
+        &self,
+        x: &Tensor,
+        target: &LossTarget,
+        checkpoint_every: Option<usize>,
+    ) -> Result<StepGradients>;
+
+    /// Bytes of the graph tensors this predictor holds on the device.
+    fn graph_bytes(&self) -> usize;
+
+    /// Forward passes over a graph run by [`Predictor::forward`] so far: one per call
+    /// on the whole graph, one per patch per call when patched.
+    fn graph_forwards(&self) -> usize;
+}

@@ -1,0 +1,154 @@
+//! Spatial patches: each patch (owned grid nodes plus a halo) runs on its own
+//! self-contained subgraph, so only one patch's activations are alive at a time. The
+//! output and the loss come from owned nodes only: the patched loss is the sum of the
+//! patches' losses, which equals the whole grid's when the halo covers the receptive
+//! field.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::gradients::step_gradients;
+use super::{LossTarget, Network, Predictor, StepGradients};
+use crate::data::Grid;
+use crate::graph::{split_into_patches, Patch, PatchOptions, WeatherGraph};
+use crate::model::GraphTensors;
+use crate::train::loss::weighted_mse;
+
+/// One spatial patch on the device: its own graph, which full-graph grid nodes it
+/// holds, and which of those it owns (loss and outputs come from owned nodes only).
+pub struct PatchTensors {
+    pub graph: GraphTensors,
+    /// Full-graph grid-node ids of the patch's grid nodes (u32).
+    pub nodes: Tensor,
+    /// `[1, nodes, 1]`: 1 for owned nodes, 0 for halo.
+    pub owned: Tensor,
+    /// Owned nodes: local ids and full-graph ids (u32).
+    pub owned_local: Tensor,
+    pub owned_full: Tensor,
+}
+
+impl PatchTensors {
+    /// A patch's tensors on `device` (its subgraph of `full`, node maps and owned mask).
+    pub fn new(patch: &Patch, full: &WeatherGraph, device: &Device) -> Result<PatchTensors> {
+        let n = patch.grid_nodes.len();
+        let owned_local: Vec<u32> = (0..n as u32).filter(|&k| patch.owned[k as usize]).collect();
+        let owned_full: Vec<u32> = owned_local
+            .iter()
+            .map(|&k| patch.grid_nodes[k as usize])
+            .collect();
+        let mask: Vec<f32> = patch.owned.iter().map(|&o| f32::from(u8::from(o))).collect();
+        let owned = owned_local.len();
+        Ok(PatchTensors {
+            graph: GraphTensors::new(&patch.subgraph(full), device, DType::F32)?,
+            nodes: Tensor::from_vec(patch.grid_nodes.clone(), n, device)?,
+            owned: Tensor::from_vec(mask, (1, n, 1), device)?,
+            owned_local: Tensor::from_vec(owned_local, owned, device)?,
+            owned_full: Tensor::from_vec(owned_full, owned, device)?,
+        })
+    }
+}
+
+pub struct Patched {
+    net: Arc<Network>,
+    patches: Vec<PatchTensors>,
+    forwards: AtomicUsize,
+}
+
+impl Patched {
+    /// Cuts `graph` (over `grid`) into patches and places them on `device`.
+    pub fn split(
+        graph: &WeatherGraph,
+        grid: &Grid,
+        options: &PatchOptions,
+        device: &Device,
+    ) -> anyhow::Result<Vec<PatchTensors>> {
+        let patches = split_into_patches(graph, grid, options)?;
+        let sizes = patches.iter().map(|p| p.grid_nodes.len());
+        tracing::info!(
+            "{} patches, halo {} deg: {} to {} grid nodes each",
+            patches.len(),
+            options.halo_deg,
+            sizes.clone().min().unwrap_or(0),
+            sizes.max().unwrap_or(0)
+        );
+        Ok(patches
+            .iter()
+            .map(|p| PatchTensors::new(p, graph, device))
+            .collect::<Result<_>>()?)
+    }
+
+    /// `net` runs on `patches` (from [`Patched::split`]).
+    pub fn new(net: Arc<Network>, patches: Vec<PatchTensors>) -> Patched {
+        Patched {
+            net,
+            patches,
+            forwards: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn patches(&self) -> &[PatchTensors] {
+        &self.patches
+    }
+}
+
+impl Predictor for Patched {
+    fn network(&self) -> &Network {
+        &self.net
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let channels = self.net.config().output_channels;
+        let mut out = Tensor::zeros((b, n, channels), DType::F32, x.device())?;
+        for (k, p) in self.patches.iter().enumerate() {
+            let nodes = p.graph.grid_nodes.count;
+            tracing::debug!("patch {}/{}: forward on {nodes} grid nodes", k + 1, self.patches.len());
+            self.forwards.fetch_add(1, Ordering::Relaxed);
+            let pred = self
+                .net
+                .inference()
+                .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?;
+            let owned = pred.to_dtype(DType::F32)?.index_select(&p.owned_local, 1)?;
+            out = out.index_add(&p.owned_full, &owned, 1)?;
+        }
+        Ok(out)
+    }
+
+    fn gradients(
+        &self,
+        x: &Tensor,
+        target: &LossTarget,
+        checkpoint_every: Option<usize>,
+    ) -> Result<StepGradients> {
+        let mut total = StepGradients {
+            loss: 0.0,
+            grads: vec![None; self.net.vars().len()],
+        };
+        for p in &self.patches {
+            let xp = x.index_select(&p.nodes, 1)?;
+            let yp = target.y.index_select(&p.nodes, 1)?;
+            let wp = target.w.index_select(&p.nodes, 1)?.broadcast_mul(&p.owned)?;
+            let loss = |pred: &Tensor| weighted_mse(pred, &yp, &wp, target.denominator);
+            let step = step_gradients(
+                self.net.model(),
+                &p.graph,
+                &xp,
+                self.net.vars(),
+                loss,
+                checkpoint_every,
+            )?;
+            total.add(step)?;
+        }
+        Ok(total)
+    }
+
+    fn graph_bytes(&self) -> usize {
+        self.patches.iter().map(|p| p.graph.bytes()).sum()
+    }
+
+    fn graph_forwards(&self) -> usize {
+        self.forwards.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,104 @@
+//! Physical states in, physical states out: the model sees states normalised with the
+//! training statistics (values, then validity flags, as in training) and predicts the
+//! normalised residual, which this layer turns back into the next state.
+//!
+//! States live on the graph's grid nodes, node-major (`node * channels + c`), in
+//! physical units.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::{inputs, Predictor};
+use crate::data::{NormStats, State};
+
+/// One state on the graph's grid nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub values: Vec<f32>,
+    pub valid: Vec<bool>,
+}
+
+impl NodeState {
+    /// Picks the graph's grid nodes out of a full-grid dataset state (`[channel][cell]`).
+    pub fn from_state(
+        state: &State,
+        cells: &[u32],
+        channels: usize,
+        grid_cells: usize,
+    ) -> NodeState {
+        let mut values = Vec::with_capacity(cells.len() * channels);
+        let mut valid = Vec::with_capacity(cells.len() * channels);
+        for &cell in cells {
+            for c in 0..channels {
+                let k = c * grid_cells + cell as usize;
+                values.push(state.values[k]);
+                valid.push(state.valid[k]);
+            }
+        }
+        NodeState { values, valid }
+    }
+}
+
+/// A predictor wrapped to take and return physical states.
+pub struct NormalisedResidual<'a> {
+    pub predictor: &'a dyn Predictor,
+    pub stats: &'a NormStats,
+}
+
+impl NormalisedResidual<'_> {
+    /// The model inputs `[B, nodes, 2F]` of a batch of histories (each `input_steps`
+    /// states, oldest first).
+    pub fn inputs(&self, histories: &[Vec<NodeState>]) -> Result<Tensor> {
+        let (stats, channels) = (self.stats, self.stats.channels.len());
+        let steps = histories.first().map_or(0, Vec::len);
+        let nodes = histories
+            .first()
+            .and_then(|h| h.first())
+            .map_or(0, |s| s.values.len() / channels.max(1));
+        let device = self.predictor.network().device();
+        inputs::encode((histories.len(), nodes, steps * channels), device, |i, n, k| {
+            let (state, c) = (&histories[i][k / channels], k % channels);
+            let at = n * channels + c;
+            state.valid[at]
+                .then(|| ((state.values[at] as f64 - stats.mean[c]) / stats.std[c]) as f32)
+        })
+    }
+
+    /// The next state of each history, valid on every graph node.
+    pub fn next_states(&self, histories: &[Vec<NodeState>]) -> anyhow::Result<Vec<NodeState>> {
+        let residual: Vec<f32> = self
+            .predictor
+            .forward(&self.inputs(histories)?)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let per_sample = residual.len() / histories.len().max(1);
+        Ok(histories
+            .iter()
+            .zip(residual.chunks_exact(per_sample.max(1)))
+            .map(|(history, r)| self.add_residual(history.last().expect("non-empty history"), r))
+            .collect())
+    }
+
+    /// `current + residual * diff_std`; a missing current value is, to the model, the
+    /// training mean.
+    fn add_residual(&self, current: &NodeState, residual: &[f32]) -> NodeState {
+        let channels = self.stats.channels.len();
+        let values = residual
+            .iter()
+            .enumerate()
+            .map(|(k, &r)| {
+                let c = k % channels;
+                let now = if current.valid[k] {
+                    current.values[k] as f64
+                } else {
+                    self.stats.mean[c]
+                };
+                (now + r as f64 * self.stats.diff_std[c]) as f32
+            })
+            .collect();
+        NodeState {
+            values,
+            valid: vec![true; residual.len()],
+        }
+    }
+}

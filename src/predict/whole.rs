@@ -1,0 +1,72 @@
+//! The graph in one piece: every grid node in one forward pass.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+
+use super::gradients::step_gradients;
+use super::{LossTarget, Network, Predictor, StepGradients};
+use crate::model::GraphTensors;
+use crate::train::loss::weighted_mse;
+
+pub struct WholeGraph {
+    net: Arc<Network>,
+    graph: GraphTensors,
+    forwards: AtomicUsize,
+}
+
+impl WholeGraph {
+    pub fn new(net: Arc<Network>, graph: GraphTensors) -> WholeGraph {
+        WholeGraph {
+            net,
+            graph,
+            forwards: AtomicUsize::new(0),
+        }
+    }
+
+    /// The network, to run it another way too (e.g. patched).
+    pub fn shared_network(&self) -> Arc<Network> {
+        self.net.clone()
+    }
+
+    pub fn graph(&self) -> &GraphTensors {
+        &self.graph
+    }
+}
+
+impl Predictor for WholeGraph {
+    fn network(&self) -> &Network {
+        &self.net
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forwards.fetch_add(1, Ordering::Relaxed);
+        self.net.inference().forward(&self.graph, x)
+    }
+
+    fn gradients(
+        &self,
+        x: &Tensor,
+        target: &LossTarget,
+        checkpoint_every: Option<usize>,
+    ) -> Result<StepGradients> {
+        let loss = |pred: &Tensor| weighted_mse(pred, &target.y, &target.w, target.denominator);
+        step_gradients(
+            self.net.model(),
+            &self.graph,
+            x,
+            self.net.vars(),
+            loss,
+            checkpoint_every,
+        )
+    }
+
+    fn graph_bytes(&self) -> usize {
+        self.graph.bytes()
+    }
+
+    fn graph_forwards(&self) -> usize {
+        self.forwards.load(Ordering::Relaxed)
+    }
+}
