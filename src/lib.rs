@@ -15,6 +15,6 @@ pub mod eval;
 pub mod graph;
 pub mod model;
 pub mod predict;
-pub mod verify;
 pub mod train;
 pub mod util;
+pub mod verify;

@@ -45,11 +45,11 @@ use crate::device::memory::{self, MemoryBreakdown};
 use crate::error::InputError;
 use crate::graph::{self, GraphOptions, WeatherGraph};
 use crate::model::{GraphTensors, MixedPrecision, ModelConfig};
-use crate::verify::tolerance::{allclose, tolerances, ATOL, RTOL};
 use crate::predict::{synthetic, LossTarget, Network, Patched, Predictor, WholeGraph};
 use crate::train::loss::weighted_mse;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::step::train_step;
+use crate::verify::tolerance::{allclose, tolerances, ATOL, RTOL};
 
 /// Learning rate of the timed steps (small: the weights should barely move).
 const LEARNING_RATE: f64 = 1e-4;
@@ -385,7 +385,12 @@ struct CaseInputs<'a> {
 }
 
 /// Runs one case after the graph and batch exist.
-fn run_case(cfg: &CaseConfig, plan: &BenchPlan, inputs: &CaseInputs, device: &Device) -> CaseResult {
+fn run_case(
+    cfg: &CaseConfig,
+    plan: &BenchPlan,
+    inputs: &CaseInputs,
+    device: &Device,
+) -> CaseResult {
     let baseline = memory::reset_peak_on(device);
     let mut result = CaseResult {
         config: cfg.clone(),
@@ -432,7 +437,14 @@ fn measure_case(
     result.graph.case_bytes = case_graph_bytes(&predictor, cfg)?;
     let (param_bytes, graph_bytes) = (param_bytes as u64, result.graph.case_bytes as u64);
     if !verified {
-        result.memory = Some(MemoryBreakdown::new(param_bytes, 0, 0, graph_bytes, None, None));
+        result.memory = Some(MemoryBreakdown::new(
+            param_bytes,
+            0,
+            0,
+            graph_bytes,
+            None,
+            None,
+        ));
         return Ok(());
     }
     let forward_times = time_repeats(plan.forward_repeats, || {
@@ -470,7 +482,11 @@ fn measure_case(
 }
 
 /// The case's output and loss against the reference format's.
-fn verify(predictor: &dyn Predictor, cfg: &CaseConfig, inputs: &CaseInputs) -> anyhow::Result<Verification> {
+fn verify(
+    predictor: &dyn Predictor,
+    cfg: &CaseConfig,
+    inputs: &CaseInputs,
+) -> anyhow::Result<Verification> {
     let (pred, loss) = forward_loss(predictor, inputs.batch)?;
     let out: Vec<f32> = pred.flatten_all()?.to_vec1()?;
     let loss_value = loss.to_scalar::<f32>()? as f64;
@@ -523,7 +539,14 @@ fn time_steps(
     let checkpoint_every = cfg.checkpointing.then_some(1);
     let mut step = || -> anyhow::Result<()> {
         let data = (&batch.x, &batch.target);
-        let (step, _) = train_step(predictor, &mut optimizer, data, checkpoint_every, 1.0, LEARNING_RATE)?;
+        let (step, _) = train_step(
+            predictor,
+            &mut optimizer,
+            data,
+            checkpoint_every,
+            1.0,
+            LEARNING_RATE,
+        )?;
         last_loss = step.loss;
         Ok(())
     };
@@ -592,7 +615,11 @@ fn patch_boundary_errors(
             halo_deg,
         };
         let patches = Patched::split(graph, grid, &options, device)?;
-        let largest = patches.iter().map(|p| p.graph.grid_nodes.count).max().unwrap_or(0);
+        let largest = patches
+            .iter()
+            .map(|p| p.graph.grid_nodes.count)
+            .max()
+            .unwrap_or(0);
         let n_patches = patches.len();
         let patched = Patched::new(whole_graph.shared_network(), patches).forward(&x)?;
         let scalar = |t: Tensor| -> anyhow::Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };

@@ -116,7 +116,6 @@ fn define_forecast(file: &mut netcdf::FileMut, loaded: &Loaded, init: usize) -> 
     Ok(())
 }
 
-
 fn cf_calendar(c: crate::data::time::Calendar) -> &'static str {
     use crate::data::time::Calendar::*;
     match c {

@@ -19,8 +19,8 @@ pub use forecast::forecast;
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
 use crate::error::InputError;
-use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::predict::{NodeState, NormalisedResidual, Rollout};
+use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::session::Session;
 
 /// A model restored from a checkpoint, with its data.
@@ -217,7 +217,12 @@ impl<'a> NodeReader<'a> {
         let s = self.session;
         let state = self.reader.read(&s.dataset, t)?;
         let cells = s.graph.grid_map.cells();
-        Ok(NodeState::from_state(&state, cells, self.channels, s.dataset.grid.len()))
+        Ok(NodeState::from_state(
+            &state,
+            cells,
+            self.channels,
+            s.dataset.grid.len(),
+        ))
     }
 
     /// The `input_steps` states ending at `t0`, oldest first.
@@ -284,7 +289,11 @@ pub fn evaluate(
             rollout.step(&model)?;
             for (i, &t0) in chunk.iter().enumerate() {
                 let truth = reader.read(t0 + (k + 1) * window.lead_steps)?;
-                score_lead(lead_sums, &lat_w, (rollout.current(i), &initial[i], &truth, &clim));
+                score_lead(
+                    lead_sums,
+                    &lat_w,
+                    (rollout.current(i), &initial[i], &truth, &clim),
+                );
             }
         }
     }

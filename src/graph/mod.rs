@@ -101,7 +101,11 @@ impl GridNodeMap {
 
     /// Latitude weights of the graph nodes on `grid` (cos lat, mean 1 over the nodes).
     pub fn latitude_weights(&self, grid: &crate::data::Grid) -> Vec<f32> {
-        let valid: Vec<bool> = self.node_of_cell.iter().map(|&n| n != Self::MASKED).collect();
+        let valid: Vec<bool> = self
+            .node_of_cell
+            .iter()
+            .map(|&n| n != Self::MASKED)
+            .collect();
         let w = grid.latitude_weights(&valid);
         self.cell_of_node.iter().map(|&c| w[c as usize]).collect()
     }

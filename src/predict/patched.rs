@@ -38,7 +38,11 @@ impl PatchTensors {
             .iter()
             .map(|&k| patch.grid_nodes[k as usize])
             .collect();
-        let mask: Vec<f32> = patch.owned.iter().map(|&o| f32::from(u8::from(o))).collect();
+        let mask: Vec<f32> = patch
+            .owned
+            .iter()
+            .map(|&o| f32::from(u8::from(o)))
+            .collect();
         let owned = owned_local.len();
         Ok(PatchTensors {
             graph: GraphTensors::new(&patch.subgraph(full), device, DType::F32)?,
@@ -104,7 +108,11 @@ impl Predictor for Patched {
         let mut out = Tensor::zeros((b, n, channels), DType::F32, x.device())?;
         for (k, p) in self.patches.iter().enumerate() {
             let nodes = p.graph.grid_nodes.count;
-            tracing::debug!("patch {}/{}: forward on {nodes} grid nodes", k + 1, self.patches.len());
+            tracing::debug!(
+                "patch {}/{}: forward on {nodes} grid nodes",
+                k + 1,
+                self.patches.len()
+            );
             self.forwards.fetch_add(1, Ordering::Relaxed);
             let pred = self
                 .net
@@ -129,7 +137,10 @@ impl Predictor for Patched {
         for p in &self.patches {
             let xp = x.index_select(&p.nodes, 1)?;
             let yp = target.y.index_select(&p.nodes, 1)?;
-            let wp = target.w.index_select(&p.nodes, 1)?.broadcast_mul(&p.owned)?;
+            let wp = target
+                .w
+                .index_select(&p.nodes, 1)?
+                .broadcast_mul(&p.owned)?;
             let loss = |pred: &Tensor| weighted_mse(pred, &yp, &wp, target.denominator);
             let step = step_gradients(
                 self.net.model(),

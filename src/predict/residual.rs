@@ -55,12 +55,16 @@ impl NormalisedResidual<'_> {
             .and_then(|h| h.first())
             .map_or(0, |s| s.values.len() / channels.max(1));
         let device = self.predictor.network().device();
-        inputs::encode((histories.len(), nodes, steps * channels), device, |i, n, k| {
-            let (state, c) = (&histories[i][k / channels], k % channels);
-            let at = n * channels + c;
-            state.valid[at]
-                .then(|| ((state.values[at] as f64 - stats.mean[c]) / stats.std[c]) as f32)
-        })
+        inputs::encode(
+            (histories.len(), nodes, steps * channels),
+            device,
+            |i, n, k| {
+                let (state, c) = (&histories[i][k / channels], k % channels);
+                let at = n * channels + c;
+                state.valid[at]
+                    .then(|| ((state.values[at] as f64 - stats.mean[c]) / stats.std[c]) as f32)
+            },
+        )
     }
 
     /// The next state of each history, valid on every graph node.

@@ -94,7 +94,8 @@ mod tests {
             loss_scale_from: 8.0,
             loss_scale_to: 4.0,
         };
-        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(v["kind"], "skip");
         assert_eq!(v["loss_scale_to"], 4.0);
         assert!(v["loss"].is_null());

@@ -77,7 +77,13 @@ impl Session {
         var_w: &[f32],
     ) -> anyhow::Result<(Tensor, LossTarget, Vec<bool>)> {
         let cells = self.graph.grid_map.cells();
-        Ok(inputs::batch_target(batch, cells, lat_w, var_w, &self.device)?)
+        Ok(inputs::batch_target(
+            batch,
+            cells,
+            lat_w,
+            var_w,
+            &self.device,
+        )?)
     }
 
     /// Memory of a training run: parameters, AdamW moments and gradients (f32), the

@@ -218,7 +218,12 @@ impl<'a> Trainer<'a> {
         let resumed = resume_checkpoint(run, opts, &dataset)?;
         prepare_output_dir(run, opts)?;
         let baseline = crate::device::memory::current_on(&opts.device).map(|b| b as u64);
-        let session = Session::new(run, dataset.clone(), opts.graph_cache.as_deref(), &opts.device)?;
+        let session = Session::new(
+            run,
+            dataset.clone(),
+            opts.graph_cache.as_deref(),
+            &opts.device,
+        )?;
         let stats = Arc::new(match &resumed {
             Some(ck) => ck.meta.stats.clone(),
             None => NormStats::load_or_compute(
@@ -251,7 +256,10 @@ impl<'a> Trainer<'a> {
             schedule: schedule_for(run, micro_per_epoch.div_ceil(run.train.grad_accum_steps)),
             optimizer: AdamW::new(vars, adamw)?,
             scaler: run.train.mixed_precision.needs_loss_scaling().then(|| {
-                LossScaler::new(run.train.initial_loss_scale, run.train.loss_scale_growth_interval)
+                LossScaler::new(
+                    run.train.initial_loss_scale,
+                    run.train.loss_scale_growth_interval,
+                )
             }),
             metrics: MetricsLog::open(&opts.output_dir)?,
             prefetch: match run.train.use_prefetch {
@@ -312,7 +320,11 @@ impl<'a> Trainer<'a> {
                 EpochEnd::Stopped => break,
                 EpochEnd::Completed(train_loss) => self.end_epoch(train_loss, epoch_started)?,
             }
-            let hit_max = self.run.train.max_steps.is_some_and(|m| self.optimizer.step_t >= m);
+            let hit_max = self
+                .run
+                .train
+                .max_steps
+                .is_some_and(|m| self.optimizer.step_t >= m);
             if self.opts.stop.load(Ordering::Relaxed) || hit_max {
                 self.progress.interrupted = self.opts.stop.load(Ordering::Relaxed);
                 break;
@@ -335,7 +347,13 @@ impl<'a> Trainer<'a> {
             run.train.batch_size,
             self.prefetch,
         )?;
-        let bar = progress_bar(self.opts.progress, self.micro_per_epoch, skip, epoch, run.train.num_epochs);
+        let bar = progress_bar(
+            self.opts.progress,
+            self.micro_per_epoch,
+            skip,
+            epoch,
+            run.train.num_epochs,
+        );
         let (mut micro, mut loss) = (skip, EpochLoss::default());
         let mut accum = Accumulator::new(self.optimizer.slots.len());
         for batch in loader {
@@ -372,7 +390,10 @@ impl<'a> Trainer<'a> {
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
         target.denominator *= accum_scale / loss_scale;
         let checkpoint_every = train.checkpointing.then_some(train.checkpoint_every);
-        let step = self.session.predictor.gradients(&x, &target, checkpoint_every)?;
+        let step = self
+            .session
+            .predictor
+            .gradients(&x, &target, checkpoint_every)?;
         let loss_value = step.loss * accum_scale / loss_scale;
         // Under f16 an overflow is the loss scaler's to handle (the step is skipped).
         if !loss_value.is_finite() && self.scaler.is_none() {
@@ -391,7 +412,11 @@ impl<'a> Trainer<'a> {
 
     /// Unscales, clips and applies the accumulated gradients, and logs the step;
     /// None when f16 gradients overflowed and the step was skipped.
-    fn optimizer_step(&mut self, accum: &mut Accumulator, loss: f64) -> anyhow::Result<Option<String>> {
+    fn optimizer_step(
+        &mut self,
+        accum: &mut Accumulator,
+        loss: f64,
+    ) -> anyhow::Result<Option<String>> {
         let taken = std::mem::replace(accum, Accumulator::new(self.optimizer.slots.len()));
         let mut grads = taken.grads;
         if taken.count < self.run.train.grad_accum_steps {
@@ -408,7 +433,12 @@ impl<'a> Trainer<'a> {
             }
         }
         let lr = self.schedule.at(self.optimizer.step_t);
-        let grad_norm = apply_gradients(&mut self.optimizer, &mut grads, self.run.train.grad_clip, lr)?;
+        let grad_norm = apply_gradients(
+            &mut self.optimizer,
+            &mut grads,
+            self.run.train.grad_clip,
+            lr,
+        )?;
         let rate = self.progress.samples_seen as f64 / self.started.elapsed().as_secs_f64();
         self.metrics.write(&Record::Step {
             step: self.optimizer.step_t,
@@ -419,7 +449,9 @@ impl<'a> Trainer<'a> {
             samples_per_s: rate,
             loss_scale: self.scaler.map(|s| s.scale),
         })?;
-        Ok(Some(format!("loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s")))
+        Ok(Some(format!(
+            "loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s"
+        )))
     }
 
     /// Logs a step skipped for overflowing f16 gradients; stops a run that keeps overflowing.
@@ -436,7 +468,10 @@ impl<'a> Trainer<'a> {
             loss_scale_from: from,
             loss_scale_to: to,
         })?;
-        if self.scaler.is_some_and(|s| s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS) {
+        if self
+            .scaler
+            .is_some_and(|s| s.consecutive_skips >= MAX_CONSECUTIVE_SKIPS)
+        {
             anyhow::bail!(
                 "{MAX_CONSECUTIVE_SKIPS} optimizer steps in a row overflowed in f16 (loss scale now {to}): \
                  the activations themselves leave f16's range; use --mixed-precision bf16"
@@ -447,7 +482,11 @@ impl<'a> Trainer<'a> {
 
     /// `--max-steps` reached or Ctrl-C pressed.
     fn stop_requested(&self) -> bool {
-        let hit_max = self.run.train.max_steps.is_some_and(|m| self.optimizer.step_t >= m);
+        let hit_max = self
+            .run
+            .train
+            .max_steps
+            .is_some_and(|m| self.optimizer.step_t >= m);
         hit_max || self.opts.stop.load(Ordering::Relaxed)
     }
 
@@ -459,7 +498,9 @@ impl<'a> Trainer<'a> {
         self.progress.interrupted = stop_now;
         let step = self.optimizer.step_t;
         if stop_now {
-            tracing::warn!("interrupted: saved checkpoints/last at step {step}; continue with --resume");
+            tracing::warn!(
+                "interrupted: saved checkpoints/last at step {step}; continue with --resume"
+            );
         } else {
             tracing::info!("--max-steps {step} reached: saved checkpoints/last");
         }
@@ -517,7 +558,13 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn log_epoch(&self, train_loss: f64, val_loss: Option<f64>, validation: Option<&Validation>, seconds: f64) {
+    fn log_epoch(
+        &self,
+        train_loss: f64,
+        val_loss: Option<f64>,
+        validation: Option<&Validation>,
+        seconds: f64,
+    ) {
         tracing::info!(
             "epoch {}/{}: train loss {train_loss:.5}, validation loss {}, {seconds:.1} s",
             self.progress.epoch,
@@ -528,7 +575,12 @@ impl<'a> Trainer<'a> {
             let parts: Vec<String> = v
                 .rmse
                 .iter()
-                .map(|(name, r)| format!("{name} {r:.4} (persistence {:.4})", v.persistence_rmse[name]))
+                .map(|(name, r)| {
+                    format!(
+                        "{name} {r:.4} (persistence {:.4})",
+                        v.persistence_rmse[name]
+                    )
+                })
                 .collect();
             tracing::info!(
                 "validation RMSE at lead {}: {}",

@@ -63,7 +63,10 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         let loss = weighted_mse(&pred, &target.y, &target.w, target.denominator)?;
         total += loss.to_scalar::<f32>()? as f64 * valid_entries;
         count += valid_entries;
-        let pred: Vec<f32> = pred.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        let pred: Vec<f32> = pred
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
         let truth: Vec<f32> = target.y.flatten_all()?.to_vec1()?;
         add_squared_errors(&mut sums, (&pred, &truth, &valid), set.lat_w);
     }
@@ -71,7 +74,10 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         (0..channels)
             .map(|c| {
                 let mean = sq[c] / sums.weight[c].max(1e-12);
-                (set.stats.channels[c].clone(), mean.sqrt() * set.stats.diff_std[c])
+                (
+                    set.stats.channels[c].clone(),
+                    mean.sqrt() * set.stats.diff_std[c],
+                )
             })
             .collect()
     };
@@ -83,7 +89,11 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
 }
 
 /// Persistence predicts a zero residual, so its error is the target itself.
-fn add_squared_errors(sums: &mut ChannelSums, (pred, truth, valid): (&[f32], &[f32], &[bool]), lat_w: &[f32]) {
+fn add_squared_errors(
+    sums: &mut ChannelSums,
+    (pred, truth, valid): (&[f32], &[f32], &[bool]),
+    lat_w: &[f32],
+) {
     let (channels, nodes) = (sums.weight.len(), lat_w.len());
     for (i, _) in valid.iter().enumerate().filter(|(_, ok)| **ok) {
         let (c, node) = (i % channels, (i / channels) % nodes);

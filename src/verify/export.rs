@@ -379,7 +379,12 @@ fn export_synthetic(
         ..ModelConfig::default()
     }
     .for_data(src.input_steps, src.channels);
-    let net = Network::initialised(config.clone(), MixedPrecision::Off, &graph_tensors, src.seed)?;
+    let net = Network::initialised(
+        config.clone(),
+        MixedPrecision::Off,
+        &graph_tensors,
+        src.seed,
+    )?;
     let predictor = WholeGraph::new(std::sync::Arc::new(net), graph_tensors);
     let shape = (src.batch_size, src.input_steps, src.channels);
     let seed = src.seed ^ 0x7265_6665_7265_6e63;
