@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod graph;
+pub mod memory;
 pub mod model;
 pub mod predict;
 pub mod train;

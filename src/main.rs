@@ -5,10 +5,10 @@
 /// spent in the kernel; see docs/benchmarks.md). Wrapped in a counter of live and peak
 /// bytes (two relaxed atomics per call) so benchmarks report measured memory.
 #[global_allocator]
-static GLOBAL: meshcast::device::memory::Counting<mimalloc::MiMalloc> =
-    meshcast::device::memory::Counting::new(mimalloc::MiMalloc);
+static GLOBAL: meshcast::memory::Counting<mimalloc::MiMalloc> =
+    meshcast::memory::Counting::new(mimalloc::MiMalloc);
 
 fn main() -> std::process::ExitCode {
-    meshcast::device::memory::register(&GLOBAL);
+    meshcast::memory::register(&GLOBAL);
     meshcast::cli::main()
 }

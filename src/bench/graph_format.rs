@@ -41,9 +41,9 @@ use super::report::{
 };
 use super::stats::{time_repeats, Summary};
 use crate::data::Grid;
-use crate::device::memory::{self, MemoryBreakdown};
 use crate::error::InputError;
 use crate::graph::{self, GraphOptions, WeatherGraph};
+use crate::memory::{self, MemoryBreakdown};
 use crate::model::{GraphTensors, MixedPrecision, ModelConfig};
 use crate::predict::{synthetic, LossTarget, Network, Patched, Predictor, WholeGraph};
 use crate::train::loss::weighted_mse;
@@ -568,7 +568,7 @@ fn predicted_peak(
     g: &GraphInfo,
     model: &crate::model::ModelConfig,
 ) -> anyhow::Result<u64> {
-    use crate::device::plan::{predict, GraphSizes, StepShape, Techniques};
+    use crate::memory::planner::{predict, GraphSizes, StepShape, Techniques};
     let p = predict(&StepShape {
         model: model.clone(),
         batch_size: cfg.batch_size,

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{BackendInfo, BuildInfo, MachineInfo};
 use super::stats::Summary;
-use crate::device::memory::MemoryBreakdown;
 use crate::error::InputError;
+use crate::memory::MemoryBreakdown;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -200,7 +200,7 @@ pub struct CaseResult {
     /// counting allocator or on CUDA, where device memory is not counted).
     pub memory: Option<MemoryBreakdown>,
     /// The planner's prediction of the case's peak above its baseline (bytes; see
-    /// `device::plan`), to set against the measured `memory.peak - memory.baseline`.
+    /// `memory::planner`), to set against the measured `memory.peak - memory.baseline`.
     #[serde(default)]
     pub predicted_peak: Option<u64>,
     /// Peak bytes above the case's baseline during its forward passes on the

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::device::memory::FreedPages;
 use crate::device::DeviceSpec;
+use crate::memory::FreedPages;
 
 pub use data_args::{DataArgs, WindowArgs};
 pub use graph_args::GraphArgs;
@@ -89,7 +89,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any other thread exists: only a run under a memory budget gives freed
     // pages back, so that its resident size stays near the budgeted peak.
-    crate::device::memory::set_freed_pages(match &cli.command {
+    crate::memory::set_freed_pages(match &cli.command {
         Command::TrainModel(args) if args.memory_budget.is_some() => FreedPages::Return,
         _ => FreedPages::Keep,
     });

@@ -4,8 +4,8 @@
 use clap::Args;
 
 use super::{DataArgs, GraphArgs};
-use crate::device::plan::{self, PlanRow, Techniques};
 use crate::graph::load_or_build;
+use crate::memory::planner::{self, fit_budget, PlanRow, StepSetting, Techniques};
 use crate::model::{MixedPrecision, ModelConfig};
 
 #[derive(Debug, Args)]
@@ -42,7 +42,7 @@ pub struct PlanMemoryArgs {
     pub mixed_precision: MixedPrecision,
     /// Choose the cheapest configuration whose predicted peak fits (e.g. 4GB, 3.5GiB):
     /// fewest patches, then checkpointing, then bf16.
-    #[arg(long, value_parser = plan::parse_bytes)]
+    #[arg(long, value_parser = planner::parse_bytes)]
     pub memory_budget: Option<u64>,
     /// The most patches the budget search tries (powers of two).
     #[arg(long, default_value_t = 64)]
@@ -69,99 +69,73 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         ..Default::default()
     }
     .for_data(args.input_steps, channels);
-    let shape_for = |t: Techniques| {
-        plan::step_shape(
-            &graph,
-            &grid,
-            &model,
-            args.batch_size,
-            args.patch_halo,
-            t,
-            device.is_cpu(),
-        )
+    let setting = StepSetting {
+        graph: &graph,
+        grid: &grid,
+        model: &model,
+        batch_size: args.batch_size,
+        patch_halo: args.patch_halo,
+        on_cpu: device.is_cpu(),
     };
-    let what = format!(
-        "{} grid nodes, mesh level {}, latent {}, {} layers, batch {}",
-        graph.grid_nodes.len(),
-        options.mesh_level,
-        args.latent_size,
-        args.num_gnn_layers,
-        args.batch_size
-    );
-    let (rows, chosen) = match args.memory_budget {
-        Some(budget) => plan::choose(budget, &plan::candidates(args.max_patches), shape_for)?,
+    let fit = match args.memory_budget {
+        Some(budget) => Some(fit_budget(budget, args.max_patches, &setting)?),
+        None => None,
+    };
+    let rows = match &fit {
+        Some(fit) => fit.rows.clone(),
         None => {
-            let t = Techniques {
+            let techniques = Techniques {
                 patches: args.patches,
                 checkpointing: args.checkpointing,
                 precision: args.mixed_precision,
             };
-            let prediction = plan::predict(&shape_for(t)?);
-            let row = PlanRow {
-                techniques: t,
+            let prediction = planner::predict(&setting.shape(techniques)?);
+            vec![PlanRow {
+                techniques,
                 prediction,
                 fits: true,
-            };
-            (vec![row], Some(0))
+            }]
         }
     };
+    let chosen = fit.as_ref().map_or(Some(0), |f| f.chosen);
     if args.json {
         let chosen_row = chosen.map(|i| &rows[i]);
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "graph": plan::GraphSizes::of(&graph), "budget": args.memory_budget,
+                "graph": planner::GraphSizes::of(&graph), "budget": args.memory_budget,
                 "tried": rows, "chosen": chosen_row}))?
         );
     } else {
-        println!("{what}");
+        println!(
+            "{} grid nodes, mesh level {}, latent {}, {} layers, batch {}",
+            graph.grid_nodes.len(),
+            options.mesh_level,
+            args.latent_size,
+            args.num_gnn_layers,
+            args.batch_size
+        );
         print!("{}", table(&rows));
     }
-    match (args.memory_budget, chosen) {
-        (Some(budget), Some(i)) => {
-            let t = rows[i].techniques;
-            if !args.json {
-                println!(
-                    "chosen: {} (predicted peak {} of {}): train-model --patches {} {}--mixed-precision {}",
-                    describe(t),
-                    gb(rows[i].prediction.total),
-                    gb(budget),
-                    t.patches,
-                    if t.checkpointing { "--checkpointing " } else { "" },
-                    t.precision
-                );
-            }
-            Ok(())
+    if let Some(fit) = &fit {
+        let row = fit.chosen_or_refuse()?;
+        let t = row.techniques;
+        if !args.json {
+            println!(
+                "chosen: {t} (predicted peak {} of {}): train-model --patches {} {}--mixed-precision {}",
+                gb(row.prediction.total),
+                gb(fit.budget),
+                t.patches,
+                if t.checkpointing { "--checkpointing " } else { "" },
+                t.precision
+            );
         }
-        (Some(budget), None) => {
-            let least = rows
-                .iter()
-                .min_by_key(|r| r.prediction.total)
-                .expect("at least one candidate");
-            crate::bail_input!(
-                "no configuration fits {}: the smallest prediction is {} ({}); raise the budget, \
-                 shrink the model or the batch, or allow more --max-patches",
-                gb(budget),
-                gb(least.prediction.total),
-                describe(least.techniques)
-            )
-        }
-        (None, _) => Ok(()),
     }
+    Ok(())
 }
 
 fn gb(bytes: u64) -> String {
-    crate::device::plan::human_bytes(bytes)
-}
-
-fn describe(t: Techniques) -> String {
-    format!(
-        "{} patch{}, checkpointing {}, precision {}",
-        t.patches,
-        if t.patches == 1 { "" } else { "es" },
-        if t.checkpointing { "on" } else { "off" },
-        t.precision
-    )
+    crate::memory::planner::human_bytes(bytes)
 }
 
 fn table(rows: &[PlanRow]) -> String {

@@ -111,7 +111,7 @@ pub struct TrainArgs {
     /// (fewest patches, then checkpointing, then bf16), as `meshcast plan-memory` shows.
     /// Freed memory then goes back to the system, so the resident size stays near the
     /// counted peak (a little slower on the CPU).
-    #[arg(long, value_parser = crate::device::plan::parse_bytes)]
+    #[arg(long, value_parser = crate::memory::planner::parse_bytes)]
     pub memory_budget: Option<u64>,
     /// Gathers and edge -> node sums: `csr` (segment sums by receiver and by sender, CPU and
     /// CUDA kernels; the default) or `index-add` (candle's index_select/index_add).
@@ -303,7 +303,7 @@ fn fit_budget(
     args: &TrainArgs,
     on_cpu: bool,
 ) -> anyhow::Result<()> {
-    use crate::device::plan;
+    use crate::memory::planner::{fit_budget, human_bytes, StepSetting};
     let valid = dataset.ever_valid(0..dataset.time.len())?;
     let (graph, _, _) = crate::graph::load_or_build(
         &dataset.grid,
@@ -311,39 +311,21 @@ fn fit_budget(
         options,
         args.graph.cache_dir().as_deref(),
     )?;
-    let (rows, chosen) = plan::choose(budget, &plan::candidates(64), |t| {
-        plan::step_shape(
-            &graph,
-            &dataset.grid,
-            model,
-            train_cfg.batch_size,
-            train_cfg.patch_halo,
-            t,
-            on_cpu,
-        )
-    })?;
-    let gb = plan::human_bytes;
-    let Some(i) = chosen else {
-        let least = rows
-            .iter()
-            .map(|r| r.prediction.total)
-            .min()
-            .unwrap_or_default();
-        crate::bail_input!(
-            "--memory-budget {}: no configuration fits (the smallest predicted peak is {}, with the most patches the grid allows, \
-             checkpointing and bf16); shrink the model or the batch",
-            gb(budget),
-            gb(least)
-        );
+    let setting = StepSetting {
+        graph: &graph,
+        grid: &dataset.grid,
+        model,
+        batch_size: train_cfg.batch_size,
+        patch_halo: train_cfg.patch_halo,
+        on_cpu,
     };
-    let t = rows[i].techniques;
+    let fit = fit_budget(budget, 64, &setting)?;
+    let row = fit.chosen_or_refuse()?;
+    let t = row.techniques;
     tracing::info!(
-        "--memory-budget {}: {} patches, checkpointing {}, precision {} (predicted peak {})",
-        gb(budget),
-        t.patches,
-        if t.checkpointing { "on" } else { "off" },
-        t.precision,
-        gb(rows[i].prediction.total)
+        "--memory-budget {}: {t} (predicted peak {})",
+        human_bytes(budget),
+        human_bytes(row.prediction.total)
     );
     train_cfg.patches = t.patches;
     train_cfg.checkpointing = t.checkpointing;

@@ -1,8 +1,4 @@
-//! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared;
-//! [`memory`] measures host memory, [`plan`] predicts it.
-
-pub mod memory;
-pub mod plan;
+//! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared.
 
 use std::fmt;
 use std::str::FromStr;

@@ -275,7 +275,7 @@ pub fn evaluate(
         stats: &loaded.stats,
     };
     let mut reader = NodeReader::new(s, channels);
-    let baseline = crate::device::memory::reset_peak_on(&s.device);
+    let baseline = crate::memory::reset_peak_on(&s.device);
     // sums[lead][channel][system]: model, persistence, climatology.
     let mut sums = vec![vec![[Sums::default(); 3]; channels]; rollout_steps];
     for chunk in inits.chunks(batch_size.max(1)) {
@@ -297,7 +297,7 @@ pub fn evaluate(
             }
         }
     }
-    let rollout_peak_bytes = crate::device::memory::peak_on(&s.device)
+    let rollout_peak_bytes = crate::memory::peak_on(&s.device)
         .zip(baseline)
         .map(|(p, b)| p.saturating_sub(b) as u64);
     Ok(EvalReport {

@@ -18,146 +18,13 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, Context, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+    bail, Context, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
-use serde::{Deserialize, Serialize};
 
-use super::graph_tensors::EdgeTensors;
+/// The strategy these functions switch on (defined with the edge tensors it selects).
+pub use super::graph_tensors::Aggregation;
+use super::graph_tensors::{EdgeTensors, Grouping};
 use super::row_kernels::{contiguous_values, fill_rows};
-
-/// How edge messages are gathered from and summed into nodes.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Aggregation {
-    /// candle's `index_select` and `index_add` over the COO indices (serial on CUDA).
-    #[serde(alias = "index-add", alias = "index_add")]
-    #[value(name = "index-add")]
-    IndexAdd,
-    /// CSR/CSC segment sums (parallel over output rows; CPU and CUDA kernels). The
-    /// same sums as index-add, 2.3x faster on 2 CPU cores and 109x on an H100 for a
-    /// gather, sum and their backward (`meshcast check-gpu`, docs/benchmarks.md).
-    #[default]
-    Csr,
-}
-
-impl std::fmt::Display for Aggregation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Aggregation::IndexAdd => "index-add",
-            Aggregation::Csr => "csr",
-        })
-    }
-}
-
-/// The edges of one edge set grouped by receiver, as host index arrays: the edges into
-/// receiver `r` are `edge_ids[offsets[r]..offsets[r + 1]]` (COO edge ids, in COO order).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CsrIndex {
-    pub offsets: Vec<u32>,
-    pub edge_ids: Vec<u32>,
-}
-
-impl CsrIndex {
-    /// From the graph's CSR by receiver.
-    pub fn from_csr(csr: &crate::graph::Csr) -> CsrIndex {
-        CsrIndex {
-            offsets: csr.offsets.clone(),
-            edge_ids: csr.edge_ids.clone(),
-        }
-    }
-
-    /// From COO receivers (`receivers[e]` < `n_receivers`), grouping stably.
-    pub fn from_receivers(receivers: &[u32], n_receivers: usize) -> CsrIndex {
-        let mut offsets = vec![0u32; n_receivers + 1];
-        for &r in receivers {
-            offsets[r as usize + 1] += 1;
-        }
-        for r in 0..n_receivers {
-            offsets[r + 1] += offsets[r];
-        }
-        let mut next: Vec<u32> = offsets[..n_receivers].to_vec();
-        let mut edge_ids = vec![0u32; receivers.len()];
-        for (e, &r) in receivers.iter().enumerate() {
-            edge_ids[next[r as usize] as usize] = e as u32;
-            next[r as usize] += 1;
-        }
-        CsrIndex { offsets, edge_ids }
-    }
-
-    pub fn n_receivers(&self) -> usize {
-        self.offsets.len() - 1
-    }
-
-    pub fn n_edges(&self) -> usize {
-        self.edge_ids.len()
-    }
-
-    /// Host bytes of the two index arrays.
-    pub fn bytes(&self) -> usize {
-        4 * (self.offsets.len() + self.edge_ids.len())
-    }
-
-    /// `copies` disjoint copies (the block-diagonal batch graph): copy `b`'s receivers
-    /// and edges are offset by `b * n_receivers` and `b * n_edges`.
-    pub fn replicated(&self, copies: usize) -> CsrIndex {
-        let (n, e) = (self.n_receivers(), self.n_edges() as u32);
-        let mut offsets = Vec::with_capacity(copies * n + 1);
-        let mut edge_ids = Vec::with_capacity(copies * self.n_edges());
-        for b in 0..copies as u32 {
-            offsets.extend(self.offsets[..n].iter().map(|&o| o + b * e));
-            edge_ids.extend(self.edge_ids.iter().map(|&id| id + b * e));
-        }
-        offsets.push(copies as u32 * e);
-        CsrIndex { offsets, edge_ids }
-    }
-}
-
-/// The edges of one edge set grouped by one endpoint ([`CsrIndex`]) as tensors on the
-/// model's device, for the segment-sum kernels.
-#[derive(Debug, Clone)]
-pub struct Grouping {
-    /// `[groups + 1]` U32.
-    pub offsets: Tensor,
-    /// `[E]` U32.
-    pub edge_ids: Tensor,
-}
-
-impl Grouping {
-    pub fn new(index: &CsrIndex, device: &Device) -> Result<Grouping> {
-        Ok(Grouping {
-            offsets: Tensor::from_slice(&index.offsets, index.offsets.len(), device)?,
-            edge_ids: Tensor::from_slice(&index.edge_ids, index.edge_ids.len(), device)?,
-        })
-    }
-
-    /// The index back on the host.
-    pub fn to_index(&self) -> Result<CsrIndex> {
-        Ok(CsrIndex {
-            offsets: self.offsets.to_vec1()?,
-            edge_ids: self.edge_ids.to_vec1()?,
-        })
-    }
-
-    pub fn n_groups(&self) -> usize {
-        self.offsets.elem_count() - 1
-    }
-
-    pub fn n_edges(&self) -> usize {
-        self.edge_ids.elem_count()
-    }
-
-    /// Bytes of the two index tensors.
-    pub fn bytes(&self) -> usize {
-        4 * (self.offsets.elem_count() + self.edge_ids.elem_count())
-    }
-
-    /// The grouping of `copies` disjoint copies (see [`CsrIndex::replicated`]).
-    pub fn replicated(&self, copies: usize) -> Result<Grouping> {
-        Grouping::new(&self.to_index()?.replicated(copies), self.offsets.device())
-    }
-}
 
 /// Sender rows per edge: `[B, n_senders, F] -> [B, E, F]`.
 pub fn gather_senders(edges: &EdgeTensors, nodes: &Tensor) -> Result<Tensor> {
@@ -972,22 +839,10 @@ mod tests {
     }
 
     #[test]
-    fn csr_index_from_receivers_and_replicated() {
-        let c = CsrIndex::from_receivers(&[1, 0, 1, 1, 2], 4);
-        assert_eq!(c.offsets, vec![0, 1, 4, 5, 5]);
-        assert_eq!(c.edge_ids, vec![1, 0, 2, 3, 4]);
-        let r = c.replicated(2);
-        assert_eq!(r.offsets, vec![0, 1, 4, 5, 5, 6, 9, 10, 10]);
-        assert_eq!(r.edge_ids, vec![1, 0, 2, 3, 4, 6, 5, 7, 8, 9]);
-        let rec: Vec<u32> = [1u32, 0, 1, 1, 2, 5, 4, 5, 5, 6].to_vec();
-        assert_eq!(CsrIndex::from_receivers(&rec, 8), r);
-    }
-
-    #[test]
     fn aggregation_names() {
         assert_eq!(
             serde_json::to_string(&Aggregation::IndexAdd).unwrap(),
-            "\"indexadd\""
+            "\"index-add\""
         );
         assert_eq!(
             serde_json::from_str::<Aggregation>("\"index-add\"").unwrap(),
@@ -998,5 +853,10 @@ mod tests {
             Aggregation::Csr
         );
         assert_eq!(Aggregation::IndexAdd.to_string(), "index-add");
+        // Runs written before the spelling was unified.
+        assert_eq!(
+            serde_json::from_str::<Aggregation>("\"indexadd\"").unwrap(),
+            Aggregation::IndexAdd
+        );
     }
 }

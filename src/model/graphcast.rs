@@ -29,7 +29,7 @@ use candle_core::{bail, DType, Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::Aggregation;
+use super::graph_tensors::Aggregation;
 use super::graph_tensors::GraphTensors;
 use super::interaction::InteractionNetwork;
 use super::mlp::Mlp;

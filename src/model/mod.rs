@@ -25,8 +25,7 @@ pub(crate) mod testing;
 
 use candle_nn::VarMap;
 
-pub use aggregate::Aggregation;
-pub use graph_tensors::{EdgeTensors, GraphTensors, NodeTensors};
+pub use graph_tensors::{Aggregation, EdgeTensors, GraphTensors, Grouping, NodeTensors};
 pub use graphcast::{Batching, GraphCast, Latents, ModelConfig};
 pub use interaction::InteractionNetwork;
 pub use layer_norm::LayerNorm;

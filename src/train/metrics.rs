@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::device::memory::MemoryBreakdown;
+use crate::memory::MemoryBreakdown;
 use crate::model::MixedPrecision;
 
 /// One line of `metrics.jsonl`.

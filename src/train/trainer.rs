@@ -60,7 +60,7 @@ pub struct TrainSummary {
     /// Peak bytes of the GPU's memory pool (None on the CPU).
     pub peak_device_bytes: Option<usize>,
     /// Where the peak went (parts computed from tensor sizes, peak measured).
-    pub memory: crate::device::memory::MemoryBreakdown,
+    pub memory: crate::memory::MemoryBreakdown,
 }
 
 /// The order of the training samples in `epoch`: a pure function of (seed, epoch), so a
@@ -217,7 +217,7 @@ impl<'a> Trainer<'a> {
             .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let resumed = resume_checkpoint(run, opts, &dataset)?;
         prepare_output_dir(run, opts)?;
-        let baseline = crate::device::memory::current_on(&opts.device).map(|b| b as u64);
+        let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
         let session = Session::new(
             run,
             dataset.clone(),
@@ -536,7 +536,7 @@ impl<'a> Trainer<'a> {
             val_loss,
             best_val_loss: self.progress.best_val,
             seconds,
-            peak_host_bytes: crate::device::memory::peak(),
+            peak_host_bytes: crate::memory::peak(),
             peak_device_bytes: device_peak(&self.opts.device),
             val_rmse: validation.as_ref().map(|v| &v.rmse),
             persistence_rmse: validation.as_ref().map(|v| &v.persistence_rmse),
@@ -654,7 +654,7 @@ impl<'a> Trainer<'a> {
             interrupted: p.interrupted,
             skipped_steps,
             output_dir: self.opts.output_dir.clone(),
-            peak_host_bytes: crate::device::memory::peak(),
+            peak_host_bytes: crate::memory::peak(),
             peak_device_bytes: device_peak(&self.opts.device),
             memory,
         })
@@ -674,7 +674,7 @@ fn schedule_for(run: &RunConfig, steps_per_epoch: usize) -> LrSchedule {
     }
 }
 
-fn log_memory(memory: &crate::device::memory::MemoryBreakdown) {
+fn log_memory(memory: &crate::memory::MemoryBreakdown) {
     if let (Some(peak), Some(act)) = (memory.peak, memory.activations) {
         let mb = |b: u64| b as f64 / 1e6;
         tracing::info!(
@@ -694,7 +694,7 @@ fn log_memory(memory: &crate::device::memory::MemoryBreakdown) {
 /// The GPU memory pool's peak, when training on a GPU.
 fn device_peak(device: &Device) -> Option<usize> {
     (!device.is_cpu())
-        .then(|| crate::device::memory::peak_on(device))
+        .then(|| crate::memory::peak_on(device))
         .flatten()
 }
 

@@ -1,5 +1,5 @@
-//! Measured memory: a counting global allocator for the host, the CUDA memory pool's
-//! high-water mark for a GPU, and the memory breakdown of a training step.
+//! The host's measured memory: a counting global allocator, and what mimalloc does
+//! with freed pages.
 //!
 //! The binary installs [`Counting`] around mimalloc (src/main.rs) and registers it
 //! with [`register`]; library code reads the counters through [`current`], [`peak`]
@@ -11,8 +11,6 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
-
-use serde::{Deserialize, Serialize};
 
 /// Live and peak bytes of one allocator.
 #[derive(Debug, Default)]
@@ -192,155 +190,6 @@ pub fn reset_peak() -> Option<usize> {
     REGISTERED.get().map(|c| c.reset_peak())
 }
 
-/// Live bytes where `device` keeps tensors: the host heap for the CPU, the device's
-/// CUDA memory pool on a GPU (None when not measurable).
-pub fn current_on(device: &candle_core::Device) -> Option<usize> {
-    match device {
-        candle_core::Device::Cpu => current(),
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(dev) => cuda_pool::used(dev, cuda_pool::Level::Current),
-        _ => None,
-    }
-}
-
-/// Peak bytes on `device` since the last [`reset_peak_on`] (see [`current_on`]).
-pub fn peak_on(device: &candle_core::Device) -> Option<usize> {
-    match device {
-        candle_core::Device::Cpu => peak(),
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(dev) => cuda_pool::used(dev, cuda_pool::Level::Peak),
-        _ => None,
-    }
-}
-
-/// Starts a new peak measurement on `device`; returns the live bytes at that moment.
-pub fn reset_peak_on(device: &candle_core::Device) -> Option<usize> {
-    match device {
-        candle_core::Device::Cpu => reset_peak(),
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(dev) => cuda_pool::reset_peak(dev),
-        _ => None,
-    }
-}
-
-/// candle allocates CUDA memory with `cuMemAllocAsync` from the device's current memory
-/// pool, which counts the bytes in use and their high-water mark: the device-side
-/// twin of the counting allocator. (cuBLAS's workspace and the CUDA context are not
-/// pool allocations and are not counted.)
-#[cfg(feature = "cuda")]
-mod cuda_pool {
-    use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    use candle_core::CudaDevice;
-
-    pub enum Level {
-        Current,
-        Peak,
-    }
-
-    fn pool(dev: &CudaDevice) -> Option<sys::CUmemoryPool> {
-        let stream = dev.cuda_stream();
-        let ctx = stream.context();
-        if !ctx.has_async_alloc() {
-            return None;
-        }
-        ctx.bind_to_thread().ok()?;
-        // Stream-ordered frees land when the stream reaches them.
-        stream.synchronize().ok()?;
-        // SAFETY: the device comes from a live context.
-        unsafe { result::device::get_mem_pool(ctx.cu_device()) }.ok()
-    }
-
-    pub fn used(dev: &CudaDevice, level: Level) -> Option<usize> {
-        let pool = pool(dev)?;
-        let attr = match level {
-            Level::Current => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
-            Level::Peak => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-        };
-        let mut bytes: u64 = 0;
-        // SAFETY: both attributes are a cuuint64_t.
-        unsafe { result::mem_pool::get_attribute(pool, attr, (&mut bytes as *mut u64).cast()) }
-            .ok()?;
-        Some(bytes as usize)
-    }
-
-    pub fn reset_peak(dev: &CudaDevice) -> Option<usize> {
-        let pool = pool(dev)?;
-        let mut zero: u64 = 0;
-        // SAFETY: the high-water mark is a cuuint64_t and may only be set to 0, which
-        // resets it to the bytes now in use.
-        unsafe {
-            result::mem_pool::set_attribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            )
-        }
-        .ok()?;
-        used(dev, Level::Current)
-    }
-}
-
-/// Where the memory of a training step goes, in bytes.
-///
-/// `weights`, `optimizer_state`, `gradients` and `graph` are computed from tensor
-/// sizes; `peak` and `baseline` are measured (the counting allocator on the CPU, the
-/// CUDA memory pool on a GPU: [`peak_on`]), and
-/// `activations` is what the measured peak holds beyond the baseline (the process
-/// before the case: data, runtime) and the four computed parts: the saved
-/// activations of the backward pass, plus transient buffers of the step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemoryBreakdown {
-    /// Parameters (`sum(numel) * dtype size`).
-    pub weights: u64,
-    /// AdamW's two moments per parameter.
-    pub optimizer_state: u64,
-    /// One gradient per parameter.
-    pub gradients: u64,
-    /// The graph on the device: index and feature tensors (and CSR offsets when used).
-    pub graph: u64,
-    /// Measured live bytes before the case allocated anything.
-    pub baseline: Option<u64>,
-    /// Measured peak live bytes during the case.
-    pub peak: Option<u64>,
-    /// `peak - baseline - weights - optimizer_state - gradients - graph` (saturating).
-    pub activations: Option<u64>,
-}
-
-impl MemoryBreakdown {
-    /// The breakdown from computed sizes and measured `baseline` and `peak` (None
-    /// when memory is not measured).
-    pub fn new(
-        weights: u64,
-        optimizer_state: u64,
-        gradients: u64,
-        graph: u64,
-        baseline: Option<u64>,
-        peak: Option<u64>,
-    ) -> MemoryBreakdown {
-        let activations = match (baseline, peak) {
-            (Some(b), Some(p)) => Some(
-                p.saturating_sub(b)
-                    .saturating_sub(weights + optimizer_state + gradients + graph),
-            ),
-            _ => None,
-        };
-        MemoryBreakdown {
-            weights,
-            optimizer_state,
-            gradients,
-            graph,
-            baseline,
-            peak,
-            activations,
-        }
-    }
-
-    /// Memory the case itself used at its peak (`peak - baseline`).
-    pub fn case_peak(&self) -> Option<u64> {
-        Some(self.peak?.saturating_sub(self.baseline?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,14 +213,5 @@ mod tests {
         }
         assert_eq!(A.current(), 0);
         assert_eq!(A.peak(), 3000);
-    }
-
-    #[test]
-    fn breakdown_attributes_the_rest_to_activations() {
-        let m = MemoryBreakdown::new(10, 20, 10, 5, Some(100), Some(200));
-        assert_eq!(m.activations, Some(55));
-        assert_eq!(m.case_peak(), Some(100));
-        let n = MemoryBreakdown::new(10, 20, 10, 5, None, Some(200));
-        assert_eq!(n.activations, None);
     }
 }

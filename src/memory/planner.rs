@@ -285,52 +285,116 @@ pub fn choose(
     Ok((rows, chosen))
 }
 
-/// The step shape of `techniques` on `graph` (over `grid`): the largest patch's sizes
-/// when it uses patches, and the bytes of every graph tensor the run keeps resident.
-pub fn step_shape(
-    graph: &crate::graph::WeatherGraph,
-    grid: &crate::data::Grid,
-    model: &ModelConfig,
-    batch_size: usize,
-    patch_halo: f64,
-    techniques: Techniques,
-    on_cpu: bool,
-) -> anyhow::Result<StepShape> {
-    let cpu = candle_core::Device::Cpu;
-    let bytes = |g: &crate::graph::WeatherGraph| -> anyhow::Result<u64> {
-        Ok(
-            crate::model::GraphTensors::new(g, &cpu, candle_core::DType::F32)?
-                .with_aggregation(model.aggregation)
-                .bytes() as u64,
-        )
-    };
-    let mut graph_bytes = bytes(graph)?;
-    let mut step_graph = GraphSizes::of(graph);
-    if techniques.patches > 1 {
-        let options = crate::graph::PatchOptions {
-            n_patches: techniques.patches,
-            halo_deg: patch_halo,
+/// Everything of a training step but its memory techniques: what the budget search
+/// varies them on.
+pub struct StepSetting<'a> {
+    pub graph: &'a crate::graph::WeatherGraph,
+    pub grid: &'a crate::data::Grid,
+    pub model: &'a ModelConfig,
+    pub batch_size: usize,
+    pub patch_halo: f64,
+    pub on_cpu: bool,
+}
+
+impl StepSetting<'_> {
+    /// The step shape of `techniques`: the largest patch's sizes when it uses patches,
+    /// and the bytes of every graph tensor the run keeps resident (the whole graph, or
+    /// every patch's subgraph).
+    pub fn shape(&self, techniques: Techniques) -> anyhow::Result<StepShape> {
+        let (graph, model) = (self.graph, self.model);
+        let cpu = candle_core::Device::Cpu;
+        let bytes = |g: &crate::graph::WeatherGraph| -> anyhow::Result<u64> {
+            Ok(
+                crate::model::GraphTensors::new(g, &cpu, candle_core::DType::F32)?
+                    .with_aggregation(model.aggregation)
+                    .bytes() as u64,
+            )
         };
-        let mut largest: Option<GraphSizes> = None;
-        for patch in crate::graph::split_into_patches(graph, grid, &options)? {
-            let sub = patch.subgraph(graph);
-            graph_bytes += bytes(&sub)?;
-            let sizes = GraphSizes::of(&sub);
-            let rows = |s: &GraphSizes| s.grid2mesh_edges + s.mesh_edges + s.mesh2grid_edges;
-            if largest.is_none_or(|l| rows(&sizes) > rows(&l)) {
-                largest = Some(sizes);
+        let (mut graph_bytes, mut step_graph) = (0, GraphSizes::of(graph));
+        if techniques.patches > 1 {
+            let options = crate::graph::PatchOptions {
+                n_patches: techniques.patches,
+                halo_deg: self.patch_halo,
+            };
+            let mut largest: Option<GraphSizes> = None;
+            for patch in crate::graph::split_into_patches(graph, self.grid, &options)? {
+                let sub = patch.subgraph(graph);
+                graph_bytes += bytes(&sub)?;
+                let sizes = GraphSizes::of(&sub);
+                let rows = |s: &GraphSizes| s.grid2mesh_edges + s.mesh_edges + s.mesh2grid_edges;
+                if largest.is_none_or(|l| rows(&sizes) > rows(&l)) {
+                    largest = Some(sizes);
+                }
             }
+            step_graph = largest.unwrap_or(step_graph);
+        } else {
+            graph_bytes = bytes(graph)?;
         }
-        step_graph = largest.unwrap_or(step_graph);
+        Ok(StepShape {
+            model: model.clone(),
+            batch_size: self.batch_size,
+            step_graph,
+            graph_bytes,
+            techniques,
+            on_cpu: self.on_cpu,
+        })
     }
-    Ok(StepShape {
-        model: model.clone(),
-        batch_size,
-        step_graph,
-        graph_bytes,
-        techniques,
-        on_cpu,
+}
+
+/// What the budget search tried, and the first configuration that fits.
+pub struct BudgetFit {
+    pub budget: u64,
+    pub rows: Vec<PlanRow>,
+    pub chosen: Option<usize>,
+}
+
+impl BudgetFit {
+    /// The chosen row, or the refusal (an input error) naming the smallest prediction.
+    pub fn chosen_or_refuse(&self) -> anyhow::Result<&PlanRow> {
+        if let Some(i) = self.chosen {
+            return Ok(&self.rows[i]);
+        }
+        let least = self
+            .rows
+            .iter()
+            .min_by_key(|r| r.prediction.total)
+            .ok_or_else(|| crate::error::InputError("no configuration to try".into()))?;
+        crate::bail_input!(
+            "--memory-budget {}: no configuration fits: the smallest prediction is {} ({}); raise the budget, \
+             shrink the model or the batch, or allow more patches",
+            human_bytes(self.budget),
+            human_bytes(least.prediction.total),
+            least.techniques
+        )
+    }
+}
+
+/// The cheapest configuration of `setting` within `budget`, trying up to `max_patches`
+/// patches (the one search behind `plan-memory` and `train-model --memory-budget`).
+pub fn fit_budget(
+    budget: u64,
+    max_patches: usize,
+    setting: &StepSetting,
+) -> anyhow::Result<BudgetFit> {
+    let (rows, chosen) = choose(budget, &candidates(max_patches), |t| setting.shape(t))?;
+    Ok(BudgetFit {
+        budget,
+        rows,
+        chosen,
     })
+}
+
+impl std::fmt::Display for Techniques {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} patch{}, checkpointing {}, precision {}",
+            self.patches,
+            if self.patches == 1 { "" } else { "es" },
+            if self.checkpointing { "on" } else { "off" },
+            self.precision
+        )
+    }
 }
 
 /// `3.40 GB`, or `512 MB` below a gigabyte.
