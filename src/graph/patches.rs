@@ -257,7 +257,7 @@ fn sub_edges(set: &EdgeSet, senders: &Reindex, receivers: &Reindex) -> EdgeSet {
 
 #[cfg(test)]
 mod tests {
-    use super::super::build::tests::storm1996;
+    use super::super::build::tests::regional_box;
     use super::super::sphere::chord;
     use super::super::{build, GraphOptions};
     use super::*;
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn regional_tiles_partition_and_halo() {
-        let (grid, valid) = storm1996();
+        let (grid, valid) = regional_box();
         let graph = build(
             &grid,
             &valid,
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_patch_counts() {
-        let (grid, valid) = storm1996();
+        let (grid, valid) = regional_box();
         let graph = build(
             &grid,
             &valid,

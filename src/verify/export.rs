@@ -43,7 +43,6 @@ use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::bench::graph_format::grid_for;
 use crate::data::{BatchLoader, Dataset, Prefetch, Split};
 use crate::error::InputError;
 use crate::graph::{
@@ -350,7 +349,7 @@ fn export_synthetic(
             "--batch-size, --latent-size, --input-steps and --channels must be at least 1"
         );
     }
-    let (grid_name, grid, valid) = grid_for(&src.grid)?;
+    let (grid_name, grid, valid) = crate::data::named_grid(&src.grid)?;
     let options = GraphOptions {
         mesh_level: src.mesh_level.unwrap_or_else(|| default_mesh_level(&grid)),
         ..GraphOptions::default()
