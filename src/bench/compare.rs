@@ -73,6 +73,43 @@ pub fn compare(
     threshold: f64,
     allow_different_machine: bool,
 ) -> anyhow::Result<Comparison> {
+    check_comparable(a, b, names, threshold, allow_different_machine)?;
+    let mut cases = Vec::new();
+    let mut only_in_a = Vec::new();
+    for ca in &a.cases {
+        match b.cases.iter().find(|cb| cb.config == ca.config) {
+            Some(cb) => cases.push(compare_case(ca, cb, threshold)),
+            None => only_in_a.push(ca.config.short()),
+        }
+    }
+    let only_in_b = b
+        .cases
+        .iter()
+        .filter(|cb| !a.cases.iter().any(|ca| ca.config == cb.config))
+        .map(|c| c.config.short())
+        .collect();
+    let count = |s: Status| cases.iter().filter(|c| c.status == s).count();
+    Ok(Comparison {
+        a: names.0.display().to_string(),
+        b: names.1.display().to_string(),
+        threshold,
+        regressions: count(Status::Regression),
+        improvements: count(Status::Improvement),
+        cases,
+        only_in_a,
+        only_in_b,
+    })
+}
+
+/// Rejects a comparison that would mislead: a bad threshold, reports of different
+/// kinds, or (unless allowed) timings from different machines.
+fn check_comparable(
+    a: &Report,
+    b: &Report,
+    names: (&Path, &Path),
+    threshold: f64,
+    allow_different_machine: bool,
+) -> anyhow::Result<()> {
     if !(threshold >= 0.0 && threshold.is_finite()) {
         crate::bail_input!("--threshold {threshold} must be a fraction >= 0 (0.05 is 5%)");
     }
@@ -95,99 +132,90 @@ pub fn compare(
         ))
         .into());
     }
-    let mut cases = Vec::new();
-    let mut only_in_a = Vec::new();
-    for ca in &a.cases {
-        let Some(cb) = b.cases.iter().find(|cb| cb.config == ca.config) else {
-            only_in_a.push(ca.config.short());
-            continue;
-        };
-        let (ta, tb) = (triple(ca), triple(cb));
-        let memory_ratio = match (
-            ca.memory.and_then(|m| m.case_peak()),
-            cb.memory.and_then(|m| m.case_peak()),
-        ) {
-            (Some(x), Some(y)) if x > 0 => Some(y as f64 / x as f64),
-            _ => None,
-        };
-        let (time_ratio, throughput_ratio, status, note) = match (ta, tb, &ca.timings, &cb.timings)
-        {
-            (Some(ta), Some(tb), Some(xa), Some(xb)) => {
-                let r = tb[0] / ta[0];
-                let thr = xb.samples_per_s / xa.samples_per_s;
-                let (status, note) = if r > 1.0 + threshold && tb[1] > ta[2] {
-                    (
-                        Status::Regression,
-                        format!("{:.1}% slower, beyond the spread", (r - 1.0) * 100.0),
-                    )
-                } else if memory_ratio.is_some_and(|m| m > 1.0 + threshold) {
-                    (
-                        Status::Regression,
-                        format!(
-                            "peak memory {:.1}% higher",
-                            (memory_ratio.unwrap_or(1.0) - 1.0) * 100.0
-                        ),
-                    )
-                } else if r < 1.0 - threshold && tb[2] < ta[1] {
-                    (
-                        Status::Improvement,
-                        format!("{:.1}% faster, beyond the spread", (1.0 - r) * 100.0),
-                    )
-                } else if memory_ratio.is_some_and(|m| m < 1.0 - threshold) {
-                    (Status::Improvement, "peak memory lower".into())
-                } else if (r - 1.0).abs() > threshold {
-                    (
-                        Status::Noise,
-                        format!("{:+.1}% but the min..max ranges overlap", (r - 1.0) * 100.0),
-                    )
-                } else {
-                    (Status::Unchanged, String::new())
-                };
-                (Some(r), Some(thr), status, note)
-            }
-            _ => (
-                None,
-                None,
-                Status::NotComparable,
-                format!(
-                    "no timings in {}",
-                    match (ta.is_none(), tb.is_none()) {
-                        (true, true) => "either report",
-                        (true, false) => "A",
-                        _ => "B",
-                    }
-                ),
+    Ok(())
+}
+
+/// Compares one case of A with the same configuration in B: ratios and a status.
+fn compare_case(ca: &CaseResult, cb: &CaseResult, threshold: f64) -> CaseComparison {
+    let (ta, tb) = (triple(ca), triple(cb));
+    let memory_ratio = match (
+        ca.memory.and_then(|m| m.case_peak()),
+        cb.memory.and_then(|m| m.case_peak()),
+    ) {
+        (Some(x), Some(y)) if x > 0 => Some(y as f64 / x as f64),
+        _ => None,
+    };
+    let (time_ratio, throughput_ratio, status, note) = match (ta, tb, &ca.timings, &cb.timings) {
+        (Some(ta), Some(tb), Some(xa), Some(xb)) => {
+            let r = tb[0] / ta[0];
+            let thr = xb.samples_per_s / xa.samples_per_s;
+            let (status, note) = classify(r, ta, tb, memory_ratio, threshold);
+            (Some(r), Some(thr), status, note)
+        }
+        _ => (
+            None,
+            None,
+            Status::NotComparable,
+            format!(
+                "no timings in {}",
+                match (ta.is_none(), tb.is_none()) {
+                    (true, true) => "either report",
+                    (true, false) => "A",
+                    _ => "B",
+                }
             ),
-        };
-        cases.push(CaseComparison {
-            case: ca.config.short(),
-            config: ca.config.clone(),
-            a_step_s: ta,
-            b_step_s: tb,
-            time_ratio,
-            memory_ratio,
-            throughput_ratio,
-            status,
-            note,
-        });
+        ),
+    };
+    CaseComparison {
+        case: ca.config.short(),
+        config: ca.config.clone(),
+        a_step_s: ta,
+        b_step_s: tb,
+        time_ratio,
+        memory_ratio,
+        throughput_ratio,
+        status,
+        note,
     }
-    let only_in_b = b
-        .cases
-        .iter()
-        .filter(|cb| !a.cases.iter().any(|ca| ca.config == cb.config))
-        .map(|c| c.config.short())
-        .collect();
-    let count = |s: Status| cases.iter().filter(|c| c.status == s).count();
-    Ok(Comparison {
-        a: names.0.display().to_string(),
-        b: names.1.display().to_string(),
-        threshold,
-        regressions: count(Status::Regression),
-        improvements: count(Status::Improvement),
-        cases,
-        only_in_a,
-        only_in_b,
-    })
+}
+
+/// Status and note of a case timed on both sides, from the median step time ratio
+/// `r`, each side's `[median, min, max]` step times and the peak memory ratio.
+fn classify(
+    r: f64,
+    ta: [f64; 3],
+    tb: [f64; 3],
+    memory_ratio: Option<f64>,
+    threshold: f64,
+) -> (Status, String) {
+    if r > 1.0 + threshold && tb[1] > ta[2] {
+        (
+            Status::Regression,
+            format!("{:.1}% slower, beyond the spread", (r - 1.0) * 100.0),
+        )
+    } else if memory_ratio.is_some_and(|m| m > 1.0 + threshold) {
+        (
+            Status::Regression,
+            format!(
+                "peak memory {:.1}% higher",
+                (memory_ratio.unwrap_or(1.0) - 1.0) * 100.0
+            ),
+        )
+    } else if r < 1.0 - threshold && tb[2] < ta[1] {
+        (
+            Status::Improvement,
+            format!("{:.1}% faster, beyond the spread", (1.0 - r) * 100.0),
+        )
+    } else if memory_ratio.is_some_and(|m| m < 1.0 - threshold) {
+        (Status::Improvement, "peak memory lower".into())
+    } else if (r - 1.0).abs() > threshold {
+        (
+            Status::Noise,
+            format!("{:+.1}% but the min..max ranges overlap", (r - 1.0) * 100.0),
+        )
+    } else {
+        (Status::Unchanged, String::new())
+    }
 }
 
 /// The human-readable comparison.

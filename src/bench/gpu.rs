@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::graph_format::render_table;
 use super::machine::{nvidia_driver_version, BackendInfo, BuildInfo, CpuInfo, GpuInfo};
 use crate::model::aggregate::{sum_into_receivers, Aggregation};
 use crate::model::EdgeTensors;
@@ -486,7 +487,16 @@ fn gib(b: u64) -> String {
 
 /// The human-readable report.
 pub fn render(r: &CheckGpuReport) -> String {
-    use super::graph_format::render_table;
+    let mut out = render_machine(r);
+    out.push_str(&render_cuda(r));
+    out.push('\n');
+    out.push_str(&render_table(&check_rows(&r.checks)));
+    out.push_str(&render_recommendation(&r.recommendation));
+    out
+}
+
+/// The report's first lines: build, CPU and candle backends.
+fn render_machine(r: &CheckGpuReport) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "meshcast {} ({}{})\n",
@@ -520,33 +530,42 @@ pub fn render(r: &CheckGpuReport) -> String {
         r.backend.with_f16c,
         r.backend.cpu_threads
     ));
+    out
+}
+
+/// The CUDA lines: why CUDA is unavailable, or the driver and every device.
+fn render_cuda(r: &CheckGpuReport) -> String {
     if !r.cuda.built {
-        out.push_str(
-            "CUDA: not available: this binary was built without the `cuda` feature \
-             (build with `cargo build --release --features cuda`, see scripts/build-cuda.sh)\n",
-        );
-    } else if r.cuda.devices.is_empty() {
-        out.push_str(&format!(
+        return "CUDA: not available: this binary was built without the `cuda` feature \
+             (build with `cargo build --release --features cuda`, see scripts/build-cuda.sh)\n"
+            .to_string();
+    }
+    if r.cuda.devices.is_empty() {
+        return format!(
             "CUDA: built in, but no usable device: {}\n",
             r.cuda.error.as_deref().unwrap_or("none found")
-        ));
-    } else {
-        out.push_str(&format!(
-            "CUDA: driver {} (CUDA {})\n",
-            r.gpu_driver_version.as_deref().unwrap_or("?"),
-            r.cuda.driver_api_version.as_deref().unwrap_or("?")
-        ));
-        for g in &r.cuda.devices {
-            out.push_str(&format!(
-                "  cuda:{}: {}, compute capability {}, {} total, {} free\n",
-                g.ordinal,
-                g.name.as_deref().unwrap_or("?"),
-                g.compute_capability.as_deref().unwrap_or("?"),
-                g.memory_total_bytes.map_or("?".into(), gib),
-                g.memory_free_bytes.map_or("?".into(), gib)
-            ));
-        }
+        );
     }
+    let mut out = format!(
+        "CUDA: driver {} (CUDA {})\n",
+        r.gpu_driver_version.as_deref().unwrap_or("?"),
+        r.cuda.driver_api_version.as_deref().unwrap_or("?")
+    );
+    for g in &r.cuda.devices {
+        out.push_str(&format!(
+            "  cuda:{}: {}, compute capability {}, {} total, {} free\n",
+            g.ordinal,
+            g.name.as_deref().unwrap_or("?"),
+            g.compute_capability.as_deref().unwrap_or("?"),
+            g.memory_total_bytes.map_or("?".into(), gib),
+            g.memory_free_bytes.map_or("?".into(), gib)
+        ));
+    }
+    out
+}
+
+/// Table rows (header first) with one row per kernel check on every device.
+fn check_rows(checks: &[DeviceCheck]) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "device".to_string(),
         "kernel".into(),
@@ -557,7 +576,7 @@ pub fn render(r: &CheckGpuReport) -> String {
         "checked against".into(),
         "ok".into(),
     ]];
-    for d in &r.checks {
+    for d in checks {
         for k in &d.kernels {
             rows.push(vec![
                 d.device.clone(),
@@ -574,14 +593,16 @@ pub fn render(r: &CheckGpuReport) -> String {
             ]);
         }
     }
-    out.push('\n');
-    out.push_str(&render_table(&rows));
-    let rec = &r.recommendation;
-    out.push_str(&format!(
+    rows
+}
+
+/// The recommended configuration: the table of memory tiers, this machine's marked.
+fn render_recommendation(rec: &Recommendation) -> String {
+    let mut out = format!(
         "\nRecommended training configuration for {} with {}:\n",
         rec.device,
         rec.memory_bytes.map_or("unknown memory".into(), gib)
-    ));
+    );
     let mut rows = vec![vec![
         "memory".to_string(),
         "grid".into(),

@@ -31,7 +31,7 @@ pub struct BenchmarkGraphFormatArgs {
     pub checkpointing: Option<Vec<bool>>,
     /// Precisions, comma-separated: off (f32), bf16, f16 (f16 here without loss scaling)
     /// [default: off].
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(crate::model::MixedPrecision))]
+    #[arg(long, value_delimiter = ',', value_parser = super::choices::choice::<crate::model::MixedPrecision>())]
     pub precisions: Option<Vec<crate::model::MixedPrecision>>,
     /// Latent width [default: 128].
     #[arg(long)]

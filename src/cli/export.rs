@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::choices::choice;
 use crate::model::{Aggregation, Batching};
 use crate::verify::export::{
     export, parse_split, split_name, CheckpointSource, Source, SyntheticSource,
@@ -56,10 +57,10 @@ pub struct ExportReferenceArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// --synthetic-grid: how the batch runs over the graph.
-    #[arg(long, value_enum, default_value_t = Batching::Shared)]
+    #[arg(long, value_parser = choice::<Batching>(), default_value_t = Batching::Shared)]
     pub batching: Batching,
     /// --synthetic-grid: how edge messages are summed into receivers.
-    #[arg(long, value_enum, default_value_t = Aggregation::IndexAdd)]
+    #[arg(long, value_parser = choice::<Aggregation>(), default_value_t = Aggregation::IndexAdd)]
     pub aggregation: Aggregation,
     /// Directory of the graph cache (default: the user's cache dir, meshcast/graphs).
     #[arg(long, value_name = "DIR")]

@@ -35,7 +35,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0.0)]
     pub fill_corners: f64,
     /// File format.
-    #[arg(long, value_enum, default_value_t = NcFormat::Netcdf4)]
+    #[arg(long, value_parser = super::choices::choice::<NcFormat>(), default_value_t = NcFormat::Netcdf4)]
     pub format: NcFormat,
     /// Deflate compression level (netCDF-4 only; 0 = none).
     #[arg(long, default_value_t = 0)]

@@ -2,6 +2,7 @@
 //! Nothing here computes; each subcommand module maps its flags onto library calls.
 
 mod bench;
+mod choices;
 mod data_args;
 mod describe_graph;
 mod eval;

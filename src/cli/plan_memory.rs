@@ -3,6 +3,7 @@
 
 use clap::Args;
 
+use super::choices::choice;
 use super::{DataArgs, GraphArgs};
 use crate::graph::load_or_build;
 use crate::memory::planner::{self, fit_budget, PlanRow, StepSetting, Techniques};
@@ -38,7 +39,7 @@ pub struct PlanMemoryArgs {
     pub patch_halo: f64,
     #[arg(long)]
     pub checkpointing: bool,
-    #[arg(long, value_enum, default_value_t = MixedPrecision::Off)]
+    #[arg(long, value_parser = choice::<MixedPrecision>(), default_value_t = MixedPrecision::Off)]
     pub mixed_precision: MixedPrecision,
     /// Choose the cheapest configuration whose predicted peak fits (e.g. 4GB, 3.5GiB):
     /// fewest patches, then checkpointing, then bf16.

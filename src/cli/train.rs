@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Deserialize;
 
+use super::choices::choice;
 use super::graph_args::GraphTable;
 use super::{DataArgs, GraphArgs, WindowArgs};
 use crate::config::load_value;
@@ -79,7 +80,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub mlp_hidden_layers: Option<usize>,
     /// `shared`: one graph for the whole batch; `replicated`: the PyG-style block-diagonal baseline.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Batching>())]
     pub batching: Option<Batching>,
     /// Gradient checkpointing: keep only processor-segment boundaries in the forward pass
     /// and recompute each segment in backward (less activation memory, more compute).
@@ -97,7 +98,7 @@ pub struct TrainArgs {
     pub patch_halo: Option<f64>,
     /// Run activations, matmuls and message passing in bf16 or f16 (weights and optimizer
     /// stay f32; f16 scales the loss dynamically and skips steps whose gradients overflow).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<crate::model::MixedPrecision>())]
     pub mixed_precision: Option<crate::model::MixedPrecision>,
     /// f16: the loss scaler's starting scale (halved on overflow, doubled after
     /// --loss-scale-growth-interval clean steps).
@@ -115,7 +116,7 @@ pub struct TrainArgs {
     pub memory_budget: Option<u64>,
     /// Gathers and edge -> node sums: `csr` (segment sums by receiver and by sender, CPU and
     /// CUDA kernels; the default) or `index-add` (candle's index_select/index_add).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<crate::model::Aggregation>())]
     pub aggregation: Option<crate::model::Aggregation>,
     /// No progress bar.
     #[arg(long)]

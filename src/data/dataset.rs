@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::grid::Grid;
 use super::source::{describe_variable, gridded_variables, open_file, SourceVariable};
 use super::spec::DataSpec;
-use super::time::{format_step, TimeAxis};
+use super::time::{format_step, Instant, TimeAxis};
 use crate::error::InputError;
 
 /// One input channel of the model: one variable at one level.
@@ -211,85 +211,134 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
         global: first.global,
     };
     for s in &sources[1..] {
-        let same = |a: &[f64], b: &[f64]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
-        };
-        if !same(&s.lat.values, &grid.lat) || !same(&s.lon.values, &grid.lon) {
-            return Err(InputError(format!(
-                "{} and {}: grids do not match ({} x {} vs {} x {}, lat {:.3}..{:.3} vs {:.3}..{:.3}, lon {:.3}..{:.3} vs {:.3}..{:.3})",
-                first.path.display(),
-                s.path.display(),
-                grid.nlat(),
-                grid.nlon(),
-                s.lat.values.len(),
-                s.lon.values.len(),
-                grid.lat[0],
-                grid.lat[grid.nlat() - 1],
-                s.lat.values[0],
-                s.lat.values[s.lat.values.len() - 1],
-                grid.lon[0],
-                grid.lon[grid.nlon() - 1],
-                s.lon.values[0],
-                s.lon.values[s.lon.values.len() - 1],
-            ))
-            .into());
-        }
-        if s.time.calendar != first.time.calendar {
-            return Err(InputError(format!(
-                "{} and {}: time axes use different calendars ({:?} vs {:?})",
-                first.path.display(),
-                s.path.display(),
-                first.time.calendar,
-                s.time.calendar
-            ))
-            .into());
-        }
+        check_same_grid(first, s, &grid)?;
+        check_same_calendar(first, s)?;
     }
+    let mut groups = group_by_name(&sources);
+    let mut group_axes = Vec::new();
+    for (name, members) in &mut groups {
+        group_axes.push(concatenate_group(&sources, name, members)?);
+    }
+    let time = common_time_axis(&sources, &groups, &group_axes)?;
+    let channels = group_channels(&sources, &groups)?;
+    Ok(Dataset {
+        grid,
+        time,
+        channels,
+        sources,
+        fingerprint,
+    })
+}
 
-    // Group sources by name, in order of first appearance; each group is a time series.
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+/// Sources with the same name, as indices into the source list; each group is one time series.
+type SourceGroup = (String, Vec<usize>);
+
+/// Rejects a source whose latitudes or longitudes differ from the dataset's grid,
+/// naming both files and both extents so the mismatch is easy to find.
+fn check_same_grid(first: &SourceVariable, s: &SourceVariable, grid: &Grid) -> anyhow::Result<()> {
+    let same = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+    };
+    if !same(&s.lat.values, &grid.lat) || !same(&s.lon.values, &grid.lon) {
+        return Err(InputError(format!(
+            "{} and {}: grids do not match ({} x {} vs {} x {}, lat {:.3}..{:.3} vs {:.3}..{:.3}, lon {:.3}..{:.3} vs {:.3}..{:.3})",
+            first.path.display(),
+            s.path.display(),
+            grid.nlat(),
+            grid.nlon(),
+            s.lat.values.len(),
+            s.lon.values.len(),
+            grid.lat[0],
+            grid.lat[grid.nlat() - 1],
+            s.lat.values[0],
+            s.lat.values[s.lat.values.len() - 1],
+            grid.lon[0],
+            grid.lon[grid.nlon() - 1],
+            s.lon.values[0],
+            s.lon.values[s.lon.values.len() - 1],
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Rejects a source whose time axis uses another calendar than the first source's,
+/// since instants from different calendars cannot be compared.
+fn check_same_calendar(first: &SourceVariable, s: &SourceVariable) -> anyhow::Result<()> {
+    if s.time.calendar != first.time.calendar {
+        return Err(InputError(format!(
+            "{} and {}: time axes use different calendars ({:?} vs {:?})",
+            first.path.display(),
+            s.path.display(),
+            first.time.calendar,
+            s.time.calendar
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Groups sources by name, in order of first appearance, so that files holding
+/// consecutive stretches of one variable become one series.
+fn group_by_name(sources: &[SourceVariable]) -> Vec<SourceGroup> {
+    let mut groups: Vec<SourceGroup> = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         match groups.iter_mut().find(|(n, _)| *n == s.name) {
             Some((_, members)) => members.push(i),
             None => groups.push((s.name.clone(), vec![i])),
         }
     }
-    let mut group_axes = Vec::new();
-    for (name, members) in &mut groups {
-        members.sort_by_key(|&i| sources[i].time.instants[0]);
-        for w in members.windows(2) {
-            let (a, b) = (&sources[w[0]], &sources[w[1]]);
-            if b.time.instants[0] <= *a.time.instants.last().expect("non-empty") {
-                return Err(InputError(format!(
-                    "variable '{name}' comes from both {} ('{}') and {} ('{}') over the same times; \
-                     rename one, e.g. --var {}:{}={}2",
-                    a.path.display(),
-                    a.var_name,
-                    b.path.display(),
-                    b.var_name,
-                    b.path.display(),
-                    b.var_name,
-                    name
-                ))
-                .into());
-            }
-            if a.channel_names() != b.channel_names() {
-                return Err(InputError(format!(
-                    "variable '{name}' has different levels in {} and {}",
-                    a.path.display(),
-                    b.path.display()
-                ))
-                .into());
-            }
+    groups
+}
+
+/// Sorts one group's members by start time and returns their joined time axis,
+/// rejecting members that overlap in time or disagree on levels.
+fn concatenate_group(
+    sources: &[SourceVariable],
+    name: &str,
+    members: &mut [usize],
+) -> anyhow::Result<Vec<Instant>> {
+    members.sort_by_key(|&i| sources[i].time.instants[0]);
+    for w in members.windows(2) {
+        let (a, b) = (&sources[w[0]], &sources[w[1]]);
+        if b.time.instants[0] <= *a.time.instants.last().expect("non-empty") {
+            return Err(InputError(format!(
+                "variable '{name}' comes from both {} ('{}') and {} ('{}') over the same times; \
+                 rename one, e.g. --var {}:{}={}2",
+                a.path.display(),
+                a.var_name,
+                b.path.display(),
+                b.var_name,
+                b.path.display(),
+                b.var_name,
+                name
+            ))
+            .into());
         }
-        let instants: Vec<_> = members
-            .iter()
-            .flat_map(|&i| sources[i].time.instants.iter().copied())
-            .collect();
-        group_axes.push(instants);
+        if a.channel_names() != b.channel_names() {
+            return Err(InputError(format!(
+                "variable '{name}' has different levels in {} and {}",
+                a.path.display(),
+                b.path.display()
+            ))
+            .into());
+        }
     }
+    Ok(members
+        .iter()
+        .flat_map(|&i| sources[i].time.instants.iter().copied())
+        .collect())
+}
+
+/// Takes the first group's time axis as the dataset's and requires every other
+/// group to cover exactly the same instants.
+fn common_time_axis(
+    sources: &[SourceVariable],
+    groups: &[SourceGroup],
+    group_axes: &[Vec<Instant>],
+) -> anyhow::Result<TimeAxis> {
     let time = TimeAxis {
-        calendar: first.time.calendar,
+        calendar: sources[0].time.calendar,
         instants: group_axes[0].clone(),
     };
     for (g, axis) in group_axes.iter().enumerate().skip(1) {
@@ -308,9 +357,17 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
             .into());
         }
     }
+    Ok(time)
+}
 
+/// Turns each group into one channel per level, recording which source holds each
+/// stretch of time, and rejects duplicate channel names.
+fn group_channels(
+    sources: &[SourceVariable],
+    groups: &[SourceGroup],
+) -> anyhow::Result<Vec<Channel>> {
     let mut channels: Vec<Channel> = Vec::new();
-    for (_, members) in &groups {
+    for (_, members) in groups {
         let lead = &sources[members[0]];
         let mut offset = 0;
         let mut parts_per_level: Vec<Vec<ChannelPart>> = vec![Vec::new(); lead.num_channels()];
@@ -338,13 +395,7 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
             });
         }
     }
-    Ok(Dataset {
-        grid,
-        time,
-        channels,
-        sources,
-        fingerprint,
-    })
+    Ok(channels)
 }
 
 /// Reads time steps of a [`Dataset`], keeping its files open between reads.

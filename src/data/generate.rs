@@ -29,7 +29,7 @@ pub const FILL_VALUE: f32 = -9999.0;
 const PACKED_FILL: i16 = -32767;
 
 /// On-disk format of the generated file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NcFormat {
     /// netCDF-3 classic.
@@ -38,6 +38,32 @@ pub enum NcFormat {
     Offset64,
     /// netCDF-4 (HDF5), chunked per time step.
     Netcdf4,
+}
+
+impl NcFormat {
+    /// The spellings of flags, configs and JSON, in declaration order.
+    pub const NAMES: &'static [&'static str] = &["classic", "offset64", "netcdf4"];
+}
+
+impl std::fmt::Display for NcFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(NcFormat::NAMES[*self as usize])
+    }
+}
+
+impl std::str::FromStr for NcFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "classic" => Ok(NcFormat::Classic),
+            "offset64" => Ok(NcFormat::Offset64),
+            "netcdf4" => Ok(NcFormat::Netcdf4),
+            other => Err(format!(
+                "unknown format '{other}' (expected classic, offset64 or netcdf4)"
+            )),
+        }
+    }
 }
 
 /// What to generate. Serialisable so configs can embed it.
@@ -272,7 +298,14 @@ pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::R
     }
     let wave = RossbyHaurwitz::seeded(opts.seed);
     let tmp = crate::util::temp_path(path);
-    let result = write_file(&tmp, opts, &lat, &lon, &wave, start, history);
+    let contents = FileContents {
+        opts,
+        lat: &lat,
+        lon: &lon,
+        wave: &wave,
+        start,
+    };
+    let result = write_file(&tmp, &contents, history);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -286,23 +319,61 @@ pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::R
     Ok(std::fs::metadata(path)?.len())
 }
 
-fn write_file(
-    path: &Path,
-    opts: &GenerateOptions,
-    lat: &[f64],
-    lon: &[f64],
-    wave: &RossbyHaurwitz,
+/// Everything [`write_file`] puts in the file, grouped so the writing helpers share
+/// one argument.
+struct FileContents<'a> {
+    opts: &'a GenerateOptions,
+    lat: &'a [f64],
+    lon: &'a [f64],
+    wave: &'a RossbyHaurwitz,
     start: DateTime,
-    history: &str,
-) -> anyhow::Result<()> {
-    let (nlat, nlon) = (lat.len(), lon.len());
-    let mode = match opts.format {
+}
+
+/// Creates the file at `path` and writes its header, coordinates and every time step.
+fn write_file(path: &Path, contents: &FileContents, history: &str) -> anyhow::Result<()> {
+    let mode = match contents.opts.format {
         NcFormat::Classic => netcdf::Options::CLASSIC,
         NcFormat::Offset64 => netcdf::Options::_64BIT_OFFSET,
         NcFormat::Netcdf4 => netcdf::Options::NETCDF4,
     };
-    let ctx = |what: &str| format!("{}: cannot write {what}", path.display());
-    let mut file = netcdf::create_with(path, mode).with_context(|| ctx("the file"))?;
+    let mut file =
+        netcdf::create_with(path, mode).with_context(|| cannot_write(path, "the file"))?;
+    define_global_attributes(&mut file, contents, history)?;
+    define_coordinates(&mut file, contents)?;
+    for def in &VARIABLES {
+        define_field(&mut file, def, contents)?;
+    }
+
+    // Classic files must leave define mode before any data is written.
+    file.enddef()
+        .with_context(|| cannot_write(path, "the header"))?;
+    file.variable_mut("lat")
+        .expect("defined above")
+        .put_values(contents.lat, ..)
+        .with_context(|| cannot_write(path, "lat"))?;
+    file.variable_mut("lon")
+        .expect("defined above")
+        .put_values(contents.lon, ..)
+        .with_context(|| cannot_write(path, "lon"))?;
+    write_steps(&mut file, path, contents)?;
+    file.close()
+        .with_context(|| cannot_write(path, "the file"))?;
+    Ok(())
+}
+
+/// The context of every write error: which file, and which part of it failed.
+fn cannot_write(path: &Path, what: &str) -> String {
+    format!("{}: cannot write {what}", path.display())
+}
+
+/// Writes the CF global attributes, recording how the file was made (wave
+/// parameters and seed) so it can be reproduced.
+fn define_global_attributes(
+    file: &mut netcdf::FileMut,
+    contents: &FileContents,
+    history: &str,
+) -> anyhow::Result<()> {
+    let wave = contents.wave;
     file.add_attribute("Conventions", "CF-1.8")?;
     file.add_attribute("title", "Synthetic Rossby-Haurwitz wave dataset")?;
     file.add_attribute(
@@ -313,17 +384,22 @@ fn write_file(
             wave.wavenumber,
             wave.k,
             wave.phase,
-            opts.seed
+            contents.opts.seed
         ),
     )?;
     file.add_attribute("history", history)?;
+    Ok(())
+}
+
+/// Defines the time, lat and lon dimensions and their CF coordinate variables.
+fn define_coordinates(file: &mut netcdf::FileMut, contents: &FileContents) -> anyhow::Result<()> {
     file.add_unlimited_dimension("time")?;
-    file.add_dimension("lat", nlat)?;
-    file.add_dimension("lon", nlon)?;
+    file.add_dimension("lat", contents.lat.len())?;
+    file.add_dimension("lon", contents.lon.len())?;
 
     let mut v = file.add_variable::<f64>("time", &["time"])?;
     v.put_attribute("standard_name", "time")?;
-    v.put_attribute("units", format!("hours since {start}:00"))?;
+    v.put_attribute("units", format!("hours since {}:00", contents.start))?;
     v.put_attribute("calendar", "standard")?;
     v.put_attribute("axis", "T")?;
     let mut v = file.add_variable::<f64>("lat", &["lat"])?;
@@ -334,85 +410,100 @@ fn write_file(
     v.put_attribute("standard_name", "longitude")?;
     v.put_attribute("units", "degrees_east")?;
     v.put_attribute("axis", "X")?;
+    Ok(())
+}
 
-    for def in &VARIABLES {
-        let mut v = if opts.pack {
-            let mut v = file.add_variable::<i16>(def.name, &["time", "lat", "lon"])?;
-            let (scale, offset) = packing(def.range);
-            v.put_attribute("scale_factor", scale)?;
-            v.put_attribute("add_offset", offset)?;
-            v.put_attribute("_FillValue", PACKED_FILL)?;
-            v.put_attribute("missing_value", PACKED_FILL)?;
-            v
-        } else {
-            let mut v = file.add_variable::<f32>(def.name, &["time", "lat", "lon"])?;
-            v.put_attribute("_FillValue", FILL_VALUE)?;
-            v
-        };
-        v.put_attribute("standard_name", def.standard_name)?;
-        v.put_attribute("long_name", def.long_name)?;
-        v.put_attribute("units", def.units)?;
-        if opts.format == NcFormat::Netcdf4 {
-            v.set_chunking(&[1, nlat, nlon])?;
-            if opts.deflate > 0 {
-                v.set_compression(opts.deflate, true)?;
-            }
+/// Defines one generated variable: int16 with packing attributes or float32, its CF
+/// attributes, and per-step chunking and compression for netCDF-4.
+fn define_field(
+    file: &mut netcdf::FileMut,
+    def: &VarDef,
+    contents: &FileContents,
+) -> anyhow::Result<()> {
+    let opts = contents.opts;
+    let mut v = if opts.pack {
+        let mut v = file.add_variable::<i16>(def.name, &["time", "lat", "lon"])?;
+        let (scale, offset) = packing(def.range);
+        v.put_attribute("scale_factor", scale)?;
+        v.put_attribute("add_offset", offset)?;
+        v.put_attribute("_FillValue", PACKED_FILL)?;
+        v.put_attribute("missing_value", PACKED_FILL)?;
+        v
+    } else {
+        let mut v = file.add_variable::<f32>(def.name, &["time", "lat", "lon"])?;
+        v.put_attribute("_FillValue", FILL_VALUE)?;
+        v
+    };
+    v.put_attribute("standard_name", def.standard_name)?;
+    v.put_attribute("long_name", def.long_name)?;
+    v.put_attribute("units", def.units)?;
+    if opts.format == NcFormat::Netcdf4 {
+        v.set_chunking(&[1, contents.lat.len(), contents.lon.len()])?;
+        if opts.deflate > 0 {
+            v.set_compression(opts.deflate, true)?;
         }
     }
+    Ok(())
+}
 
-    // Classic files must leave define mode before any data is written.
-    file.enddef().with_context(|| ctx("the header"))?;
-    file.variable_mut("lat")
-        .expect("defined above")
-        .put_values(lat, ..)
-        .with_context(|| ctx("lat"))?;
-    file.variable_mut("lon")
-        .expect("defined above")
-        .put_values(lon, ..)
-        .with_context(|| ctx("lon"))?;
-
+/// Computes and writes every time step, one step at a time so memory stays bounded
+/// by one step of the grid.
+fn write_steps(
+    file: &mut netcdf::FileMut,
+    path: &Path,
+    contents: &FileContents,
+) -> anyhow::Result<()> {
+    let opts = contents.opts;
+    let (nlat, nlon) = (contents.lat.len(), contents.lon.len());
     let mask: Vec<bool> = (0..nlat * nlon)
         .map(|k| in_corner(k / nlon, k % nlon, nlat, nlon, opts.fill_corners))
         .collect();
-    let start_hour = f64::from(start.hour) + f64::from(start.minute) / 60.0;
+    let start_hour = f64::from(contents.start.hour) + f64::from(contents.start.minute) / 60.0;
     for step in 0..opts.steps {
         let hours = step as f64 * opts.step_hours;
-        let fields = compute_step(wave, lat, lon, hours, start_hour);
+        let fields = compute_step(contents.wave, contents.lat, contents.lon, hours, start_hour);
         file.variable_mut("time")
             .expect("defined above")
             .put_values(&[hours], step..step + 1)
-            .with_context(|| ctx("time"))?;
+            .with_context(|| cannot_write(path, "time"))?;
         for (def, values) in VARIABLES.iter().zip(&fields) {
             let mut var = file.variable_mut(def.name).expect("defined above");
             let extent = [Extent::from(step..step + 1), (..).into(), (..).into()];
-            if opts.pack {
-                let (scale, offset) = packing(def.range);
-                let raw: Vec<i16> = values
-                    .iter()
-                    .zip(&mask)
-                    .map(|(&x, &m)| {
-                        if m {
-                            PACKED_FILL
-                        } else {
-                            ((x - offset) / scale).round().clamp(-32766.0, 32767.0) as i16
-                        }
-                    })
-                    .collect();
-                var.put_values(&raw, extent)
-                    .with_context(|| ctx(def.name))?;
+            let written = if opts.pack {
+                var.put_values(&packed_values(values, &mask, def.range), extent)
             } else {
-                let raw: Vec<f32> = values
-                    .iter()
-                    .zip(&mask)
-                    .map(|(&x, &m)| if m { FILL_VALUE } else { x as f32 })
-                    .collect();
-                var.put_values(&raw, extent)
-                    .with_context(|| ctx(def.name))?;
-            }
+                var.put_values(&float_values(values, &mask), extent)
+            };
+            written.with_context(|| cannot_write(path, def.name))?;
         }
     }
-    file.close().with_context(|| ctx("the file"))?;
     Ok(())
+}
+
+/// Stores `values` as int16 with the packing of `range`, with the packed fill value
+/// where `mask` hides a cell.
+fn packed_values(values: &[f64], mask: &[bool], range: (f64, f64)) -> Vec<i16> {
+    let (scale, offset) = packing(range);
+    values
+        .iter()
+        .zip(mask)
+        .map(|(&x, &m)| {
+            if m {
+                PACKED_FILL
+            } else {
+                ((x - offset) / scale).round().clamp(-32766.0, 32767.0) as i16
+            }
+        })
+        .collect()
+}
+
+/// Stores `values` as float32, with [`FILL_VALUE`] where `mask` hides a cell.
+fn float_values(values: &[f64], mask: &[bool]) -> Vec<f32> {
+    values
+        .iter()
+        .zip(mask)
+        .map(|(&x, &m)| if m { FILL_VALUE } else { x as f32 })
+        .collect()
 }
 
 /// `(scale_factor, add_offset)` mapping `range` onto int16.

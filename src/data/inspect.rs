@@ -4,9 +4,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::dataset::{Dataset, StepReader};
+use super::dataset::{Channel, Dataset, StepReader};
+use super::grid::Grid;
 use super::samples::{Split, Splits};
-use super::time::format_step;
+use super::time::{format_step, TimeAxis};
 use crate::error::InputError;
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,88 +87,141 @@ pub struct InspectReport {
 /// Reads every time step once and reports grid, time axis and per-channel statistics.
 /// A channel that is missing everywhere is an input error.
 pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
+    let stats = channel_stats(ds)?;
+    let total = (ds.grid.len() * ds.time.len()) as f64;
+    let variables = ds
+        .channels
+        .iter()
+        .zip(&stats)
+        .map(|(ch, s)| variable_report(ds, ch, s, total))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(InspectReport {
+        grid: grid_report(&ds.grid),
+        time: time_report(&ds.time),
+        variables,
+        samples: None,
+    })
+}
+
+/// Running sums of one channel's valid values, from which the report's mean and
+/// standard deviation come.
+struct ChannelStats {
+    count: u64,
+    sum: f64,
+    sumsq: f64,
+    min: f64,
+    max: f64,
+}
+
+impl ChannelStats {
+    fn new() -> Self {
+        ChannelStats {
+            count: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    fn add(&mut self, v: f64) {
+        self.count += 1;
+        self.sum += v;
+        self.sumsq += v * v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+}
+
+/// Reads every time step once, accumulating statistics of each channel's valid cells.
+fn channel_stats(ds: &Dataset) -> anyhow::Result<Vec<ChannelStats>> {
     let cells = ds.grid.len();
-    let n = ds.num_channels();
-    let (mut count, mut sum, mut sumsq) = (vec![0u64; n], vec![0f64; n], vec![0f64; n]);
-    let (mut min, mut max) = (vec![f64::INFINITY; n], vec![f64::NEG_INFINITY; n]);
+    let mut stats: Vec<ChannelStats> = (0..ds.num_channels())
+        .map(|_| ChannelStats::new())
+        .collect();
     let mut reader = StepReader::default();
     for t in 0..ds.time.len() {
         let state = reader.read(ds, t)?;
-        for c in 0..n {
+        for (c, s) in stats.iter_mut().enumerate() {
             for k in c * cells..(c + 1) * cells {
                 if state.valid[k] {
-                    let v = state.values[k] as f64;
-                    count[c] += 1;
-                    sum[c] += v;
-                    sumsq[c] += v * v;
-                    min[c] = min[c].min(v);
-                    max[c] = max[c].max(v);
+                    s.add(state.values[k] as f64);
                 }
             }
         }
     }
-    let total = (cells * ds.time.len()) as f64;
-    let mut variables = Vec::new();
-    for (c, ch) in ds.channels.iter().enumerate() {
-        let source = ds
-            .sources
-            .iter()
-            .find(|s| s.channel_names().contains(&ch.name) || s.name == ch.name)
-            .expect("channel has a source");
-        if count[c] == 0 {
-            return Err(InputError::file(
-                &source.path,
-                format!("variable '{}' has no valid value (every cell is _FillValue, missing or out of valid range)", source.var_name),
-            )
-            .into());
-        }
-        let k = count[c] as f64;
-        let mean = sum[c] / k;
-        variables.push(VariableReport {
-            name: ch.name.clone(),
-            file: source.path.display().to_string(),
-            file_variable: source.var_name.clone(),
-            units: ch.units.clone(),
-            long_name: ch.long_name.clone(),
-            dimensions: source
-                .dims
-                .iter()
-                .map(|(d, l)| format!("{d}={l}"))
-                .collect(),
-            fill_fraction: 1.0 - k / total,
-            min: min[c],
-            max: max[c],
-            mean,
-            std: (sumsq[c] / k - mean * mean).max(0.0).sqrt(),
-            time_note: source.time_note.clone(),
-        });
+    Ok(stats)
+}
+
+/// Describes one channel and the file variable it comes from; `total` is the number
+/// of cells over all time steps. A channel with no valid value is an input error.
+fn variable_report(
+    ds: &Dataset,
+    ch: &Channel,
+    stats: &ChannelStats,
+    total: f64,
+) -> anyhow::Result<VariableReport> {
+    let source = ds
+        .sources
+        .iter()
+        .find(|s| s.channel_names().contains(&ch.name) || s.name == ch.name)
+        .expect("channel has a source");
+    if stats.count == 0 {
+        return Err(InputError::file(
+            &source.path,
+            format!("variable '{}' has no valid value (every cell is _FillValue, missing or out of valid range)", source.var_name),
+        )
+        .into());
     }
-    let g = &ds.grid;
-    let step_seconds = ds.time.step_seconds();
-    Ok(InspectReport {
-        grid: GridReport {
-            nlat: g.nlat(),
-            nlon: g.nlon(),
-            lat_min: g.lat[0],
-            lat_max: g.lat[g.nlat() - 1],
-            lon_min: g.lon[0],
-            lon_max: g.lon[g.nlon() - 1],
-            lat_spacing: g.lat_spacing(),
-            lon_spacing: g.lon_spacing(),
-            global: g.global,
-        },
-        time: TimeReport {
-            steps: ds.time.len(),
-            start: ds.time.datetime(0).to_string(),
-            end: ds.time.datetime(ds.time.len() - 1).to_string(),
-            step_seconds,
-            step: step_seconds.map(format_step),
-            regular: ds.time.is_regular(),
-            calendar: format!("{:?}", ds.time.calendar),
-        },
-        variables,
-        samples: None,
+    let k = stats.count as f64;
+    let mean = stats.sum / k;
+    Ok(VariableReport {
+        name: ch.name.clone(),
+        file: source.path.display().to_string(),
+        file_variable: source.var_name.clone(),
+        units: ch.units.clone(),
+        long_name: ch.long_name.clone(),
+        dimensions: source
+            .dims
+            .iter()
+            .map(|(d, l)| format!("{d}={l}"))
+            .collect(),
+        fill_fraction: 1.0 - k / total,
+        min: stats.min,
+        max: stats.max,
+        mean,
+        std: (stats.sumsq / k - mean * mean).max(0.0).sqrt(),
+        time_note: source.time_note.clone(),
     })
+}
+
+/// Size, extent and spacing of the grid.
+fn grid_report(g: &Grid) -> GridReport {
+    GridReport {
+        nlat: g.nlat(),
+        nlon: g.nlon(),
+        lat_min: g.lat[0],
+        lat_max: g.lat[g.nlat() - 1],
+        lon_min: g.lon[0],
+        lon_max: g.lon[g.nlon() - 1],
+        lat_spacing: g.lat_spacing(),
+        lon_spacing: g.lon_spacing(),
+        global: g.global,
+    }
+}
+
+/// Length, span, step and calendar of the time axis.
+fn time_report(time: &TimeAxis) -> TimeReport {
+    let step_seconds = time.step_seconds();
+    TimeReport {
+        steps: time.len(),
+        start: time.datetime(0).to_string(),
+        end: time.datetime(time.len() - 1).to_string(),
+        step_seconds,
+        step: step_seconds.map(format_step),
+        regular: time.is_regular(),
+        calendar: format!("{:?}", time.calendar),
+    }
 }
 
 impl fmt::Display for InspectReport {

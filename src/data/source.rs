@@ -482,102 +482,25 @@ pub fn describe_variable(
     opts: &ReadOptions,
 ) -> Result<SourceVariable> {
     let err = |problem: String| InputError::file(path, problem);
-    let Some(var) = file.variable(var_name) else {
-        let mut names = gridded_variables(file);
-        if names.is_empty() {
-            names = file.variables().map(|v| v.name()).collect();
-        }
-        return Err(err(format!(
-            "no variable '{var_name}' (the file has: {})",
-            names.join(", ")
-        )));
-    };
-    if !is_numeric(&var) {
-        return Err(err(format!("variable '{var_name}' is not numeric")));
-    }
+    let var = find_numeric_variable(file, var_name).map_err(err)?;
     let dims: Vec<(String, usize)> = var
         .dimensions()
         .iter()
         .map(|d| (d.name(), d.len()))
         .collect();
-    let roles: Vec<DimRole> = dims.iter().map(|(n, _)| dim_role(file, n)).collect();
-    let find = |role: DimRole| roles.iter().position(|&r| r == role);
-
-    let (Some(lat_dim), Some(lon_dim)) = (find(DimRole::Lat), find(DimRole::Lon)) else {
-        return Err(err(explain_missing_grid(file, &var, &dims)));
-    };
-    if roles.iter().filter(|&&r| r == DimRole::Lat).count() > 1
-        || roles.iter().filter(|&&r| r == DimRole::Lon).count() > 1
-    {
-        return Err(err(format!(
-            "variable '{var_name}' has more than one latitude or longitude dimension"
-        )));
-    }
-    let Some(time_dim) = find(DimRole::Time) else {
-        return Err(err(format!(
-            "variable '{var_name}' has no time dimension (dimensions: {})",
-            dims.iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    };
-
-    // Remaining dimensions: at most one vertical one; any other must be singleton.
-    let mut level_dim = None;
-    for (d, (name, len)) in dims.iter().enumerate() {
-        if [lat_dim, lon_dim, time_dim].contains(&d) {
-            continue;
-        }
-        if roles[d] == DimRole::Level || (level_dim.is_none() && *len > 1) {
-            if level_dim.is_some() {
-                return Err(err(format!(
-                    "variable '{var_name}' has two vertical dimensions"
-                )));
-            }
-            level_dim = Some(d);
-        } else if *len != 1 {
-            return Err(err(format!(
-                "variable '{var_name}': dimension '{name}' of length {len} is not understood"
-            )));
-        }
-    }
-    let levels =
-        select_levels(file, &dims, level_dim, opts.levels.as_deref(), var_name).map_err(err)?;
-
-    let lat_raw = coordinate_values(file, &dims[lat_dim].0).ok_or_else(|| {
-        err(format!(
-            "no latitude values for dimension '{}'",
-            dims[lat_dim].0
-        ))
-    })?;
-    let lon_raw = coordinate_values(file, &dims[lon_dim].0).ok_or_else(|| {
-        err(format!(
-            "no longitude values for dimension '{}'",
-            dims[lon_dim].0
-        ))
-    })?;
-    let lat = normalize_latitudes(&lat_raw, opts.region.as_ref())
-        .map_err(|e| err(format!("'{}': {e}", dims[lat_dim].0)))?;
-    let (lon, global) = normalize_longitudes(&lon_raw, opts.region.as_ref())
-        .map_err(|e| err(format!("'{}': {e}", dims[lon_dim].0)))?;
-    if lat.values.len() < 2 || lon.values.len() < 2 {
-        return Err(err(match opts.region {
-            Some(r) => format!(
-                "the region {},{},{},{} keeps {} x {} cells of the grid; need at least 2 x 2",
-                r.lat_min,
-                r.lat_max,
-                r.lon_min,
-                r.lon_max,
-                lat.values.len(),
-                lon.values.len()
-            ),
-            None => "the grid has fewer than 2 latitudes or longitudes".to_string(),
-        }));
-    }
-
+    let layout = locate_dimensions(file, &var, var_name, &dims).map_err(err)?;
+    let levels = select_levels(
+        file,
+        &dims,
+        layout.level_dim,
+        opts.levels.as_deref(),
+        var_name,
+    )
+    .map_err(err)?;
+    let (lat, lon, global) =
+        read_horizontal_axes(file, &dims, &layout, opts.region.as_ref()).map_err(err)?;
     let (time, time_note) =
-        decode_time(file, &dims[time_dim].0, opts.time_units.as_deref()).map_err(err)?;
+        decode_time(file, &dims[layout.time_dim].0, opts.time_units.as_deref()).map_err(err)?;
     let packing = read_packing(&var);
 
     Ok(SourceVariable {
@@ -594,13 +517,130 @@ pub fn describe_variable(
         time_note,
         packing,
         levels,
-        layout: Layout {
-            time_dim,
-            lat_dim,
-            lon_dim,
-            level_dim,
-        },
+        layout,
     })
+}
+
+/// Looks up `var_name` and requires it to hold numbers; when it is missing, the
+/// problem lists the file's variables so the user can pick the right name.
+fn find_numeric_variable<'f>(
+    file: &'f netcdf::File,
+    var_name: &str,
+) -> std::result::Result<Variable<'f>, String> {
+    let Some(var) = file.variable(var_name) else {
+        let mut names = gridded_variables(file);
+        if names.is_empty() {
+            names = file.variables().map(|v| v.name()).collect();
+        }
+        return Err(format!(
+            "no variable '{var_name}' (the file has: {})",
+            names.join(", ")
+        ));
+    };
+    if !is_numeric(&var) {
+        return Err(format!("variable '{var_name}' is not numeric"));
+    }
+    Ok(var)
+}
+
+/// Finds which of the variable's dimensions are latitude, longitude, time and level,
+/// or says why the variable is not a lat/lon/time grid.
+fn locate_dimensions(
+    file: &netcdf::File,
+    var: &Variable,
+    var_name: &str,
+    dims: &[(String, usize)],
+) -> std::result::Result<Layout, String> {
+    let roles: Vec<DimRole> = dims.iter().map(|(n, _)| dim_role(file, n)).collect();
+    let find = |role: DimRole| roles.iter().position(|&r| r == role);
+
+    let (Some(lat_dim), Some(lon_dim)) = (find(DimRole::Lat), find(DimRole::Lon)) else {
+        return Err(explain_missing_grid(file, var, dims));
+    };
+    if roles.iter().filter(|&&r| r == DimRole::Lat).count() > 1
+        || roles.iter().filter(|&&r| r == DimRole::Lon).count() > 1
+    {
+        return Err(format!(
+            "variable '{var_name}' has more than one latitude or longitude dimension"
+        ));
+    }
+    let Some(time_dim) = find(DimRole::Time) else {
+        return Err(format!(
+            "variable '{var_name}' has no time dimension (dimensions: {})",
+            dims.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    let level_dim = find_level_dim(dims, &roles, [lat_dim, lon_dim, time_dim], var_name)?;
+    Ok(Layout {
+        time_dim,
+        lat_dim,
+        lon_dim,
+        level_dim,
+    })
+}
+
+/// Picks the vertical dimension among those left after `horizontal_and_time`: at
+/// most one may be vertical, and any other must have length 1.
+fn find_level_dim(
+    dims: &[(String, usize)],
+    roles: &[DimRole],
+    horizontal_and_time: [usize; 3],
+    var_name: &str,
+) -> std::result::Result<Option<usize>, String> {
+    let mut level_dim = None;
+    for (d, (name, len)) in dims.iter().enumerate() {
+        if horizontal_and_time.contains(&d) {
+            continue;
+        }
+        if roles[d] == DimRole::Level || (level_dim.is_none() && *len > 1) {
+            if level_dim.is_some() {
+                return Err(format!("variable '{var_name}' has two vertical dimensions"));
+            }
+            level_dim = Some(d);
+        } else if *len != 1 {
+            return Err(format!(
+                "variable '{var_name}': dimension '{name}' of length {len} is not understood"
+            ));
+        }
+    }
+    Ok(level_dim)
+}
+
+/// Reads and normalizes the latitude and longitude coordinates (cut to `region`),
+/// returning `(lat, lon, global)`, and requires at least a 2 x 2 grid.
+fn read_horizontal_axes(
+    file: &netcdf::File,
+    dims: &[(String, usize)],
+    layout: &Layout,
+    region: Option<&Region>,
+) -> std::result::Result<(AxisMap, AxisMap, bool), String> {
+    let lat_name = &dims[layout.lat_dim].0;
+    let lon_name = &dims[layout.lon_dim].0;
+    let lat_raw = coordinate_values(file, lat_name)
+        .ok_or_else(|| format!("no latitude values for dimension '{lat_name}'"))?;
+    let lon_raw = coordinate_values(file, lon_name)
+        .ok_or_else(|| format!("no longitude values for dimension '{lon_name}'"))?;
+    let lat = normalize_latitudes(&lat_raw, region).map_err(|e| format!("'{lat_name}': {e}"))?;
+    let (lon, global) =
+        normalize_longitudes(&lon_raw, region).map_err(|e| format!("'{lon_name}': {e}"))?;
+    if lat.values.len() < 2 || lon.values.len() < 2 {
+        return Err(match region {
+            Some(r) => format!(
+                "the region {},{},{},{} keeps {} x {} cells of the grid; need at least 2 x 2",
+                r.lat_min,
+                r.lat_max,
+                r.lon_min,
+                r.lon_max,
+                lat.values.len(),
+                lon.values.len()
+            ),
+            None => "the grid has fewer than 2 latitudes or longitudes".to_string(),
+        });
+    }
+    Ok((lat, lon, global))
 }
 
 /// Says why a variable has no lat/lon grid: unstructured, curvilinear, or unknown axes.

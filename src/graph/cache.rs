@@ -271,58 +271,75 @@ fn decode(bytes: &[u8], key: &CacheKey, n_cells: usize) -> Result<WeatherGraph> 
         "tensor data checksum mismatch"
     );
 
-    let nodes = |name: &str| -> Result<NodeSet> {
-        let lat: Vec<f64> = read(&st, &format!("{name}.lat"), Dtype::F64)?;
-        let lon: Vec<f64> = read(&st, &format!("{name}.lon"), Dtype::F64)?;
-        let features: Vec<f32> = read(&st, &format!("{name}.features"), Dtype::F32)?;
-        ensure!(
-            lat.len() == lon.len() && features.len() == lat.len() * NODE_FEATURES,
-            "{name}: inconsistent sizes"
-        );
-        Ok(NodeSet { lat, lon, features })
-    };
-    let grid_nodes = nodes("grid_nodes")?;
-    let mesh_nodes = nodes("mesh_nodes")?;
-    let cells: Vec<u32> = read(&st, "grid_cells", Dtype::U32)?;
-    ensure!(cells.len() == grid_nodes.len(), "grid_cells: wrong length");
+    let grid_nodes = read_node_set(&st, "grid_nodes")?;
+    let mesh_nodes = read_node_set(&st, "mesh_nodes")?;
+    let cells = read_grid_cells(&st, grid_nodes.len(), n_cells)?;
+    let (ng, nm) = (grid_nodes.len(), mesh_nodes.len());
+    Ok(WeatherGraph {
+        options,
+        grid2mesh: read_edge_set(&st, "grid2mesh", ng, nm)?,
+        mesh: read_edge_set(&st, "mesh", nm, nm)?,
+        mesh2grid: read_edge_set(&st, "mesh2grid", nm, ng)?,
+        grid_nodes,
+        mesh_nodes,
+        grid_map: GridNodeMap::from_cells(cells, n_cells),
+    })
+}
+
+/// Reads the node set stored under `name`, checking that its tensors agree in size.
+fn read_node_set(st: &SafeTensors, name: &str) -> Result<NodeSet> {
+    let lat: Vec<f64> = read(st, &format!("{name}.lat"), Dtype::F64)?;
+    let lon: Vec<f64> = read(st, &format!("{name}.lon"), Dtype::F64)?;
+    let features: Vec<f32> = read(st, &format!("{name}.features"), Dtype::F32)?;
+    ensure!(
+        lat.len() == lon.len() && features.len() == lat.len() * NODE_FEATURES,
+        "{name}: inconsistent sizes"
+    );
+    Ok(NodeSet { lat, lon, features })
+}
+
+/// Reads the grid cell of each of the `n_grid_nodes` grid nodes, checking that they
+/// are ascending indices below `n_cells`.
+fn read_grid_cells(st: &SafeTensors, n_grid_nodes: usize, n_cells: usize) -> Result<Vec<u32>> {
+    let cells: Vec<u32> = read(st, "grid_cells", Dtype::U32)?;
+    ensure!(cells.len() == n_grid_nodes, "grid_cells: wrong length");
     ensure!(
         cells.windows(2).all(|w| w[0] < w[1])
             && cells.last().is_none_or(|&c| (c as usize) < n_cells),
         "grid_cells: not ascending cell indices"
     );
-    let (ng, nm) = (grid_nodes.len(), mesh_nodes.len());
-    let edges = |name: &str, n_senders: usize, n_receivers: usize| -> Result<EdgeSet> {
-        let senders: Vec<u32> = read(&st, &format!("{name}.senders"), Dtype::U32)?;
-        let receivers: Vec<u32> = read(&st, &format!("{name}.receivers"), Dtype::U32)?;
-        let features: Vec<f32> = read(&st, &format!("{name}.features"), Dtype::F32)?;
-        ensure!(
-            senders.len() == receivers.len() && features.len() == senders.len() * EDGE_FEATURES,
-            "{name}: inconsistent sizes"
-        );
-        ensure!(
-            senders.iter().all(|&s| (s as usize) < n_senders)
-                && receivers.iter().all(|&r| (r as usize) < n_receivers),
-            "{name}: node index out of range"
-        );
-        Ok(EdgeSet::new(
-            Coo {
-                n_senders,
-                n_receivers,
-                senders,
-                receivers,
-            },
-            features,
-        ))
-    };
-    Ok(WeatherGraph {
-        options,
-        grid2mesh: edges("grid2mesh", ng, nm)?,
-        mesh: edges("mesh", nm, nm)?,
-        mesh2grid: edges("mesh2grid", nm, ng)?,
-        grid_nodes,
-        mesh_nodes,
-        grid_map: GridNodeMap::from_cells(cells, n_cells),
-    })
+    Ok(cells)
+}
+
+/// Reads the edge set stored under `name`, checking its sizes and that every edge
+/// joins existing sender and receiver nodes.
+fn read_edge_set(
+    st: &SafeTensors,
+    name: &str,
+    n_senders: usize,
+    n_receivers: usize,
+) -> Result<EdgeSet> {
+    let senders: Vec<u32> = read(st, &format!("{name}.senders"), Dtype::U32)?;
+    let receivers: Vec<u32> = read(st, &format!("{name}.receivers"), Dtype::U32)?;
+    let features: Vec<f32> = read(st, &format!("{name}.features"), Dtype::F32)?;
+    ensure!(
+        senders.len() == receivers.len() && features.len() == senders.len() * EDGE_FEATURES,
+        "{name}: inconsistent sizes"
+    );
+    ensure!(
+        senders.iter().all(|&s| (s as usize) < n_senders)
+            && receivers.iter().all(|&r| (r as usize) < n_receivers),
+        "{name}: node index out of range"
+    );
+    Ok(EdgeSet::new(
+        Coo {
+            n_senders,
+            n_receivers,
+            senders,
+            receivers,
+        },
+        features,
+    ))
 }
 
 /// SHA-256 over the tensors' data in name order (safetensors lays tensors out in

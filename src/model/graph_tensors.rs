@@ -8,15 +8,12 @@ use crate::graph::{CsrIndex, EdgeSet, NodeSet, WeatherGraph, EDGE_FEATURES, NODE
 use serde::{Deserialize, Serialize};
 
 /// How edge messages are gathered from and summed into nodes.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Aggregation {
     /// candle's `index_select` and `index_add` over the COO indices (serial on CUDA).
     /// Spelled `index-add` everywhere (`indexadd` and `index_add` are read too: runs
     /// and reports written before the spelling was unified used `indexadd`).
     #[serde(rename = "index-add", alias = "indexadd", alias = "index_add")]
-    #[value(name = "index-add")]
     IndexAdd,
     /// CSR/CSC segment sums (parallel over output rows; CPU and CUDA kernels). The
     /// same sums as index-add, 2.3x faster on 2 CPU cores and 109x on an H100 for a
@@ -26,12 +23,28 @@ pub enum Aggregation {
     Csr,
 }
 
+impl Aggregation {
+    /// The spellings of flags, configs and JSON, in declaration order.
+    pub const NAMES: &'static [&'static str] = &["index-add", "csr"];
+}
+
 impl std::fmt::Display for Aggregation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Aggregation::IndexAdd => "index-add",
-            Aggregation::Csr => "csr",
-        })
+        f.write_str(Aggregation::NAMES[*self as usize])
+    }
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim() {
+            "index-add" | "indexadd" | "index_add" => Ok(Aggregation::IndexAdd),
+            "csr" => Ok(Aggregation::Csr),
+            other => Err(format!(
+                "unknown aggregation '{other}' (expected index-add or csr)"
+            )),
+        }
     }
 }
 

@@ -37,7 +37,7 @@ use super::precision::MixedPrecision;
 use crate::graph::{EDGE_FEATURES, NODE_FEATURES};
 
 /// How a batch of samples is run over the one graph.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Batching {
     /// Node tensors carry a batch dimension `[B, N, L]`; graph indices and
@@ -48,6 +48,31 @@ pub enum Batching {
     /// of B disjoint copies (`[1, B * N, L]`), indices and static features
     /// replicated. Same results as `Shared`, more memory and work.
     Replicated,
+}
+
+impl Batching {
+    /// The spellings of flags, configs and JSON, in declaration order.
+    pub const NAMES: &'static [&'static str] = &["shared", "replicated"];
+}
+
+impl std::fmt::Display for Batching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Batching::NAMES[*self as usize])
+    }
+}
+
+impl std::str::FromStr for Batching {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim() {
+            "shared" => Ok(Batching::Shared),
+            "replicated" => Ok(Batching::Replicated),
+            other => Err(format!(
+                "unknown batching '{other}' (expected shared or replicated)"
+            )),
+        }
+    }
 }
 
 /// Model hyperparameters (the `[model]` table of a config).

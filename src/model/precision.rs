@@ -8,9 +8,7 @@
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MixedPrecision {
     /// Everything in the master dtype.
@@ -33,12 +31,12 @@ impl MixedPrecision {
         }
     }
 
+    /// The spellings of flags, configs and JSON, in declaration order (`f32` is read
+    /// as `off` too).
+    pub const NAMES: &'static [&'static str] = &["off", "bf16", "f16"];
+
     pub fn name(self) -> &'static str {
-        match self {
-            MixedPrecision::Off => "off",
-            MixedPrecision::Bf16 => "bf16",
-            MixedPrecision::F16 => "f16",
-        }
+        MixedPrecision::NAMES[self as usize]
     }
 
     /// Whether the loss must be scaled to keep gradients representable.
