@@ -14,103 +14,12 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::graph_format::render_table;
-use super::machine::{nvidia_driver_version, BackendInfo, BuildInfo, CpuInfo, GpuInfo};
+use crate::machine::{
+    cuda_devices, nvidia_driver_version, BackendInfo, BuildInfo, CpuInfo, CudaDevices,
+};
 use crate::model::aggregate::{sum_into_receivers, Aggregation};
 use crate::model::EdgeTensors;
-
-/// CUDA as this binary sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CudaDevices {
-    /// Built with the `cuda` feature.
-    pub built: bool,
-    /// CUDA version the driver supports (`cuDriverGetVersion`).
-    pub driver_api_version: Option<String>,
-    pub devices: Vec<GpuInfo>,
-    /// Why no device could be queried (no driver, no GPU), if so.
-    pub error: Option<String>,
-}
-
-/// The CUDA devices of this machine (none on a CPU-only build).
-pub fn cuda_devices() -> CudaDevices {
-    #[cfg(feature = "cuda")]
-    {
-        cuda_probe::probe()
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        CudaDevices {
-            built: false,
-            driver_api_version: None,
-            devices: Vec::new(),
-            error: Some("this meshcast binary was built without the `cuda` feature".into()),
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-mod cuda_probe {
-    use super::{CudaDevices, GpuInfo};
-    use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext};
-
-    /// Queries the driver; a missing libcuda (a panic inside cudarc's loader) is
-    /// reported as an error, not a crash.
-    pub fn probe() -> CudaDevices {
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let result = std::panic::catch_unwind(query);
-        std::panic::set_hook(hook);
-        result.unwrap_or_else(|_| CudaDevices {
-            built: true,
-            driver_api_version: None,
-            devices: Vec::new(),
-            error: Some("the CUDA driver library (libcuda) could not be loaded".into()),
-        })
-    }
-
-    fn query() -> CudaDevices {
-        let mut out = CudaDevices {
-            built: true,
-            driver_api_version: None,
-            devices: Vec::new(),
-            error: None,
-        };
-        let count = match CudaContext::device_count() {
-            Ok(n) => n.max(0) as usize,
-            Err(e) => {
-                out.error = Some(format!("no CUDA device: {e}"));
-                return out;
-            }
-        };
-        let mut version: std::ffi::c_int = 0;
-        // SAFETY: cuDriverGetVersion writes one int; the driver is initialised above.
-        let status = unsafe { sys::cuDriverGetVersion(&mut version) };
-        if status == sys::CUresult::CUDA_SUCCESS {
-            out.driver_api_version = Some(format!("{}.{}", version / 1000, (version % 1000) / 10));
-        }
-        for ordinal in 0..count {
-            match CudaContext::new(ordinal) {
-                Ok(ctx) => out.devices.push(GpuInfo {
-                    ordinal,
-                    name: ctx.name().ok(),
-                    compute_capability: ctx
-                        .compute_capability()
-                        .ok()
-                        .map(|(major, minor)| format!("{major}.{minor}")),
-                    memory_total_bytes: ctx.total_mem().ok().map(|b| b as u64),
-                    memory_free_bytes: ctx.mem_get_info().ok().map(|(free, _)| free as u64),
-                }),
-                Err(e) => {
-                    out.error = Some(format!("cuda:{ordinal}: {e}"));
-                }
-            }
-        }
-        if count == 0 {
-            out.error = Some("the CUDA driver reports no device".into());
-        }
-        out
-    }
-}
+use crate::table::render_table;
 
 /// One kernel run on one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -464,7 +373,7 @@ pub fn check() -> CheckGpuReport {
         ),
         None => recommend(
             "cpu (available host memory)".into(),
-            super::machine::meminfo("MemAvailable"),
+            crate::machine::meminfo("MemAvailable"),
         ),
     };
     let backend = BackendInfo::current();

@@ -34,7 +34,6 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::machine::{BackendInfo, BuildInfo, MachineInfo};
 use super::report::{
     CaseConfig, CaseResult, Format, GraphInfo, ModelSize, PatchBoundaryError, Report, RunSettings,
     Timings, Verification, SCHEMA_VERSION,
@@ -43,10 +42,12 @@ use super::stats::{time_repeats, Summary};
 use crate::data::{named_grid, Grid};
 use crate::error::InputError;
 use crate::graph::{self, GraphOptions, WeatherGraph};
+use crate::machine::{BackendInfo, BuildInfo, MachineInfo};
 use crate::memory::{self, MemoryBreakdown};
 use crate::model::{GraphTensors, MixedPrecision, ModelConfig};
+use crate::predict::loss::weighted_mse;
 use crate::predict::{synthetic, LossTarget, Network, Patched, Predictor, WholeGraph};
-use crate::train::loss::weighted_mse;
+use crate::table::render_table;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::step::train_step;
 use crate::verify::tolerance::{allclose, tolerances, ATOL, RTOL};
@@ -823,7 +824,6 @@ fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / (1024.0 * 1024.0))
 }
 
-/// The table printed at the end of a run.
 /// The patch boundary errors as a table (empty when none were measured).
 pub fn patch_boundary_table(report: &Report) -> String {
     if report.patch_boundary.is_empty() {
@@ -852,6 +852,7 @@ pub fn patch_boundary_table(report: &Report) -> String {
     render_table(&rows)
 }
 
+/// The table printed at the end of a run: one row per case.
 pub fn summary_table(report: &Report) -> String {
     let mut rows = vec![vec![
         "grid".to_string(),
@@ -922,36 +923,6 @@ pub fn summary_table(report: &Report) -> String {
         ]);
     }
     render_table(&rows)
-}
-
-/// Left-aligned columns separated by two spaces; the first row is the header.
-pub fn render_table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (k, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if k == 0 {
-            let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-            out.push_str(&rule.join("  "));
-            out.push('\n');
-        }
-    }
-    out
 }
 
 #[cfg(test)]

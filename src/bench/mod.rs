@@ -2,13 +2,12 @@
 //! `compare-benchmarks` ([`compare`]) and `check-gpu` ([`gpu`]).
 //!
 //! A benchmark run writes one JSON [`report::Report`]: what was built and on which
-//! machine ([`machine`]), every case's configuration, whether its numbers were
+//! machine ([`crate::machine`]), every case's configuration, whether its numbers were
 //! verified against the reference format, and its timings and measured memory.
 
 pub mod compare;
 pub mod gpu;
 pub mod graph_format;
-pub mod machine;
 pub mod report;
 pub mod stats;
 

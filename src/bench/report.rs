@@ -9,9 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::{BackendInfo, BuildInfo, MachineInfo};
 use super::stats::Summary;
 use crate::error::InputError;
+use crate::machine::{BackendInfo, BuildInfo, MachineInfo};
 use crate::memory::MemoryBreakdown;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -308,7 +308,7 @@ impl Report {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::bench::machine::{CpuInfo, MachineInfo};
+    use crate::machine::{CpuInfo, MachineInfo};
 
     fn summary(v: &[f64]) -> Summary {
         Summary::of(v).unwrap()

@@ -169,5 +169,5 @@ fn table(rows: &[PlanRow]) -> String {
             if r.fits { "yes" } else { "no" }.into(),
         ]);
     }
-    crate::bench::graph_format::render_table(&out)
+    crate::table::render_table(&out)
 }

@@ -121,7 +121,7 @@ pub struct EdgeTensors {
     pub by_receiver: Grouping,
     /// The edges grouped by sender (CSC), for [`Aggregation::Csr`].
     pub by_sender: Grouping,
-    /// How [`super::aggregate::sum_into_receivers`] sums messages on this edge set.
+    /// How messages are gathered and summed on this edge set (`model::aggregate`).
     pub aggregation: Aggregation,
 }
 

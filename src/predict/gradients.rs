@@ -210,7 +210,7 @@ mod tests {
         )
         .unwrap();
         let vars = crate::model::named_parameters(&varmap);
-        crate::train::init::init_parameters(&vars, 3).unwrap();
+        crate::predict::init::init_parameters(&vars, 3).unwrap();
         let n = graph.grid_nodes.count;
         let x = random_tensor(&[2, n, 3], dtype, 11).unwrap();
         let w = random_tensor(&[2, n, 2], dtype, 12).unwrap();

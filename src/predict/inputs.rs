@@ -6,7 +6,7 @@ use candle_core::{Device, Result, Tensor};
 
 use super::LossTarget;
 use crate::data::Batch;
-use crate::train::loss::loss_weights;
+use crate::predict::loss::loss_weights;
 
 /// `[batch, nodes, 2 * features]` from `value(sample, node, feature)`: the normalised
 /// value, or None where it is missing. Visited sample by sample, node by node, feature

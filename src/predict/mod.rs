@@ -21,7 +21,9 @@
 //! [`GraphCast`](crate::model::GraphCast) on the replicated graph.
 
 pub mod gradients;
+pub mod init;
 pub mod inputs;
+pub mod loss;
 pub mod network;
 pub mod patched;
 pub mod residual;

@@ -40,7 +40,7 @@ impl Network {
         })
     }
 
-    /// [`Network::new`] with parameters initialised from `seed` (`train::init`).
+    /// [`Network::new`] with parameters initialised from `seed` (`predict::init`).
     pub fn initialised(
         config: ModelConfig,
         precision: MixedPrecision,
@@ -48,7 +48,7 @@ impl Network {
         seed: u64,
     ) -> anyhow::Result<Network> {
         let net = Network::new(config, precision, graph)?;
-        crate::train::init::init_parameters(&net.vars, seed)?;
+        crate::predict::init::init_parameters(&net.vars, seed)?;
         Ok(net)
     }
 

@@ -14,7 +14,7 @@ use super::{LossTarget, Network, Predictor, StepGradients};
 use crate::data::Grid;
 use crate::graph::{split_into_patches, Patch, PatchOptions, WeatherGraph};
 use crate::model::GraphTensors;
-use crate::train::loss::weighted_mse;
+use crate::predict::loss::weighted_mse;
 
 /// One spatial patch on the device: its own graph, which full-graph grid nodes it
 /// holds, and which of those it owns (loss and outputs come from owned nodes only).

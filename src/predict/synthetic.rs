@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use super::{inputs, LossTarget};
 use crate::data::Grid;
 use crate::graph::WeatherGraph;
-use crate::train::loss::loss_weights;
+use crate::predict::loss::loss_weights;
 
 /// What the synthetic data of benchmarks and exports is, for their reports.
 pub const DESCRIPTION: &str = "inputs uniform in [-1, 1) with validity flags 1, targets uniform in [-0.5, 0.5), all entries valid, ChaCha8 from the seed";

@@ -8,7 +8,7 @@ use candle_core::{Result, Tensor};
 use super::gradients::step_gradients;
 use super::{LossTarget, Network, Predictor, StepGradients};
 use crate::model::GraphTensors;
-use crate::train::loss::weighted_mse;
+use crate::predict::loss::weighted_mse;
 
 pub struct WholeGraph {
     net: Arc<Network>,

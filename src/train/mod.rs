@@ -7,8 +7,6 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod init;
-pub mod loss;
 pub mod loss_scale;
 pub mod metrics;
 pub mod optimizer;

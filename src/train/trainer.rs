@@ -246,7 +246,7 @@ impl<'a> Trainer<'a> {
             ..Default::default()
         };
         let vars = session.network().vars().to_vec();
-        crate::train::init::init_parameters(&vars, run.train.seed)?;
+        crate::predict::init::init_parameters(&vars, run.train.seed)?;
         let mut trainer = Trainer {
             run,
             opts,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::loss::weighted_mse;
 use super::session::Session;
 use crate::data::{BatchLoader, NormStats, Prefetch, WindowSpec};
+use crate::predict::loss::weighted_mse;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Validation {

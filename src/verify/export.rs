@@ -566,7 +566,7 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 fn git_revision() -> Option<String> {
-    crate::bench::machine::BuildInfo::current().git_revision
+    crate::machine::BuildInfo::current().git_revision
 }
 
 pub fn split_name(split: Split) -> &'static str {

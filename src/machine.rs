@@ -204,7 +204,7 @@ pub struct MachineInfo {
 
 impl MachineInfo {
     pub fn detect() -> MachineInfo {
-        let cuda = super::gpu::cuda_devices();
+        let cuda = cuda_devices();
         MachineInfo {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
@@ -246,6 +246,99 @@ pub fn nvidia_driver_version() -> Option<String> {
     line.split_whitespace()
         .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
         .map(str::to_string)
+}
+
+/// CUDA as this binary sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CudaDevices {
+    /// Built with the `cuda` feature.
+    pub built: bool,
+    /// CUDA version the driver supports (`cuDriverGetVersion`).
+    pub driver_api_version: Option<String>,
+    pub devices: Vec<GpuInfo>,
+    /// Why no device could be queried (no driver, no GPU), if so.
+    pub error: Option<String>,
+}
+
+/// The CUDA devices of this machine (none on a CPU-only build).
+pub fn cuda_devices() -> CudaDevices {
+    #[cfg(feature = "cuda")]
+    {
+        cuda_probe::probe()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        CudaDevices {
+            built: false,
+            driver_api_version: None,
+            devices: Vec::new(),
+            error: Some("this meshcast binary was built without the `cuda` feature".into()),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_probe {
+    use super::{CudaDevices, GpuInfo};
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext};
+
+    /// Queries the driver; a missing libcuda (a panic inside cudarc's loader) is
+    /// reported as an error, not a crash.
+    pub fn probe() -> CudaDevices {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let result = std::panic::catch_unwind(query);
+        std::panic::set_hook(hook);
+        result.unwrap_or_else(|_| CudaDevices {
+            built: true,
+            driver_api_version: None,
+            devices: Vec::new(),
+            error: Some("the CUDA driver library (libcuda) could not be loaded".into()),
+        })
+    }
+
+    fn query() -> CudaDevices {
+        let mut out = CudaDevices {
+            built: true,
+            driver_api_version: None,
+            devices: Vec::new(),
+            error: None,
+        };
+        let count = match CudaContext::device_count() {
+            Ok(n) => n.max(0) as usize,
+            Err(e) => {
+                out.error = Some(format!("no CUDA device: {e}"));
+                return out;
+            }
+        };
+        let mut version: std::ffi::c_int = 0;
+        // SAFETY: cuDriverGetVersion writes one int; the driver is initialised above.
+        let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+        if status == sys::CUresult::CUDA_SUCCESS {
+            out.driver_api_version = Some(format!("{}.{}", version / 1000, (version % 1000) / 10));
+        }
+        for ordinal in 0..count {
+            match CudaContext::new(ordinal) {
+                Ok(ctx) => out.devices.push(GpuInfo {
+                    ordinal,
+                    name: ctx.name().ok(),
+                    compute_capability: ctx
+                        .compute_capability()
+                        .ok()
+                        .map(|(major, minor)| format!("{major}.{minor}")),
+                    memory_total_bytes: ctx.total_mem().ok().map(|b| b as u64),
+                    memory_free_bytes: ctx.mem_get_info().ok().map(|(free, _)| free as u64),
+                }),
+                Err(e) => {
+                    out.error = Some(format!("cuda:{ordinal}: {e}"));
+                }
+            }
+        }
+        if count == 0 {
+            out.error = Some("the CUDA driver reports no device".into());
+        }
+        out
+    }
 }
 
 #[cfg(test)]
