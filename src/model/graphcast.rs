@@ -236,17 +236,30 @@ impl GraphCast {
                 self.config.grid_input_features
             );
         }
+        let (run_graph, inputs) = self.batched(graph, grid_inputs)?;
+        let out = self.forward_on(&run_graph, &inputs)?;
+        self.unbatched(out, batch, nodes)
+    }
+
+    /// The graph and inputs a batch runs on, as the config batches it: `Shared` as
+    /// given; `Replicated` on the block-diagonal graph of `B` copies, inputs reshaped
+    /// to `[1, B * grid_nodes, F]`.
+    pub fn batched(&self, graph: &GraphTensors, inputs: &Tensor) -> Result<(GraphTensors, Tensor)> {
         match self.config.batching {
-            Batching::Shared => self.forward_on(graph, grid_inputs),
+            Batching::Shared => Ok((graph.clone(), inputs.clone())),
             Batching::Replicated => {
+                let (batch, nodes, features) = inputs.dims3()?;
                 let replicated = self.replicated_graph(graph, batch)?;
-                let flat = grid_inputs.reshape((1, batch * nodes, features))?;
-                self.forward_on(&replicated, &flat)?.reshape((
-                    batch,
-                    nodes,
-                    self.config.output_channels,
-                ))
+                Ok((replicated, inputs.reshape((1, batch * nodes, features))?))
             }
+        }
+    }
+
+    /// Outputs of a [`GraphCast::batched`] run back to `[batch, nodes, output_channels]`.
+    pub fn unbatched(&self, out: Tensor, batch: usize, nodes: usize) -> Result<Tensor> {
+        match self.config.batching {
+            Batching::Shared => Ok(out),
+            Batching::Replicated => out.reshape((batch, nodes, self.config.output_channels)),
         }
     }
 

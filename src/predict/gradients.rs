@@ -12,9 +12,11 @@
 //! floating-point summation order (tested).
 
 use candle_core::backprop::GradStore;
+use std::ops::Range;
+
 use candle_core::{Result, Tensor, Var};
 
-use crate::model::{Batching, GraphCast, GraphTensors, Latents};
+use crate::model::{GraphCast, GraphTensors, Latents};
 
 /// Loss value and one gradient per parameter (in `vars` order; None: untouched).
 pub struct StepGradients {
@@ -58,8 +60,8 @@ pub fn step_gradients(
     loss_fn: impl Fn(&Tensor) -> Result<Tensor>,
     checkpoint_every: Option<usize>,
 ) -> Result<StepGradients> {
-    let mut grads = vec![None; vars.len()];
     let Some(every) = checkpoint_every else {
+        let mut grads = vec![None; vars.len()];
         let loss = loss_fn(&model.forward(graph, inputs)?)?;
         add_grads(&mut grads, vars, &loss.backward()?)?;
         return Ok(StepGradients {
@@ -67,73 +69,89 @@ pub fn step_gradients(
             grads,
         });
     };
-
-    // The same batching conversion as GraphCast::forward.
-    let (batch, nodes, features) = inputs.dims3()?;
-    let replicated;
-    let (graph, inputs) = match model.config().batching {
-        Batching::Shared => (graph, inputs.clone()),
-        Batching::Replicated => {
-            replicated = model.replicated_graph(graph, batch)?;
-            (&replicated, inputs.reshape((1, batch * nodes, features))?)
-        }
-    };
+    let (batch, nodes, _) = inputs.dims3()?;
+    let (graph, inputs) = model.batched(graph, inputs)?;
     let blocks = model.processor_blocks().len();
-    let segments: Vec<std::ops::Range<usize>> = (0..blocks)
+    let segments: Vec<Range<usize>> = (0..blocks)
         .step_by(every.max(1))
         .map(|s| s..(s + every.max(1)).min(blocks))
         .collect();
-    let run_segment = |range: std::ops::Range<usize>, mut latents: Latents| -> Result<Latents> {
-        for k in range {
-            latents = model.process_block(k, graph, latents)?;
-        }
-        Ok(latents)
+    let run = Recompute {
+        model,
+        graph: &graph,
+        vars,
     };
-
-    // Forward: only the boundaries are kept, the encoder's output first.
-    // The encoder is a segment too: its graph is dropped now and rebuilt at the end.
-    let mut boundaries = vec![detached(&model.encode(graph, &inputs)?)];
-    for range in &segments {
-        let out = run_segment(
-            range.clone(),
-            detached(boundaries.last().expect("boundary")),
-        )?;
-        boundaries.push(detached(&out));
-    }
-
+    let boundaries = run.boundaries(&inputs, &segments)?;
     // Decoder and loss on the last boundary, as variables.
+    let mut grads = vec![None; vars.len()];
     let (last, last_vars) = as_vars(boundaries.last().expect("boundary"))?;
-    let mut pred = model.decode(graph, &last)?;
-    if model.config().batching == Batching::Replicated {
-        pred = pred.reshape((batch, nodes, model.config().output_channels))?;
-    }
+    let pred = model.unbatched(model.decode(&graph, &last)?, batch, nodes)?;
     let loss = loss_fn(&pred)?;
     let store = loss.backward()?;
     add_grads(&mut grads, vars, &store)?;
-    let mut grad_out = grads_of(&last_vars, &store);
+    let grad_out = grads_of(&last_vars, &store);
     // The decoder's graph is done with: free it before the segments are recomputed.
     let loss_value = loss.to_scalar::<f32>()? as f64;
     drop((store, loss, pred, last));
-
-    // Backward through the segments, recomputing each from its saved input.
-    for (i, range) in segments.iter().enumerate().rev() {
-        let (input, input_vars) = as_vars(&boundaries[i])?;
-        let out = run_segment(range.clone(), input)?;
-        let Some(surrogate) = surrogate(&out, &grad_out)? else {
-            break;
-        };
-        let store = surrogate.backward()?;
-        add_grads(&mut grads, vars, &store)?;
-        grad_out = grads_of(&input_vars, &store);
-    }
-    let encoded = model.encode(graph, &inputs)?;
-    if let Some(surrogate) = surrogate(&encoded, &grad_out)? {
-        add_grads(&mut grads, vars, &surrogate.backward()?)?;
-    }
+    run.backward(&inputs, &segments, &boundaries, grad_out, &mut grads)?;
     Ok(StepGradients {
         loss: loss_value,
         grads,
     })
+}
+
+/// The model's stages run again from saved boundaries, for their gradients.
+struct Recompute<'a> {
+    model: &'a GraphCast,
+    graph: &'a GraphTensors,
+    vars: &'a [(String, Var)],
+}
+
+impl Recompute<'_> {
+    fn segment(&self, range: Range<usize>, mut latents: Latents) -> Result<Latents> {
+        for k in range {
+            latents = self.model.process_block(k, self.graph, latents)?;
+        }
+        Ok(latents)
+    }
+
+    /// Forward keeping only the boundaries: the encoder's output, then each segment's.
+    /// The encoder is a segment too: its graph is dropped now and rebuilt at the end.
+    fn boundaries(&self, inputs: &Tensor, segments: &[Range<usize>]) -> Result<Vec<Latents>> {
+        let mut boundaries = vec![detached(&self.model.encode(self.graph, inputs)?)];
+        for range in segments {
+            let input = detached(boundaries.last().expect("boundary"));
+            boundaries.push(detached(&self.segment(range.clone(), input)?));
+        }
+        Ok(boundaries)
+    }
+
+    /// Backward through the segments, last first, each recomputed from its saved input
+    /// with the surrogate `sum(out * grad_out)`; the encoder last.
+    fn backward(
+        &self,
+        inputs: &Tensor,
+        segments: &[Range<usize>],
+        boundaries: &[Latents],
+        mut grad_out: [Option<Tensor>; 3],
+        grads: &mut [Option<Tensor>],
+    ) -> Result<()> {
+        for (i, range) in segments.iter().enumerate().rev() {
+            let (input, input_vars) = as_vars(&boundaries[i])?;
+            let out = self.segment(range.clone(), input)?;
+            let Some(surrogate) = surrogate(&out, &grad_out)? else {
+                return Ok(());
+            };
+            let store = surrogate.backward()?;
+            add_grads(grads, self.vars, &store)?;
+            grad_out = grads_of(&input_vars, &store);
+        }
+        let encoded = self.model.encode(self.graph, inputs)?;
+        if let Some(surrogate) = surrogate(&encoded, &grad_out)? {
+            add_grads(grads, self.vars, &surrogate.backward()?)?;
+        }
+        Ok(())
+    }
 }
 
 fn detached(l: &Latents) -> Latents {
@@ -184,6 +202,7 @@ fn surrogate(out: &Latents, grad_out: &[Option<Tensor>; 3]) -> Result<Option<Ten
 mod tests {
     use super::*;
     use crate::model::testing::{random_tensor, tiny_graph};
+    use crate::model::Batching;
     use crate::model::ModelConfig;
     use candle_core::{DType, Device};
     use candle_nn::{VarBuilder, VarMap};

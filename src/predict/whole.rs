@@ -3,11 +3,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::gradients::step_gradients;
 use super::{LossTarget, Network, Predictor, StepGradients};
-use crate::model::GraphTensors;
+use crate::graph::WeatherGraph;
+use crate::model::{GraphTensors, MixedPrecision, ModelConfig};
 use crate::predict::loss::weighted_mse;
 
 pub struct WholeGraph {
@@ -23,6 +24,20 @@ impl WholeGraph {
             graph,
             forwards: AtomicUsize::new(0),
         }
+    }
+
+    /// `config`'s network on the whole of `graph` (placed on `device`), its parameters
+    /// initialised from `seed`: how benchmarks and synthetic exports build a model.
+    pub fn initialised(
+        graph: &WeatherGraph,
+        config: ModelConfig,
+        precision: MixedPrecision,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<WholeGraph> {
+        let tensors = GraphTensors::new(graph, device, DType::F32)?;
+        let net = Network::initialised(config, precision, &tensors, seed)?;
+        Ok(WholeGraph::new(Arc::new(net), tensors))
     }
 
     /// The network, to run it another way too (e.g. patched).

@@ -40,22 +40,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{BatchLoader, Dataset, Prefetch, Split};
+use crate::data::{Batch, BatchLoader, Dataset, Grid, NormStats, Prefetch, Split};
 use crate::error::InputError;
 use crate::graph::{
     default_mesh_level, load_or_build, EdgeSet, GraphOptions, WeatherGraph, EDGE_FEATURES,
     NODE_FEATURES,
 };
 use crate::model::layer_norm::LAYER_NORM_EPS;
-use crate::model::{Aggregation, Batching, GraphTensors, MixedPrecision, ModelConfig};
-use crate::predict::{synthetic, LossTarget, Network, Predictor, WholeGraph};
+use crate::model::{Aggregation, Batching, MixedPrecision, ModelConfig};
+use crate::predict::{synthetic, LossTarget, Predictor, WholeGraph};
 use crate::train::checkpoint;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::session::{variable_weights, Session};
 use crate::train::step::train_step;
+use crate::train::RunConfig;
 
 /// Version of the export layout; bumped when a name or meaning changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -188,6 +189,44 @@ pub struct ReferenceMeta {
     pub notes: Vec<String>,
 }
 
+impl ReferenceMeta {
+    /// The sidecar before the step runs: what every source shares; [`finish`] fills in
+    /// the graph's sizes, the loss, the gradient norm and the parameters.
+    fn pending(
+        source: &str,
+        model: ModelConfig,
+        batch: BatchMeta,
+        step: StepMeta,
+    ) -> ReferenceMeta {
+        ReferenceMeta {
+            format_version: FORMAT_VERSION,
+            meshcast_version: env!("CARGO_PKG_VERSION").into(),
+            git_revision: crate::machine::BuildInfo::current().git_revision,
+            source: source.into(),
+            checkpoint: None,
+            weights_file: PathBuf::new(),
+            model,
+            node_features: NODE_FEATURES,
+            edge_features: EDGE_FEATURES,
+            layer_norm_eps: LAYER_NORM_EPS,
+            grid: String::new(),
+            mesh_level: 0,
+            grid_nodes: 0,
+            mesh_nodes: 0,
+            grid2mesh_edges: 0,
+            mesh_edges: 0,
+            mesh2grid_edges: 0,
+            batch,
+            loss: 0.0,
+            step,
+            parameters: Vec::new(),
+            no_gradient: Vec::new(),
+            parameter_count: 0,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// What [`export`] wrote.
 pub struct Exported {
     pub meta: ReferenceMeta,
@@ -212,14 +251,10 @@ pub fn export(source: &Source, out_dir: &Path, device: &Device) -> anyhow::Resul
     }
 }
 
-fn export_checkpoint(
-    src: &CheckpointSource,
-    out_dir: &Path,
-    device: &Device,
-) -> anyhow::Result<Exported> {
-    let (dir, name) = checkpoint::locate(&src.path, &src.which)?;
-    let ck = checkpoint::load(&dir, &name, device)?;
-    let mut run = ck.meta.run.clone();
+/// The run as the export executes it (whole grid, f32, plain backprop), with a note
+/// for every setting set aside.
+fn export_run(run: &RunConfig) -> (RunConfig, Vec<String>) {
+    let mut run = run.clone();
     let mut notes = Vec::new();
     if run.train.patches > 1 {
         notes.push(format!(
@@ -244,20 +279,21 @@ fn export_checkpoint(
             run.train.grad_accum_steps
         ));
     }
-    let dataset = Arc::new(Dataset::open(&run.data)?);
-    if dataset.fingerprint != ck.meta.data_fingerprint {
-        notes.push("the data files changed since the checkpoint was written".into());
-        tracing::warn!("the data files changed since the checkpoint was written");
-    }
-    let session = Session::new(&run, dataset.clone(), src.graph_cache.as_deref(), device)?;
-    let mut optimizer = AdamW::new(session.network().vars().to_vec(), ck.meta.adamw)?;
-    ck.restore(&mut optimizer)?;
+    (run, notes)
+}
 
+/// The first `batch_size` samples (default: the run's) of `split`, in time order.
+fn first_batch(
+    session: &Session,
+    run: &RunConfig,
+    stats: &NormStats,
+    src: &CheckpointSource,
+) -> anyhow::Result<Batch> {
     let samples = session.splits.samples(src.split);
     if samples.is_empty() {
         return Err(InputError(format!(
             "{}: the {} block has no sample",
-            dataset.file_list(),
+            session.dataset.file_list(),
             split_name(src.split)
         ))
         .into());
@@ -266,28 +302,57 @@ fn export_checkpoint(
         .batch_size
         .unwrap_or(run.train.batch_size)
         .clamp(1, samples.len());
-    let stats = Arc::new(ck.meta.stats.clone());
-    let batch = BatchLoader::new(
-        dataset.clone(),
-        stats,
+    BatchLoader::new(
+        session.dataset.clone(),
+        Arc::new(stats.clone()),
         run.window,
         &samples[..size],
         size,
         Prefetch::Off,
     )?
     .next()
-    .context("the loader returned no batch")??;
+    .context("the loader returned no batch")?
+}
+
+fn export_checkpoint(
+    src: &CheckpointSource,
+    out_dir: &Path,
+    device: &Device,
+) -> anyhow::Result<Exported> {
+    let (dir, name) = checkpoint::locate(&src.path, &src.which)?;
+    let ck = checkpoint::load(&dir, &name, device)?;
+    let (run, mut notes) = export_run(&ck.meta.run);
+    let dataset = Arc::new(Dataset::open(&run.data)?);
+    if dataset.fingerprint != ck.meta.data_fingerprint {
+        notes.push("the data files changed since the checkpoint was written".into());
+        tracing::warn!("the data files changed since the checkpoint was written");
+    }
+    let session = Session::new(&run, dataset.clone(), src.graph_cache.as_deref(), device)?;
+    let mut optimizer = AdamW::new(session.network().vars().to_vec(), ck.meta.adamw)?;
+    ck.restore(&mut optimizer)?;
+    let batch = first_batch(&session, &run, &ck.meta.stats, src)?;
     let lat_w = session.node_latitude_weights();
     let var_w = variable_weights(&run, &ck.meta.stats);
     let (x, target, _) = session.tensors(&batch, &lat_w, &var_w)?;
 
     let f = checkpoint::files(&dir, &name);
-    let lr = ck.meta.schedule.at(optimizer.step_t);
+    let batch_meta = BatchMeta {
+        split: split_name(src.split).into(),
+        t0: batch.t0.clone(),
+        size: batch.len(),
+        count: target.denominator,
+        channels: ck.meta.stats.channels.clone(),
+    };
+    let step = StepMeta {
+        adamw: ck.meta.adamw,
+        step_before: optimizer.step_t,
+        lr: ck.meta.schedule.at(optimizer.step_t),
+        grad_clip: run.train.grad_clip,
+        grad_norm: 0.0,
+        clipped: false,
+        optimizer_file: Some(absolute(&f.optimizer)),
+    };
     let meta = ReferenceMeta {
-        format_version: FORMAT_VERSION,
-        meshcast_version: env!("CARGO_PKG_VERSION").into(),
-        git_revision: git_revision(),
-        source: "checkpoint".into(),
         checkpoint: Some(CheckpointFilesMeta {
             dir: absolute(&dir),
             name: name.clone(),
@@ -297,38 +362,10 @@ fn export_checkpoint(
             optimizer_sha256: ck.meta.optimizer_sha256.clone(),
         }),
         weights_file: absolute(&f.weights),
-        model: run.model.clone(),
-        node_features: NODE_FEATURES,
-        edge_features: EDGE_FEATURES,
-        layer_norm_eps: LAYER_NORM_EPS,
         grid: dataset.file_list(),
         mesh_level: session.graph.options.mesh_level,
-        grid_nodes: 0,
-        mesh_nodes: 0,
-        grid2mesh_edges: 0,
-        mesh_edges: 0,
-        mesh2grid_edges: 0,
-        batch: BatchMeta {
-            split: split_name(src.split).into(),
-            t0: batch.t0.clone(),
-            size,
-            count: target.denominator,
-            channels: ck.meta.stats.channels.clone(),
-        },
-        loss: 0.0,
-        step: StepMeta {
-            adamw: ck.meta.adamw,
-            step_before: optimizer.step_t,
-            lr,
-            grad_clip: run.train.grad_clip,
-            grad_norm: 0.0,
-            clipped: false,
-            optimizer_file: Some(absolute(&f.optimizer)),
-        },
-        parameters: Vec::new(),
-        no_gradient: Vec::new(),
-        parameter_count: 0,
         notes,
+        ..ReferenceMeta::pending("checkpoint", run.model.clone(), batch_meta, step)
     };
     let prepared = Prepared {
         predictor: session.predictor.as_ref(),
@@ -339,16 +376,8 @@ fn export_checkpoint(
     finish(prepared, optimizer, meta, out_dir, false)
 }
 
-fn export_synthetic(
-    src: &SyntheticSource,
-    out_dir: &Path,
-    device: &Device,
-) -> anyhow::Result<Exported> {
-    if src.batch_size == 0 || src.latent_size == 0 || src.input_steps == 0 || src.channels == 0 {
-        crate::bail_input!(
-            "--batch-size, --latent-size, --input-steps and --channels must be at least 1"
-        );
-    }
+/// The named grid of a synthetic source and its graph at the requested mesh level.
+fn synthetic_graph(src: &SyntheticSource) -> anyhow::Result<(String, Grid, WeatherGraph)> {
     let (grid_name, grid, valid) = crate::data::named_grid(&src.grid)?;
     let options = GraphOptions {
         mesh_level: src.mesh_level.unwrap_or_else(|| default_mesh_level(&grid)),
@@ -368,7 +397,20 @@ fn export_synthetic(
         graph.grid_nodes.len(),
         graph.mesh_nodes.len()
     );
-    let graph_tensors = GraphTensors::new(&graph, device, DType::F32)?;
+    Ok((grid_name, grid, graph))
+}
+
+fn export_synthetic(
+    src: &SyntheticSource,
+    out_dir: &Path,
+    device: &Device,
+) -> anyhow::Result<Exported> {
+    if src.batch_size == 0 || src.latent_size == 0 || src.input_steps == 0 || src.channels == 0 {
+        crate::bail_input!(
+            "--batch-size, --latent-size, --input-steps and --channels must be at least 1"
+        );
+    }
+    let (grid_name, grid, graph) = synthetic_graph(src)?;
     let config = ModelConfig {
         latent_size: src.latent_size,
         num_gnn_layers: src.num_gnn_layers,
@@ -378,60 +420,43 @@ fn export_synthetic(
         ..ModelConfig::default()
     }
     .for_data(src.input_steps, src.channels);
-    let net = Network::initialised(
+    let predictor = WholeGraph::initialised(
+        &graph,
         config.clone(),
         MixedPrecision::Off,
-        &graph_tensors,
         src.seed,
+        device,
     )?;
-    let predictor = WholeGraph::new(std::sync::Arc::new(net), graph_tensors);
     let shape = (src.batch_size, src.input_steps, src.channels);
     let seed = src.seed ^ 0x7265_6665_7265_6e63;
     let (x, target) = synthetic::batch(&graph, &grid, shape, seed, device)?;
     let optimizer = AdamW::new(predictor.network().vars().to_vec(), AdamWParams::default())?;
+    let batch = BatchMeta {
+        split: "synthetic".into(),
+        t0: Vec::new(),
+        size: src.batch_size,
+        count: target.denominator,
+        channels: (0..src.channels).map(|c| format!("c{c}")).collect(),
+    };
+    let step = StepMeta {
+        adamw: AdamWParams::default(),
+        step_before: 0,
+        lr: SYNTHETIC_LEARNING_RATE,
+        grad_clip: SYNTHETIC_GRAD_CLIP,
+        grad_norm: 0.0,
+        clipped: false,
+        optimizer_file: None,
+    };
     let meta = ReferenceMeta {
-        format_version: FORMAT_VERSION,
-        meshcast_version: env!("CARGO_PKG_VERSION").into(),
-        git_revision: git_revision(),
-        source: "synthetic".into(),
-        checkpoint: None,
         weights_file: absolute(&out_dir.join(WEIGHTS_FILE)),
-        model: config,
-        node_features: NODE_FEATURES,
-        edge_features: EDGE_FEATURES,
-        layer_norm_eps: LAYER_NORM_EPS,
         grid: grid_name,
-        mesh_level: options.mesh_level,
-        grid_nodes: 0,
-        mesh_nodes: 0,
-        grid2mesh_edges: 0,
-        mesh_edges: 0,
-        mesh2grid_edges: 0,
-        batch: BatchMeta {
-            split: "synthetic".into(),
-            t0: Vec::new(),
-            size: src.batch_size,
-            count: target.denominator,
-            channels: (0..src.channels).map(|c| format!("c{c}")).collect(),
-        },
-        loss: 0.0,
-        step: StepMeta {
-            adamw: AdamWParams::default(),
-            step_before: 0,
-            lr: SYNTHETIC_LEARNING_RATE,
-            grad_clip: SYNTHETIC_GRAD_CLIP,
-            grad_norm: 0.0,
-            clipped: false,
-            optimizer_file: None,
-        },
-        parameters: Vec::new(),
-        no_gradient: Vec::new(),
-        parameter_count: 0,
+        mesh_level: graph.options.mesh_level,
         notes: vec![format!(
             "parameters from init_parameters(seed {}); {}",
             src.seed,
             synthetic::DESCRIPTION
         )],
+        ..ReferenceMeta::pending("synthetic", config, batch, step)
     };
     let prepared = Prepared {
         predictor: &predictor,
@@ -565,10 +590,6 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn git_revision() -> Option<String> {
-    crate::machine::BuildInfo::current().git_revision
-}
-
 pub fn split_name(split: Split) -> &'static str {
     match split {
         Split::Train => "train",
@@ -592,6 +613,7 @@ pub fn parse_split(s: &str) -> Result<Split, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn exports_a_synthetic_step_that_reads_back() {

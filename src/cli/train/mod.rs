@@ -1,0 +1,188 @@
+//! `meshcast train-model`: flags over a config (TOML/JSON) over the built-in defaults.
+//! With no data and no config it runs the embedded demo (`configs/demo.toml`): it
+//! generates the synthetic 5-degree dataset into the output directory and trains on it.
+//!
+//! `settings`: flags merged over the config into a run; `budget`: fitting the memory
+//! techniques to `--memory-budget`; this file: the flags, Ctrl-C and the summary.
+
+mod budget;
+mod settings;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::choices::choice;
+use super::{DataArgs, GraphArgs, WindowArgs};
+use crate::model::Batching;
+use crate::train::trainer::{best_checkpoint, train, TrainOptions};
+use settings::{run_from_flags, saved_run};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Where run.json, stats.json, metrics.jsonl and checkpoints/ go [default: runs/demo, or runs/train with data].
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Continue the run in --output-dir from checkpoints/last.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace a run already in --output-dir.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Samples per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (after linear warm-up, before cosine decay).
+    #[arg(long, allow_hyphen_values = true)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub num_epochs: Option<usize>,
+    /// Stop after this many optimizer steps (the schedule still spans --num-epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Clip gradients to this global L2 norm (0 disables).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Micro-batches accumulated per optimizer step.
+    #[arg(long)]
+    pub grad_accum_steps: Option<usize>,
+    /// Seed of parameter initialisation and sample order.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Read batches ahead in a background thread (default).
+    #[arg(long, overrides_with = "no_prefetch")]
+    pub use_prefetch: bool,
+    /// Read batches in line with the computation.
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// Batches the background reader keeps ready.
+    #[arg(long)]
+    pub prefetch_buffer_size: Option<usize>,
+    /// Width of every latent vector (node and edge embeddings, MLP hidden layers).
+    #[arg(long)]
+    pub latent_size: Option<usize>,
+    /// Interaction-network layers of the processor on the multi-mesh.
+    #[arg(long)]
+    pub num_gnn_layers: Option<usize>,
+    /// Hidden layers per MLP.
+    #[arg(long)]
+    pub mlp_hidden_layers: Option<usize>,
+    /// `shared`: one graph for the whole batch; `replicated`: the PyG-style block-diagonal baseline.
+    #[arg(long, value_parser = choice::<Batching>())]
+    pub batching: Option<Batching>,
+    /// Gradient checkpointing: keep only processor-segment boundaries in the forward pass
+    /// and recompute each segment in backward (less activation memory, more compute).
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Processor blocks per checkpointed segment (implies --checkpointing).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Train on this many spatial patches one at a time (latitude bands or tiles), gradients
+    /// summed before each optimizer step; the loss counts owned nodes only.
+    #[arg(long)]
+    pub patches: Option<usize>,
+    /// Halo around each patch in degrees: context nodes that send messages but own no loss.
+    #[arg(long)]
+    pub patch_halo: Option<f64>,
+    /// Run activations, matmuls and message passing in bf16 or f16 (weights and optimizer
+    /// stay f32; f16 scales the loss dynamically and skips steps whose gradients overflow).
+    #[arg(long, value_parser = choice::<crate::model::MixedPrecision>())]
+    pub mixed_precision: Option<crate::model::MixedPrecision>,
+    /// f16: the loss scaler's starting scale (halved on overflow, doubled after
+    /// --loss-scale-growth-interval clean steps).
+    #[arg(long)]
+    pub initial_loss_scale: Option<f64>,
+    /// f16: clean optimizer steps before the loss scale doubles.
+    #[arg(long)]
+    pub loss_scale_growth_interval: Option<usize>,
+    /// Choose patches, checkpointing and precision so that the predicted peak of a
+    /// training step fits this budget (e.g. 4GB): the cheapest configuration that does
+    /// (fewest patches, then checkpointing, then bf16), as `meshcast plan-memory` shows.
+    /// Freed memory then goes back to the system, so the resident size stays near the
+    /// counted peak (a little slower on the CPU).
+    #[arg(long, value_parser = crate::memory::planner::parse_bytes)]
+    pub memory_budget: Option<u64>,
+    /// Gathers and edge -> node sums: `csr` (segment sums by receiver and by sender, CPU and
+    /// CUDA kernels; the default) or `index-add` (candle's index_select/index_add).
+    #[arg(long, value_parser = choice::<crate::model::Aggregation>())]
+    pub aggregation: Option<crate::model::Aggregation>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
+    let (run, output_dir) = match saved_run(&args)? {
+        Some(saved) => saved,
+        None => run_from_flags(&args, device.is_cpu())?,
+    };
+
+    let opts = TrainOptions {
+        output_dir: output_dir.clone(),
+        resume: args.resume,
+        overwrite: args.overwrite,
+        graph_cache: args.graph.cache_dir(),
+        device,
+        stop: stop_on_ctrl_c(),
+        progress: !args.no_progress,
+    };
+    let summary = train(&run, &opts)?;
+    print_summary(&summary, &output_dir);
+    Ok(())
+}
+
+/// The flag the trainer checks after every step: the first Ctrl-C sets it (finish the
+/// step, save `last`), a second ends the process at once.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+    });
+    stop
+}
+
+/// The one line a finished run prints.
+fn print_summary(summary: &crate::train::TrainSummary, output_dir: &std::path::Path) {
+    let gb = |b: usize| format!("{:.2} GB", b as f64 / 1e9);
+    let peak_memory = |host: Option<usize>, device: Option<usize>| match (host, device) {
+        (host, Some(d)) => format!("{} on the GPU, {} host", gb(d), host.map_or("-".into(), gb)),
+        (Some(h), None) => gb(h),
+        (None, None) => "-".into(),
+    };
+    println!(
+        "trained {} steps ({} epochs{}{}) in {:.1} s, {:.2} samples/s, {} parameters, peak memory {}: train loss {}, validation loss {}, best {}; checkpoints in {}",
+        summary.steps,
+        summary.epochs_completed,
+        if summary.interrupted { ", interrupted" } else { "" },
+        match summary.skipped_steps {
+            0 => String::new(),
+            n => format!(", {n} steps skipped on f16 overflow"),
+        },
+        summary.seconds,
+        summary.samples_per_second,
+        summary.parameters,
+        peak_memory(summary.peak_host_bytes, summary.peak_device_bytes),
+        fmt_opt(summary.train_loss),
+        fmt_opt(summary.val_loss),
+        fmt_opt(summary.best_val_loss),
+        best_checkpoint(output_dir).parent().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.5}"))
+}
