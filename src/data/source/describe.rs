@@ -1,0 +1,86 @@
+//! Describing one variable of an open file: its dimensions, grid, time axis, levels
+//! and packing, gathered into a [`SourceVariable`] without reading its values.
+
+use std::path::Path;
+
+use netcdf::Variable;
+
+use super::attributes::{attr_string, is_numeric};
+use super::axes::read_horizontal_axes;
+use super::cf::read_packing;
+use super::layout::locate_dimensions;
+use super::levels::select_levels;
+use super::roles::gridded_variables;
+use super::time_axis::decode_time;
+use super::{ReadOptions, Result, SourceVariable};
+use crate::error::InputError;
+
+/// Describes variable `var_name` of the open file at `path`.
+pub fn describe_variable(
+    file: &netcdf::File,
+    path: &Path,
+    var_name: &str,
+    alias: Option<&str>,
+    opts: &ReadOptions,
+) -> Result<SourceVariable> {
+    let err = |problem: String| InputError::file(path, problem);
+    let var = find_numeric_variable(file, var_name).map_err(err)?;
+    let dims: Vec<(String, usize)> = var
+        .dimensions()
+        .iter()
+        .map(|d| (d.name(), d.len()))
+        .collect();
+    let layout = locate_dimensions(file, &var, var_name, &dims).map_err(err)?;
+    let levels = select_levels(
+        file,
+        &dims,
+        layout.level_dim,
+        opts.levels.as_deref(),
+        var_name,
+    )
+    .map_err(err)?;
+    let (lat, lon, global) =
+        read_horizontal_axes(file, &dims, &layout, opts.region.as_ref()).map_err(err)?;
+    let (time, time_note) =
+        decode_time(file, &dims[layout.time_dim].0, opts.time_units.as_deref()).map_err(err)?;
+    let packing = read_packing(&var);
+
+    Ok(SourceVariable {
+        path: path.to_path_buf(),
+        var_name: var_name.to_string(),
+        name: alias.unwrap_or(var_name).to_string(),
+        units: attr_string(&var, "units"),
+        long_name: attr_string(&var, "long_name").or_else(|| attr_string(&var, "standard_name")),
+        dims,
+        lat,
+        lon,
+        global,
+        time,
+        time_note,
+        packing,
+        levels,
+        layout,
+    })
+}
+
+/// Looks up `var_name` and requires it to hold numbers; when it is missing, the
+/// problem lists the file's variables so the user can pick the right name.
+fn find_numeric_variable<'f>(
+    file: &'f netcdf::File,
+    var_name: &str,
+) -> std::result::Result<Variable<'f>, String> {
+    let Some(var) = file.variable(var_name) else {
+        let mut names = gridded_variables(file);
+        if names.is_empty() {
+            names = file.variables().map(|v| v.name()).collect();
+        }
+        return Err(format!(
+            "no variable '{var_name}' (the file has: {})",
+            names.join(", ")
+        ));
+    };
+    if !is_numeric(&var) {
+        return Err(format!("variable '{var_name}' is not numeric"));
+    }
+    Ok(var)
+}

@@ -1,0 +1,73 @@
+//! Opening a NetCDF file: sniffing the format its first bytes claim, so that a file
+//! libnetcdf cannot open (or opens although truncated) gets an error saying what is wrong.
+
+use std::path::Path;
+
+use super::hdf5::silence_hdf5_errors_on_this_thread;
+use super::Result;
+use crate::error::InputError;
+
+/// Opens a NetCDF file with an error that names it and says what is wrong.
+pub fn open_file(path: &Path) -> Result<netcdf::File> {
+    silence_hdf5_errors_on_this_thread();
+    if !path.exists() {
+        return Err(InputError::file(path, "no such file"));
+    }
+    if path.is_dir() {
+        return Err(InputError::file(path, "is a directory, not a NetCDF file"));
+    }
+    let format = sniff_format(path);
+    let file = netcdf::open(path).map_err(|e| {
+        let problem = match format {
+            Some(kind) => {
+                format!("not a readable NetCDF file ({kind}, possibly truncated or corrupt: {e})")
+            }
+            None => "not a NetCDF file (no classic CDF or HDF5 signature)".to_string(),
+        };
+        InputError::file(path, problem)
+    })?;
+    if format.is_some_and(|f| !f.starts_with("netCDF-4")) {
+        check_netcdf3_length(&file, path)?;
+    }
+    Ok(file)
+}
+
+/// libnetcdf opens a truncated netCDF-3 file and reads zeros past its end; refuse a
+/// file shorter than the data its header declares (a lower bound: header not counted).
+fn check_netcdf3_length(file: &netcdf::File, path: &Path) -> Result<()> {
+    let actual = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let (mut fixed, mut per_record, mut records) = (0u64, 0u64, 0u64);
+    for v in file.variables() {
+        let dims = v.dimensions();
+        let size = v.vartype().size() as u64;
+        match dims.first() {
+            Some(d) if d.is_unlimited() => {
+                records = d.len() as u64;
+                per_record += size * dims[1..].iter().map(|d| d.len() as u64).product::<u64>();
+            }
+            _ => fixed += size * dims.iter().map(|d| d.len() as u64).product::<u64>(),
+        }
+    }
+    let needed = fixed + per_record * records;
+    if actual < needed {
+        return Err(InputError::file(
+            path,
+            format!("truncated NetCDF file: {actual} bytes, but its header declares at least {needed} bytes of data"),
+        ));
+    }
+    Ok(())
+}
+
+/// Names the format a file claims by its first bytes, if it is one NetCDF can be.
+fn sniff_format(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    match &head[..n.min(8)] {
+        [b'C', b'D', b'F', 1, ..] => Some("classic format"),
+        [b'C', b'D', b'F', 2, ..] => Some("64-bit offset format"),
+        [b'C', b'D', b'F', 5, ..] => Some("64-bit data format"),
+        [0x89, b'H', b'D', b'F', ..] => Some("netCDF-4/HDF5 format"),
+        _ => None,
+    }
+}

@@ -1,0 +1,105 @@
+//! The time axis of a variable: CF time units and calendar, or for a file that is not
+//! CF, a reference time found elsewhere in it (or given with `--time-units`).
+
+use netcdf::Variable;
+
+use super::attributes::{attr_string, is_numeric};
+use crate::data::time::{Calendar, DateTime, TimeAxis, TimeUnits};
+
+/// Decodes the time axis of dimension `dim`, CF or not; the note says how, if not CF.
+pub(super) fn decode_time(
+    file: &netcdf::File,
+    dim: &str,
+    override_units: Option<&str>,
+) -> std::result::Result<(TimeAxis, Option<String>), String> {
+    let var = file.variable(dim);
+    let calendar = match var.as_ref().and_then(|v| attr_string(v, "calendar")) {
+        Some(c) => Calendar::parse(&c)?,
+        None => Calendar::ProlepticGregorian,
+    };
+    let len = file.dimension_len(dim).unwrap_or(0);
+    let values: Vec<f64> = match &var {
+        Some(v) if v.dimensions().len() == 1 && is_numeric(v) => v
+            .get_values::<f64, _>(..)
+            .map_err(|e| format!("cannot read time variable '{dim}': {e}"))?,
+        _ => (0..len).map(|i| i as f64).collect(),
+    };
+    let cf_units = var
+        .as_ref()
+        .and_then(|v| attr_string(v, "units"))
+        .filter(|u| u.contains(" since "));
+    let (units, note) = match (override_units, cf_units) {
+        (Some(o), _) => (
+            TimeUnits::parse(o, calendar).map_err(|e| format!("--time-units: {e}"))?,
+            Some(format!("time axis '{dim}' read with --time-units '{o}'")),
+        ),
+        (None, Some(u)) => (
+            TimeUnits::parse(&u, calendar).map_err(|e| format!("time axis '{dim}': {e}"))?,
+            None,
+        ),
+        (None, None) => {
+            let (ref_name, ref_text) = reference_time_text(file, var.as_ref()).ok_or_else(|| {
+                format!(
+                    "time axis '{dim}' has no CF units ('<unit> since <date>') and no reference time; \
+                     give one with --time-units 'hours since YYYY-MM-DD hh:mm'"
+                )
+            })?;
+            let reference = DateTime::parse(&ref_text, calendar)
+                .map_err(|e| format!("reference time '{ref_name}': {e}"))?;
+            let units = TimeUnits {
+                seconds_per_unit: 3600.0,
+                reference: reference.to_instant(calendar),
+            };
+            let note = format!(
+                "time axis '{dim}' is not CF: read as hours since {reference} from '{ref_name}' \
+                 (override with --time-units)"
+            );
+            (units, Some(note))
+        }
+    };
+    let instants: Vec<_> = values.iter().map(|&v| units.instant(v)).collect();
+    if let Some(k) = instants.windows(2).position(|w| w[1] <= w[0]) {
+        return Err(format!(
+            "time axis '{dim}' is not monotonic: step {} ({}) is not after step {} ({})",
+            k + 1,
+            values[k + 1],
+            k,
+            values[k]
+        ));
+    }
+    Ok((TimeAxis { calendar, instants }, note))
+}
+
+/// A text reference time: a char variable such as `reftime`, or an attribute of the time variable.
+fn reference_time_text(
+    file: &netcdf::File,
+    time_var: Option<&Variable>,
+) -> Option<(String, String)> {
+    const NAMES: &[&str] = &[
+        "reftime",
+        "reference_time",
+        "ref_time",
+        "base_time",
+        "forecast_reference_time",
+        "time_origin",
+    ];
+    for name in NAMES {
+        if let Some(v) = file.variable(name) {
+            if matches!(v.vartype(), netcdf::types::NcVariableType::Char) {
+                let bytes: Vec<u8> = v.get_raw_values(..).ok()?;
+                let text = String::from_utf8_lossy(&bytes)
+                    .trim_matches(char::from(0))
+                    .trim()
+                    .to_string();
+                return Some((name.to_string(), text));
+            }
+            if let Some(t) = attr_string(&v, "units").filter(|u| u.contains(" since ")) {
+                return Some((name.to_string(), t.split(" since ").nth(1)?.to_string()));
+            }
+        }
+        if let Some(t) = time_var.and_then(|tv| attr_string(tv, name)) {
+            return Some((format!("attribute {name}"), t));
+        }
+    }
+    None
+}
