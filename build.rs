@@ -39,11 +39,11 @@ fn main() {
     }
 }
 
-/// src/model/NAME.cu to `$OUT_DIR/NAME.ptx` with nvcc (`$CUDA_ROOT/bin` or the PATH),
-/// for the compute capability candle's own kernels are built for (`CUDA_COMPUTE_CAP`,
-/// default 90: Hopper).
+/// src/model/kernels/NAME.cu to `$OUT_DIR/NAME.ptx` with nvcc (`$CUDA_ROOT/bin` or the
+/// PATH), for the compute capability candle's own kernels are built for
+/// (`CUDA_COMPUTE_CAP`, default 90: Hopper).
 fn compile_kernel(name: &str) {
-    let source = format!("src/model/{name}.cu");
+    let source = format!("src/model/kernels/{name}.cu");
     println!("cargo:rerun-if-changed={source}");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_ROOT");

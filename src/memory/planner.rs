@@ -14,8 +14,10 @@
 //! factor per aggregation; a replicated batch pays the static embeddings once per copy.
 //! The graph-format benchmark reports predicted against measured peaks for every case.
 
+use candle_core::DType;
 use serde::Serialize;
 
+use crate::model::dense::fused_kernels_run;
 use crate::model::{MixedPrecision, ModelConfig};
 
 /// Without checkpointing, live latent-wide vectors (f32) per sample and edge of an
@@ -98,10 +100,13 @@ pub struct StepShape {
 }
 
 impl StepShape {
-    /// Whether the step runs the fused CPU kernels (the rule of `model::dense::runs_fused`
-    /// for a whole step).
+    /// Whether the step runs the fused CPU kernels: the model's rule for its activations
+    /// (f32 master weights in the precision's compute dtype).
     pub fn fused_kernels(&self) -> bool {
-        self.on_cpu && self.techniques.precision == MixedPrecision::Off
+        fused_kernels_run(
+            self.on_cpu,
+            self.techniques.precision.compute_dtype(DType::F32),
+        )
     }
 
     /// The activation factors of the step's kernels, `(plain, checkpointing)` (see

@@ -13,17 +13,21 @@
 //! [`dense`] composes the same function from candle ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Linear, Module};
 
-use super::row_kernels::{contiguous_values, cpu_values, fill_rows};
+use super::row_kernels::{contiguous_values, cpu_values, fill_rows, KernelFloat};
 
-/// Whether meshcast's fused CPU kernels take `x` and `others`: on the CPU, in f32 or
-/// f64, all of one dtype (elsewhere the composed candle ops run). The planner's
-/// `StepShape::fused_kernels` is the same rule for a whole step.
+/// Whether meshcast's fused CPU kernels run on activations of `dtype`: on the CPU, in
+/// f32 or f64 (elsewhere the composed candle ops run). The one rule, so that the memory
+/// planner (`StepShape::fused_kernels`) predicts the kernels the model takes.
+pub fn fused_kernels_run(on_cpu: bool, dtype: DType) -> bool {
+    on_cpu && matches!(dtype, DType::F32 | DType::F64)
+}
+
+/// [`fused_kernels_run`] for `x`, with `others` of its dtype.
 pub fn runs_fused(x: &Tensor, others: &[&Tensor]) -> bool {
-    x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
+    fused_kernels_run(x.device().is_cpu(), x.dtype())
         && others.iter().all(|t| t.dtype() == x.dtype())
 }
 
@@ -44,31 +48,8 @@ pub struct DenseOp {
     pub silu_input: bool,
 }
 
-/// A float the CPU kernels compute in.
-pub(crate) trait Real: WithDType {
-    fn silu(self) -> Self;
-    /// `d silu(x) / dx = s (1 + x (1 - s))` with `s = sigmoid(x)`.
-    fn silu_derivative(self) -> Self;
-}
-
-macro_rules! real {
-    ($t:ty) => {
-        impl Real for $t {
-            fn silu(self) -> Self {
-                self / (1.0 + (-self).exp())
-            }
-            fn silu_derivative(self) -> Self {
-                let s = 1.0 / (1.0 + (-self).exp());
-                s * (1.0 + self * (1.0 - s))
-            }
-        }
-    };
-}
-real!(f32);
-real!(f64);
-
 impl DenseOp {
-    fn forward<T: Real>(
+    fn forward<T: KernelFloat>(
         &self,
         x: &[T],
         weight: &[T],
@@ -100,7 +81,7 @@ impl DenseOp {
 
 /// `out[rows, outputs] += lhs[rows, inputs] W^T` for `weight` W `[outputs, inputs]`
 /// (all row-major), on candle's thread count.
-pub(crate) fn gemm_accumulate<T: Real>(
+pub(crate) fn gemm_accumulate<T: KernelFloat>(
     out: &mut [T],
     lhs: &[T],
     weight: &[T],
@@ -147,7 +128,7 @@ pub(crate) fn gemm_accumulate<T: Real>(
 }
 
 /// `grad * silu'(x)`, one pass.
-fn silu_backward<T: Real>(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+fn silu_backward<T: KernelFloat>(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
     let cols = x.dim(candle_core::D::Minus1)?;
     let (xs, xl) = x.storage_and_layout();
     let (gs, gl) = grad.storage_and_layout();
@@ -189,19 +170,19 @@ impl CustomOp3 for DenseOp {
         }
         let rows = x_layout.shape().elem_count() / inputs.max(1);
         let sizes = (rows, inputs, outputs);
+        macro_rules! run {
+            ($t:ty, $variant:ident) => {
+                CpuStorage::$variant(self.forward::<$t>(
+                    contiguous_values(x, x_layout, "dense input")?,
+                    contiguous_values(weight, weight_layout, "dense weight")?,
+                    contiguous_values(bias, bias_layout, "dense bias")?,
+                    sizes,
+                ))
+            };
+        }
         let out = match x.dtype() {
-            DType::F32 => CpuStorage::F32(self.forward::<f32>(
-                contiguous_values(x, x_layout, "dense input")?,
-                contiguous_values(weight, weight_layout, "dense weight")?,
-                contiguous_values(bias, bias_layout, "dense bias")?,
-                sizes,
-            )),
-            DType::F64 => CpuStorage::F64(self.forward::<f64>(
-                contiguous_values(x, x_layout, "dense input")?,
-                contiguous_values(weight, weight_layout, "dense weight")?,
-                contiguous_values(bias, bias_layout, "dense bias")?,
-                sizes,
-            )),
+            DType::F32 => run!(f32, F32),
+            DType::F64 => run!(f64, F64),
             other => bail!("dense: f32 or f64, got {other:?}"),
         };
         let mut out_dims = dims.to_vec();

@@ -16,9 +16,9 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use candle_nn::{Linear, Module};
 
 use super::aggregate::{gather_sum, host_index, segment_sum, Aggregation};
-use super::dense::{gemm_accumulate, runs_fused, Real};
+use super::dense::{gemm_accumulate, runs_fused};
 use super::graph_tensors::EdgeTensors;
-use super::row_kernels::{contiguous_values, fill_rows};
+use super::row_kernels::{contiguous_values, fill_rows, KernelFloat};
 
 /// `e W^T + s[:, senders] + r[:, receivers]` for edge latents `e` `[B|1, E, in]`, the
 /// edge block `weight` `[out, in]` of the first layer, and node projections `s`
@@ -158,7 +158,13 @@ impl EdgeInputOp {
         })
     }
 
-    fn forward<T: Real>(&self, z: &Sizes, e: &[T], weight: &[T], nodes: &[T]) -> Result<Vec<T>> {
+    fn forward<T: KernelFloat>(
+        &self,
+        z: &Sizes,
+        e: &[T],
+        weight: &[T],
+        nodes: &[T],
+    ) -> Result<Vec<T>> {
         let senders = host_index(&self.edges.senders)?;
         let receivers = host_index(&self.edges.receivers)?;
         let f = z.outputs;

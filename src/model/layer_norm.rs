@@ -5,15 +5,16 @@
 //! basic tensor ops instead, a norm is differentiable but keeps about five row-sized
 //! intermediates alive for the backward pass, the largest share of a block's
 //! activations. [`LayerNormOp`] runs the forward pass as one kernel (CPU: rows on
-//! candle's worker pool; CUDA: src/model/layer_norm.cu) and keeps only its input; the
-//! backward recomputes the row statistics and applies the closed-form gradient.
+//! candle's worker pool; CUDA: src/model/kernels/layer_norm.cu) and keeps only its
+//! input; the backward recomputes the row statistics and applies the closed-form
+//! gradient.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
 
 use super::dense::runs_fused;
-use super::row_kernels::{cpu_values, fill_rows};
+use super::row_kernels::{cpu_values, fill_rows, KernelFloat};
 
 /// Added to the variance before the square root, as in PyTorch's default.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
@@ -317,7 +318,7 @@ fn backward(
 
 /// [`backward`] on the CPU in two passes over the rows (statistics in f64), with no
 /// row-sized intermediates: the gradient's share of the step's peak memory is `dx`.
-fn cpu_backward<T: Element + candle_core::WithDType>(
+fn cpu_backward<T: KernelFloat>(
     x: &Tensor,
     weight: &Tensor,
     grad: &Tensor,
@@ -332,7 +333,7 @@ fn cpu_backward<T: Element + candle_core::WithDType>(
     let gv = cpu_values::<T>(&gs, gl, "layer norm backward")?;
     let rows = xv.len() / cols.max(1);
     let n = cols as f64;
-    let wide = |v: &T| Element::to_f64(*v);
+    let wide = |v: &T| v.to_f64();
     // Row r's mean and 1/std, and xhat_j = (x_j - mean) * rstd.
     let stats = |r: usize| {
         let row = &xv[r * cols..(r + 1) * cols];
@@ -341,7 +342,7 @@ fn cpu_backward<T: Element + candle_core::WithDType>(
         (row, mean, 1.0 / (var + eps).sqrt())
     };
     // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = grad * weight.
-    let mut dx = vec![T::default(); xv.len()];
+    let mut dx = vec![T::zero(); xv.len()];
     fill_rows(&mut dx, cols, xv.len(), |r, out| {
         let (row, mean, rstd) = stats(r);
         let grow = &gv[r * cols..(r + 1) * cols];
@@ -354,7 +355,7 @@ fn cpu_backward<T: Element + candle_core::WithDType>(
         let (g_mean, gx_mean) = (g_mean / n, gx_mean / n);
         for (((o, v), gr), wj) in out.iter_mut().zip(row).zip(grow).zip(&w) {
             let xhat = (wide(v) - mean) * rstd;
-            *o = <T as Element>::from_f64(rstd * (wide(gr) * wj - g_mean - xhat * gx_mean));
+            *o = T::from_f64(rstd * (wide(gr) * wj - g_mean - xhat * gx_mean));
         }
     });
     // dweight = sum over rows of grad * xhat, dbias = sum of grad: partial sums over
@@ -380,7 +381,7 @@ fn cpu_backward<T: Element + candle_core::WithDType>(
             *s += p;
         }
     }
-    let sums: Vec<T> = sums.into_iter().map(<T as Element>::from_f64).collect();
+    let sums: Vec<T> = sums.into_iter().map(T::from_f64).collect();
     let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
     let dweight = Tensor::from_slice(&sums[..cols], cols, x.device())?;
     let dbias = Tensor::from_slice(&sums[cols..], cols, x.device())?;
@@ -396,33 +397,10 @@ struct Rows<'a> {
     eps: f64,
 }
 
-/// A float element the CPU kernel reads and writes.
-trait Element: Copy + Default + Send + Sync {
-    fn to_f64(self) -> f64;
-    fn from_f64(v: f64) -> Self;
-}
-
-macro_rules! element {
-    ($t:ty, $to:expr, $from:expr) => {
-        impl Element for $t {
-            fn to_f64(self) -> f64 {
-                $to(self)
-            }
-            fn from_f64(v: f64) -> Self {
-                $from(v)
-            }
-        }
-    };
-}
-element!(f32, |v: f32| v as f64, |v: f64| v as f32);
-element!(f64, |v: f64| v, |v: f64| v);
-element!(half::bf16, |v: half::bf16| v.to_f64(), half::bf16::from_f64);
-element!(half::f16, |v: half::f16| v.to_f64(), half::f16::from_f64);
-
 impl Rows<'_> {
-    fn run<T: Element>(&self, x: &[T]) -> Vec<T> {
+    fn run<T: KernelFloat>(&self, x: &[T]) -> Vec<T> {
         let cols = self.cols;
-        let mut out = vec![T::default(); self.rows * cols];
+        let mut out = vec![T::zero(); self.rows * cols];
         fill_rows(&mut out, cols, x.len(), |r, y| {
             self.row(&x[r * cols..(r + 1) * cols], y)
         });
@@ -430,25 +408,21 @@ impl Rows<'_> {
     }
 
     /// `residual + LayerNorm(x)`, the residual's rows repeating when it has fewer.
-    fn run_residual<T: Element + std::ops::Add<Output = T>>(
-        &self,
-        x: &[T],
-        residual: &[T],
-    ) -> Vec<T> {
+    fn run_residual<T: KernelFloat>(&self, x: &[T], residual: &[T]) -> Vec<T> {
         let cols = self.cols;
         let residual_rows = residual.len() / cols.max(1);
-        let mut out = vec![T::default(); self.rows * cols];
+        let mut out = vec![T::zero(); self.rows * cols];
         fill_rows(&mut out, cols, x.len(), |r, y| {
             self.row(&x[r * cols..(r + 1) * cols], y);
             let k = r % residual_rows;
             for (o, &v) in y.iter_mut().zip(&residual[k * cols..(k + 1) * cols]) {
-                *o = *o + v;
+                *o += v;
             }
         });
         out
     }
 
-    fn row<T: Element>(&self, x: &[T], y: &mut [T]) {
+    fn row<T: KernelFloat>(&self, x: &[T], y: &mut [T]) {
         let n = self.cols as f64;
         let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
         let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
@@ -459,7 +433,8 @@ impl Rows<'_> {
     }
 }
 
-/// The CUDA side of [`LayerNormOp`]: src/model/layer_norm.cu, compiled to PTX by build.rs.
+/// The CUDA side of [`LayerNormOp`]: src/model/kernels/layer_norm.cu, compiled to PTX
+/// by build.rs.
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;

@@ -7,6 +7,9 @@
 //! message-passing step), [`precision`] (mixed precision) and [`graphcast`] (the
 //! model and its config).
 //!
+//! meshcast's own kernels share [`row_kernels`]; their CUDA sources are in
+//! src/model/kernels/, compiled to PTX by build.rs with the `cuda` feature.
+//!
 //! Parameters live in a `candle_nn::VarMap`; their names are documented in
 //! [`graphcast`], [`interaction`] and [`mlp`].
 

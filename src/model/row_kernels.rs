@@ -1,8 +1,45 @@
-//! What meshcast's own kernels share: on the CPU, filling an output row by row on
-//! candle's worker pool (the pool its element-wise ops use, so no second set of threads
-//! competes for the cores); on CUDA, the launch shape.
+//! What meshcast's own kernels share: on the CPU, one float trait for every kernel
+//! (`KernelFloat`) and filling an output row by row on candle's worker pool (the pool
+//! its element-wise ops use, so no second set of threads competes for the cores); on
+//! CUDA, the launch shape.
 
 use candle_core::{bail, Context, CpuStorage, Layout, Result, Storage, WithDType};
+
+/// A float element of meshcast's CPU kernels. f32 and f64 compute in their own
+/// precision; bf16 and f16 are widened to f32 and rounded once per result. candle's
+/// `WithDType` brings zero, one and the f64 conversions (LayerNorm's statistics).
+pub(crate) trait KernelFloat: WithDType {
+    /// `a + b + c`.
+    fn add3(a: Self, b: Self, c: Self) -> Self;
+    /// `silu(x) = x sigmoid(x)`.
+    fn silu(self) -> Self;
+    /// `d silu(x) / dx = s (1 + x (1 - s))` with `s = sigmoid(x)`.
+    fn silu_derivative(self) -> Self;
+}
+
+/// [`KernelFloat`] for `$t`, computing in `$wide` (`$widen` there, `$narrow` back).
+macro_rules! kernel_float {
+    ($t:ty, $wide:ty, $widen:expr, $narrow:expr) => {
+        impl KernelFloat for $t {
+            fn add3(a: Self, b: Self, c: Self) -> Self {
+                $narrow($widen(a) + $widen(b) + $widen(c))
+            }
+            fn silu(self) -> Self {
+                let x: $wide = $widen(self);
+                $narrow(x / (1.0 + (-x).exp()))
+            }
+            fn silu_derivative(self) -> Self {
+                let x: $wide = $widen(self);
+                let s = 1.0 / (1.0 + (-x).exp());
+                $narrow(s * (1.0 + x * (1.0 - s)))
+            }
+        }
+    };
+}
+kernel_float!(f32, f32, |v: f32| v, |v: f32| v);
+kernel_float!(f64, f64, |v: f64| v, |v: f64| v);
+kernel_float!(half::bf16, f32, half::bf16::to_f32, half::bf16::from_f32);
+kernel_float!(half::f16, f32, half::f16::to_f32, half::f16::from_f32);
 
 /// The values of a contiguous CPU operand, as a custom op's `cpu_fwd` receives it
 /// (`what` names the op and operand in the error).

@@ -1,8 +1,9 @@
 // CSR segment sum, the CUDA kernel behind meshcast's `csr` aggregation
-// (src/model/aggregate.rs): out[b, g, f] = sum over k in offsets[g]..offsets[g+1] of
-// msg[b, edge_ids[k], f]. One thread per output value, features fastest, so a warp
-// reads consecutive features of one edge row (coalesced) and every output is written
-// by exactly one thread: no atomics, and edges are added in COO order, as on the CPU.
+// (src/model/aggregate/segment_sum.rs):
+//   out[b, g, f] = sum over k in offsets[g]..offsets[g+1] of msg[b, edge_ids[k], f].
+// One thread per output value, features fastest, so a warp reads consecutive features
+// of one edge row (coalesced) and every output is written by exactly one thread: no
+// atomics, and edges are added in COO order, as on the CPU.
 // Half-precision messages are summed in f32 and rounded once.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,5 +1,5 @@
 // The first layer of an edge MLP under the concat trick, the CUDA kernel behind
-// meshcast's GatherSum op (src/model/aggregate.rs):
+// meshcast's GatherSum op (src/model/aggregate/gather_sum.rs):
 //   out[b, k, :] = e[b|0, k, :] + s[b|0, senders[k], :] + r[b|0, receivers[k], :]
 // (an input with batch 1 is broadcast). One thread per output value, features fastest;
 // half precision is added in f32 and rounded once.
