@@ -32,7 +32,10 @@ pub struct CheckpointArgs {
 impl CheckpointArgs {
     fn load(&self, device: &candle_core::Device) -> anyhow::Result<Loaded> {
         let data = self.data.to_spec()?;
-        let patches = self.patches.map(|n| (n, self.patch_halo.unwrap_or(10.0)));
+        let patches = self.patches.map(|n| crate::graph::PatchOptions {
+            n_patches: n,
+            halo_deg: self.patch_halo.unwrap_or(10.0),
+        });
         load(
             &self.checkpoint,
             &self.which,

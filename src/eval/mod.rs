@@ -19,6 +19,7 @@ pub use forecast::forecast;
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
 use crate::error::InputError;
+use crate::graph::PatchOptions;
 use crate::predict::{NodeState, NormalisedResidual, Rollout};
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::session::Session;
@@ -26,20 +27,21 @@ use crate::train::session::Session;
 /// A model restored from a checkpoint, with its data.
 pub struct Loaded {
     pub session: Session,
-    /// The checkpoint's run as executed here (data and patches possibly replaced).
+    /// The checkpoint's run (its data possibly replaced); `session.execution` says how
+    /// it runs here.
     pub run: crate::train::RunConfig,
     pub stats: NormStats,
     pub meta: CheckpointMeta,
 }
 
 /// Loads checkpoint `name` found at `path`; `data` (if given) replaces the checkpoint's
-/// data, which must then have the same channels and grid; `patches` (count, halo in
-/// degrees) runs inference patch by patch, whatever the run trained with.
+/// data, which must then have the same channels and grid; `patches` runs inference
+/// patch by patch (or, with one patch, on the whole grid), whatever the run trained with.
 pub fn load(
     path: &Path,
     name: &str,
     data: Option<DataSpec>,
-    patches: Option<(usize, f64)>,
+    patches: Option<PatchOptions>,
     graph_cache: Option<&Path>,
     device: &Device,
 ) -> anyhow::Result<Loaded> {
@@ -48,9 +50,6 @@ pub fn load(
     let mut run = ck.meta.run.clone();
     if let Some(d) = data {
         run.data = d;
-    }
-    if let Some((n, halo)) = patches {
-        (run.train.patches, run.train.patch_halo) = (n, halo);
     }
     let dataset = Arc::new(Dataset::open(&run.data)?);
     if dataset.channel_names() != ck.meta.stats.channels {
@@ -62,7 +61,11 @@ pub fn load(
         ))
         .into());
     }
-    let session = Session::new(&run, dataset, graph_cache, device)?;
+    let mut execution = run.execution();
+    if let Some(options) = patches {
+        execution = execution.with_patches(options);
+    }
+    let session = Session::new(&run, execution, dataset, graph_cache, device)?;
     ck.restore_weights(session.network().vars())?;
     tracing::info!(
         "loaded {}/{name} (step {}, epoch {})",
@@ -308,7 +311,7 @@ pub fn evaluate(
             .collect(),
         rollout_steps,
         variables: variable_scores(loaded, &sums),
-        patches: loaded.run.train.patches.max(1),
+        patches: s.execution.patch_count(),
         graph_forwards: s.predictor.graph_forwards(),
         rollout_peak_bytes,
     })

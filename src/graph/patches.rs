@@ -27,7 +27,7 @@ use super::sphere::{arc_to_chord, Vec3};
 use super::WeatherGraph;
 
 /// How to split the grid.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PatchOptions {
     pub n_patches: usize,
     /// Halo width, degrees of great-circle distance.

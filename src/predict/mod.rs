@@ -33,12 +33,50 @@ pub mod whole;
 
 use candle_core::{Result, Tensor};
 
+use crate::graph::PatchOptions;
+use crate::model::MixedPrecision;
+
 pub use gradients::StepGradients;
 pub use network::Network;
 pub use patched::{PatchTensors, Patched};
 pub use residual::{NodeState, NormalisedResidual};
 pub use rollout::Rollout;
 pub use whole::WholeGraph;
+
+/// How the network runs, not what it is: the memory techniques of a run. Each gives
+/// the same function (patches when the halo covers the receptive field; precision to
+/// its rounding), at another cost in memory and time. Batching and aggregation, the
+/// other execution choices, are the model's (`ModelConfig`), which applies them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Execution {
+    pub precision: MixedPrecision,
+    /// Gradient checkpointing: recompute the processor in segments of this many blocks.
+    pub checkpoint_every: Option<usize>,
+    /// Run patch by patch (None: the whole graph at once).
+    pub patches: Option<PatchOptions>,
+}
+
+impl Execution {
+    /// The whole graph in f32, plain backprop.
+    pub const PLAIN: Execution = Execution {
+        precision: MixedPrecision::Off,
+        checkpoint_every: None,
+        patches: None,
+    };
+
+    /// Patches of `options` (at least two), or the whole graph.
+    pub fn with_patches(self, options: PatchOptions) -> Execution {
+        Execution {
+            patches: (options.n_patches > 1).then_some(options),
+            ..self
+        }
+    }
+
+    /// Patches run (1: the whole graph).
+    pub fn patch_count(&self) -> usize {
+        self.patches.map_or(1, |p| p.n_patches)
+    }
+}
 
 /// What the loss compares the output with: `sum(w * (output - y)^2) / denominator`.
 pub struct LossTarget {

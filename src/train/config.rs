@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSpec, SplitFractions, WindowSpec};
 use crate::error::InputError;
-use crate::graph::GraphOptions;
+use crate::graph::{GraphOptions, PatchOptions};
 use crate::model::{MixedPrecision, ModelConfig};
+use crate::predict::Execution;
 
 /// Optimisation settings (the names users of graph_weather and friends know).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +145,20 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The run's memory techniques, read from its `[train]` settings in one place.
+    pub fn execution(&self) -> Execution {
+        let t = &self.train;
+        let execution = Execution {
+            precision: t.mixed_precision,
+            checkpoint_every: t.checkpointing.then_some(t.checkpoint_every),
+            patches: None,
+        };
+        execution.with_patches(PatchOptions {
+            n_patches: t.patches,
+            halo_deg: t.patch_halo,
+        })
+    }
+
     /// What must be equal for a checkpoint to continue this run: everything but the
     /// stopping point (`num_epochs`, `max_steps`) and loading details.
     pub fn resume_mismatch(&self, saved: &RunConfig) -> Option<String> {

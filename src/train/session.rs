@@ -8,24 +8,26 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::RunConfig;
 use crate::data::{Batch, Dataset, NormStats, Splits};
-use crate::graph::{load_or_build, PatchOptions, WeatherGraph};
+use crate::graph::{load_or_build, WeatherGraph};
 use crate::model::GraphTensors;
-use crate::predict::{inputs, LossTarget, Network, Patched, Predictor, WholeGraph};
+use crate::predict::{inputs, Execution, LossTarget, Network, Patched, Predictor, WholeGraph};
 
 pub struct Session {
     pub dataset: Arc<Dataset>,
     pub splits: Splits,
     pub graph: WeatherGraph,
-    /// The model over the graph, as the run executes it.
+    /// How the run executes the model, and the model over the graph run that way.
+    pub execution: Execution,
     pub predictor: Box<dyn Predictor>,
     pub device: Device,
 }
 
 impl Session {
-    /// Opens the data, builds (or loads) the graph and builds the model for `run`
-    /// (parameters zero until initialised or restored).
+    /// Opens the data, builds (or loads) the graph and builds the model for `run`,
+    /// executed as `execution` says (parameters zero until initialised or restored).
     pub fn new(
         run: &RunConfig,
+        execution: Execution,
         dataset: Arc<Dataset>,
         graph_cache: Option<&Path>,
         device: &Device,
@@ -40,13 +42,9 @@ impl Session {
             graph.mesh_nodes.len(),
             graph.mesh.len()
         );
-        let precision = run.train.mixed_precision;
-        let predictor: Box<dyn Predictor> = if run.train.patches > 1 {
-            let options = PatchOptions {
-                n_patches: run.train.patches,
-                halo_deg: run.train.patch_halo,
-            };
-            let patches = Patched::split(&graph, &dataset.grid, &options, device)?;
+        let precision = execution.precision;
+        let predictor: Box<dyn Predictor> = if let Some(options) = &execution.patches {
+            let patches = Patched::split(&graph, &dataset.grid, options, device)?;
             let net = Network::new(run.model.clone(), precision, &patches[0].graph)?;
             Box::new(Patched::new(Arc::new(net), patches))
         } else {
@@ -58,6 +56,7 @@ impl Session {
             dataset,
             splits,
             graph,
+            execution,
             predictor,
             device: device.clone(),
         })

@@ -218,12 +218,8 @@ impl<'a> Trainer<'a> {
         let resumed = resume_checkpoint(run, opts, &dataset)?;
         prepare_output_dir(run, opts)?;
         let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
-        let session = Session::new(
-            run,
-            dataset.clone(),
-            opts.graph_cache.as_deref(),
-            &opts.device,
-        )?;
+        let cache = opts.graph_cache.as_deref();
+        let session = Session::new(run, run.execution(), dataset.clone(), cache, &opts.device)?;
         let stats = Arc::new(match &resumed {
             Some(ck) => ck.meta.stats.clone(),
             None => NormStats::load_or_compute(
@@ -389,7 +385,7 @@ impl<'a> Trainer<'a> {
         let accum_scale = train.grad_accum_steps as f64;
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
         target.denominator *= accum_scale / loss_scale;
-        let checkpoint_every = train.checkpointing.then_some(train.checkpoint_every);
+        let checkpoint_every = self.session.execution.checkpoint_every;
         let step = self
             .session
             .predictor

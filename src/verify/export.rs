@@ -51,7 +51,7 @@ use crate::graph::{
 };
 use crate::model::layer_norm::LAYER_NORM_EPS;
 use crate::model::{Aggregation, Batching, MixedPrecision, ModelConfig};
-use crate::predict::{synthetic, LossTarget, Predictor, WholeGraph};
+use crate::predict::{synthetic, Execution, LossTarget, Predictor, WholeGraph};
 use crate::train::checkpoint;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::session::{variable_weights, Session};
@@ -251,26 +251,24 @@ pub fn export(source: &Source, out_dir: &Path, device: &Device) -> anyhow::Resul
     }
 }
 
-/// The run as the export executes it (whole grid, f32, plain backprop), with a note
-/// for every setting set aside.
-fn export_run(run: &RunConfig) -> (RunConfig, Vec<String>) {
-    let mut run = run.clone();
+/// A note for every setting of the run the export sets aside: it runs the whole grid
+/// in f32 with plain backprop ([`Execution::PLAIN`]) and one optimizer step on one batch.
+fn set_aside(run: &RunConfig) -> Vec<String> {
+    let execution = run.execution();
     let mut notes = Vec::new();
-    if run.train.patches > 1 {
+    if let Some(p) = execution.patches {
         notes.push(format!(
             "the run trains on {} patches; the export runs the whole grid",
-            run.train.patches
+            p.n_patches
         ));
-        run.train.patches = 1;
     }
-    if run.train.mixed_precision != MixedPrecision::Off {
+    if execution.precision != MixedPrecision::Off {
         notes.push(format!(
             "the run trains with --mixed-precision {}; the export runs in f32",
-            run.train.mixed_precision
+            execution.precision
         ));
-        run.train.mixed_precision = MixedPrecision::Off;
     }
-    if run.train.checkpointing {
+    if execution.checkpoint_every.is_some() {
         notes.push("the run uses gradient checkpointing; the export backpropagates plainly (same gradients)".into());
     }
     if run.train.grad_accum_steps > 1 {
@@ -279,7 +277,7 @@ fn export_run(run: &RunConfig) -> (RunConfig, Vec<String>) {
             run.train.grad_accum_steps
         ));
     }
-    (run, notes)
+    notes
 }
 
 /// The first `batch_size` samples (default: the run's) of `split`, in time order.
@@ -321,13 +319,15 @@ fn export_checkpoint(
 ) -> anyhow::Result<Exported> {
     let (dir, name) = checkpoint::locate(&src.path, &src.which)?;
     let ck = checkpoint::load(&dir, &name, device)?;
-    let (run, mut notes) = export_run(&ck.meta.run);
+    let run = ck.meta.run.clone();
+    let mut notes = set_aside(&run);
     let dataset = Arc::new(Dataset::open(&run.data)?);
     if dataset.fingerprint != ck.meta.data_fingerprint {
         notes.push("the data files changed since the checkpoint was written".into());
         tracing::warn!("the data files changed since the checkpoint was written");
     }
-    let session = Session::new(&run, dataset.clone(), src.graph_cache.as_deref(), device)?;
+    let cache = src.graph_cache.as_deref();
+    let session = Session::new(&run, Execution::PLAIN, dataset.clone(), cache, device)?;
     let mut optimizer = AdamW::new(session.network().vars().to_vec(), ck.meta.adamw)?;
     ck.restore(&mut optimizer)?;
     let batch = first_batch(&session, &run, &ck.meta.stats, src)?;
