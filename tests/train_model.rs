@@ -625,6 +625,43 @@ fn patched_eval_and_forecast_run_every_patch_in_less_memory() {
         peak(&whole)
     );
 
+    // A run trained patch by patch is evaluated on the whole grid unless told otherwise.
+    let patched_run = dir.path().join("patched-run");
+    ok(meshcast()
+        .args([
+            "-q",
+            "train-model",
+            "--data",
+            data.to_str().unwrap(),
+            "--output-dir",
+        ])
+        .arg(&patched_run)
+        .args([
+            "--latent-size",
+            "32",
+            "--num-gnn-layers",
+            "1",
+            "--mesh-level",
+            "3",
+        ])
+        .args(["--max-steps", "1", "--no-progress", "--no-graph-cache"])
+        .args(["--patches", "4", "--patch-halo", "10"])
+        .output()
+        .unwrap());
+    let mut cmd = meshcast();
+    cmd.args(["-q", "eval", "--checkpoint", patched_run.to_str().unwrap()])
+        .args([
+            "--which",
+            "last",
+            "--no-graph-cache",
+            "--rollout-steps",
+            "2",
+        ])
+        .args(["--batch-size", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&ok(cmd.output().unwrap())).unwrap();
+    assert_eq!(report["patches"], 1);
+    assert_eq!(report["graph_forwards"].as_u64().unwrap(), 2 * inits);
+
     let out = meshcast()
         .args(["-v", "forecast"])
         .args(checkpoint)

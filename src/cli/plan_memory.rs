@@ -119,7 +119,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         print!("{}", table(&rows));
     }
     if let Some(fit) = &fit {
-        let row = fit.chosen_or_refuse()?;
+        let row = fit.chosen_or_refuse(", or allow more --max-patches")?;
         let t = row.techniques;
         if !args.json {
             println!(

@@ -20,7 +20,7 @@ use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
 use crate::error::InputError;
 use crate::graph::PatchOptions;
-use crate::predict::{NodeState, NormalisedResidual, Rollout};
+use crate::predict::{Execution, NodeState, NormalisedResidual, Rollout};
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::session::Session;
 
@@ -35,8 +35,9 @@ pub struct Loaded {
 }
 
 /// Loads checkpoint `name` found at `path`; `data` (if given) replaces the checkpoint's
-/// data, which must then have the same channels and grid; `patches` runs inference
-/// patch by patch (or, with one patch, on the whole grid), whatever the run trained with.
+/// data, which must then have the same channels and grid. Inference runs on the whole
+/// grid in the run's precision, or patch by patch with `patches`, whatever the run
+/// trained with (a patched run's halo may be shorter than the receptive field).
 pub fn load(
     path: &Path,
     name: &str,
@@ -61,7 +62,10 @@ pub fn load(
         ))
         .into());
     }
-    let mut execution = run.execution();
+    let mut execution = Execution {
+        patches: None,
+        ..run.execution()
+    };
     if let Some(options) = patches {
         execution = execution.with_patches(options);
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// `weights`, `optimizer_state`, `gradients` and `graph` are computed from tensor
 /// sizes; `peak` and `baseline` are measured (the counting allocator on the CPU, the
-/// CUDA memory pool on a GPU: [`peak_on`]), and
+/// CUDA memory pool on a GPU: [`super::peak_on`]), and
 /// `activations` is what the measured peak holds beyond the baseline (the process
 /// before the case: data, runtime) and the four computed parts: the saved
 /// activations of the backward pass, plus transient buffers of the step.

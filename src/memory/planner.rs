@@ -354,8 +354,9 @@ pub struct BudgetFit {
 }
 
 impl BudgetFit {
-    /// The chosen row, or the refusal (an input error) naming the smallest prediction.
-    pub fn chosen_or_refuse(&self) -> anyhow::Result<&PlanRow> {
+    /// The chosen row, or the refusal (an input error) naming the smallest prediction;
+    /// `more` says how to let the search go further, if the caller has a way.
+    pub fn chosen_or_refuse(&self, more: &str) -> anyhow::Result<&PlanRow> {
         if let Some(i) = self.chosen {
             return Ok(&self.rows[i]);
         }
@@ -365,8 +366,8 @@ impl BudgetFit {
             .min_by_key(|r| r.prediction.total)
             .ok_or_else(|| crate::error::InputError("no configuration to try".into()))?;
         crate::bail_input!(
-            "--memory-budget {}: no configuration fits: the smallest prediction is {} ({}); raise the budget, \
-             shrink the model or the batch, or allow more patches",
+            "--memory-budget {}: no configuration fits: the smallest prediction is {} ({}); raise the budget \
+             or shrink the model or the batch{more}",
             human_bytes(self.budget),
             human_bytes(least.prediction.total),
             least.techniques

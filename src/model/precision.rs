@@ -3,7 +3,7 @@
 //! The parameters (and the optimizer's state) stay in the master dtype (f32); every
 //! linear layer casts its weights to the dtype of its input, so the casts' backward
 //! brings the gradients home in f32. LayerNorm statistics and the loss are computed in
-//! the master dtype. `f16` needs a dynamic loss scaler (see `predict::loss_scale`).
+//! the master dtype. `f16` needs a dynamic loss scaler (see `train::loss_scale`).
 
 use candle_core::DType;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! Training: the loop, its loss, optimizer, schedule, initialisation and checkpoints.
+//! Training: the loop, the optimizer, its schedule, f16 loss scaling, metrics and
+//! checkpoints (the loss and initialisation belong to [`crate::predict`]).
 //!
 //! Batches from [`crate::data`] go through a [`crate::predict::Predictor`] over the graph
 //! of [`crate::graph`]; [`step`] is the training step every caller shares,

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::optimizer::{clip_by_global_norm, AdamW};
-use crate::predict::{LossTarget, Predictor, StepGradients};
+use crate::predict::{LossTarget, Predictor};
 
 /// The optimizer half: clips `grads` to `grad_clip` (0: no clipping) and applies one
 /// AdamW update at `lr`. Returns the global norm before clipping.
@@ -21,8 +21,8 @@ pub fn apply_gradients(
     Ok(norm)
 }
 
-/// One whole step on one batch. Returns the loss and the gradients before clipping,
-/// and the global norm they had.
+/// One whole step on one batch: returns the loss and the gradients' global norm. The
+/// gradients are clipped in place, so no second copy is alive during the update.
 pub fn train_step(
     predictor: &dyn Predictor,
     optimizer: &mut AdamW,
@@ -30,9 +30,8 @@ pub fn train_step(
     checkpoint_every: Option<usize>,
     grad_clip: f64,
     lr: f64,
-) -> anyhow::Result<(StepGradients, f64)> {
-    let step = predictor.gradients(x, target, checkpoint_every)?;
-    let mut grads = step.grads.clone();
-    let norm = apply_gradients(optimizer, &mut grads, grad_clip, lr)?;
-    Ok((step, norm))
+) -> anyhow::Result<(f64, f64)> {
+    let mut step = predictor.gradients(x, target, checkpoint_every)?;
+    let norm = apply_gradients(optimizer, &mut step.grads, grad_clip, lr)?;
+    Ok((step.loss, norm))
 }

@@ -178,7 +178,8 @@ impl EpochLoss {
 
 /// How an epoch ended.
 enum EpochEnd {
-    Completed(f64),
+    /// With its mean training loss and when its first batch was asked for.
+    Completed { loss: f64, started: Instant },
     /// `--max-steps` or Ctrl-C inside the epoch: `last` is saved, the run ends.
     Stopped,
 }
@@ -310,11 +311,11 @@ impl<'a> Trainer<'a> {
 
     /// Epochs until the last, `--max-steps` or Ctrl-C; then the summary.
     fn run(mut self) -> anyhow::Result<TrainSummary> {
+        self.started = Instant::now();
         while self.progress.epoch < self.run.train.num_epochs {
-            let epoch_started = Instant::now();
             match self.train_epoch()? {
                 EpochEnd::Stopped => break,
-                EpochEnd::Completed(train_loss) => self.end_epoch(train_loss, epoch_started)?,
+                EpochEnd::Completed { loss, started } => self.end_epoch(loss, started)?,
             }
             let hit_max = self
                 .run
@@ -352,6 +353,7 @@ impl<'a> Trainer<'a> {
         );
         let (mut micro, mut loss) = (skip, EpochLoss::default());
         let mut accum = Accumulator::new(self.optimizer.slots.len());
+        let started = Instant::now();
         for batch in loader {
             let loss_value = self.micro_step(&batch?, &mut accum)?;
             micro += 1;
@@ -373,7 +375,10 @@ impl<'a> Trainer<'a> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        Ok(EpochEnd::Completed(loss.mean()))
+        Ok(EpochEnd::Completed {
+            loss: loss.mean(),
+            started,
+        })
     }
 
     /// Gradients of one micro-batch added to `accum`; returns its loss (the mean over

@@ -55,7 +55,7 @@ use crate::predict::{synthetic, Execution, LossTarget, Predictor, WholeGraph};
 use crate::train::checkpoint;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::session::{variable_weights, Session};
-use crate::train::step::train_step;
+use crate::train::step::apply_gradients;
 use crate::train::RunConfig;
 
 /// Version of the export layout; bumped when a name or meaning changes.
@@ -488,11 +488,12 @@ fn finish(
     }
     let mut tensors = graph_tensors(p.graph)?;
     let output = p.predictor.forward(&p.x)?;
-    let (step, grad_norm) = train_step(
-        p.predictor,
+    // The gradients are exported before clipping: the optimizer gets a copy.
+    let step = p.predictor.gradients(&p.x, &p.target, None)?;
+    let mut grads = step.grads.clone();
+    let grad_norm = apply_gradients(
         &mut optimizer,
-        (&p.x, &p.target),
-        None,
+        &mut grads,
         meta.step.grad_clip,
         meta.step.lr,
     )?;

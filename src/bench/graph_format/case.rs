@@ -273,7 +273,7 @@ fn time_steps(
     let checkpoint_every = cfg.checkpointing.then_some(1);
     let mut step = || -> anyhow::Result<()> {
         let data = (&batch.x, &batch.target);
-        let (step, _) = train_step(
+        let (loss, _) = train_step(
             predictor,
             &mut optimizer,
             data,
@@ -281,7 +281,7 @@ fn time_steps(
             1.0,
             LEARNING_RATE,
         )?;
-        last_loss = step.loss;
+        last_loss = loss;
         Ok(())
     };
     for _ in 0..plan.warmup_steps {

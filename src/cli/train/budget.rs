@@ -34,7 +34,7 @@ pub(super) fn fit_budget(
         on_cpu,
     };
     let fit = fit_budget(budget, 64, &setting)?;
-    let row = fit.chosen_or_refuse()?;
+    let row = fit.chosen_or_refuse("")?;
     let t = row.techniques;
     tracing::info!(
         "--memory-budget {}: {t} (predicted peak {})",
