@@ -72,3 +72,23 @@ pub fn batch_target(
     let (w, denominator) = loss_weights(&valid, lat_w, var_w, y.dims3()?, device)?;
     Ok((x, LossTarget { y, w, denominator }, valid))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_then_validity_flags_missing_values_as_zero() {
+        // Two samples, two nodes, two features; feature 1 of node 0 of sample 1 missing.
+        let x = encode((2, 2, 2), &Device::Cpu, |i, n, k| {
+            (!(i == 1 && n == 0 && k == 1)).then_some((100 * i + 10 * n + k) as f32 + 0.5)
+        })
+        .unwrap();
+        assert_eq!(x.dims(), &[2, 2, 4]);
+        let rows: Vec<Vec<Vec<f32>>> = x.to_vec3().unwrap();
+        assert_eq!(rows[0][0], vec![0.5, 1.5, 1.0, 1.0]);
+        assert_eq!(rows[0][1], vec![10.5, 11.5, 1.0, 1.0]);
+        assert_eq!(rows[1][0], vec![100.5, 0.0, 1.0, 0.0]);
+        assert_eq!(rows[1][1], vec![110.5, 111.5, 1.0, 1.0]);
+    }
+}

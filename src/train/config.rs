@@ -188,3 +188,51 @@ impl RunConfig {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_reads_the_techniques_of_the_train_table() {
+        let train = TrainConfig {
+            patches: 4,
+            patch_halo: 15.0,
+            checkpointing: true,
+            checkpoint_every: 2,
+            mixed_precision: MixedPrecision::Bf16,
+            ..TrainConfig::default()
+        };
+        let execution = |train: TrainConfig| {
+            let run = RunConfig {
+                data: DataSpec::default(),
+                window: WindowSpec::default(),
+                split: SplitFractions::default(),
+                graph: GraphOptions::default(),
+                model: ModelConfig::default(),
+                train,
+            };
+            run.execution()
+        };
+        let e = execution(train.clone());
+        assert_eq!(e.precision, MixedPrecision::Bf16);
+        assert_eq!(e.checkpoint_every, Some(2));
+        assert_eq!(
+            e.patches,
+            Some(PatchOptions {
+                n_patches: 4,
+                halo_deg: 15.0
+            })
+        );
+        assert_eq!(e.patch_count(), 4);
+        // One patch is the whole grid; checkpointing off ignores its segment length.
+        let plain = execution(TrainConfig {
+            patches: 1,
+            checkpointing: false,
+            mixed_precision: MixedPrecision::Off,
+            ..train
+        });
+        assert_eq!(plain, Execution::PLAIN);
+        assert_eq!(plain.patch_count(), 1);
+    }
+}
