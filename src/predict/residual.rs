@@ -79,30 +79,58 @@ impl NormalisedResidual<'_> {
         Ok(histories
             .iter()
             .zip(residual.chunks_exact(per_sample.max(1)))
-            .map(|(history, r)| self.add_residual(history.last().expect("non-empty history"), r))
+            .map(|(history, r)| {
+                add_residual(self.stats, history.last().expect("non-empty history"), r)
+            })
             .collect())
     }
+}
 
-    /// `current + residual * diff_std`; a missing current value is, to the model, the
-    /// training mean.
-    fn add_residual(&self, current: &NodeState, residual: &[f32]) -> NodeState {
-        let channels = self.stats.channels.len();
-        let values = residual
-            .iter()
-            .enumerate()
-            .map(|(k, &r)| {
-                let c = k % channels;
-                let now = if current.valid[k] {
-                    current.values[k] as f64
-                } else {
-                    self.stats.mean[c]
-                };
-                (now + r as f64 * self.stats.diff_std[c]) as f32
-            })
-            .collect();
-        NodeState {
-            values,
-            valid: vec![true; residual.len()],
-        }
+/// `current + residual * diff_std`; a missing current value is, to the model, the
+/// training mean.
+fn add_residual(stats: &NormStats, current: &NodeState, residual: &[f32]) -> NodeState {
+    let channels = stats.channels.len();
+    let values = residual
+        .iter()
+        .enumerate()
+        .map(|(k, &r)| {
+            let c = k % channels;
+            let now = if current.valid[k] {
+                current.values[k] as f64
+            } else {
+                stats.mean[c]
+            };
+            (now + r as f64 * stats.diff_std[c]) as f32
+        })
+        .collect();
+    NodeState {
+        values,
+        valid: vec![true; residual.len()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_state_adds_the_scaled_residual_to_the_current_or_the_mean() {
+        let stats = NormStats {
+            channels: vec!["a".into(), "b".into()],
+            mean: vec![10.0, 20.0],
+            std: vec![1.0, 1.0],
+            diff_std: vec![2.0, 0.5],
+            lead_steps: 1,
+            train_steps: (0, 1),
+            dataset_fingerprint: String::new(),
+        };
+        // One node, two channels; channel b is missing now.
+        let current = NodeState {
+            values: vec![1.0, 0.0],
+            valid: vec![true, false],
+        };
+        let next = add_residual(&stats, &current, &[3.0, -4.0]);
+        assert_eq!(next.values, vec![1.0 + 3.0 * 2.0, 20.0 - 4.0 * 0.5]);
+        assert_eq!(next.valid, vec![true, true]);
     }
 }
