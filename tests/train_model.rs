@@ -574,27 +574,32 @@ fn patched_eval_and_forecast_run_every_patch_in_less_memory() {
         "g.nc",
         &["--resolution", "2.5", "--steps", "40"],
     );
+    // One training step of a small model on `data`, written to `out`.
+    let train_small = |out: &Path, extra: &[&str]| {
+        ok(meshcast()
+            .args([
+                "-q",
+                "train-model",
+                "--data",
+                data.to_str().unwrap(),
+                "--output-dir",
+            ])
+            .arg(out)
+            .args([
+                "--latent-size",
+                "32",
+                "--num-gnn-layers",
+                "1",
+                "--mesh-level",
+                "3",
+            ])
+            .args(["--max-steps", "1", "--no-progress", "--no-graph-cache"])
+            .args(extra)
+            .output()
+            .unwrap());
+    };
     let run = dir.path().join("run");
-    ok(meshcast()
-        .args([
-            "-q",
-            "train-model",
-            "--data",
-            data.to_str().unwrap(),
-            "--output-dir",
-        ])
-        .arg(&run)
-        .args([
-            "--latent-size",
-            "32",
-            "--num-gnn-layers",
-            "1",
-            "--mesh-level",
-            "3",
-        ])
-        .args(["--max-steps", "1", "--no-progress", "--no-graph-cache"])
-        .output()
-        .unwrap());
+    train_small(&run, &[]);
     let checkpoint = [
         "--checkpoint",
         run.to_str().unwrap(),
@@ -627,27 +632,7 @@ fn patched_eval_and_forecast_run_every_patch_in_less_memory() {
 
     // A run trained patch by patch is evaluated on the whole grid unless told otherwise.
     let patched_run = dir.path().join("patched-run");
-    ok(meshcast()
-        .args([
-            "-q",
-            "train-model",
-            "--data",
-            data.to_str().unwrap(),
-            "--output-dir",
-        ])
-        .arg(&patched_run)
-        .args([
-            "--latent-size",
-            "32",
-            "--num-gnn-layers",
-            "1",
-            "--mesh-level",
-            "3",
-        ])
-        .args(["--max-steps", "1", "--no-progress", "--no-graph-cache"])
-        .args(["--patches", "4", "--patch-halo", "10"])
-        .output()
-        .unwrap());
+    train_small(&patched_run, &["--patches", "4", "--patch-halo", "10"]);
     let mut cmd = meshcast();
     cmd.args(["-q", "eval", "--checkpoint", patched_run.to_str().unwrap()])
         .args([

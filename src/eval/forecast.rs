@@ -14,7 +14,7 @@ use crate::predict::{NormalisedResidual, Rollout};
 /// grid cell is not a graph node), one time step written as soon as it is computed.
 pub fn forecast(loaded: &Loaded, init: usize, steps: usize, out: &Path) -> anyhow::Result<PathBuf> {
     let s = &loaded.session;
-    let window = loaded.run.window;
+    let window = loaded.meta.run.window;
     if init + 1 < window.input_steps {
         crate::bail_input!(
             "the initial time needs {} earlier steps of data",

@@ -27,9 +27,6 @@ use crate::train::session::Session;
 /// A model restored from a checkpoint, with its data.
 pub struct Loaded {
     pub session: Session,
-    /// The checkpoint's run (its data possibly replaced); `session.execution` says how
-    /// it runs here.
-    pub run: crate::train::RunConfig,
     pub stats: NormStats,
     pub meta: CheckpointMeta,
 }
@@ -79,7 +76,6 @@ pub fn load(
     );
     Ok(Loaded {
         session,
-        run,
         stats: ck.meta.stats.clone(),
         meta: ck.meta,
     })

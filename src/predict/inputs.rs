@@ -31,7 +31,7 @@ pub fn encode(
 
 /// A data batch on the graph's grid nodes `cells`: inputs `[B, nodes, 2F]`, targets
 /// `[B, nodes, C]`, and the targets' validity.
-pub fn batch_tensors(
+fn batch_tensors(
     batch: &Batch,
     cells: &[u32],
     device: &Device,
