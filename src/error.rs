@@ -18,6 +18,15 @@ impl InputError {
     }
 }
 
+/// A run stopped by a signal (SIGINT, SIGTERM) after saving its state: the process
+/// exits with 128 + the signal number, as shells and batch schedulers expect.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Interrupted {
+    pub signal: i32,
+    pub message: String,
+}
+
 /// Shorthand: `bail_input!("...")` returns an [`InputError`] from the current function.
 #[macro_export]
 macro_rules! bail_input {

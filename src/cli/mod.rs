@@ -104,7 +104,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", one_line(&err));
-            if crate::error::is_input_error(&err) {
+            if let Some(stop) = err.downcast_ref::<crate::error::Interrupted>() {
+                ExitCode::from((128 + stop.signal).clamp(0, 255) as u8)
+            } else if crate::error::is_input_error(&err) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -150,10 +152,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "debug,meshcast=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Batch jobs read these logs from files: a timestamp on every line, and colour
+    // codes only on a terminal.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .without_time()
         .try_init();
 }

@@ -111,9 +111,41 @@ impl NormStats {
     pub fn load(path: &Path) -> anyhow::Result<NormStats> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| {
-            InputError::file(path, format!("not valid normalisation statistics: {e}")).into()
-        })
+        let stats: NormStats = serde_json::from_str(&text).map_err(|e| {
+            InputError::file(path, format!("not valid normalisation statistics: {e}"))
+        })?;
+        stats.check().map_err(|problem| {
+            InputError::file(
+                path,
+                format!("not valid normalisation statistics: {problem}"),
+            )
+        })?;
+        Ok(stats)
+    }
+
+    /// What makes statistics unusable (an edited or damaged file): one entry per
+    /// channel in every list, finite means, positive finite scales.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.channels.len();
+        if n == 0 || self.mean.len() != n || self.std.len() != n || self.diff_std.len() != n {
+            return Err(format!(
+                "{} channels but {} means, {} std and {} diff_std",
+                n,
+                self.mean.len(),
+                self.std.len(),
+                self.diff_std.len()
+            ));
+        }
+        for (c, name) in self.channels.iter().enumerate() {
+            let scales = [self.std[c], self.diff_std[c]];
+            if !self.mean[c].is_finite() || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(format!(
+                    "channel '{name}' has mean {}, std {}, diff_std {}: scales must be positive and finite",
+                    self.mean[c], self.std[c], self.diff_std[c]
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Atomic write: temp file in the same directory, then rename.

@@ -11,11 +11,10 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -103,7 +102,7 @@ pub fn load_or_build(
     }
     // Validate before anything touches the cache directory.
     let graph = build(grid, valid, options)?;
-    match encode(&graph, &key).and_then(|bytes| write_atomically(&path, &bytes)) {
+    match encode(&graph, &key).and_then(|bytes| crate::util::write_atomic(&path, &bytes)) {
         Ok(()) => tracing::info!(
             "built graph in {:.2} s, cached at {}",
             start.elapsed().as_secs_f64(),
@@ -395,36 +394,6 @@ fn read<T: Element>(st: &SafeTensors, name: &str, dtype: Dtype) -> Result<Vec<T>
     Ok(view.data().chunks_exact(T::SIZE).map(T::read).collect())
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same directory, fsynced
-/// and renamed over `path`, so readers see the old file or the new one, never a part.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("cache path has no directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let name = path
-        .file_name()
-        .context("cache path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-        // Make the rename itself durable (directories can be fsynced on Unix).
-        #[cfg(unix)]
-        fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -460,7 +429,7 @@ mod tests {
 
     struct Capture(Arc<Mutex<Vec<u8>>>);
 
-    impl Write for Capture {
+    impl std::io::Write for Capture {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
             Ok(b.len())
@@ -605,15 +574,5 @@ mod tests {
             },
             "stored key",
         );
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_temp_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("f.bin");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 }

@@ -59,24 +59,84 @@ pub enum Record<'a> {
     },
 }
 
+/// What a resumed run keeps of `metrics.jsonl`: the rows written up to its checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum MetricsCut {
+    /// The file's length when the checkpoint was saved.
+    Bytes(u64),
+    /// Rows of steps up to this one (checkpoints written before they recorded a length).
+    ThroughStep(usize),
+}
+
 /// `metrics.jsonl` of a run directory, opened for appending (a resumed run continues it).
 pub struct MetricsLog {
     file: std::fs::File,
+    bytes: u64,
 }
 
 impl MetricsLog {
-    pub fn open(output_dir: &Path) -> anyhow::Result<MetricsLog> {
+    /// Opens the log; a resumed run first cuts it back to its checkpoint, and a last
+    /// line a killed process left half-written is dropped.
+    pub fn open(output_dir: &Path, cut: Option<MetricsCut>) -> anyhow::Result<MetricsLog> {
+        let path = output_dir.join("metrics.jsonl");
+        if path.exists() {
+            let text =
+                std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let kept = kept_rows(&text, cut);
+            if kept.len() != text.len() {
+                crate::util::write_atomic(&path, kept)?;
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(output_dir.join("metrics.jsonl"))
-            .with_context(|| format!("{}: cannot open metrics.jsonl", output_dir.display()))?;
-        Ok(MetricsLog { file })
+            .open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        let bytes = file.metadata()?.len();
+        Ok(MetricsLog { file, bytes })
     }
 
+    /// One row, with the wall-clock time it was written.
     pub fn write(&mut self, record: &Record) -> anyhow::Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(record)?)?;
+        let mut row = serde_json::to_value(record)?;
+        if let Some(fields) = row.as_object_mut() {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            fields.insert("time".into(), now.into());
+        }
+        let line = format!("{}\n", serde_json::to_string(&row)?);
+        self.file.write_all(line.as_bytes())?;
+        self.bytes += line.len() as u64;
         Ok(())
+    }
+
+    /// The file's length: what a checkpoint records as its [`MetricsCut::Bytes`].
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The prefix of `text` a resumed run keeps: complete lines only, up to the cut.
+fn kept_rows(text: &[u8], cut: Option<MetricsCut>) -> &[u8] {
+    let complete = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&text[..0], |end| &text[..=end]);
+    match cut {
+        None => complete,
+        Some(MetricsCut::Bytes(n)) => &complete[..(n as usize).min(complete.len())],
+        Some(MetricsCut::ThroughStep(last)) => {
+            let mut end = 0;
+            for line in complete.split_inclusive(|&b| b == b'\n') {
+                let step = serde_json::from_slice::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|row| row["step"].as_u64());
+                if step.is_some_and(|s| s as usize > last) {
+                    break;
+                }
+                end += line.len();
+            }
+            &complete[..end]
+        }
     }
 }
 
@@ -99,5 +159,43 @@ mod tests {
         assert_eq!(v["kind"], "skip");
         assert_eq!(v["loss_scale_to"], 4.0);
         assert!(v["loss"].is_null());
+    }
+
+    #[test]
+    fn a_resumed_log_keeps_complete_rows_up_to_its_checkpoint() {
+        let text = b"{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"ste";
+        let row = b"{\"step\":1}\n".len();
+        assert_eq!(kept_rows(text, None), &text[..3 * row]);
+        assert_eq!(
+            kept_rows(text, Some(MetricsCut::Bytes(2 * row as u64))),
+            &text[..2 * row]
+        );
+        assert_eq!(
+            kept_rows(text, Some(MetricsCut::Bytes(999))),
+            &text[..3 * row]
+        );
+        assert_eq!(
+            kept_rows(text, Some(MetricsCut::ThroughStep(2))),
+            &text[..2 * row]
+        );
+    }
+
+    #[test]
+    fn rows_carry_the_wall_clock_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path(), None).unwrap();
+        let r = Record::Skip {
+            step: 3,
+            epoch: 1,
+            reason: "x",
+            loss: 1.0,
+            loss_scale_from: 8.0,
+            loss_scale_to: 4.0,
+        };
+        log.write(&r).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(log.bytes(), text.len() as u64);
+        let row: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert!(row["time"].as_str().unwrap().ends_with('Z'), "{row}");
     }
 }

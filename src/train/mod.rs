@@ -11,6 +11,7 @@ pub mod config;
 pub mod loss_scale;
 pub mod metrics;
 pub mod optimizer;
+pub mod run_dir;
 pub mod schedule;
 pub mod session;
 pub mod step;

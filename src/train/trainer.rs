@@ -7,7 +7,7 @@
 //! run after the current step with a `last` checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,11 +16,12 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::checkpoint::{self, Checkpoint, CheckpointMeta, FORMAT_VERSION};
+use super::checkpoint::{self, Checkpoint, CheckpointInterval, CheckpointMeta, FORMAT_VERSION};
 use super::config::RunConfig;
 use super::loss_scale::{LossScaler, ScaleOutcome, MAX_CONSECUTIVE_SKIPS};
-use super::metrics::{MetricsLog, Record};
+use super::metrics::{MetricsCut, MetricsLog, Record};
 use super::optimizer::{AdamW, AdamWParams};
+use super::run_dir::RunDir;
 use super::schedule::LrSchedule;
 use super::session::{variable_weights, Session};
 use super::step::apply_gradients;
@@ -36,9 +37,12 @@ pub struct TrainOptions {
     pub overwrite: bool,
     pub graph_cache: Option<PathBuf>,
     pub device: Device,
-    /// Set by Ctrl-C: finish the current step, save `last`, stop.
-    pub stop: Arc<AtomicBool>,
+    /// Set to the signal's number by SIGINT or SIGTERM: finish the current step, save
+    /// `last`, stop.
+    pub stop: Arc<AtomicI32>,
     pub progress: bool,
+    /// Saves of `last` inside an epoch (besides each epoch's end).
+    pub checkpoint_interval: Option<CheckpointInterval>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,35 +78,6 @@ pub fn epoch_order(samples: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-fn prepare_output_dir(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<()> {
-    let run_file = opts.output_dir.join("run.json");
-    if run_file.exists() && !opts.resume && !opts.overwrite {
-        return Err(InputError::file(
-            &opts.output_dir,
-            "already holds a training run: pass --resume to continue it or --overwrite to start over",
-        )
-        .into());
-    }
-    if opts.overwrite && !opts.resume {
-        for name in ["run.json", "stats.json", "metrics.jsonl"] {
-            let _ = std::fs::remove_file(opts.output_dir.join(name));
-        }
-        let _ = std::fs::remove_dir_all(opts.output_dir.join("checkpoints"));
-    }
-    if opts.resume
-        && !checkpoint::files(&opts.output_dir.join("checkpoints"), "last")
-            .meta
-            .exists()
-    {
-        return Err(InputError::file(
-            &opts.output_dir,
-            "has no checkpoint to resume (checkpoints/last.json)",
-        )
-        .into());
-    }
-    crate::util::write_atomic(&run_file, serde_json::to_string_pretty(run)?.as_bytes())
-}
-
 /// The `last` checkpoint of `--resume`, refused when it belongs to another run or data.
 fn resume_checkpoint(
     run: &RunConfig,
@@ -114,6 +89,15 @@ fn resume_checkpoint(
     }
     let ckpt_dir = opts.output_dir.join("checkpoints");
     let ck = checkpoint::load(&ckpt_dir, "last", &opts.device)?;
+    if dataset.channel_names() != ck.meta.stats.channels {
+        return Err(InputError(format!(
+            "cannot resume from {}: it was trained on channels [{}], the data has [{}]",
+            ckpt_dir.display(),
+            ck.meta.stats.channels.join(", "),
+            dataset.channel_names().join(", ")
+        ))
+        .into());
+    }
     if let Some(why) = run.resume_mismatch(&ck.meta.run) {
         return Err(InputError(format!("cannot resume from {}: {why}", ckpt_dir.display())).into());
     }
@@ -127,6 +111,31 @@ fn resume_checkpoint(
         .into());
     }
     Ok(Some(ck))
+}
+
+/// Refuses a checkpoint whose position lies outside the run (an edited sidecar).
+fn check_position(
+    meta: &CheckpointMeta,
+    micro_per_epoch: usize,
+    output_dir: &Path,
+) -> anyhow::Result<()> {
+    if meta.batch_in_epoch >= micro_per_epoch.max(1) {
+        return Err(InputError(format!(
+            "cannot resume from {}: the checkpoint is at batch {} of an epoch of {micro_per_epoch} (damaged or edited checkpoint)",
+            checkpoint::sidecar(&output_dir.join("checkpoints"), "last").display(),
+            meta.batch_in_epoch
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// How much of `metrics.jsonl` a resumed run keeps: what was written up to its checkpoint.
+fn metrics_cut(resumed: Option<&Checkpoint>) -> Option<MetricsCut> {
+    resumed.map(|ck| match ck.meta.metrics_bytes {
+        Some(bytes) => MetricsCut::Bytes(bytes),
+        None => MetricsCut::ThroughStep(ck.meta.step),
+    })
 }
 
 /// Trains `run` and returns the summary. The caller has validated nothing; this does.
@@ -204,6 +213,10 @@ struct Trainer<'a> {
     /// Live bytes before graph and model existed: the memory breakdown's baseline.
     baseline: Option<u64>,
     started: Instant,
+    /// When `last` was last saved (for a time-based --checkpoint-interval).
+    last_save: Instant,
+    /// Held for the run's lifetime: no second process writes into this directory.
+    _run_dir: RunDir,
 }
 
 impl<'a> Trainer<'a> {
@@ -211,16 +224,19 @@ impl<'a> Trainer<'a> {
     /// optimizer, and restores a resumed run's state.
     fn new(run: &'a RunConfig, opts: &'a TrainOptions) -> anyhow::Result<Trainer<'a>> {
         run.train.validate()?;
+        let run_dir = RunDir::lock(&opts.output_dir)?;
+        run_dir.check_start(opts.resume, opts.overwrite)?;
         let dataset = Arc::new(Dataset::open(&run.data)?);
         tracing::info!("data: {}", dataset.summary_line());
         // A window the data cannot hold is refused before anything is written.
         crate::data::Splits::new(dataset.time.len(), run.split, run.window)
             .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let resumed = resume_checkpoint(run, opts, &dataset)?;
-        prepare_output_dir(run, opts)?;
         let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
         let cache = opts.graph_cache.as_deref();
         let session = Session::new(run, run.execution(), dataset.clone(), cache, &opts.device)?;
+        // Everything that can refuse the run has run: only now may an old run go.
+        run_dir.start(run, opts.overwrite && !opts.resume)?;
         let stats = Arc::new(match &resumed {
             Some(ck) => ck.meta.stats.clone(),
             None => NormStats::load_or_compute(
@@ -238,6 +254,9 @@ impl<'a> Trainer<'a> {
             .into());
         }
         let micro_per_epoch = train_samples.len().div_ceil(run.train.batch_size);
+        if let Some(ck) = &resumed {
+            check_position(&ck.meta, micro_per_epoch, &opts.output_dir)?;
+        }
         let adamw = AdamWParams {
             weight_decay: run.train.weight_decay,
             ..Default::default()
@@ -258,13 +277,15 @@ impl<'a> Trainer<'a> {
                     run.train.loss_scale_growth_interval,
                 )
             }),
-            metrics: MetricsLog::open(&opts.output_dir)?,
+            metrics: MetricsLog::open(&opts.output_dir, metrics_cut(resumed.as_ref()))?,
             prefetch: match run.train.use_prefetch {
                 true => Prefetch::Buffer(run.train.prefetch_buffer_size),
                 false => Prefetch::Off,
             },
             progress: Progress::default(),
             started: Instant::now(),
+            last_save: Instant::now(),
+            _run_dir: run_dir,
             session,
             stats,
             train_samples,
@@ -322,8 +343,8 @@ impl<'a> Trainer<'a> {
                 .train
                 .max_steps
                 .is_some_and(|m| self.optimizer.step_t >= m);
-            if self.opts.stop.load(Ordering::Relaxed) || hit_max {
-                self.progress.interrupted = self.opts.stop.load(Ordering::Relaxed);
+            if self.signalled() || hit_max {
+                self.progress.interrupted = self.signalled();
                 break;
             }
         }
@@ -369,6 +390,9 @@ impl<'a> Trainer<'a> {
                         bar.finish_and_clear();
                         self.stop_mid_epoch(micro, loss.mean())?;
                         return Ok(EpochEnd::Stopped);
+                    }
+                    if !end_of_epoch && self.interval_save_due() {
+                        self.save(&["last"], micro, Some(loss.mean()), self.progress.last_val)?;
                     }
                 }
             }
@@ -488,14 +512,26 @@ impl<'a> Trainer<'a> {
             .train
             .max_steps
             .is_some_and(|m| self.optimizer.step_t >= m);
-        hit_max || self.opts.stop.load(Ordering::Relaxed)
+        hit_max || self.signalled()
+    }
+
+    /// --checkpoint-interval says `last` is due.
+    fn interval_save_due(&self) -> bool {
+        self.opts
+            .checkpoint_interval
+            .is_some_and(|i| i.due(self.optimizer.step_t, self.last_save.elapsed()))
+    }
+
+    /// SIGINT or SIGTERM arrived.
+    fn signalled(&self) -> bool {
+        self.opts.stop.load(Ordering::Relaxed) != 0
     }
 
     /// Saves `last` inside the epoch (at micro-batch `micro`) and ends the run.
     fn stop_mid_epoch(&mut self, micro: usize, train_loss: f64) -> anyhow::Result<()> {
         let meta = self.save(&["last"], micro, Some(train_loss), self.progress.last_val)?;
         self.progress.last_train = meta.train_loss;
-        let stop_now = self.opts.stop.load(Ordering::Relaxed);
+        let stop_now = self.signalled();
         self.progress.interrupted = stop_now;
         let step = self.optimizer.step_t;
         if stop_now {
@@ -513,7 +549,8 @@ impl<'a> Trainer<'a> {
         let validation = validate(&self.session, &self.validation_set())?;
         let val_loss = validation.as_ref().map(|v| v.loss);
         let p = &mut self.progress;
-        let improved = match (val_loss, p.best_val) {
+        // A missing or non-finite validation loss never makes a checkpoint the best.
+        let improved = match (val_loss.filter(|v| v.is_finite()), p.best_val) {
             (Some(v), Some(b)) => v < b,
             (Some(_), None) => true,
             (None, _) => false,
@@ -528,8 +565,8 @@ impl<'a> Trainer<'a> {
         } else {
             &["last"]
         };
-        self.save(names, 0, Some(train_loss), val_loss)?;
         let seconds = epoch_started.elapsed().as_secs_f64();
+        // The record first, so that the checkpoint's metrics length includes it.
         self.metrics.write(&Record::Epoch {
             epoch: self.progress.epoch,
             step: self.optimizer.step_t,
@@ -542,6 +579,7 @@ impl<'a> Trainer<'a> {
             val_rmse: validation.as_ref().map(|v| &v.rmse),
             persistence_rmse: validation.as_ref().map(|v| &v.persistence_rmse),
         })?;
+        self.save(names, 0, Some(train_loss), val_loss)?;
         self.log_epoch(train_loss, val_loss, validation.as_ref(), seconds);
         (self.progress.last_train, self.progress.last_val) = (Some(train_loss), val_loss);
         Ok(())
@@ -594,7 +632,7 @@ impl<'a> Trainer<'a> {
     /// Writes checkpoints `names` at the current step, micro-batch `batch_in_epoch` of
     /// the epoch in progress.
     fn save(
-        &self,
+        &mut self,
         names: &[&str],
         batch_in_epoch: usize,
         train_loss: Option<f64>,
@@ -619,11 +657,15 @@ impl<'a> Trainer<'a> {
             loss_scaler: self.scaler,
             weights_sha256: String::new(),
             optimizer_sha256: String::new(),
+            weights_file: None,
+            optimizer_file: None,
+            metrics_bytes: Some(self.metrics.bytes()),
         };
         let dir = self.opts.output_dir.join("checkpoints");
         for name in names {
             checkpoint::save(&dir, name, &self.optimizer, &mut meta)?;
         }
+        self.last_save = Instant::now();
         Ok(meta)
     }
 
@@ -723,5 +765,5 @@ fn progress_bar(
 
 /// Path of the `best` checkpoint's sidecar in an output directory (for messages).
 pub fn best_checkpoint(output_dir: &Path) -> PathBuf {
-    checkpoint::files(&output_dir.join("checkpoints"), "best").meta
+    checkpoint::sidecar(&output_dir.join("checkpoints"), "best")
 }

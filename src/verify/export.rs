@@ -335,7 +335,7 @@ fn export_checkpoint(
     let var_w = variable_weights(&run, &ck.meta.stats);
     let (x, target, _) = session.tensors(&batch, &lat_w, &var_w)?;
 
-    let f = checkpoint::files(&dir, &name);
+    let f = ck.files.clone();
     let batch_meta = BatchMeta {
         split: split_name(src.split).into(),
         t0: batch.t0.clone(),

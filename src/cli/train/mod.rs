@@ -9,7 +9,7 @@ mod budget;
 mod settings;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
@@ -60,7 +60,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Read batches ahead in a background thread (default).
-    #[arg(long, overrides_with = "no_prefetch")]
+    #[arg(long, conflicts_with = "no_prefetch")]
     pub use_prefetch: bool,
     /// Read batches in line with the computation.
     #[arg(long)]
@@ -116,6 +116,10 @@ pub struct TrainArgs {
     /// CUDA kernels; the default) or `index-add` (candle's index_select/index_add).
     #[arg(long, value_parser = choice::<crate::model::Aggregation>())]
     pub aggregation: Option<crate::model::Aggregation>,
+    /// Save checkpoints/last every N optimizer steps (`500`) or every so often (`30m`,
+    /// `2h`, `90s`), besides the end of every epoch; a killed run loses at most this much.
+    #[arg(long, value_parser = crate::train::checkpoint::CheckpointInterval::parse)]
+    pub checkpoint_interval: Option<crate::train::checkpoint::CheckpointInterval>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -133,26 +137,54 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         overwrite: args.overwrite,
         graph_cache: args.graph.cache_dir(),
         device,
-        stop: stop_on_ctrl_c(),
+        stop: stop_on_signals()?,
         progress: !args.no_progress,
+        checkpoint_interval: args.checkpoint_interval,
     };
     let summary = train(&run, &opts)?;
     print_summary(&summary, &output_dir);
-    Ok(())
+    match opts.stop.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        signal => Err(crate::error::Interrupted {
+            signal,
+            message: format!(
+                "stopped by {} after saving checkpoints/last at step {}: continue with --resume",
+                signal_name(signal),
+                summary.steps
+            ),
+        }
+        .into()),
+    }
 }
 
-/// The flag the trainer checks after every step: the first Ctrl-C sets it (finish the
-/// step, save `last`), a second ends the process at once.
-fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
+/// The signal the trainer checks after every step (0 while none came): the first
+/// SIGINT (Ctrl-C) or SIGTERM (what Slurm sends before it kills a job) asks it to
+/// finish the step and save `last`; a second one ends the process at once.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicI32>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicI32::new(0));
     let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if flag.swap(signal, Ordering::SeqCst) != 0 {
+                std::process::exit(128 + signal);
+            }
+            eprintln!(
+                "\n{}: stopping after this step ({} again to quit now)",
+                signal_name(signal),
+                signal_name(signal)
+            );
         }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
     });
-    stop
+    Ok(stop)
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        _ => "SIGINT",
+    }
 }
 
 /// The one line a finished run prints.
