@@ -164,7 +164,7 @@ fn layout(grid: &Grid, n: usize) -> (usize, usize) {
     };
     (1..=n)
         .rev()
-        .filter(|r| n % r == 0 && *r <= grid.nlat() && n / r <= grid.nlon())
+        .filter(|r| n.is_multiple_of(*r) && *r <= grid.nlat() && n / r <= grid.nlon())
         .min_by(|&a, &b| badness(a).total_cmp(&badness(b)))
         .map(|r| (r, n / r))
         .unwrap_or((n, 1))

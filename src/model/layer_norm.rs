@@ -204,8 +204,11 @@ impl CustomOp3 for ResidualLayerNormOp {
         let residual_values = residual_layout.shape().elem_count();
         if affine_layout.shape().dims() != [2, cols]
             || residual_values == 0
-            || x_layout.shape().elem_count() % residual_values != 0
-            || residual_values % cols.max(1) != 0
+            || !x_layout
+                .shape()
+                .elem_count()
+                .is_multiple_of(residual_values)
+            || !residual_values.is_multiple_of(cols.max(1))
         {
             bail!(
                 "residual layer norm: input {:?}, residual {:?}, affine {:?}",

@@ -427,7 +427,7 @@ impl CheckpointInterval {
     /// Whether a save is due after `step`, `since` the last save.
     pub fn due(&self, step: usize, since: std::time::Duration) -> bool {
         match *self {
-            Self::Steps(n) => step % n == 0,
+            Self::Steps(n) => step.is_multiple_of(n),
             Self::Every(every) => since >= every,
         }
     }
