@@ -27,32 +27,21 @@ pub fn open_file(path: &Path) -> Result<netcdf::File> {
         InputError::file(path, problem)
     })?;
     if format.is_some_and(|f| !f.starts_with("netCDF-4")) {
-        check_netcdf3_length(&file, path)?;
+        check_netcdf3_length(path)?;
     }
     Ok(file)
 }
 
-/// libnetcdf opens a truncated netCDF-3 file and reads zeros past its end; refuse a
-/// file shorter than the data its header declares (a lower bound: header not counted).
-fn check_netcdf3_length(file: &netcdf::File, path: &Path) -> Result<()> {
+/// libnetcdf opens a truncated classic file and reads zeros past its end; refuse a
+/// file shorter than its header and the data it declares.
+fn check_netcdf3_length(path: &Path) -> Result<()> {
     let actual = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let (mut fixed, mut per_record, mut records) = (0u64, 0u64, 0u64);
-    for v in file.variables() {
-        let dims = v.dimensions();
-        let size = v.vartype().size() as u64;
-        match dims.first() {
-            Some(d) if d.is_unlimited() => {
-                records = d.len() as u64;
-                per_record += size * dims[1..].iter().map(|d| d.len() as u64).product::<u64>();
-            }
-            _ => fixed += size * dims.iter().map(|d| d.len() as u64).product::<u64>(),
-        }
-    }
-    let needed = fixed + per_record * records;
+    let needed = super::classic_header::required_length(path)
+        .map_err(|e| InputError::file(path, format!("truncated or corrupt NetCDF header: {e}")))?;
     if actual < needed {
         return Err(InputError::file(
             path,
-            format!("truncated NetCDF file: {actual} bytes, but its header declares at least {needed} bytes of data"),
+            format!("truncated NetCDF file: {actual} bytes, but its header and data need {needed}"),
         ));
     }
     Ok(())

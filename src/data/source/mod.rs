@@ -21,6 +21,7 @@ use crate::error::InputError;
 mod attributes;
 mod axes;
 mod cf;
+mod classic_header;
 mod describe;
 mod format;
 mod hdf5;
