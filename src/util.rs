@@ -28,6 +28,28 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && name.contains(".tmp-")
 }
 
+/// Refuses an output path whose directory does not exist (or is not a directory), before
+/// any work: the error names it, rather than a temporary file's "permission denied".
+pub fn check_output_path(path: &Path) -> Result<(), crate::error::InputError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(crate::error::InputError::file(
+            path,
+            format!(
+                "cannot write here: the directory {} does not exist",
+                dir.display()
+            ),
+        ));
+    }
+    if path.is_dir() {
+        return Err(crate::error::InputError::file(path, "is a directory"));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to a temporary file, syncs it, renames it over `path` and syncs the
 /// directory: a reader sees the old file or the new one, never half of one, and after
 /// a power cut the new one is there once this returns. On failure the temporary file
@@ -53,6 +75,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     result
         .map_err(|e| write_error(path, e))
         .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Writes `bytes` as a new file: `path`, or `stem-2.ext`, `stem-3.ext`... when that
+/// exists (another run's report of the same second). Never replaces a file: the
+/// complete temporary file is hard-linked to a name that must not exist yet.
+pub fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let tmp = temp_path(path);
+    write_atomic(&tmp, bytes)?;
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()));
+    let result = (1..10_000)
+        .map(|n| match n {
+            1 => path.to_path_buf(),
+            n => path.with_file_name(format!("{stem}-{n}{}", ext.as_deref().unwrap_or(""))),
+        })
+        .find_map(|candidate| match std::fs::hard_link(&tmp, &candidate) {
+            Ok(()) => Some(Ok(candidate)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+            Err(e) => Some(Err(e)),
+        })
+        .unwrap_or_else(|| Err(std::io::ErrorKind::AlreadyExists.into()));
+    let _ = std::fs::remove_file(&tmp);
+    result.with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// Makes renames and removals in `dir` durable (directories can be fsynced on Unix).

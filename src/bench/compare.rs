@@ -88,6 +88,13 @@ pub fn compare(
         .filter(|cb| !a.cases.iter().any(|ca| ca.config == cb.config))
         .map(|c| c.config.short())
         .collect();
+    if cases.is_empty() {
+        crate::bail_input!(
+            "no case of {} has the configuration of a case of {}: nothing to compare",
+            names.0.display(),
+            names.1.display()
+        );
+    }
     let count = |s: Status| cases.iter().filter(|c| c.status == s).count();
     Ok(Comparison {
         a: names.0.display().to_string(),
@@ -122,6 +129,9 @@ fn check_comparable(
             b.kind
         );
     }
+    for (report, name) in [(a, names.0), (b, names.1)] {
+        check_timings(report, name)?;
+    }
     let (ma, mb) = (a.machine.identity(), b.machine.identity());
     if ma != mb && !allow_different_machine {
         return Err(InputError(format!(
@@ -131,6 +141,23 @@ fn check_comparable(
             names.1.display()
         ))
         .into());
+    }
+    Ok(())
+}
+
+/// Refuses step times no measurement gives: zero, negative, not finite, or a median
+/// outside its min..max (an edited or damaged report).
+fn check_timings(report: &Report, name: &Path) -> anyhow::Result<()> {
+    for case in &report.cases {
+        let Some(t) = triple(case) else { continue };
+        let [median, min, max] = t;
+        if !(t.iter().all(|x| x.is_finite() && *x > 0.0) && min <= median && median <= max) {
+            crate::bail_input!(
+                "{}: case {} has step times median {median}, min {min}, max {max}: not a measurement",
+                name.display(),
+                case.config.short()
+            );
+        }
     }
     Ok(())
 }
@@ -152,6 +179,20 @@ fn compare_case(ca: &CaseResult, cb: &CaseResult, threshold: f64) -> CaseCompari
             let (status, note) = classify(r, ta, tb, memory_ratio, threshold);
             (Some(r), Some(thr), status, note)
         }
+        // B lost what A had: it failed, or failed its verification.
+        (Some(_), None, _, _) => (
+            None,
+            None,
+            Status::Regression,
+            format!(
+                "B has no timings: {}",
+                cb.error.as_deref().unwrap_or(if cb.verified() {
+                    "no measurement"
+                } else {
+                    "it failed verification"
+                })
+            ),
+        ),
         _ => (
             None,
             None,
@@ -306,14 +347,47 @@ mod tests {
     }
 
     #[test]
-    fn lists_missing_cases_and_refuses_other_machines() {
+    fn a_case_that_lost_its_timings_is_a_regression() {
         let a = sample_report(0.1);
         let mut b = sample_report(0.1);
-        b.cases[0].config.batch_size = 8;
+        b.cases[0].timings = None;
+        b.cases[0].error = Some("verification failed".into());
         let c = cmp(&a, &b);
-        assert!(c.cases.is_empty());
-        assert_eq!(c.only_in_a, vec!["global-5 b2 csr-shared"]);
+        assert_eq!(c.cases[0].status, Status::Regression);
+        assert_eq!(c.regressions, 1);
+    }
+
+    #[test]
+    fn step_times_no_measurement_gives_are_refused() {
+        let a = sample_report(0.1);
+        for bad in [0.0, -0.1, f64::NAN] {
+            let mut b = sample_report(0.1);
+            b.cases[0].timings.as_mut().unwrap().step.median_s = bad;
+            let err = compare(&a, &b, (Path::new("a"), Path::new("b")), 0.05, false).unwrap_err();
+            assert!(crate::error::is_input_error(&err), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn lists_missing_cases_and_refuses_other_machines() {
+        let (mut a, mut b) = (sample_report(0.1), sample_report(0.1));
+        let with_batch = |r: &Report, n| {
+            let mut case = r.cases[0].clone();
+            case.config.batch_size = n;
+            case
+        };
+        a.cases.push(with_batch(&a, 4));
+        b.cases.push(with_batch(&b, 8));
+        let c = cmp(&a, &b);
+        assert_eq!(c.cases.len(), 1);
+        assert_eq!(c.only_in_a, vec!["global-5 b4 csr-shared"]);
         assert_eq!(c.only_in_b, vec!["global-5 b8 csr-shared"]);
+        // No aligned case at all: nothing was compared, which is not a pass.
+        b.cases.remove(0);
+        a.cases.remove(0);
+        let err = compare(&a, &b, (Path::new("a"), Path::new("b")), 0.05, false).unwrap_err();
+        assert!(crate::error::is_input_error(&err), "{err}");
+        let a = sample_report(0.1);
         let mut other = sample_report(0.1);
         other.machine.cpu.logical_cores = 64;
         let err = compare(&a, &other, (Path::new("a"), Path::new("b")), 0.05, false).unwrap_err();

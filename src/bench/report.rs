@@ -303,6 +303,12 @@ impl Report {
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         crate::util::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
+
+    /// Writes the report under `path`, or a numbered variant of it when another report
+    /// has that name: a report is never overwritten. Returns where it went.
+    pub fn save_new(&self, path: &Path) -> anyhow::Result<std::path::PathBuf> {
+        crate::util::write_new(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
 }
 
 #[cfg(test)]

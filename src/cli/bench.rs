@@ -100,8 +100,7 @@ pub fn run_graph_format(
     }
     let command: Vec<String> = std::env::args().collect();
     let report = graph_format::run(&plan, &device, command, !args.no_progress)?;
-    let path = graph_format::report_path(&args.output_dir, &report);
-    report.save(&path)?;
+    let path = report.save_new(&graph_format::report_path(&args.output_dir, &report))?;
     print!("{}", graph_format::summary_table(&report));
     print!("{}", graph_format::patch_boundary_table(&report));
     println!("report: {}", path.display());

@@ -38,6 +38,11 @@ pub(super) fn grid_of(
             if !(deg > 0.0 && deg <= 30.0) {
                 crate::bail_input!("--global-grid {deg}: spacing must be in (0, 30] degrees");
             }
+            crate::data::grid::check_grid_size(
+                (180.0 / deg).round() as usize,
+                (360.0 / deg).round() as usize,
+            )
+            .map_err(|e| crate::error::InputError(format!("--global-grid {deg}: {}", e.0)))?;
             let grid = Grid::global_cell_centred(deg);
             let valid = vec![true; grid.len()];
             Ok((grid, valid, None))

@@ -70,6 +70,9 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
     if args.rollout_steps == 0 || args.batch_size == 0 {
         crate::bail_input!("--rollout-steps and --batch-size must be at least 1");
     }
+    if let Some(path) = &args.output {
+        crate::util::check_output_path(path)?;
+    }
     let loaded = args.checkpoint.load(&device)?;
     let report = evaluate(&loaded, args.rollout_steps, args.batch_size)?;
     if let Some(path) = &args.output {
@@ -103,6 +106,7 @@ pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::
     if args.steps == 0 {
         crate::bail_input!("--steps must be at least 1");
     }
+    crate::util::check_output_path(&args.output)?;
     let loaded = args.checkpoint.load(&device)?;
     let init = find_time(&loaded.session.dataset, &args.init_time)?;
     let path = forecast(&loaded, init, args.steps, &args.output)?;

@@ -46,6 +46,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    crate::util::check_output_path(&args.output)?;
     let opts = GenerateOptions {
         resolution: args.resolution,
         region: args.region,

@@ -88,6 +88,9 @@ pub enum Command {
 /// (2 for bad input, 1 for anything else) with one line on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::TrainModel(_)) {
+        quiet_on_closed_pipe();
+    }
     // Before any other thread exists: only a run under a memory budget gives freed
     // pages back, so that its resident size stays near the budgeted peak.
     crate::memory::set_freed_pages(match &cli.command {
@@ -112,6 +115,17 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// `meshcast describe-graph --json | head -1`: a reader that stops early ends the
+/// process quietly, as it ends `cat` (Rust ignores SIGPIPE, so printing would panic).
+/// Not for training: a closed pipe must not cost a run its last checkpoint.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -81,6 +81,24 @@ impl Dataset {
                 &opts,
             )?);
         }
+        if let Some(levels) = &spec.levels {
+            if sources.iter().all(|s| s.levels.len() <= 1) {
+                crate::bail_input!(
+                    "--levels {}: no variable of {} has several vertical levels to choose from",
+                    levels
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    spec.files
+                        .iter()
+                        .chain(spec.vars.iter().map(|v| &v.path))
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
         let notes: std::collections::BTreeSet<&str> = sources
             .iter()
             .filter_map(|s| s.time_note.as_deref())
@@ -205,6 +223,8 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
     let first = sources
         .first()
         .ok_or_else(|| InputError("no variables found".into()))?;
+    super::grid::check_grid_size(first.lat.values.len(), first.lon.values.len())
+        .map_err(|e| InputError::file(&first.path, e.0))?;
     let grid = Grid {
         lat: first.lat.values.clone(),
         lon: first.lon.values.clone(),

@@ -288,6 +288,11 @@ fn validate(opts: &GenerateOptions) -> anyhow::Result<()> {
 /// interrupted run leaves no half-written file). Returns the number of bytes written.
 pub fn generate(path: &Path, opts: &GenerateOptions, history: &str) -> anyhow::Result<u64> {
     validate(opts)?;
+    super::grid::check_grid_size(
+        (180.0 / opts.resolution) as usize + 1,
+        (360.0 / opts.resolution) as usize + 1,
+    )
+    .map_err(|e| InputError(format!("--resolution {}: {}", opts.resolution, e.0)))?;
     let cal = Calendar::ProlepticGregorian;
     let start =
         DateTime::parse(&opts.start, cal).map_err(|e| InputError(format!("--start: {e}")))?;

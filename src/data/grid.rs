@@ -74,6 +74,20 @@ impl Region {
     }
 }
 
+/// The most cells a grid may have (67 M: a 0.05-degree global grid has 26 M). Beyond
+/// it one field alone outgrows any machine; refusing early beats an allocation abort.
+pub const MAX_GRID_CELLS: usize = 1 << 26;
+
+/// Refuses a grid of `nlat` x `nlon` cells above [`MAX_GRID_CELLS`].
+pub fn check_grid_size(nlat: usize, nlon: usize) -> Result<(), crate::error::InputError> {
+    match nlat.checked_mul(nlon) {
+        Some(cells) if cells <= MAX_GRID_CELLS => Ok(()),
+        _ => Err(crate::error::InputError(format!(
+            "a grid of {nlat} x {nlon} cells is more than meshcast handles ({MAX_GRID_CELLS} cells)"
+        ))),
+    }
+}
+
 impl Grid {
     /// A regular global grid of `deg` spacing, cell centres from -90 to 90 inclusive
     /// (ERA5/WeatherBench style: 1 deg gives 181 x 360; the 64,800-node "1 degree"

@@ -26,10 +26,30 @@ impl Default for WindowSpec {
     }
 }
 
+/// The most input or lead steps a window may have: far beyond any model of the field
+/// (GraphCast: 2 inputs, 1 lead), and small enough that no size computed from them
+/// can overflow.
+pub const MAX_WINDOW_STEPS: usize = 10_000;
+
 impl WindowSpec {
     /// Time steps one sample spans.
     pub fn span(&self) -> usize {
         self.input_steps + self.lead_steps
+    }
+
+    /// Refuses windows no data can hold: 0 steps, or more than [`MAX_WINDOW_STEPS`].
+    pub fn validate(&self) -> Result<(), InputError> {
+        for (flag, n) in [
+            ("--input-steps", self.input_steps),
+            ("--lead-steps", self.lead_steps),
+        ] {
+            if !(1..=MAX_WINDOW_STEPS).contains(&n) {
+                return Err(InputError(format!(
+                    "{flag} {n}: must be between 1 and {MAX_WINDOW_STEPS}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -74,11 +94,7 @@ impl Splits {
         fractions: SplitFractions,
         window: WindowSpec,
     ) -> Result<Splits, InputError> {
-        if window.input_steps == 0 || window.lead_steps == 0 {
-            return Err(InputError(
-                "--input-steps and --lead-steps must be at least 1".into(),
-            ));
-        }
+        window.validate()?;
         let f = fractions;
         if !(f.train > 0.0 && f.validation >= 0.0 && f.train + f.validation <= 1.0) {
             return Err(InputError(format!(

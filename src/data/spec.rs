@@ -17,6 +17,16 @@ pub struct VarPick {
     pub alias: Option<String>,
 }
 
+/// A name every NetCDF format accepts (the classic rules): forecasts are written
+/// under these names, so a bad one must be refused before training, not after.
+fn is_netcdf_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.+-@".contains(c))
+}
+
 impl FromStr for VarPick {
     type Err = String;
 
@@ -29,6 +39,11 @@ impl FromStr for VarPick {
         };
         if path.is_empty() || name.is_empty() || alias.as_deref() == Some("") {
             return Err(usage());
+        }
+        if let Some(bad) = alias.as_deref().filter(|a| !is_netcdf_name(a)) {
+            return Err(format!(
+                "--var '{s}': alias '{bad}' is not a NetCDF variable name (a letter or _, then letters, digits, _ . + - @)"
+            ));
         }
         Ok(VarPick {
             path: PathBuf::from(path),

@@ -46,6 +46,8 @@ pub fn load(
     let (dir, name) = checkpoint::locate(path, name)?;
     let ck = checkpoint::load(&dir, &name, device)?;
     let mut run = ck.meta.run.clone();
+    run.validate()
+        .map_err(|e| InputError::file(&dir, format!("damaged checkpoint: {e}")))?;
     if let Some(d) = data {
         run.data = d;
     }

@@ -112,7 +112,35 @@ impl Default for ModelConfig {
     }
 }
 
+/// Upper bounds on a model's shape: far beyond the field's models (GraphCast: latent
+/// 512, 16 layers, 1 hidden layer), low enough that sizes computed from them never
+/// overflow and an absurd value is refused before anything is allocated.
+pub const MAX_LATENT_SIZE: usize = 16_384;
+pub const MAX_GNN_LAYERS: usize = 1_024;
+pub const MAX_MLP_HIDDEN_LAYERS: usize = 64;
+
 impl ModelConfig {
+    /// Refuses a shape outside 1..=the bounds above (0 processor layers is allowed).
+    pub fn validate(&self) -> std::result::Result<(), crate::error::InputError> {
+        for (flag, value, min, max) in [
+            ("--latent-size", self.latent_size, 1, MAX_LATENT_SIZE),
+            ("--num-gnn-layers", self.num_gnn_layers, 0, MAX_GNN_LAYERS),
+            (
+                "--mlp-hidden-layers",
+                self.mlp_hidden_layers,
+                0,
+                MAX_MLP_HIDDEN_LAYERS,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(crate::error::InputError(format!(
+                    "{flag} {value}: must be between {min} and {max}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// This architecture for data of `input_steps` states of `channels` variables: per
     /// grid node the normalised values and their validity flags in (see
     /// `predict::inputs`), one normalised residual per channel out.

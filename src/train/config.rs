@@ -79,6 +79,14 @@ impl TrainConfig {
     /// Refuses settings that make no sense, before any work.
     pub fn validate(&self) -> Result<(), InputError> {
         let bad = |m: String| Err(InputError(m));
+        let steps = [
+            ("--batch-size", self.batch_size),
+            ("--grad-accum-steps", self.grad_accum_steps),
+            ("--checkpoint-every", self.checkpoint_every),
+        ];
+        if let Some((flag, n)) = steps.iter().find(|(_, n)| *n > MAX_COUNT) {
+            return bad(format!("{flag} {n}: must be at most {MAX_COUNT}"));
+        }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return bad(format!(
                 "--learning-rate {} must be > 0",
@@ -94,11 +102,17 @@ impl TrainConfig {
         if self.grad_accum_steps == 0 {
             return bad("--grad-accum-steps must be at least 1".into());
         }
-        if self.prefetch_buffer_size == 0 {
-            return bad("--prefetch-buffer-size must be at least 1 (or use --no-prefetch)".into());
+        if !(1..=MAX_PREFETCH_BATCHES).contains(&self.prefetch_buffer_size) {
+            return bad(format!(
+                "--prefetch-buffer-size {}: must be between 1 and {MAX_PREFETCH_BATCHES} (or use --no-prefetch)",
+                self.prefetch_buffer_size
+            ));
         }
-        if self.patches == 0 || self.patch_halo.is_nan() || self.patch_halo < 0.0 {
-            return bad("--patches must be at least 1 and --patch-halo >= 0".into());
+        let patches_ok = (1..=MAX_PATCHES).contains(&self.patches);
+        if !(patches_ok && self.patch_halo.is_finite() && self.patch_halo >= 0.0) {
+            return bad(format!(
+                "--patches must be between 1 and {MAX_PATCHES} and --patch-halo a number >= 0"
+            ));
         }
         if self.checkpoint_every == 0 {
             return bad("--checkpoint-every must be at least 1".into());
@@ -114,7 +128,8 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return bad("--max-steps must be at least 1".into());
         }
-        if self.grad_clip < 0.0 || !(0.0..=1.0).contains(&self.final_lr_fraction) {
+        let clip_ok = self.grad_clip >= 0.0 && self.grad_clip.is_finite();
+        if !(clip_ok && (0.0..=1.0).contains(&self.final_lr_fraction)) {
             return bad(
                 "--grad-clip must be >= 0 and the final learning-rate fraction in [0, 1]".into(),
             );
@@ -132,6 +147,13 @@ impl TrainConfig {
     }
 }
 
+/// Batches a prefetch thread may keep ready: more only costs memory.
+pub const MAX_PREFETCH_BATCHES: usize = 1_024;
+/// Patches of one grid: beyond this a patch holds a handful of cells.
+pub const MAX_PATCHES: usize = 4_096;
+/// Any other count of a run (batch size, accumulation, checkpoint segment).
+pub const MAX_COUNT: usize = 1 << 20;
+
 /// Everything that defines a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +167,13 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Refuses what cannot be run, before anything is read, built or written.
+    pub fn validate(&self) -> Result<(), InputError> {
+        self.window.validate()?;
+        self.model.validate()?;
+        self.train.validate()
+    }
+
     /// The run's memory techniques, read from its `[train]` settings in one place.
     pub fn execution(&self) -> Execution {
         let t = &self.train;

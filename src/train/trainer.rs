@@ -223,7 +223,7 @@ impl<'a> Trainer<'a> {
     /// Validates the run, prepares the output directory, builds the session and the
     /// optimizer, and restores a resumed run's state.
     fn new(run: &'a RunConfig, opts: &'a TrainOptions) -> anyhow::Result<Trainer<'a>> {
-        run.train.validate()?;
+        run.validate()?;
         let run_dir = RunDir::lock(&opts.output_dir)?;
         run_dir.check_start(opts.resume, opts.overwrite)?;
         let dataset = Arc::new(Dataset::open(&run.data)?);

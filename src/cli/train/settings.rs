@@ -100,6 +100,7 @@ pub(super) fn run_from_flags(
         }
     }
     let window = args.window.spec(tables.window.unwrap_or_default());
+    window.validate()?;
     let split = args.window.fractions(tables.split.unwrap_or_default());
     let mut train_cfg = train_settings(args, tables.train.unwrap_or_default())?;
     // The data decide the grid (mesh level default) and the channels (model inputs/outputs).
@@ -109,6 +110,7 @@ pub(super) fn run_from_flags(
         .options_over(tables.graph.unwrap_or_default(), &dataset.grid);
     let model = model_settings(args, tables.model.unwrap_or_default())
         .for_data(window.input_steps, dataset.num_channels());
+    model.validate()?;
     if let Some(budget) = args.memory_budget {
         fit_budget(
             budget,

@@ -20,12 +20,6 @@ struct Header<R> {
 }
 
 impl<R: Read> Header<R> {
-    fn bytes(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0; n];
-        self.input.read_exact(&mut buf)?;
-        Ok(buf)
-    }
-
     fn u32(&mut self) -> std::io::Result<u32> {
         let mut b = [0; 4];
         self.input.read_exact(&mut b)?;

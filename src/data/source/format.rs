@@ -16,6 +16,13 @@ pub fn open_file(path: &Path) -> Result<netcdf::File> {
     if path.is_dir() {
         return Err(InputError::file(path, "is a directory, not a NetCDF file"));
     }
+    // A FIFO or a device would block or never end.
+    if !path.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(InputError::file(
+            path,
+            "not a regular file (a pipe, socket or device): meshcast reads NetCDF files",
+        ));
+    }
     let format = sniff_format(path);
     let file = netcdf::open(path).map_err(|e| {
         let problem = match format {
