@@ -210,11 +210,20 @@ pub struct CaseResult {
     pub inference_peak: Option<u64>,
     /// Why the case has no timings, if it failed.
     pub error: Option<String>,
+    /// Why the case was not run: its predicted peak exceeds the device's free memory
+    /// (a case the kernel would kill would lose the whole benchmark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl CaseResult {
     pub fn verified(&self) -> bool {
         self.verification.as_ref().is_some_and(|v| v.verified)
+    }
+
+    /// Ran, and failed its verification or errored.
+    pub fn failed(&self) -> bool {
+        self.skipped.is_none() && (!self.verified() || self.error.is_some())
     }
 }
 
@@ -419,6 +428,7 @@ pub mod tests {
                 predicted_peak: None,
                 inference_peak: None,
                 error: None,
+                skipped: None,
             }],
             patch_boundary: Vec::new(),
         }

@@ -58,9 +58,20 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
     let (grid, valid, data_channels) =
         super::describe_graph::grid_of(&args.data, args.global_grid)?;
     let channels = data_channels.unwrap_or(args.channels);
-    if args.batch_size == 0 || args.latent_size == 0 || args.patches == 0 {
-        crate::bail_input!("--batch-size, --latent-size and --patches must be at least 1");
+    let max_count = crate::train::config::MAX_COUNT;
+    if !(1..=max_count).contains(&args.batch_size)
+        || !(1..=crate::train::config::MAX_PATCHES).contains(&args.patches)
+    {
+        crate::bail_input!(
+            "--batch-size must be between 1 and {max_count}, --patches between 1 and {}",
+            crate::train::config::MAX_PATCHES
+        );
     }
+    crate::data::WindowSpec {
+        input_steps: args.input_steps,
+        lead_steps: 1,
+    }
+    .validate()?;
     let options = args.graph.options(&grid);
     let (graph, _, _) = load_or_build(&grid, &valid, &options, args.graph.cache_dir().as_deref())?;
     let model = ModelConfig {
@@ -70,6 +81,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         ..Default::default()
     }
     .for_data(args.input_steps, channels);
+    model.validate()?;
     let setting = StepSetting {
         graph: &graph,
         grid: &grid,
@@ -78,6 +90,8 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         patch_halo: args.patch_halo,
         on_cpu: device.is_cpu(),
     };
+    // Without a budget, "fits" means this machine's free memory now.
+    let available = crate::memory::available_on(&device);
     let fit = match args.memory_budget {
         Some(budget) => Some(fit_budget(budget, args.max_patches, &setting)?),
         None => None,
@@ -94,7 +108,9 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
             vec![PlanRow {
                 techniques,
                 prediction,
-                fits: true,
+                fits: available
+                    .as_ref()
+                    .is_none_or(|a| prediction.total <= a.bytes),
             }]
         }
     };
@@ -105,6 +121,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "graph": planner::GraphSizes::of(&graph), "budget": args.memory_budget,
+                "available_bytes": available.as_ref().map(|a| a.bytes),
                 "tried": rows, "chosen": chosen_row}))?
         );
     } else {
@@ -117,18 +134,24 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
             args.batch_size
         );
         print!("{}", table(&rows));
+        if let (None, Some(a)) = (args.memory_budget, &available) {
+            println!(
+                "this machine: {} {} now: {}",
+                gb(a.bytes),
+                a.source,
+                if rows[0].fits { "fits" } else { "does not fit" }
+            );
+        }
     }
     if let Some(fit) = &fit {
         let row = fit.chosen_or_refuse(", or allow more --max-patches")?;
         let t = row.techniques;
         if !args.json {
             println!(
-                "chosen: {t} (predicted peak {} of {}): train-model --patches {} {}--mixed-precision {}",
+                "chosen: {t} (predicted peak {} of {}): train-model {}",
                 gb(row.prediction.total),
                 gb(fit.budget),
-                t.patches,
-                if t.checkpointing { "--checkpointing " } else { "" },
-                t.precision
+                t.flags()
             );
         }
     }

@@ -9,6 +9,7 @@
 //! linking the library).
 
 mod allocator;
+mod available;
 mod breakdown;
 mod device_pool;
 pub mod planner;
@@ -17,5 +18,6 @@ pub use allocator::{
     current, is_counting, peak, register, reset_peak, set_freed_pages, Counters, Counting,
     FreedPages,
 };
+pub use available::{available_on, Available};
 pub use breakdown::MemoryBreakdown;
 pub use device_pool::{current_on, peak_on, reset_peak_on};

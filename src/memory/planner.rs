@@ -210,7 +210,17 @@ pub fn predict(shape: &StepShape) -> Prediction {
         * grid
         * (shape.model.grid_input_features + 2 * shape.model.output_channels) as f64)
         as u64;
-    let total = params + 2 * params + gradients + shape.graph_bytes + batch + activations;
+    // Saturating: an absurd shape predicts "more than any machine", never wraps around.
+    let total = [
+        params,
+        2 * params,
+        gradients,
+        shape.graph_bytes,
+        batch,
+        activations,
+    ]
+    .into_iter()
+    .fold(0u64, u64::saturating_add);
     Prediction {
         weights: params,
         optimizer_state: 2 * params,
@@ -388,6 +398,22 @@ pub fn fit_budget(
         rows,
         chosen,
     })
+}
+
+impl Techniques {
+    /// The `train-model` flags that select these techniques.
+    pub fn flags(&self) -> String {
+        format!(
+            "--patches {} {}--mixed-precision {}",
+            self.patches,
+            if self.checkpointing {
+                "--checkpointing "
+            } else {
+                ""
+            },
+            self.precision
+        )
+    }
 }
 
 impl std::fmt::Display for Techniques {

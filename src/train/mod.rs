@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fits;
 pub mod loss_scale;
 pub mod metrics;
 pub mod optimizer;

@@ -32,6 +32,17 @@ impl Session {
         graph_cache: Option<&Path>,
         device: &Device,
     ) -> anyhow::Result<Session> {
+        let (splits, graph) = Session::graph(run, &dataset, graph_cache)?;
+        Session::with_graph(run, execution, dataset, splits, graph, device)
+    }
+
+    /// The run's splits and its graph, built once (or loaded from the cache): what a
+    /// memory check needs before any model tensor exists.
+    pub fn graph(
+        run: &RunConfig,
+        dataset: &Dataset,
+        graph_cache: Option<&Path>,
+    ) -> anyhow::Result<(Splits, WeatherGraph)> {
         let splits = Splits::new(dataset.time.len(), run.split, run.window)
             .map_err(|e| crate::error::InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let valid = dataset.ever_valid(0..dataset.time.len())?;
@@ -42,6 +53,18 @@ impl Session {
             graph.mesh_nodes.len(),
             graph.mesh.len()
         );
+        Ok((splits, graph))
+    }
+
+    /// The model for `run` over `graph`, executed as `execution` says.
+    pub fn with_graph(
+        run: &RunConfig,
+        execution: Execution,
+        dataset: Arc<Dataset>,
+        splits: Splits,
+        graph: WeatherGraph,
+        device: &Device,
+    ) -> anyhow::Result<Session> {
         let precision = execution.precision;
         let predictor: Box<dyn Predictor> = if let Some(options) = &execution.patches {
             let patches = Patched::split(&graph, &dataset.grid, options, device)?;

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::checkpoint::{self, Checkpoint, CheckpointInterval, CheckpointMeta, FORMAT_VERSION};
 use super::config::RunConfig;
+use super::fits::check_fits;
 use super::loss_scale::{LossScaler, ScaleOutcome, MAX_CONSECUTIVE_SKIPS};
 use super::metrics::{MetricsCut, MetricsLog, Record};
 use super::optimizer::{AdamW, AdamWParams};
@@ -41,6 +42,8 @@ pub struct TrainOptions {
     /// `last`, stop.
     pub stop: Arc<AtomicI32>,
     pub progress: bool,
+    /// Refuse a run the planner predicts not to fit the device's free memory.
+    pub memory_check: bool,
     /// Saves of `last` inside an epoch (besides each epoch's end).
     pub checkpoint_interval: Option<CheckpointInterval>,
 }
@@ -234,7 +237,21 @@ impl<'a> Trainer<'a> {
         let resumed = resume_checkpoint(run, opts, &dataset)?;
         let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
         let cache = opts.graph_cache.as_deref();
-        let session = Session::new(run, run.execution(), dataset.clone(), cache, &opts.device)?;
+        let (splits, graph) = Session::graph(run, &dataset, cache)?;
+        match crate::memory::available_on(&opts.device) {
+            Some(available) if opts.memory_check => {
+                check_fits(run, &graph, &dataset.grid, &available, opts.device.is_cpu())?
+            }
+            _ => {}
+        }
+        let session = Session::with_graph(
+            run,
+            run.execution(),
+            dataset.clone(),
+            splits,
+            graph,
+            &opts.device,
+        )?;
         // Everything that can refuse the run has run: only now may an old run go.
         run_dir.start(run, opts.overwrite && !opts.resume)?;
         let stats = Arc::new(match &resumed {

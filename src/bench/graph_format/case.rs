@@ -139,6 +139,7 @@ pub(super) fn run_case(
         predicted_peak: None,
         inference_peak: None,
         error: None,
+        skipped: None,
     };
     if let Err(e) = measure_case(cfg, plan, inputs, device, baseline, &mut result) {
         result.error = Some(format!("{e:#}"));
@@ -163,12 +164,23 @@ fn measure_case(
         parameters: net.parameter_count(),
         bytes: param_bytes,
     };
+    result.graph.case_bytes = case_graph_bytes(&predictor, cfg)?;
+    let predicted = predicted_peak(cfg, &result.graph, net.config())?;
+    result.predicted_peak = Some(predicted);
+    if let Some(available) = memory::available_on(device).filter(|a| predicted > a.bytes) {
+        result.skipped = Some(format!(
+            "predicted peak {} exceeds the {} {}",
+            crate::memory::planner::human_bytes(predicted),
+            crate::memory::planner::human_bytes(available.bytes),
+            available.source
+        ));
+        return Ok(());
+    }
     // Verification, then the timed forward passes, on the inference view: its peak
     // is what a forecast of this batch needs (weights, graph, activations).
     let verification = verify(&predictor, cfg, inputs)?;
     let verified = verification.verified;
     result.verification = Some(verification);
-    result.graph.case_bytes = case_graph_bytes(&predictor, cfg)?;
     let (param_bytes, graph_bytes) = (param_bytes as u64, result.graph.case_bytes as u64);
     if !verified {
         result.memory = Some(MemoryBreakdown::new(
@@ -211,7 +223,6 @@ fn measure_case(
         baseline.map(|b| b as u64),
         peak.map(|p| p as u64),
     ));
-    result.predicted_peak = Some(predicted_peak(cfg, &result.graph, net.config())?);
     Ok(())
 }
 

@@ -57,6 +57,7 @@ pub fn summary_table(report: &Report) -> String {
     ]];
     for c in &report.cases {
         let v = match (&c.verification, &c.error) {
+            _ if c.skipped.is_some() => "skipped (memory)".to_string(),
             (_, Some(_)) => "error".to_string(),
             (Some(v), None) => format!(
                 "{} ({:.1e})",

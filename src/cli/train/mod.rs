@@ -120,6 +120,11 @@ pub struct TrainArgs {
     /// `2h`, `90s`), besides the end of every epoch; a killed run loses at most this much.
     #[arg(long, value_parser = crate::train::checkpoint::CheckpointInterval::parse)]
     pub checkpoint_interval: Option<crate::train::checkpoint::CheckpointInterval>,
+    /// Run even when the memory planner predicts a peak above the memory free on the
+    /// device (by default such a run is refused before its first step, with the
+    /// configuration that would fit).
+    #[arg(long)]
+    pub skip_memory_check: bool,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -140,6 +145,7 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         stop: stop_on_signals()?,
         progress: !args.no_progress,
         checkpoint_interval: args.checkpoint_interval,
+        memory_check: !args.skip_memory_check,
     };
     let summary = train(&run, &opts)?;
     print_summary(&summary, &output_dir);
