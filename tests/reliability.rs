@@ -417,3 +417,51 @@ fn sigterm_saves_last_and_exits_143() {
     let saved = sidecar(&out, "last")["step"].as_u64().unwrap();
     assert_eq!(step_rows(&out).last(), Some(&saved));
 }
+
+#[test]
+fn batch_job_logs_have_timestamps_no_colour_and_a_line_every_n_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
+    let out = dir.path().join("run");
+    // Data given relative to the working directory, as a batch script would.
+    let o = Command::new(binary())
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .args([
+            "train-model",
+            "g.nc",
+            "--output-dir",
+            "run",
+            "--num-epochs",
+            "3",
+        ])
+        .args(["--log-every", "5"])
+        .args(TINY)
+        .output()
+        .unwrap();
+    succeeded(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains('\x1b'), "colour codes in a log file: {err}");
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        let stamp = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            stamp.len() > 20 && stamp.starts_with("20") && stamp.ends_with('Z'),
+            "no timestamp: {line}"
+        );
+    }
+    assert!(err.contains("step 5/") && err.contains("ETA"), "{err}");
+    // run.json records where the data are: eval works from any directory.
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let file = run["data"]["files"][0].as_str().unwrap();
+    assert!(Path::new(file).is_absolute(), "{file}");
+    let eval = meshcast()
+        .current_dir("/")
+        .args(["-q", "eval", "--checkpoint"])
+        .arg(&out)
+        .args(["--rollout-steps", "1"])
+        .output()
+        .unwrap();
+    succeeded(&eval);
+}

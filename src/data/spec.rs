@@ -97,6 +97,25 @@ impl DataSpec {
         self
     }
 
+    /// [`DataSpec::resolved`], then every path made absolute (symbolic links and `..`
+    /// resolved where the file exists): a run records where its data are, so eval
+    /// works from any directory and the same file given by another path is the same.
+    pub fn absolute(self) -> DataSpec {
+        let absolute = |p: &PathBuf| {
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.clone())
+        };
+        let mut spec = self.resolved();
+        for f in &mut spec.files {
+            *f = absolute(f);
+        }
+        for v in &mut spec.vars {
+            v.path = absolute(&v.path);
+        }
+        spec
+    }
+
     pub fn read_options(&self) -> ReadOptions {
         ReadOptions {
             region: self.region,

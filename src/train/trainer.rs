@@ -42,6 +42,9 @@ pub struct TrainOptions {
     /// `last`, stop.
     pub stop: Arc<AtomicI32>,
     pub progress: bool,
+    /// Without a progress bar on a terminal (batch jobs): log a line every this many
+    /// optimizer steps.
+    pub log_every: usize,
     /// Refuse a run the planner predicts not to fit the device's free memory.
     pub memory_check: bool,
     /// Saves of `last` inside an epoch (besides each epoch's end).
@@ -216,6 +219,8 @@ struct Trainer<'a> {
     /// Live bytes before graph and model existed: the memory breakdown's baseline.
     baseline: Option<u64>,
     started: Instant,
+    /// The step this process started from (a resumed run's ETA counts its own steps).
+    first_step: usize,
     /// When `last` was last saved (for a time-based --checkpoint-interval).
     last_save: Instant,
     /// Held for the run's lifetime: no second process writes into this directory.
@@ -302,6 +307,7 @@ impl<'a> Trainer<'a> {
             progress: Progress::default(),
             started: Instant::now(),
             last_save: Instant::now(),
+            first_step: 0,
             _run_dir: run_dir,
             session,
             stats,
@@ -350,6 +356,7 @@ impl<'a> Trainer<'a> {
     /// Epochs until the last, `--max-steps` or Ctrl-C; then the summary.
     fn run(mut self) -> anyhow::Result<TrainSummary> {
         self.started = Instant::now();
+        self.first_step = self.optimizer.step_t;
         while self.progress.epoch < self.run.train.num_epochs {
             match self.train_epoch()? {
                 EpochEnd::Stopped => break,
@@ -491,9 +498,34 @@ impl<'a> Trainer<'a> {
             samples_per_s: rate,
             loss_scale: self.scaler.map(|s| s.scale),
         })?;
+        self.log_step(loss, lr, rate);
         Ok(Some(format!(
             "loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s"
         )))
+    }
+
+    /// Every `log_every` steps when no progress bar is drawn: a log line with the
+    /// run's ETA (what a batch job's log file shows instead of the bar).
+    fn log_step(&self, loss: f64, lr: f64, rate: f64) {
+        let step = self.optimizer.step_t;
+        let bar_drawn = self.opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if bar_drawn || self.opts.log_every == 0 || step % self.opts.log_every != 0 {
+            return;
+        }
+        let last = self
+            .run
+            .train
+            .max_steps
+            .unwrap_or(self.schedule.total_steps)
+            .min(self.schedule.total_steps);
+        let done_here = step.saturating_sub(self.first_step).max(1);
+        let per_step = self.started.elapsed().as_secs_f64() / done_here as f64;
+        let eta = per_step * last.saturating_sub(step) as f64;
+        tracing::info!(
+            "step {step}/{last} (epoch {}): loss {loss:.5}, lr {lr:.2e}, {rate:.1} samples/s, ETA {}",
+            self.progress.epoch + 1,
+            format_duration(eta)
+        );
     }
 
     /// Logs a step skipped for overflowing f16 gradients; stops a run that keeps overflowing.
@@ -731,6 +763,16 @@ fn schedule_for(run: &RunConfig, steps_per_epoch: usize) -> LrSchedule {
             .min(steps_per_epoch * run.train.num_epochs / 2),
         total_steps: steps_per_epoch * run.train.num_epochs,
         final_fraction: run.train.final_lr_fraction,
+    }
+}
+
+/// `3h05m`, `12m30s`, `45s`.
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
     }
 }
 

@@ -128,6 +128,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Without a progress bar (--no-progress, or stderr not a terminal, as in a batch
+    /// job): log loss, learning rate, samples/s and ETA every this many steps (0: never).
+    #[arg(long, default_value_t = 50)]
+    pub log_every: usize,
 }
 
 pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
@@ -146,6 +150,7 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         progress: !args.no_progress,
         checkpoint_interval: args.checkpoint_interval,
         memory_check: !args.skip_memory_check,
+        log_every: args.log_every,
     };
     let summary = train(&run, &opts)?;
     print_summary(&summary, &output_dir);

@@ -123,7 +123,7 @@ pub(super) fn run_from_flags(
         )?;
     }
     let run = RunConfig {
-        data,
+        data: data.absolute(),
         window,
         split,
         graph,
