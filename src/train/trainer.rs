@@ -509,7 +509,7 @@ impl<'a> Trainer<'a> {
     fn log_step(&self, loss: f64, lr: f64, rate: f64) {
         let step = self.optimizer.step_t;
         let bar_drawn = self.opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        if bar_drawn || self.opts.log_every == 0 || step % self.opts.log_every != 0 {
+        if bar_drawn || self.opts.log_every == 0 || !step.is_multiple_of(self.opts.log_every) {
             return;
         }
         let last = self
