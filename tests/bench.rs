@@ -199,7 +199,10 @@ fn check_gpu_on_a_cpu_build() {
     let out = stdout(&o);
     assert!(out.contains("CUDA: not available"), "{out}");
     assert!(out.contains("matmul f32"), "{out}");
-    assert!(out.contains("Recommended training configuration"), "{out}");
+    assert!(
+        out.contains("What fits cpu") && out.contains("largest batch"),
+        "{out}"
+    );
 
     let o = meshcast()
         .args(["check-gpu", "--require-cuda"])
@@ -218,6 +221,9 @@ fn check_gpu_on_a_cpu_build() {
     assert_eq!(v["cuda"]["built"], false);
     assert_eq!(v["cuda_usable"], false);
     assert_eq!(v["backends"][0], "cpu");
+    let fits = v["recommendation"]["fits"].as_array().unwrap();
+    assert_eq!(fits.len(), 3, "5, 2.5 and 1 degree");
+    assert!(fits[0]["batch_size"].as_u64().unwrap() >= fits[2]["batch_size"].as_u64().unwrap());
     assert!(v["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
     let kernels = v["checks"][0]["kernels"].as_array().unwrap();
     assert_eq!(kernels.len(), 3);

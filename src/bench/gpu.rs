@@ -4,9 +4,8 @@
 //! device (name, compute capability, total and free memory, driver versions). Then
 //! on every device it runs a matmul and a message-passing step (gather by sender,
 //! sum into receivers), checks each against the CPU (the CPU's own matmul against a
-//! plain f64 loop) and reports GFLOP/s. Finally it recommends a training
-//! configuration for the memory available (a table by memory tier, from measured
-//! peaks; the memory planner will replace it).
+//! plain f64 loop) and reports GFLOP/s. Finally it asks the memory planner what
+//! fits the memory free on the device: the largest batch per grid.
 
 use std::time::Instant;
 
@@ -43,15 +42,17 @@ pub struct DeviceCheck {
     pub kernels: Vec<KernelCheck>,
 }
 
-/// A configuration that fits a memory tier.
+/// The largest batch of one grid and model that the planner predicts to fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tier {
-    pub memory_gib: f64,
+pub struct PlannedFit {
     pub grid: String,
     pub latent_size: usize,
     pub num_gnn_layers: usize,
+    /// 0 when not even batch 1 fits.
     pub batch_size: usize,
-    pub note: String,
+    /// The cheapest whole-grid techniques for that batch (checkpointing, precision).
+    pub techniques: Option<String>,
+    pub predicted_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,9 +60,8 @@ pub struct Recommendation {
     /// The memory the recommendation is for.
     pub device: String,
     pub memory_bytes: Option<u64>,
-    /// The largest tier that fits (None: below the smallest).
-    pub tier: Option<Tier>,
-    pub tiers: Vec<Tier>,
+    /// Per grid: the largest batch that fits `memory_bytes`.
+    pub fits: Vec<PlannedFit>,
     pub basis: String,
 }
 
@@ -79,82 +79,88 @@ pub struct CheckGpuReport {
     pub recommendation: Recommendation,
 }
 
-/// Memory tiers and what fits in them, with 20% headroom, from the measured case
-/// peaks of `benchmark-graph-format` on dev-2core, 2026-11-24 (docs/benchmarks.md:
-/// f32, shared batching, no checkpointing; host memory of the CPU backend, which a
-/// CUDA run needs in device memory about as much of). Activation memory grows
-/// linearly with batch size and processor layers (measured), and with latent width.
-pub fn tiers() -> Vec<Tier> {
-    let t = |memory_gib: f64, grid: &str, latent, layers, batch, note: &str| Tier {
-        memory_gib,
-        grid: grid.into(),
-        latent_size: latent,
-        num_gnn_layers: layers,
-        batch_size: batch,
-        note: note.into(),
-    };
-    TIERS
+/// The grids (degrees) and the model the recommendation plans for: meshcast's
+/// benchmark grids with GraphCast's processor depth at latent 128.
+const PLANNED_GRIDS: [f64; 3] = [5.0, 2.5, 1.0];
+const PLANNED_LATENT: usize = 128;
+const PLANNED_LAYERS: usize = 16;
+/// Batches tried (powers of two up to this).
+const MAX_PLANNED_BATCH: usize = 64;
+
+/// What fits `memory_bytes` on each planned grid, by the memory planner (the one
+/// behind `plan-memory` and `train-model --memory-budget`), whole grid, cheapest
+/// techniques first.
+fn recommend(device: String, memory_bytes: Option<u64>, on_cpu: bool) -> Recommendation {
+    let fits = PLANNED_GRIDS
         .iter()
-        .map(|&(m, g, l, k, b, n)| t(m, g, l, k, b, n))
-        .collect()
-}
-
-/// (GiB, grid, latent, layers, batch, note). Measured activations per sample at latent
-/// 128 (docs/benchmarks.md, "Graph formats"): 5 deg 1.65 GiB with 8 layers; 2.5 deg
-/// 3.9 GiB with 4 layers; 1 deg 12.4 GiB with 1 layer. With 4x the edges of 5 deg,
-/// 2.5 deg takes about 0.7 GiB per layer and 1.2 GiB for encoder, decoder and
-/// embedders; 1 deg (another 4x on the mesh) about 2.8 GiB per layer and 9.6 GiB fixed.
-/// Each row is the largest model that fits 80% of the tier.
-const TIERS: &[(f64, &str, usize, usize, usize, &str)] = &[
-    (4.0, "5 deg", 128, 8, 1, ""),
-    (8.0, "5 deg", 128, 8, 3, "or 2.5 deg with 4 layers, batch 1"),
-    (
-        16.0,
-        "2.5 deg",
-        128,
-        8,
-        1,
-        "or 5 deg with 8 layers, batch 7",
-    ),
-    (
-        24.0,
-        "1 deg",
-        128,
-        3,
-        1,
-        "or 2.5 deg with 8 layers, batch 2",
-    ),
-    (
-        40.0,
-        "1 deg",
-        128,
-        7,
-        1,
-        "or 2.5 deg with 8 layers, batch 4",
-    ),
-    (80.0, "1 deg", 128, 16, 1, "GraphCast's processor depth"),
-    (141.0, "1 deg", 128, 16, 2, ""),
-];
-
-fn recommend(device: String, memory_bytes: Option<u64>) -> Recommendation {
-    let tiers = tiers();
-    let tier = memory_bytes.and_then(|m| {
-        tiers
-            .iter()
-            .rev()
-            .find(|t| t.memory_gib * (1u64 << 30) as f64 <= m as f64)
-            .cloned()
-    });
+        .filter_map(|&deg| match memory_bytes {
+            Some(budget) => planned_fit(deg, budget, on_cpu)
+                .map_err(|e| tracing::warn!("planning {deg} deg: {e:#}"))
+                .ok(),
+            None => None,
+        })
+        .collect();
     Recommendation {
         device,
         memory_bytes,
-        tier,
-        tiers,
-        basis: "measured case peaks of `meshcast benchmark-graph-format` (docs/benchmarks.md, 2026-11-24), \
-                scaled linearly in batch size, latent width and layers, with 20% headroom; \
-                a memory planner will replace this table"
-            .into(),
+        fits,
+        basis: concat!(
+            "meshcast's memory planner (as `meshcast plan-memory`): f32 weights, 5 channels, ",
+            "2 input steps, the default mesh level of each grid; patches extend any of these further"
+        )
+        .into(),
     }
+}
+
+fn planned_fit(deg: f64, budget: u64, on_cpu: bool) -> anyhow::Result<PlannedFit> {
+    use crate::memory::planner::{choose, predict, StepSetting, Techniques};
+    let grid = crate::data::Grid::global_cell_centred(deg);
+    let valid = vec![true; grid.len()];
+    let options = crate::graph::GraphOptions {
+        mesh_level: crate::graph::default_mesh_level(&grid),
+        ..Default::default()
+    };
+    let (graph, _, _) = crate::graph::load_or_build(
+        &grid,
+        &valid,
+        &options,
+        crate::graph::default_cache_dir().as_deref(),
+    )?;
+    let model = crate::model::ModelConfig {
+        latent_size: PLANNED_LATENT,
+        num_gnn_layers: PLANNED_LAYERS,
+        ..Default::default()
+    }
+    .for_data(2, 5);
+    let whole_grid: Vec<Techniques> = crate::memory::planner::candidates(1);
+    let mut best = PlannedFit {
+        grid: format!("{deg} deg"),
+        latent_size: PLANNED_LATENT,
+        num_gnn_layers: PLANNED_LAYERS,
+        batch_size: 0,
+        techniques: None,
+        predicted_bytes: None,
+    };
+    let mut batch = 1;
+    while batch <= MAX_PLANNED_BATCH {
+        let setting = StepSetting {
+            graph: &graph,
+            grid: &grid,
+            model: &model,
+            batch_size: batch,
+            patch_halo: 0.0,
+            on_cpu,
+        };
+        let (rows, chosen) = choose(budget, &whole_grid, |t| setting.shape(t))?;
+        let Some(row) = chosen.map(|i| &rows[i]) else {
+            break;
+        };
+        best.batch_size = batch;
+        best.techniques = Some(row.techniques.to_string());
+        best.predicted_bytes = Some(predict(&setting.shape(row.techniques)?).total);
+        batch *= 2;
+    }
+    Ok(best)
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
@@ -369,11 +375,13 @@ pub fn check() -> CheckGpuReport {
     let recommendation = match cuda.devices.iter().find(|_| cuda_usable) {
         Some(g) => recommend(
             format!("cuda:{} ({})", g.ordinal, g.name.as_deref().unwrap_or("?")),
-            g.memory_total_bytes,
+            g.memory_free_bytes.or(g.memory_total_bytes),
+            false,
         ),
         None => recommend(
-            "cpu (available host memory)".into(),
-            crate::machine::meminfo("MemAvailable"),
+            "cpu (memory available now)".into(),
+            crate::memory::available_on(&Device::Cpu).map(|a| a.bytes),
+            true,
         ),
     };
     let backend = BackendInfo::current();
@@ -505,40 +513,31 @@ fn check_rows(checks: &[DeviceCheck]) -> Vec<Vec<String>> {
     rows
 }
 
-/// The recommended configuration: the table of memory tiers, this machine's marked.
+/// The recommended configurations: per grid, the largest batch that fits.
 fn render_recommendation(rec: &Recommendation) -> String {
     let mut out = format!(
-        "\nRecommended training configuration for {} with {}:\n",
+        "\nWhat fits {} with {} (latent {PLANNED_LATENT}, {PLANNED_LAYERS} processor layers, whole grid):\n",
         rec.device,
         rec.memory_bytes.map_or("unknown memory".into(), gib)
     );
     let mut rows = vec![vec![
-        "memory".to_string(),
-        "grid".into(),
-        "latent".into(),
-        "layers".into(),
-        "batch".into(),
-        "note".into(),
+        "grid".to_string(),
+        "largest batch".into(),
+        "techniques".into(),
+        "predicted peak".into(),
     ]];
-    for t in &rec.tiers {
-        let mark = if rec.tier.as_ref() == Some(t) {
-            " <- this machine"
-        } else {
-            ""
-        };
+    for f in &rec.fits {
         rows.push(vec![
-            format!("{} GiB", t.memory_gib),
-            t.grid.clone(),
-            t.latent_size.to_string(),
-            t.num_gnn_layers.to_string(),
-            t.batch_size.to_string(),
-            format!("{}{mark}", t.note),
+            f.grid.clone(),
+            match f.batch_size {
+                0 => "none (use --patches)".into(),
+                b => b.to_string(),
+            },
+            f.techniques.clone().unwrap_or_else(|| "-".into()),
+            f.predicted_bytes.map_or("-".into(), gib),
         ]);
     }
     out.push_str(&render_table(&rows));
-    if rec.tier.is_none() {
-        out.push_str("below the smallest tier: use the 5-degree grid with a smaller latent size\n");
-    }
     out.push_str(&format!("(basis: {})\n", rec.basis));
     out
 }
@@ -548,12 +547,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiers_grow_and_recommend_the_largest_that_fits() {
-        let t = tiers();
-        assert!(t.windows(2).all(|w| w[0].memory_gib < w[1].memory_gib));
-        let r = recommend("x".into(), Some(20 * (1u64 << 30)));
-        assert_eq!(r.tier.unwrap().memory_gib, 16.0);
-        assert!(recommend("x".into(), Some(1 << 30)).tier.is_none());
+    fn the_planner_recommends_larger_batches_for_more_memory_and_coarser_grids() {
+        let small = recommend("x".into(), Some(2 << 30), true);
+        let large = recommend("x".into(), Some(64 << 30), true);
+        assert_eq!(small.fits.len(), 3);
+        for (s, l) in small.fits.iter().zip(&large.fits) {
+            assert!(s.batch_size <= l.batch_size, "{s:?} {l:?}");
+            if let Some(p) = s.predicted_bytes {
+                assert!(p <= 2 << 30, "{s:?}");
+            }
+        }
+        assert!(small.fits[0].batch_size >= small.fits[2].batch_size);
+        assert!(large.fits[0].batch_size >= 1);
     }
 
     #[test]

@@ -64,9 +64,7 @@ fn cgroup_headroom(root: &Path) -> Option<u64> {
 
 #[cfg(feature = "cuda")]
 fn cuda_free(dev: &candle_core::CudaDevice) -> Option<Available> {
-    use candle_core::cuda_backend::cudarc::driver::result;
-    dev.cuda_stream().context().bind_to_thread().ok()?;
-    let (free, total) = result::mem_get_info().ok()?;
+    let (free, total) = dev.cuda_stream().context().mem_get_info().ok()?;
     Some(Available {
         bytes: free as u64,
         source: format!(
