@@ -138,3 +138,28 @@ fn nonsense_options_are_refused() {
         .unwrap();
     assert_bad_input(&out, &["patches"]);
 }
+
+#[test]
+fn clear_graph_cache_removes_what_describe_graph_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let o = meshcast()
+        .args([
+            "-q",
+            "describe-graph",
+            "--global-grid",
+            "10",
+            "--graph-cache",
+            cache,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = meshcast()
+        .args(["clear-graph-cache", "--graph-cache", cache])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("removed 1 cached graph file"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

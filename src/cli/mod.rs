@@ -3,6 +3,7 @@
 
 mod bench;
 mod choices;
+mod clear_cache;
 mod data_args;
 mod describe_graph;
 mod eval;
@@ -82,6 +83,8 @@ pub enum Command {
     /// (from a checkpoint, or a benchmark case's synthetic model); see
     /// scripts/pytorch_reference.py.
     ExportReference(Box<export::ExportReferenceArgs>),
+    /// Remove the cached mesh graphs (rebuilt when next needed).
+    ClearGraphCache(clear_cache::ClearGraphCacheArgs),
 }
 
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
@@ -142,6 +145,7 @@ fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()>
         Command::CheckGpu(args) => bench::run_check_gpu(args),
         Command::PlanMemory(args) => plan_memory::run(*args, device),
         Command::ExportReference(args) => export::run(*args, device),
+        Command::ClearGraphCache(args) => clear_cache::run(args),
     }
 }
 

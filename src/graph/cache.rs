@@ -60,6 +60,26 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     dirs::cache_dir().map(|d| d.join("meshcast").join("graphs"))
 }
 
+/// Removes every cached graph (and temporary files of interrupted writes) from `dir`;
+/// returns the files and bytes removed. Other files in `dir` are left alone.
+pub fn clear(dir: &Path) -> Result<(usize, u64)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok((0, 0));
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let graph = name.starts_with("graph-") && name.ends_with(".safetensors");
+        if graph || crate::util::is_temp_name(&name) {
+            bytes += entry.metadata().map_or(0, |m| m.len());
+            fs::remove_file(entry.path())
+                .map_err(|e| anyhow!("{}: cannot remove: {e}", entry.path().display()))?;
+            files += 1;
+        }
+    }
+    Ok((files, bytes))
+}
+
 /// Loads the graph for these inputs from `cache` (a directory) or builds it and
 /// saves it there. `None` disables caching. Also returns the seconds spent loading
 /// or building (and saving).
@@ -547,6 +567,27 @@ mod tests {
         rebuilt_after(|b| b.truncate(b.len() / 2), "");
         rebuilt_after(|b| b.truncate(5), "not a valid safetensors file");
         rebuilt_after(Vec::clear, "");
+    }
+
+    #[test]
+    fn clear_removes_cached_graphs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let grid = Grid::global_cell_centred(30.0);
+        let valid = vec![true; grid.len()];
+        let options = GraphOptions {
+            mesh_level: 1,
+            ..Default::default()
+        };
+        load_or_build(&grid, &valid, &options, Some(dir.path())).unwrap();
+        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let (files, bytes) = clear(dir.path()).unwrap();
+        assert_eq!(files, 1);
+        assert!(bytes > 0);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "notes.txt stays"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod summary;
 use serde::{Deserialize, Serialize};
 
 pub use build::{build, MAX_MESH_LEVEL, MIN_VALID_NODES};
-pub use cache::{default_cache_dir, load_or_build, CacheOutcome};
+pub use cache::{clear as clear_cache, default_cache_dir, load_or_build, CacheOutcome};
 pub use formats::{Coo, Csc, Csr, FormatBytes};
 pub use grouping::CsrIndex;
 pub use patches::{split_into_patches, Patch, PatchOptions};
