@@ -58,20 +58,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
     let (grid, valid, data_channels) =
         super::describe_graph::grid_of(&args.data, args.global_grid)?;
     let channels = data_channels.unwrap_or(args.channels);
-    let max_count = crate::train::config::MAX_COUNT;
-    if !(1..=max_count).contains(&args.batch_size)
-        || !(1..=crate::train::config::MAX_PATCHES).contains(&args.patches)
-    {
-        crate::bail_input!(
-            "--batch-size must be between 1 and {max_count}, --patches between 1 and {}",
-            crate::train::config::MAX_PATCHES
-        );
-    }
-    crate::data::WindowSpec {
-        input_steps: args.input_steps,
-        lead_steps: 1,
-    }
-    .validate()?;
+    check_sizes(&args)?;
     let options = args.graph.options(&grid);
     let (graph, _, _) = load_or_build(&grid, &valid, &options, args.graph.cache_dir().as_deref())?;
     let model = ModelConfig {
@@ -98,21 +85,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
     };
     let rows = match &fit {
         Some(fit) => fit.rows.clone(),
-        None => {
-            let techniques = Techniques {
-                patches: args.patches,
-                checkpointing: args.checkpointing,
-                precision: args.mixed_precision,
-            };
-            let prediction = planner::predict(&setting.shape(techniques)?);
-            vec![PlanRow {
-                techniques,
-                prediction,
-                fits: available
-                    .as_ref()
-                    .is_none_or(|a| prediction.total <= a.bytes),
-            }]
-        }
+        None => vec![as_configured(&args, &setting, available.as_ref())?],
     };
     let chosen = fit.as_ref().map_or(Some(0), |f| f.chosen);
     if args.json {
@@ -156,6 +129,44 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// Sizes no machine could plan for are refused (the model's own bounds in `run`).
+fn check_sizes(args: &PlanMemoryArgs) -> anyhow::Result<()> {
+    let max_count = crate::train::config::MAX_COUNT;
+    if !(1..=max_count).contains(&args.batch_size)
+        || !(1..=crate::train::config::MAX_PATCHES).contains(&args.patches)
+    {
+        crate::bail_input!(
+            "--batch-size must be between 1 and {max_count}, --patches between 1 and {}",
+            crate::train::config::MAX_PATCHES
+        );
+    }
+    crate::data::WindowSpec {
+        input_steps: args.input_steps,
+        lead_steps: 1,
+    }
+    .validate()?;
+    Ok(())
+}
+
+/// The prediction for the techniques given as flags; "fits" is against `available`.
+fn as_configured(
+    args: &PlanMemoryArgs,
+    setting: &StepSetting,
+    available: Option<&crate::memory::Available>,
+) -> anyhow::Result<PlanRow> {
+    let techniques = Techniques {
+        patches: args.patches,
+        checkpointing: args.checkpointing,
+        precision: args.mixed_precision,
+    };
+    let prediction = planner::predict(&setting.shape(techniques)?);
+    Ok(PlanRow {
+        techniques,
+        prediction,
+        fits: available.is_none_or(|a| prediction.total <= a.bytes),
+    })
 }
 
 fn gb(bytes: u64) -> String {

@@ -119,6 +119,23 @@ fn resume_checkpoint(
     Ok(Some(ck))
 }
 
+/// The run's session, once the planner predicts that its step fits the memory free
+/// on the device (the graph is built first; no model tensor exists before the check).
+fn checked_session(
+    run: &RunConfig,
+    opts: &TrainOptions,
+    dataset: Arc<Dataset>,
+) -> anyhow::Result<Session> {
+    let (splits, graph) = Session::graph(run, &dataset, opts.graph_cache.as_deref())?;
+    match crate::memory::available_on(&opts.device) {
+        Some(available) if opts.memory_check => {
+            check_fits(run, &graph, &dataset.grid, &available, opts.device.is_cpu())?
+        }
+        _ => {}
+    }
+    Session::with_graph(run, run.execution(), dataset, splits, graph, &opts.device)
+}
+
 /// Refuses a checkpoint whose position lies outside the run (an edited sidecar).
 fn check_position(
     meta: &CheckpointMeta,
@@ -241,22 +258,7 @@ impl<'a> Trainer<'a> {
             .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let resumed = resume_checkpoint(run, opts, &dataset)?;
         let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
-        let cache = opts.graph_cache.as_deref();
-        let (splits, graph) = Session::graph(run, &dataset, cache)?;
-        match crate::memory::available_on(&opts.device) {
-            Some(available) if opts.memory_check => {
-                check_fits(run, &graph, &dataset.grid, &available, opts.device.is_cpu())?
-            }
-            _ => {}
-        }
-        let session = Session::with_graph(
-            run,
-            run.execution(),
-            dataset.clone(),
-            splits,
-            graph,
-            &opts.device,
-        )?;
+        let session = checked_session(run, opts, dataset.clone())?;
         // Everything that can refuse the run has run: only now may an old run go.
         run_dir.start(run, opts.overwrite && !opts.resume)?;
         let stats = Arc::new(match &resumed {
