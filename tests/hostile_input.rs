@@ -12,29 +12,6 @@ use std::process::{Command, Stdio};
 use common::*;
 use sha2::{Digest, Sha256};
 
-const TINY: &[&str] = &[
-    "--latent-size",
-    "8",
-    "--num-gnn-layers",
-    "1",
-    "--mesh-level",
-    "2",
-    "--no-progress",
-    "--no-graph-cache",
-];
-
-fn train(data: &Path, out: &Path, args: &[&str]) -> std::process::Output {
-    meshcast()
-        .args(["-q", "train-model"])
-        .arg(data)
-        .arg("--output-dir")
-        .arg(out)
-        .args(TINY)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn run(args: &[&str]) -> std::process::Output {
     meshcast().arg("-q").args(args).output().unwrap()
 }
@@ -191,7 +168,7 @@ fn a_closed_stdout_pipe_ends_quietly() {
 #[test]
 fn names_and_paths_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
+    let (data, out) = small_run(dir.path());
     let d = data.to_str().unwrap();
     assert_bad_input(
         &run(&["inspect-data", d, "--levels", "500"]),
@@ -205,8 +182,6 @@ fn names_and_paths_are_checked_before_any_work() {
         &run(&["generate-data", "-o", missing.to_str().unwrap()]),
         &["out.nc", "does not exist"],
     );
-    let out = dir.path().join("run");
-    succeeded(&train(&data, &out, &["--num-epochs", "1"]));
     let o = run(&[
         "forecast",
         "--checkpoint",
@@ -242,9 +217,7 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 #[test]
 fn an_edited_checkpoint_sidecar_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
-    let clean = dir.path().join("clean");
-    succeeded(&train(&data, &clean, &["--num-epochs", "1"]));
+    let (data, clean) = small_run(dir.path());
     let copy = |name: &str| {
         let to = dir.path().join(name);
         let status = Command::new("cp")
@@ -282,7 +255,7 @@ fn an_edited_checkpoint_sidecar_is_refused() {
         m["batch_in_epoch"] = serde_json::json!(1_000_000);
     });
     assert_bad_input(
-        &train(&data, &far, &["--num-epochs", "2", "--resume"]),
+        &train_tiny(&data, &far, &["--num-epochs", "2", "--resume"]),
         &["batch 1000000", "damaged or edited checkpoint"],
     );
     // A NaN weight whose file hash was recomputed into the sidecar.

@@ -30,17 +30,6 @@ const HEAVY_SAVES: &[&str] = &[
     "--no-graph-cache",
 ];
 
-const TINY: &[&str] = &[
-    "--latent-size",
-    "8",
-    "--num-gnn-layers",
-    "1",
-    "--mesh-level",
-    "2",
-    "--no-progress",
-    "--no-graph-cache",
-];
-
 fn binary() -> PathBuf {
     assert_cmd::cargo::cargo_bin("meshcast")
 }
@@ -57,10 +46,6 @@ fn train_command(data: &Path, out: &Path, model: &[&str], args: &[&str]) -> Comm
         .args(model)
         .args(args);
     cmd
-}
-
-fn train(data: &Path, out: &Path, args: &[&str]) -> std::process::Output {
-    train_command(data, out, TINY, args).output().unwrap()
 }
 
 fn sidecar(out: &Path, name: &str) -> serde_json::Value {
@@ -228,9 +213,7 @@ fn with_file_size_limit(cmd: &mut Command, bytes: u64) {
 #[test]
 fn a_failed_write_during_a_save_keeps_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
-    let out = dir.path().join("run");
-    succeeded(&train(&data, &out, &["--num-epochs", "1"]));
+    let (data, out) = small_run(dir.path());
     let before = sidecar(&out, "last");
     let file_len = |key: &str| {
         std::fs::metadata(out.join("checkpoints").join(before[key].as_str().unwrap()))
@@ -263,15 +246,13 @@ fn a_failed_write_during_a_save_keeps_the_previous_checkpoint() {
         .unwrap();
     succeeded(&eval);
     // And the run continues from it once there is room.
-    succeeded(&train(&data, &out, &["--num-epochs", "2", "--resume"]));
+    succeeded(&train_tiny(&data, &out, &["--num-epochs", "2", "--resume"]));
 }
 
 #[test]
 fn overwrite_deletes_nothing_until_the_new_run_is_certain_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
-    let out = dir.path().join("run");
-    succeeded(&train(&data, &out, &["--num-epochs", "1"]));
+    let (data, out) = small_run(dir.path());
     let weights = std::fs::read(out.join("checkpoints/last.safetensors")).unwrap();
     for bad in [
         &["--radius-factor", "nan"][..],
@@ -279,7 +260,7 @@ fn overwrite_deletes_nothing_until_the_new_run_is_certain_to_start() {
         &["--patches", "1000"],
         &["--latent-size", "0"],
     ] {
-        let o = train(&data, &out, &[&["--overwrite"], bad].concat());
+        let o = train_tiny(&data, &out, &[&["--overwrite"], bad].concat());
         assert_ne!(o.status.code(), Some(0), "{bad:?} accepted");
         assert!(
             !String::from_utf8_lossy(&o.stderr).contains("panicked"),
@@ -311,11 +292,11 @@ fn a_run_directory_in_use_is_refused_with_the_holders_pid() {
     let mut lock = std::fs::File::create(out.join(".meshcast.lock")).unwrap();
     lock.try_lock().unwrap();
     write!(lock, "4242").unwrap();
-    let o = train(&data, &out, &["--num-epochs", "1"]);
+    let o = train_tiny(&data, &out, &["--num-epochs", "1"]);
     assert_bad_input(&o, &["in use by another meshcast process (PID 4242)"]);
     assert!(!out.join("run.json").exists());
     drop(lock);
-    succeeded(&train(&data, &out, &["--num-epochs", "1"]));
+    succeeded(&train_tiny(&data, &out, &["--num-epochs", "1"]));
 }
 
 #[test]
@@ -323,7 +304,7 @@ fn a_diverged_run_is_never_checkpointed_nor_made_best() {
     let dir = tempfile::tempdir().unwrap();
     let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
     let out = dir.path().join("run");
-    let o = train(
+    let o = train_tiny(
         &data,
         &out,
         &[
@@ -370,9 +351,7 @@ fn a_diverged_run_is_never_checkpointed_nor_made_best() {
 #[test]
 fn resume_drops_metrics_rows_after_its_checkpoint_and_a_half_written_line() {
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
-    let out = dir.path().join("run");
-    succeeded(&train(&data, &out, &["--num-epochs", "1"]));
+    let (data, out) = small_run(dir.path());
     let steps = step_rows(&out).len() as u64;
     // As a process killed after two more steps, in the middle of a row, leaves it.
     let mut f = std::fs::OpenOptions::new()
@@ -388,7 +367,7 @@ fn resume_drops_metrics_rows_after_its_checkpoint_and_a_half_written_line() {
     }
     write!(f, "{{\"kind\":\"step\",\"st").unwrap();
     drop(f);
-    succeeded(&train(&data, &out, &["--num-epochs", "2", "--resume"]));
+    succeeded(&train_tiny(&data, &out, &["--num-epochs", "2", "--resume"]));
     let expected: Vec<u64> = (1..=2 * steps).collect();
     assert_eq!(step_rows(&out), expected);
 }

@@ -10,18 +10,6 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use common::*;
 
-/// Flags for a tiny, fast model.
-const TINY: &[&str] = &[
-    "--latent-size",
-    "8",
-    "--num-gnn-layers",
-    "1",
-    "--mesh-level",
-    "2",
-    "--no-progress",
-    "--no-graph-cache",
-];
-
 fn train(args: &[&str]) -> std::process::Output {
     meshcast()
         .arg("-q")

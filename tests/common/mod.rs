@@ -107,3 +107,37 @@ pub fn assert_bad_input(out: &Output, needles: &[&str]) {
         assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
     }
 }
+
+/// Flags for a tiny, fast model.
+pub const TINY: &[&str] = &[
+    "--latent-size",
+    "8",
+    "--num-gnn-layers",
+    "1",
+    "--mesh-level",
+    "2",
+    "--no-progress",
+    "--no-graph-cache",
+];
+
+/// `train-model DATA --output-dir OUT`, quiet, with the tiny model and `args`.
+pub fn train_tiny(data: &Path, out: &Path, args: &[&str]) -> Output {
+    meshcast()
+        .args(["-q", "train-model"])
+        .arg(data)
+        .arg("--output-dir")
+        .arg(out)
+        .args(TINY)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A 10-degree, 24-step synthetic file in `dir`, and `dir/run` trained on it with the
+/// tiny model for one epoch: (data, run directory).
+pub fn small_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = generate(dir, "g.nc", &["--resolution", "10", "--steps", "24"]);
+    let out = dir.join("run");
+    succeeded(&train_tiny(&data, &out, &["--num-epochs", "1"]));
+    (data, out)
+}
