@@ -432,3 +432,31 @@ impl CheckpointInterval {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn checkpoint_intervals_are_steps_or_times() {
+        let parse = CheckpointInterval::parse;
+        assert_eq!(parse("500"), Ok(CheckpointInterval::Steps(500)));
+        assert_eq!(
+            parse("30m"),
+            Ok(CheckpointInterval::Every(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            parse("2h"),
+            Ok(CheckpointInterval::Every(Duration::from_secs(7200)))
+        );
+        for bad in ["0", "", "m", "1.5h", "-3", "10d", "99999999999999999999"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let every = CheckpointInterval::Every(Duration::from_secs(60));
+        assert!(every.due(7, Duration::from_secs(61)));
+        assert!(!every.due(7, Duration::from_secs(59)));
+        assert!(CheckpointInterval::Steps(5).due(10, Duration::ZERO));
+        assert!(!CheckpointInterval::Steps(5).due(11, Duration::ZERO));
+    }
+}
