@@ -445,5 +445,9 @@ fn batch_job_logs_have_timestamps_no_colour_and_a_line_every_n_steps() {
     succeeded(&eval);
     // The same file by another path continues the run.
     let other_path = dir.path().join(".").join("g.nc");
-    succeeded(&train_tiny(&other_path, &out, &["--num-epochs", "4", "--resume"]));
+    succeeded(&train_tiny(
+        &other_path,
+        &out,
+        &["--num-epochs", "4", "--resume"],
+    ));
 }

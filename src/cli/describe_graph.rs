@@ -20,7 +20,7 @@ pub struct DescribeGraphArgs {
     #[arg(long)]
     pub patches: Option<usize>,
     /// Halo around each patch, in degrees of great-circle distance.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = crate::graph::patches::DEFAULT_PATCH_HALO_DEG)]
     pub patch_halo: f64,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -34,7 +34,9 @@ impl CheckpointArgs {
         let data = self.data.to_spec()?;
         let patches = self.patches.map(|n| crate::graph::PatchOptions {
             n_patches: n,
-            halo_deg: self.patch_halo.unwrap_or(10.0),
+            halo_deg: self
+                .patch_halo
+                .unwrap_or(crate::graph::patches::DEFAULT_PATCH_HALO_DEG),
         });
         load(
             &self.checkpoint,

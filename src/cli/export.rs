@@ -20,8 +20,8 @@ pub struct ExportReferenceArgs {
     /// checkpoint .json: its weights, optimizer state and a batch of its data.
     #[arg(long, required_unless_present = "synthetic_grid")]
     pub checkpoint: Option<PathBuf>,
-    /// Which checkpoint of a directory: last or best.
-    #[arg(long, default_value = "last")]
+    /// Which checkpoint of a directory: best (lowest validation loss) or last.
+    #[arg(long, default_value = "best")]
     pub which: String,
     /// The batch: the first samples of this block of the run's data, in time order
     /// (train, validation, test).
@@ -60,7 +60,7 @@ pub struct ExportReferenceArgs {
     #[arg(long, value_parser = choice::<Batching>(), default_value_t = Batching::Shared)]
     pub batching: Batching,
     /// --synthetic-grid: how edge messages are summed into receivers.
-    #[arg(long, value_parser = choice::<Aggregation>(), default_value_t = Aggregation::IndexAdd)]
+    #[arg(long, value_parser = choice::<Aggregation>(), default_value_t = Aggregation::Csr)]
     pub aggregation: Aggregation,
     /// Directory of the graph cache (default: the user's cache dir, meshcast/graphs).
     #[arg(long, value_name = "DIR")]

@@ -35,7 +35,7 @@ pub struct PlanMemoryArgs {
     /// Without --memory-budget: the configuration to predict.
     #[arg(long, default_value_t = 1)]
     pub patches: usize,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = crate::graph::patches::DEFAULT_PATCH_HALO_DEG)]
     pub patch_halo: f64,
     #[arg(long)]
     pub checkpointing: bool,

@@ -26,6 +26,10 @@ use super::sets::{EdgeSet, EDGE_FEATURES};
 use super::sphere::{arc_to_chord, Vec3};
 use super::WeatherGraph;
 
+/// The halo every subcommand uses unless told otherwise (degrees of great-circle
+/// distance): context for the boundary nodes at a fraction of the receptive field.
+pub const DEFAULT_PATCH_HALO_DEG: f64 = 10.0;
+
 /// How to split the grid.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PatchOptions {

@@ -67,7 +67,7 @@ impl Default for TrainConfig {
             checkpointing: false,
             checkpoint_every: 1,
             patches: 1,
-            patch_halo: 10.0,
+            patch_halo: crate::graph::patches::DEFAULT_PATCH_HALO_DEG,
             mixed_precision: MixedPrecision::Off,
             initial_loss_scale: 65536.0,
             loss_scale_growth_interval: 2000,
