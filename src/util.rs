@@ -28,6 +28,23 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && name.contains(".tmp-")
 }
 
+/// A progress bar for `total` units of `what` with an ETA; drawn only when `show` and
+/// stderr is a terminal (a batch job's log gets no bar).
+pub fn progress_bar(show: bool, total: usize, what: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    // Cleared when dropped, so an early return leaves no half bar behind.
+    let bar =
+        indicatif::ProgressBar::new(total as u64).with_finish(indicatif::ProgressFinish::AndClear);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{what} [{{bar:30}}] {{pos}}/{{len}} ETA {{eta}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// Refuses an output path whose directory does not exist (or is not a directory), before
 /// any work: the error names it, rather than a temporary file's "permission denied".
 pub fn check_output_path(path: &Path) -> Result<(), crate::error::InputError> {

@@ -33,7 +33,9 @@ impl NormStats {
         let mut diffs = StateSums::new(n);
         let mut recent: std::collections::VecDeque<super::State> = Default::default();
         let mut reader = StepReader::default();
+        let bar = crate::util::progress_bar(true, splits.train.len(), "statistics: time steps");
         for t in splits.train.clone() {
+            bar.inc(1);
             let s = reader.read(ds, t)?;
             for c in 0..n {
                 for k in c * cells..(c + 1) * cells {

@@ -38,7 +38,9 @@ pub fn forecast(loaded: &Loaded, init: usize, steps: usize, out: &Path) -> anyho
     let step_hours =
         (s.dataset.time.step_seconds().unwrap_or(0) * window.lead_steps as i64) as f64 / 3600.0;
     define_forecast(&mut file, loaded, init)?;
+    let bar = crate::util::progress_bar(true, steps, "forecast: steps");
     for k in 0..steps {
+        bar.inc(1);
         rollout.step(&model)?;
         let next = rollout.current(0);
         file.variable_mut("time")

@@ -283,7 +283,9 @@ pub fn evaluate(
     let baseline = crate::memory::reset_peak_on(&s.device);
     // sums[lead][channel][system]: model, persistence, climatology.
     let mut sums = vec![vec![[Sums::default(); 3]; channels]; rollout_steps];
+    let bar = crate::util::progress_bar(true, inits.len(), "eval: initial times");
     for chunk in inits.chunks(batch_size.max(1)) {
+        bar.inc(chunk.len() as u64);
         let histories = chunk
             .iter()
             .map(|&t0| reader.history(t0, window.input_steps))

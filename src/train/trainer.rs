@@ -645,6 +645,7 @@ impl<'a> Trainer<'a> {
             prefetch: self.prefetch,
             lat_w: &self.lat_w,
             var_w: &self.var_w,
+            progress: self.opts.progress,
         }
     }
 

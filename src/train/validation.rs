@@ -27,6 +27,8 @@ pub struct ValidationSet<'a> {
     pub prefetch: Prefetch,
     pub lat_w: &'a [f32],
     pub var_w: &'a [f32],
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
 }
 
 /// Weighted squared errors per channel.
@@ -56,7 +58,13 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         persistence: vec![0.0; channels],
         weight: vec![0.0; channels],
     };
+    let bar = crate::util::progress_bar(
+        set.progress,
+        set.samples.len().div_ceil(set.batch_size.max(1)),
+        "validation",
+    );
     for batch in loader {
+        bar.inc(1);
         let (x, target, valid) = session.tensors(&batch?, set.lat_w, set.var_w)?;
         let pred = session.predictor.forward(&x)?;
         let valid_entries = valid.iter().filter(|&&v| v).count() as f64;
@@ -70,6 +78,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         let truth: Vec<f32> = target.y.flatten_all()?.to_vec1()?;
         add_squared_errors(&mut sums, (&pred, &truth, &valid), set.lat_w);
     }
+    bar.finish_and_clear();
     let rmse = |sq: &[f64]| -> BTreeMap<String, f64> {
         (0..channels)
             .map(|c| {
