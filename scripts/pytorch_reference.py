@@ -8,7 +8,7 @@ Module names equal meshcast's parameter names, so a checkpoint's safetensors loa
 load_state_dict(strict=True).
 
     python scripts/pytorch_reference.py check EXPORT_DIR
-        EXPORT_DIR from `meshcast export-reference --checkpoint RUN_DIR --out EXPORT_DIR`
+        EXPORT_DIR from `meshcast export-reference --checkpoint RUN_DIR --output-dir EXPORT_DIR`
         (or --synthetic-grid). Recomputes meshcast's output, loss and every parameter
         gradient on the same weights, graph and batch, in f32 (and in f64 as the exact
         reference), and one AdamW step; prints one line per tensor group; exit 1 when
@@ -943,7 +943,7 @@ def run_bench(args):
                        "--latent-size", str(cfg["latent_size"]), "--num-gnn-layers", str(cfg["num_gnn_layers"]),
                        "--mlp-hidden-layers", str(cfg["mlp_hidden_layers"]), "--input-steps", str(cfg["input_steps"]),
                        "--channels", str(cfg["channels"]), "--seed", str(settings["seed"]),
-                       "--no-graph-cache", "--device", "cpu", "--out", str(d)]
+                       "--no-graph-cache", "--device", "cpu", "--output-dir", str(d)]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 exports[key] = (d, r.stderr.strip() if r.returncode else None)
             d, err = exports[key]

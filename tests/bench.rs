@@ -326,3 +326,42 @@ fn bench_configs_load() {
     .unwrap();
     assert_eq!(quick, meshcast::bench::graph_format::BenchPlan::quick());
 }
+
+#[test]
+fn a_case_that_cannot_fit_is_skipped_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = meshcast()
+        .args([
+            "benchmark-graph-format",
+            "--grids",
+            "5",
+            "--batch-sizes",
+            "1000000",
+        ])
+        .args([
+            "--formats",
+            "csr-shared",
+            "--no-progress",
+            "--mesh-level",
+            "2",
+        ])
+        .args(["--warmup-steps", "1", "--timed-steps", "1"])
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    let case = &v["cases"][0];
+    assert!(
+        case["skipped"].as_str().unwrap().contains("predicted peak"),
+        "{case}"
+    );
+    assert!(case["timings"].is_null());
+}

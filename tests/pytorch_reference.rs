@@ -60,7 +60,7 @@ fn tiny_run(dir: &Path, data: &Path, name: &str, extra: &[&str]) -> PathBuf {
 
 fn export(args: &[&str], out: &Path) {
     let o = meshcast()
-        .args(["-q", "export-reference", "--no-graph-cache", "--out"])
+        .args(["-q", "export-reference", "--no-graph-cache", "--output-dir"])
         .arg(out)
         .args(args)
         .output()
@@ -226,7 +226,12 @@ fn refuses_bad_input_with_one_line() {
         .unwrap();
     assert_bad_input(&out, &["no checkpoint"]);
     let out = meshcast()
-        .args(["export-reference", "--synthetic-grid", "europe", "--out"])
+        .args([
+            "export-reference",
+            "--synthetic-grid",
+            "europe",
+            "--output-dir",
+        ])
         .arg(dir.path().join("y"))
         .output()
         .unwrap();

@@ -844,3 +844,58 @@ fn f16_loss_scaler_state_survives_resume() {
     assert_eq!(scaler(&split), scaler(&straight));
     assert_same_weights(&straight, &split, "after an f16 resume");
 }
+
+/// Every option of train-model says its default in --help (flags that fall back to a
+/// config's table show the built-in value), except those whose absence means "none".
+#[test]
+fn help_shows_the_effective_default_of_every_option() {
+    let o = meshcast().args(["train-model", "--help"]).output().unwrap();
+    succeeded(&o);
+    let help = String::from_utf8_lossy(&o.stdout).to_string();
+    let without_default = [
+        "--data",
+        "--var",
+        "--region",
+        "--levels",
+        "--time-units",
+        "--config",
+        "--data-dir",
+        "--graph-cache",
+        "--max-steps",
+        "--memory-budget",
+        "--checkpoint-interval",
+        "--mesh-level",
+    ];
+    // Each option's help runs from its line (indented at most 6) to the next option's.
+    let is_option = |l: &&str| {
+        let indent = l.len() - l.trim_start().len();
+        indent <= 6 && l.trim_start().starts_with('-')
+    };
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if !is_option(line) {
+            continue;
+        }
+        let Some(flag) = line.trim_start().strip_prefix("--").and_then(|rest| {
+            rest.contains(" <")
+                .then(|| format!("--{}", rest.split(' ').next().unwrap()))
+        }) else {
+            continue;
+        };
+        if without_default.contains(&flag.as_str()) {
+            continue;
+        }
+        let text: String = lines[i..]
+            .iter()
+            .skip(1)
+            .take_while(|l| !is_option(l))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            text.contains("default") || line.contains("default"),
+            "{flag} shows no default: {text}"
+        );
+    }
+    assert!(help.contains("[default: 128]"), "latent size");
+}

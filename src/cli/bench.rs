@@ -104,13 +104,7 @@ pub fn run_graph_format(
     print!("{}", graph_format::summary_table(&report));
     print!("{}", graph_format::patch_boundary_table(&report));
     println!("report: {}", path.display());
-    for case in report.cases.iter().filter(|c| c.skipped.is_some()) {
-        tracing::warn!(
-            "{} skipped: {}",
-            case.config.short(),
-            case.skipped.as_deref().unwrap_or_default()
-        );
-    }
+
     let failed: Vec<String> = report
         .cases
         .iter()

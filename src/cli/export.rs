@@ -14,7 +14,7 @@ use crate::verify::export::{
 pub struct ExportReferenceArgs {
     /// Output directory: reference.safetensors, reference.json (and weights.safetensors
     /// for --synthetic-grid).
-    #[arg(short, long)]
+    #[arg(short, long = "output-dir", alias = "out")]
     pub out: PathBuf,
     /// A run directory (from train-model --output-dir), its checkpoints/ directory, or a
     /// checkpoint .json: its weights, optimizer state and a batch of its data.

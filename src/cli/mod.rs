@@ -90,7 +90,10 @@ pub enum Command {
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
 /// (2 for bad input, 1 for anything else) with one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("train-model", train::show_defaults);
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches())
+        .unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::TrainModel(_)) {
         quiet_on_closed_pipe();
     }

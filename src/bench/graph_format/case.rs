@@ -49,7 +49,12 @@ fn build_model(
     seed: u64,
     device: &Device,
 ) -> anyhow::Result<WholeGraph> {
-    let config = ModelConfig {
+    let config = case_model(cfg);
+    WholeGraph::initialised(graph, config, case_precision(cfg)?, seed, device)
+}
+
+fn case_model(cfg: &CaseConfig) -> ModelConfig {
+    ModelConfig {
         latent_size: cfg.latent_size,
         num_gnn_layers: cfg.num_gnn_layers,
         mlp_hidden_layers: cfg.mlp_hidden_layers,
@@ -57,8 +62,62 @@ fn build_model(
         aggregation: cfg.format.aggregation(),
         ..ModelConfig::default()
     }
-    .for_data(cfg.input_steps, cfg.channels);
-    WholeGraph::initialised(graph, config, case_precision(cfg)?, seed, device)
+    .for_data(cfg.input_steps, cfg.channels)
+}
+
+/// The result of a case not run because its predicted peak exceeds the memory free
+/// on `device` (checked before its batch, reference or model is allocated: a case the
+/// kernel kills would lose the whole benchmark); None when it fits.
+pub(super) fn skipped_for_memory(
+    cfg: &CaseConfig,
+    info: &GraphInfo,
+    device: &Device,
+) -> anyhow::Result<Option<CaseResult>> {
+    let Some(available) = memory::available_on(device) else {
+        return Ok(None);
+    };
+    // The graph in every format: an upper bound of what the case holds.
+    let estimate = GraphInfo {
+        case_bytes: info.feature_bytes
+            + info.coo_index_bytes
+            + info.csr_index_bytes
+            + info.csc_index_bytes,
+        ..info.clone()
+    };
+    let predicted = predicted_peak(cfg, &estimate, &case_model(cfg))?;
+    if predicted <= available.bytes {
+        return Ok(None);
+    }
+    let human = crate::memory::planner::human_bytes;
+    Ok(Some(CaseResult {
+        skipped: Some(format!(
+            "predicted peak {} exceeds the {} {}",
+            human(predicted),
+            human(available.bytes),
+            available.source
+        )),
+        predicted_peak: Some(predicted),
+        ..empty_result(cfg, info)
+    }))
+}
+
+/// A case's result before anything is measured.
+fn empty_result(cfg: &CaseConfig, info: &GraphInfo) -> CaseResult {
+    CaseResult {
+        config: cfg.clone(),
+        graph: info.clone(),
+        model: ModelSize {
+            parameters: 0,
+            bytes: 0,
+        },
+        verification: None,
+        timings: None,
+        memory: None,
+        predicted_peak: None,
+        inference_peak: None,
+        error: None,
+        skipped: None,
+    }
 }
 
 fn case_precision(cfg: &CaseConfig) -> anyhow::Result<MixedPrecision> {
@@ -126,21 +185,7 @@ pub(super) fn run_case(
     device: &Device,
 ) -> CaseResult {
     let baseline = memory::reset_peak_on(device);
-    let mut result = CaseResult {
-        config: cfg.clone(),
-        graph: inputs.info.clone(),
-        model: ModelSize {
-            parameters: 0,
-            bytes: 0,
-        },
-        verification: None,
-        timings: None,
-        memory: None,
-        predicted_peak: None,
-        inference_peak: None,
-        error: None,
-        skipped: None,
-    };
+    let mut result = empty_result(cfg, inputs.info);
     if let Err(e) = measure_case(cfg, plan, inputs, device, baseline, &mut result) {
         result.error = Some(format!("{e:#}"));
         result.timings = None;
@@ -165,17 +210,7 @@ fn measure_case(
         bytes: param_bytes,
     };
     result.graph.case_bytes = case_graph_bytes(&predictor, cfg)?;
-    let predicted = predicted_peak(cfg, &result.graph, net.config())?;
-    result.predicted_peak = Some(predicted);
-    if let Some(available) = memory::available_on(device).filter(|a| predicted > a.bytes) {
-        result.skipped = Some(format!(
-            "predicted peak {} exceeds the {} {}",
-            crate::memory::planner::human_bytes(predicted),
-            crate::memory::planner::human_bytes(available.bytes),
-            available.source
-        ));
-        return Ok(());
-    }
+    result.predicted_peak = Some(predicted_peak(cfg, &result.graph, net.config())?);
     // Verification, then the timed forward passes, on the inference view: its peak
     // is what a forecast of this batch needs (weights, graph, activations).
     let verification = verify(&predictor, cfg, inputs)?;

@@ -41,7 +41,9 @@ use crate::data::{named_grid, Grid};
 use crate::graph::WeatherGraph;
 use crate::machine::{BackendInfo, BuildInfo, MachineInfo};
 use crate::verify::tolerance::{ATOL, RTOL};
-use case::{patch_boundary_errors, run_case, CaseInputs, Reference, SyntheticBatch};
+use case::{
+    patch_boundary_errors, run_case, skipped_for_memory, CaseInputs, Reference, SyntheticBatch,
+};
 use graphs::graph_for;
 use plan::plan_grid_key;
 pub use plan::{precision_name, BenchPlan, GridOverride};
@@ -144,6 +146,16 @@ pub fn run(
             grid = Some(g);
         }
         let g = grid.as_ref().expect("set above");
+        if let Some(skipped) = skipped_for_memory(cfg, &g.info, device)? {
+            tracing::warn!(
+                "{}: skipped, {}",
+                cfg.short(),
+                skipped.skipped.as_deref().unwrap_or("")
+            );
+            results.push(skipped);
+            bar.inc(1);
+            continue;
+        }
         if batch.as_ref().is_none_or(|b| b.key != BatchCases::key(cfg)) {
             drop(batch.take());
             bar.set_message(format!("{} (reference)", cfg.short()));

@@ -158,6 +158,22 @@ impl BenchPlan {
         if self.input_steps == 0 || self.channels == 0 || self.graph_repeats == 0 {
             return bad("input steps, channels and graph repeats must be at least 1".into());
         }
+        crate::model::ModelConfig {
+            latent_size: self.latent_size,
+            num_gnn_layers: self.num_gnn_layers,
+            mlp_hidden_layers: self.mlp_hidden_layers,
+            ..Default::default()
+        }
+        .validate()?;
+        crate::data::WindowSpec {
+            input_steps: self.input_steps,
+            lead_steps: 1,
+        }
+        .validate()?;
+        let max = crate::train::config::MAX_COUNT;
+        if self.batch_sizes.iter().any(|&b| b > max) || self.channels > max {
+            return bad(format!("batch sizes and channels must be at most {max}"));
+        }
         if !self.patch_halos.is_empty()
             && (self.boundary_patches < 2
                 || self.patch_halos.iter().any(|h| h.is_nan() || *h < 0.0))

@@ -198,6 +198,55 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// Appends the built-in value to the help of every flag that falls back to a config's
+/// table (so the flag itself has no clap default): `--help` shows the effective default
+/// of every flag. The demo's configs/demo.toml sets some of its own.
+pub fn show_defaults(cmd: clap::Command) -> clap::Command {
+    let (t, m) = (
+        crate::train::TrainConfig::default(),
+        crate::model::ModelConfig::default(),
+    );
+    let defaults = [
+        ("batch_size", t.batch_size.to_string()),
+        ("learning_rate", t.learning_rate.to_string()),
+        ("num_epochs", t.num_epochs.to_string()),
+        ("warmup_steps", t.warmup_steps.to_string()),
+        ("grad_clip", t.grad_clip.to_string()),
+        ("grad_accum_steps", t.grad_accum_steps.to_string()),
+        ("seed", t.seed.to_string()),
+        ("prefetch_buffer_size", t.prefetch_buffer_size.to_string()),
+        ("latent_size", m.latent_size.to_string()),
+        ("num_gnn_layers", m.num_gnn_layers.to_string()),
+        ("mlp_hidden_layers", m.mlp_hidden_layers.to_string()),
+        ("batching", m.batching.to_string()),
+        ("checkpoint_every", t.checkpoint_every.to_string()),
+        ("patches", t.patches.to_string()),
+        ("patch_halo", t.patch_halo.to_string()),
+        ("mixed_precision", t.mixed_precision.to_string()),
+        ("initial_loss_scale", t.initial_loss_scale.to_string()),
+        (
+            "loss_scale_growth_interval",
+            t.loss_scale_growth_interval.to_string(),
+        ),
+        ("aggregation", m.aggregation.to_string()),
+    ];
+    defaults.into_iter().fold(cmd, |cmd, (id, value)| {
+        cmd.mut_arg(id, |arg| {
+            let with_default =
+                |help: &clap::builder::StyledStr| format!("{help} [default: {value}]");
+            let long = arg.get_long_help().map(with_default);
+            let arg = match arg.get_help().map(with_default) {
+                Some(help) => arg.help(help),
+                None => arg.help(format!("[default: {value}]")),
+            };
+            match long {
+                Some(long) => arg.long_help(long),
+                None => arg,
+            }
+        })
+    })
+}
+
 /// The one line a finished run prints.
 fn print_summary(summary: &crate::train::TrainSummary, output_dir: &std::path::Path) {
     let gb = |b: usize| format!("{:.2} GB", b as f64 / 1e9);
