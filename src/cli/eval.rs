@@ -30,7 +30,8 @@ pub struct CheckpointArgs {
 }
 
 impl CheckpointArgs {
-    fn load(&self, device: &candle_core::Device) -> anyhow::Result<Loaded> {
+    /// The checkpoint's model on its data, for `batch_size` initial times at once.
+    fn load(&self, batch_size: usize, device: &candle_core::Device) -> anyhow::Result<Loaded> {
         let data = self.data.to_spec()?;
         let patches = self.patches.map(|n| crate::graph::PatchOptions {
             n_patches: n,
@@ -44,6 +45,7 @@ impl CheckpointArgs {
             (!data.is_empty()).then_some(data),
             patches,
             self.graph.cache_dir().as_deref(),
+            batch_size,
             device,
         )
     }
@@ -75,7 +77,7 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
     if let Some(path) = &args.output {
         crate::util::check_output_path(path)?;
     }
-    let loaded = args.checkpoint.load(&device)?;
+    let loaded = args.checkpoint.load(args.batch_size, &device)?;
     let report = evaluate(&loaded, args.rollout_steps, args.batch_size)?;
     if let Some(path) = &args.output {
         crate::util::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -109,7 +111,7 @@ pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::
         crate::bail_input!("--steps must be at least 1");
     }
     crate::util::check_output_path(&args.output)?;
-    let loaded = args.checkpoint.load(&device)?;
+    let loaded = args.checkpoint.load(1, &device)?;
     let init = find_time(&loaded.session.dataset, &args.init_time)?;
     let path = forecast(&loaded, init, args.steps, &args.output)?;
     println!("{}", path.display());

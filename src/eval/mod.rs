@@ -22,6 +22,7 @@ use crate::error::InputError;
 use crate::graph::PatchOptions;
 use crate::predict::{Execution, NodeState, NormalisedResidual, Rollout};
 use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::fits::check_inference_fits;
 use crate::train::session::Session;
 
 /// A model restored from a checkpoint, with its data.
@@ -41,6 +42,7 @@ pub fn load(
     data: Option<DataSpec>,
     patches: Option<PatchOptions>,
     graph_cache: Option<&Path>,
+    batch_size: usize,
     device: &Device,
 ) -> anyhow::Result<Loaded> {
     let (dir, name) = checkpoint::locate(path, name)?;
@@ -68,7 +70,18 @@ pub fn load(
     if let Some(options) = patches {
         execution = execution.with_patches(options);
     }
-    let session = Session::new(&run, execution, dataset, graph_cache, device)?;
+    let (splits, graph) = Session::graph(&run, &dataset, graph_cache)?;
+    if let Some(available) = crate::memory::available_on(device) {
+        check_inference_fits(
+            &run,
+            &execution,
+            &graph,
+            &dataset.grid,
+            batch_size,
+            &available,
+        )?;
+    }
+    let session = Session::with_graph(&run, execution, dataset, splits, graph, device)?;
     ck.restore_weights(session.network().vars())?;
     tracing::info!(
         "loaded {}/{name} (step {}, epoch {})",

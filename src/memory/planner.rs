@@ -232,6 +232,35 @@ pub fn predict(shape: &StepShape) -> Prediction {
     }
 }
 
+/// A lower bound of the peak of one forward pass on the inference view (eval,
+/// forecast): the weights, the graph, the batch, and the latents of the largest node
+/// or edge set, which must exist at once. Measured inference peaks are about twice
+/// this (5 degrees, latent 128, 8 layers: 51 MB at batch 1, 184 MB at batch 4), so a
+/// run refused by it would certainly not have fitted.
+pub fn inference_floor(shape: &StepShape) -> u64 {
+    let g = shape.step_graph;
+    let rows = [
+        g.grid2mesh_edges,
+        g.mesh_edges,
+        g.mesh2grid_edges,
+        g.grid_nodes,
+        g.mesh_nodes,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as f64;
+    let bytes_per_value = match shape.techniques.precision {
+        MixedPrecision::Off => 4.0,
+        _ => 2.0,
+    };
+    let latents =
+        (shape.batch_size as f64 * rows * shape.model.latent_size as f64 * bytes_per_value) as u64;
+    let p = predict(shape);
+    [p.weights, p.graph, p.batch, latents]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
+}
+
 /// The configurations [`choose`] tries, cheapest first: fewest patches, then
 /// checkpointing before lower precision.
 pub fn candidates(max_patches: usize) -> Vec<Techniques> {
