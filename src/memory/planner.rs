@@ -234,9 +234,9 @@ pub fn predict(shape: &StepShape) -> Prediction {
 
 /// A lower bound of the peak of one forward pass on the inference view (eval,
 /// forecast): the weights, the graph, the batch, and the latents of the largest node
-/// or edge set, which must exist at once. Measured inference peaks are about twice
-/// this (5 degrees, latent 128, 8 layers: 51 MB at batch 1, 184 MB at batch 4), so a
-/// run refused by it would certainly not have fitted.
+/// or edge set, which must exist at once. Measured inference peaks are 3-4 times
+/// this (5 degrees, latent 128, 8 layers: floor 17 MB, measured 51 MB at batch 1;
+/// 48 against 184 MB at batch 4), so a run refused by it would not have fitted.
 pub fn inference_floor(shape: &StepShape) -> u64 {
     let g = shape.step_graph;
     let rows = [
