@@ -443,6 +443,16 @@ fn batch_job_logs_have_timestamps_no_colour_and_a_line_every_n_steps() {
         .output()
         .unwrap();
     succeeded(&eval);
+    // The tensor files are as readable as the JSON beside them.
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(out.join("checkpoints").join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode("last.safetensors"), mode("last.json"));
+    assert_eq!(mode("last.optimizer.safetensors"), mode("last.json"));
     // The same file by another path continues the run.
     let other_path = dir.path().join(".").join("g.nc");
     succeeded(&train_tiny(

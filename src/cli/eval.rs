@@ -63,7 +63,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Also write the report as JSON to this file.
-    #[arg(long)]
+    #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Print JSON instead of the table.
     #[arg(long)]
