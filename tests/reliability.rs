@@ -107,6 +107,13 @@ fn step_rows(out: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Data for a run that does not end by itself (30 degrees, 400 steps), its output
+/// directory and the file its stderr goes to.
+fn long_run_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = generate(dir, "g.nc", &["--resolution", "30", "--steps", "400"]);
+    (data, dir.join("run"), dir.join("stderr.txt"))
+}
+
 /// Waits until the run has written `rows` more bytes of metrics (it is training), or
 /// fails the test with its stderr if it ended.
 fn wait_for_training(child: &mut Child, metrics: &Path, stderr: &Path) {
@@ -131,13 +138,7 @@ fn kill_9_inside_checkpoint_saves_always_leaves_a_loadable_checkpoint() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(
-        dir.path(),
-        "g.nc",
-        &["--resolution", "30", "--steps", "400"],
-    );
-    let out = dir.path().join("run");
-    let stderr = dir.path().join("stderr.txt");
+    let (data, out, stderr) = long_run_files(dir.path());
     let (mut inside, mut kills) = (0, 0);
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     while inside < want_inside {
@@ -375,13 +376,7 @@ fn resume_drops_metrics_rows_after_its_checkpoint_and_a_half_written_line() {
 #[test]
 fn sigterm_saves_last_and_exits_143() {
     let dir = tempfile::tempdir().unwrap();
-    let data = generate(
-        dir.path(),
-        "g.nc",
-        &["--resolution", "30", "--steps", "400"],
-    );
-    let out = dir.path().join("run");
-    let stderr = dir.path().join("stderr.txt");
+    let (data, out, stderr) = long_run_files(dir.path());
     let mut child = train_command(&data, &out, TINY, &["--num-epochs", "1000"])
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
