@@ -45,6 +45,16 @@ pub fn progress_bar(show: bool, total: usize, what: &str) -> indicatif::Progress
     bar
 }
 
+/// A spinner saying what is being done, for work with no count (a graph build); drawn
+/// only on a terminal and cleared when dropped.
+pub fn spinner(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner()
+        .with_finish(indicatif::ProgressFinish::AndClear)
+        .with_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 /// Refuses an output path whose directory does not exist (or is not a directory), before
 /// any work: the error names it, rather than a temporary file's "permission denied".
 pub fn check_output_path(path: &Path) -> Result<(), crate::error::InputError> {

@@ -120,7 +120,9 @@ impl Dataset {
         let cells = self.grid.len();
         let mut valid = vec![false; cells];
         let mut reader = StepReader::default();
+        let bar = crate::util::progress_bar(true, steps.len(), "valid cells: time steps");
         for t in steps {
+            bar.inc(1);
             let state = reader.read(self, t)?;
             for (c, flag) in state.valid.iter().enumerate() {
                 valid[c % cells] |= *flag;

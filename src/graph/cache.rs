@@ -91,7 +91,10 @@ pub fn load_or_build(
 ) -> Result<(WeatherGraph, CacheOutcome, f64)> {
     let start = Instant::now();
     let Some(dir) = cache else {
-        let graph = build(grid, valid, options)?;
+        let graph = {
+            let _spinner = crate::util::spinner("building the mesh graph");
+            build(grid, valid, options)?
+        };
         let secs = start.elapsed().as_secs_f64();
         tracing::info!("built graph in {secs:.2} s (graph cache disabled)");
         return Ok((graph, CacheOutcome::Disabled, secs));
@@ -121,7 +124,10 @@ pub fn load_or_build(
         );
     }
     // Validate before anything touches the cache directory.
-    let graph = build(grid, valid, options)?;
+    let graph = {
+        let _spinner = crate::util::spinner("building the mesh graph");
+        build(grid, valid, options)?
+    };
     match encode(&graph, &key).and_then(|bytes| crate::util::write_atomic(&path, &bytes)) {
         Ok(()) => tracing::info!(
             "built graph in {:.2} s, cached at {}",
