@@ -365,13 +365,18 @@ fn eval_and_forecast_from_a_checkpoint() {
         .output()
         .unwrap();
     ok(out);
-    // The forecast reads back through meshcast's own CF loader: 3 steps after the initial time.
-    let r = inspect_json(&[nc.display().to_string(), "--input-steps".into(), "1".into()]);
-    assert_eq!(r["time"]["steps"], 3);
-    assert_eq!(r["time"]["start"], "2000-01-08 06:00");
-    assert_eq!(r["grid"]["nlat"], 18);
-    assert_eq!(r["variables"].as_array().unwrap().len(), 5);
-    assert_eq!(r["variables"][0]["units"], "m");
+    // WeatherBench2 layout: one initialisation, three leads, the input's 18 x 36 grid
+    // (tests/forecast_layout.rs checks every convention).
+    let f = meshcast::data::source::open_file(&nc).unwrap();
+    let z = f.variable("z").unwrap();
+    let shape: Vec<usize> = z.dimensions().iter().map(|d| d.len()).collect();
+    assert_eq!(shape, [1, 3, 18, 36]);
+    let leads = f.variable("prediction_timedelta").unwrap();
+    assert_eq!(leads.get_values::<i64, _>(..).unwrap(), [6, 12, 18]);
+    assert!(matches!(
+        z.attribute_value("units"),
+        Some(Ok(netcdf::AttributeValue::Str(u))) if u == "m"
+    ));
 
     let bad = meshcast()
         .args([

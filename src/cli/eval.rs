@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{DataArgs, GraphArgs};
-use crate::eval::{evaluate, find_time, forecast, load, Loaded};
+use crate::eval::{evaluate, find_times, forecast, load, ForecastRequest, Loaded};
 
 /// Which checkpoint, on which data, run how: shared by `eval` and `forecast`.
 #[derive(Debug, Args)]
@@ -95,13 +95,17 @@ pub struct ForecastArgs {
     /// The checkpoint; its data hold the initial states.
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
-    /// Initial time (YYYY-MM-DD hh:mm), a time of the data.
-    #[arg(long)]
-    pub init_time: String,
-    /// Model steps to roll out.
+    /// Initial times, times of the data: `YYYY-MM-DD hh:mm`, a comma-separated list, or
+    /// `START..END` (every time of the data from START to END); one file holds them all.
+    #[arg(long = "init-times", alias = "init-time", value_name = "TIMES")]
+    pub init_times: String,
+    /// Model steps to roll out from each initial time.
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
-    /// Output CF-NetCDF file.
+    /// Also write the initial state, at lead 0.
+    #[arg(long)]
+    pub include_initial: bool,
+    /// Output CF-NetCDF file (WeatherBench2 layout, the input's coordinates).
     #[arg(short, long, default_value = "forecast.nc")]
     pub output: PathBuf,
 }
@@ -112,8 +116,12 @@ pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::
     }
     crate::util::check_output_path(&args.output)?;
     let loaded = args.checkpoint.load(1, &device)?;
-    let init = find_time(&loaded.session.dataset, &args.init_time)?;
-    let path = forecast(&loaded, init, args.steps, &args.output)?;
+    let request = ForecastRequest {
+        inits: find_times(&loaded.session.dataset, &args.init_times)?,
+        steps: args.steps,
+        include_initial: args.include_initial,
+    };
+    let path = forecast(&loaded, &request, &args.output)?;
     println!("{}", path.display());
     Ok(())
 }

@@ -22,9 +22,18 @@ pub struct Channel {
     pub name: String,
     pub units: Option<String>,
     pub long_name: Option<String>,
+    pub standard_name: Option<String>,
     /// Sources (in time order) that hold this channel, and which of their channels it is.
     #[serde(skip)]
     parts: Vec<ChannelPart>,
+}
+
+impl Channel {
+    /// The source that first holds this channel (the one whose metadata the channel
+    /// took) and the position of the channel's level among that source's levels.
+    pub fn origin(&self) -> (usize, usize) {
+        (self.parts[0].source, self.parts[0].level)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +422,7 @@ fn group_channels(
                 name,
                 units: lead.units.clone(),
                 long_name: lead.long_name.clone(),
+                standard_name: lead.standard_name.clone(),
                 parts,
             });
         }

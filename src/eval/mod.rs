@@ -3,7 +3,7 @@
 //! [`evaluate`] rolls the model out from every initial time of the test block and scores
 //! each variable and lead time with latitude-weighted RMSE, bias and anomaly correlation
 //! (anomalies against the training block's per-cell climatology), next to persistence
-//! and climatology baselines. [`forecast`] writes one rollout as CF-NetCDF, step by step.
+//! and climatology baselines. [`forecast`] writes rollouts as CF-NetCDF in the input's conventions, step by step.
 
 mod forecast;
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::Serialize;
 
-pub use forecast::forecast;
+pub use forecast::{forecast, ForecastRequest};
 
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
@@ -406,10 +406,39 @@ impl std::fmt::Display for EvalReport {
 }
 
 /// Finds `--init-time` on the data's time axis.
-pub fn find_time(dataset: &Dataset, text: &str) -> anyhow::Result<usize> {
+/// The data times `text` names: one time, a comma-separated list, or `START..END`
+/// (every time of the data from START to END, both included).
+pub fn find_times(dataset: &Dataset, text: &str) -> anyhow::Result<Vec<usize>> {
+    let Some((start, end)) = text.split_once("..") else {
+        return text
+            .split(',')
+            .map(|t| find_time(dataset, t.trim()))
+            .collect();
+    };
+    let cal = dataset.time.calendar;
+    let parse = |t: &str| {
+        crate::data::time::DateTime::parse(t.trim(), cal)
+            .map(|d| d.to_instant(cal))
+            .map_err(|e| InputError(format!("--init-times {text}: {e}")))
+    };
+    let (start, end) = (parse(start)?, parse(end)?);
+    let found: Vec<usize> = (0..dataset.time.len())
+        .filter(|&i| (start..=end).contains(&dataset.time.instants[i]))
+        .collect();
+    if found.is_empty() {
+        crate::bail_input!(
+            "--init-times {text}: no time of the data lies in that range ({} to {})",
+            dataset.time.datetime(0),
+            dataset.time.datetime(dataset.time.len() - 1)
+        );
+    }
+    Ok(found)
+}
+
+fn find_time(dataset: &Dataset, text: &str) -> anyhow::Result<usize> {
     let cal = dataset.time.calendar;
     let wanted = crate::data::time::DateTime::parse(text, cal)
-        .map_err(|e| InputError(format!("--init-time: {e}")))?;
+        .map_err(|e| InputError(format!("--init-times: {e}")))?;
     let instant = wanted.to_instant(cal);
     dataset
         .time
@@ -418,7 +447,7 @@ pub fn find_time(dataset: &Dataset, text: &str) -> anyhow::Result<usize> {
         .position(|&t| t == instant)
         .ok_or_else(|| {
             InputError(format!(
-                "--init-time {wanted} is not a time of the data ({} to {} every {})",
+                "--init-times {wanted} is not a time of the data ({} to {} every {})",
                 dataset.time.datetime(0),
                 dataset.time.datetime(dataset.time.len() - 1),
                 dataset

@@ -51,6 +51,7 @@ pub fn describe_variable(
         name: alias.unwrap_or(var_name).to_string(),
         units: attr_string(&var, "units"),
         long_name: attr_string(&var, "long_name").or_else(|| attr_string(&var, "standard_name")),
+        standard_name: attr_string(&var, "standard_name"),
         dims,
         lat,
         lon,

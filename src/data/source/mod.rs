@@ -22,6 +22,7 @@ mod attributes;
 mod axes;
 mod cf;
 mod classic_header;
+mod conventions;
 mod describe;
 mod format;
 mod hdf5;
@@ -32,6 +33,7 @@ mod roles;
 mod time_axis;
 
 pub use cf::Packing;
+pub use conventions::{CoordinateType, HorizontalAxes, OutputAxis};
 pub use describe::describe_variable;
 pub use format::open_file;
 pub use levels::LevelSelection;
@@ -61,6 +63,7 @@ pub struct SourceVariable {
     pub name: String,
     pub units: Option<String>,
     pub long_name: Option<String>,
+    pub standard_name: Option<String>,
     pub dims: Vec<(String, usize)>,
     #[serde(skip)]
     pub lat: AxisMap,

@@ -1,0 +1,118 @@
+//! `forecast`: rollouts from one or many initial times, written as CF-NetCDF in the
+//! WeatherBench2 layout and the input's own conventions ([`layout`]), lead by lead, so
+//! memory stays bounded by one state whatever the number of steps and initialisations.
+
+mod layout;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{Loaded, NodeReader};
+use crate::predict::{NormalisedResidual, Rollout};
+use layout::Layout;
+
+/// What to forecast: initial times (indices on the data's time axis), model steps from
+/// each, and whether the initial state is written at lead 0.
+#[derive(Debug, Clone)]
+pub struct ForecastRequest {
+    pub inits: Vec<usize>,
+    pub steps: usize,
+    pub include_initial: bool,
+}
+
+/// Writes the forecasts of `request` to `out` (through a temporary file renamed at
+/// the end, so an interrupted run leaves no half file under the final name).
+pub fn forecast(loaded: &Loaded, request: &ForecastRequest, out: &Path) -> anyhow::Result<PathBuf> {
+    let s = &loaded.session;
+    let window = loaded.meta.run.window;
+    check_inits(loaded, &request.inits)?;
+    let Some(step_seconds) = s.dataset.time.step_seconds() else {
+        crate::bail_input!("the data has a single time step: no lead time to forecast");
+    };
+    let model_step = step_seconds * window.lead_steps as i64;
+    let first_lead = usize::from(!request.include_initial);
+    let leads = (first_lead..=request.steps).map(|k| k as i64 * model_step);
+    let layout = Layout::new(&s.dataset, &request.inits, leads.collect())?;
+
+    let tmp = crate::util::temp_path(out);
+    let ctx = || format!("{}: cannot write the forecast", out.display());
+    let mut file = netcdf::create(&tmp).with_context(ctx)?;
+    let written = define_and_write(loaded, request, &layout, &mut file)
+        .and_then(|()| file.close().map_err(Into::into))
+        .with_context(ctx);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).with_context(ctx)?;
+    Ok(out.to_path_buf())
+}
+
+/// Refuses initial times without the history the model needs, naming the earliest.
+fn check_inits(loaded: &Loaded, inits: &[usize]) -> anyhow::Result<()> {
+    let input_steps = loaded.meta.run.window.input_steps;
+    let time = &loaded.session.dataset.time;
+    if inits.is_empty() {
+        crate::bail_input!("no initial time given");
+    }
+    if let Some(&bad) = inits.iter().find(|&&i| i + 1 < input_steps) {
+        crate::bail_input!(
+            "initial time {} needs {} earlier steps of data; the earliest possible is {}",
+            time.datetime(bad),
+            input_steps - 1,
+            time.datetime(input_steps - 1)
+        );
+    }
+    Ok(())
+}
+
+/// Defines the file, then rolls out from each initial time, writing every lead as it
+/// is computed.
+fn define_and_write(
+    loaded: &Loaded,
+    request: &ForecastRequest,
+    layout: &Layout,
+    file: &mut netcdf::FileMut,
+) -> anyhow::Result<()> {
+    let s = &loaded.session;
+    let channels = loaded.stats.channels.len();
+    let cells = s.graph.grid_map.cells();
+    layout.define(file, &s.dataset)?;
+    let model = NormalisedResidual {
+        predictor: s.predictor.as_ref(),
+        stats: &loaded.stats,
+    };
+    let mut reader = NodeReader::new(s, channels);
+    let total = request.inits.len() * request.steps;
+    let bar = crate::util::progress_bar(true, total, "forecast: steps");
+    for (i, &init) in request.inits.iter().enumerate() {
+        let history = reader.history(init, loaded.meta.run.window.input_steps)?;
+        let mut rollout = Rollout::new(vec![history]);
+        if request.include_initial {
+            let state = rollout.current(0);
+            layout.write_state(
+                file,
+                (i, 0),
+                cells,
+                &state.values,
+                Some(&state.valid),
+                channels,
+            )?;
+        }
+        for k in 1..=request.steps {
+            bar.inc(1);
+            rollout.step(&model)?;
+            let lead = k - usize::from(!request.include_initial);
+            let state = rollout.current(0);
+            layout.write_state(file, (i, lead), cells, &state.values, None, channels)?;
+            tracing::info!(
+                "forecast from {}: step {k}/{} (+{} h) written",
+                s.dataset.time.datetime(init),
+                request.steps,
+                layout.lead_seconds[lead] as f64 / 3600.0
+            );
+        }
+    }
+    Ok(())
+}

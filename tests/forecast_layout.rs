@@ -1,0 +1,390 @@
+//! `forecast` writes the WeatherBench2 layout in the input's own conventions: coordinate
+//! names, latitude order, longitude range, value types, levels and attributes, so that
+//! `forecast - truth` in xarray keeps the input's shape. Checked with the netCDF library
+//! on an ERA5-style file (latitude/longitude, 90..-90, 0..360, pressure levels), a
+//! region across the prime meridian, and storm1996; then with xarray itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use common::*;
+
+const LEVELS: [i32; 3] = [1000, 850, 500];
+const NLAT: usize = 19;
+const NLON: usize = 36;
+
+/// An ERA5/WeatherBench2-style file: `latitude` 90..-90 and `longitude` 0..350 (10 deg,
+/// float32), `level` (int32 hPa), 6-hourly int64 time, `temperature(time, level,
+/// latitude, longitude)` and `mean_sea_level_pressure(time, latitude, longitude)`
+/// made of waves that travel, so a model has something to learn.
+fn write_era5_style(path: &Path, steps: usize) {
+    let mut f = netcdf::create(path).unwrap();
+    f.add_dimension("time", steps).unwrap();
+    f.add_dimension("level", LEVELS.len()).unwrap();
+    f.add_dimension("latitude", NLAT).unwrap();
+    f.add_dimension("longitude", NLON).unwrap();
+    let mut v = f.add_variable::<i64>("time", &["time"]).unwrap();
+    v.put_attribute("units", "hours since 2000-01-01").unwrap();
+    v.put_attribute("calendar", "proleptic_gregorian").unwrap();
+    let hours: Vec<i64> = (0..steps as i64).map(|k| 6 * k).collect();
+    v.put_values(&hours, ..).unwrap();
+    let mut v = f.add_variable::<i32>("level", &["level"]).unwrap();
+    v.put_attribute("units", "millibars").unwrap();
+    v.put_attribute("long_name", "pressure_level").unwrap();
+    v.put_values(&LEVELS, ..).unwrap();
+    let mut v = f.add_variable::<f32>("latitude", &["latitude"]).unwrap();
+    v.put_attribute("units", "degrees_north").unwrap();
+    v.put_attribute("long_name", "latitude").unwrap();
+    v.put_values(&latitudes(), ..).unwrap();
+    let mut v = f.add_variable::<f32>("longitude", &["longitude"]).unwrap();
+    v.put_attribute("units", "degrees_east").unwrap();
+    v.put_values(&longitudes(), ..).unwrap();
+    let dims = ["time", "level", "latitude", "longitude"];
+    let mut v = f.add_variable::<f32>("temperature", &dims).unwrap();
+    v.put_attribute("units", "K").unwrap();
+    v.put_attribute("standard_name", "air_temperature").unwrap();
+    v.put_attribute("long_name", "Temperature").unwrap();
+    v.put_values(&field(steps, LEVELS.len(), 250.0, 8.0), ..)
+        .unwrap();
+    let dims = ["time", "latitude", "longitude"];
+    let mut v = f
+        .add_variable::<f32>("mean_sea_level_pressure", &dims)
+        .unwrap();
+    v.put_attribute("units", "Pa").unwrap();
+    v.put_values(&field(steps, 1, 101_000.0, 800.0), ..)
+        .unwrap();
+}
+
+fn latitudes() -> Vec<f32> {
+    (0..NLAT).map(|i| 90.0 - 10.0 * i as f32).collect()
+}
+
+fn longitudes() -> Vec<f32> {
+    (0..NLON).map(|j| 10.0 * j as f32).collect()
+}
+
+/// `base + amplitude * (cos(lat) sin(lon - 0.3 t + level) + 0.5 cos(2 lon + 0.2 t))`.
+fn field(steps: usize, levels: usize, base: f32, amplitude: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(steps * levels * NLAT * NLON);
+    for t in 0..steps {
+        for l in 0..levels {
+            for lat in latitudes() {
+                for lon in longitudes() {
+                    let (la, lo, t) = (lat.to_radians(), lon.to_radians(), t as f32);
+                    let wave = la.cos() * (lo - 0.3 * t + l as f32).sin()
+                        + 0.5 * (2.0 * lo + 0.2 * t).cos();
+                    out.push(base - 10.0 * l as f32 + amplitude * wave);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Trains the tiny model on `data_args` for a few steps into `dir/name`.
+fn train(dir: &Path, name: &str, data_args: &[String]) -> PathBuf {
+    let out = dir.join(name);
+    let o = meshcast()
+        .args(["-q", "train-model"])
+        .args(data_args)
+        .arg("--output-dir")
+        .arg(&out)
+        .args(TINY)
+        .args(["--max-steps", "4"])
+        .output()
+        .unwrap();
+    succeeded(&o);
+    out
+}
+
+/// `forecast --checkpoint RUN --which last ARGS -o OUT`.
+fn forecast(run: &Path, out: &Path, args: &[&str]) {
+    let o = meshcast()
+        .args(["-q", "forecast", "--checkpoint"])
+        .arg(run)
+        .args(["--which", "last", "--no-graph-cache", "-o"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&o);
+}
+
+/// Opens with meshcast's opener, which keeps HDF5 from printing its harmless
+/// diagnostics on test threads.
+fn open(path: &Path) -> netcdf::File {
+    meshcast::data::source::open_file(path).unwrap()
+}
+
+fn dims(file: &netcdf::File, var: &str) -> Vec<String> {
+    let v = file.variable(var).unwrap();
+    v.dimensions().iter().map(|d| d.name()).collect()
+}
+
+fn text(file: &netcdf::File, var: &str, attr: &str) -> String {
+    match file.variable(var).unwrap().attribute_value(attr) {
+        Some(Ok(netcdf::AttributeValue::Str(s))) => s,
+        other => panic!("{var}:{attr} is {other:?}"),
+    }
+}
+
+fn f32s(file: &netcdf::File, var: &str) -> Vec<f32> {
+    file.variable(var)
+        .unwrap()
+        .get_values::<f32, _>(..)
+        .unwrap()
+}
+
+#[test]
+fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("era5.nc");
+    write_era5_style(&data, 24);
+    let data_arg = data.display().to_string();
+    let run = train(
+        dir.path(),
+        "run",
+        &[data_arg, "--levels".into(), "850,500".into()],
+    );
+    let fc = dir.path().join("fc.nc");
+    let inits = "2000-01-03 00:00..2000-01-03 12:00";
+    forecast(
+        &run,
+        &fc,
+        &["--init-times", inits, "--steps", "2", "--include-initial"],
+    );
+
+    let (f, input) = (open(&fc), open(&data));
+    assert_eq!(
+        dims(&f, "temperature"),
+        [
+            "time",
+            "prediction_timedelta",
+            "level",
+            "latitude",
+            "longitude"
+        ]
+    );
+    assert_eq!(
+        dims(&f, "mean_sea_level_pressure"),
+        ["time", "prediction_timedelta", "latitude", "longitude"]
+    );
+    // Descending latitudes, 0..360 longitudes and float32, exactly as in the input.
+    assert_eq!(f32s(&f, "latitude"), latitudes());
+    assert_eq!(f32s(&f, "longitude"), longitudes());
+    let level = f.variable("level").unwrap();
+    assert_eq!(level.get_values::<i32, _>(..).unwrap(), [850, 500]);
+    assert_eq!(text(&f, "level", "units"), "millibars");
+    assert_eq!(text(&f, "latitude", "axis"), "Y");
+    assert_eq!(text(&f, "longitude", "axis"), "X");
+    assert_eq!(text(&f, "temperature", "standard_name"), "air_temperature");
+    assert_eq!(text(&f, "temperature", "long_name"), "Temperature");
+    assert_eq!(text(&f, "temperature", "units"), "K");
+    // Three initialisations 6 h apart; leads 0, 6 and 12 h; valid = init + lead.
+    let time = f.variable("time").unwrap();
+    assert_eq!(time.get_values::<f64, _>(..).unwrap(), [0.0, 6.0, 12.0]);
+    assert_eq!(text(&f, "time", "units"), "hours since 2000-01-03 00:00:00");
+    let lead = f.variable("prediction_timedelta").unwrap();
+    assert_eq!(lead.get_values::<i64, _>(..).unwrap(), [0, 6, 12]);
+    let valid = f.variable("valid_time").unwrap();
+    assert_eq!(
+        valid.get_values::<f64, _>(..).unwrap()[3..6],
+        [6.0, 12.0, 18.0]
+    );
+
+    // Lead 0 is the input at the initial time, cell for cell on the native grid: every
+    // value landed where the input has it. 2000-01-03 06:00 is time index 9.
+    let cells = NLAT * NLON;
+    let t_in = input.variable("temperature").unwrap();
+    let t_fc = f.variable("temperature").unwrap();
+    for (l_fc, l_in) in [(0, 1), (1, 2)] {
+        let want: Vec<f32> = t_in
+            .get_values(([9, l_in, 0, 0], [1, 1, NLAT, NLON]))
+            .unwrap();
+        let got: Vec<f32> = t_fc
+            .get_values(([1, 0, l_fc, 0, 0], [1, 1, 1, NLAT, NLON]))
+            .unwrap();
+        assert_eq!(got, want, "level {}", LEVELS[l_in]);
+        // Lead 12 h is a forecast of the same field: near the truth, not a copy of it.
+        let truth: Vec<f32> = t_in
+            .get_values(([11, l_in, 0, 0], [1, 1, NLAT, NLON]))
+            .unwrap();
+        let fc12: Vec<f32> = t_fc
+            .get_values(([1, 2, l_fc, 0, 0], [1, 1, 1, NLAT, NLON]))
+            .unwrap();
+        let err = (0..cells).map(|c| (fc12[c] - truth[c]).abs()).sum::<f32>() / cells as f32;
+        assert!(err > 0.0 && err < 30.0, "mean error {err} K");
+    }
+}
+
+#[test]
+fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("era5.nc");
+    write_era5_style(&data, 16);
+    let args = [
+        "--var".to_string(),
+        format!("{}:mean_sea_level_pressure=msl", data.display()),
+        "--region=-40,40,330,30".into(),
+    ];
+    let run = train(dir.path(), "run", &args);
+    let fc = dir.path().join("fc.nc");
+    forecast(
+        &run,
+        &fc,
+        &[
+            "--init-times",
+            "2000-01-02 06:00",
+            "--steps",
+            "1",
+            "--include-initial",
+        ],
+    );
+
+    let (f, input) = (open(&fc), open(&data));
+    assert_eq!(
+        dims(&f, "msl"),
+        ["time", "prediction_timedelta", "latitude", "longitude"]
+    );
+    // The file's order (0..30, then 330..350) and values; latitudes still descending.
+    assert_eq!(f32s(&f, "longitude"), [0., 10., 20., 30., 330., 340., 350.]);
+    assert_eq!(
+        f32s(&f, "latitude"),
+        [40., 30., 20., 10., 0., -10., -20., -30., -40.]
+    );
+    let all: Vec<f32> = input
+        .variable("mean_sea_level_pressure")
+        .unwrap()
+        .get_values(([5, 0, 0], [1, NLAT, NLON]))
+        .unwrap();
+    let got = f
+        .variable("msl")
+        .unwrap()
+        .get_values::<f32, _>(([0, 0, 0, 0], [1, 1, 9, 7]))
+        .unwrap();
+    let lon_index = [0, 1, 2, 3, 33, 34, 35];
+    for (i, lat_index) in (5..=13).enumerate() {
+        for (j, &lon) in lon_index.iter().enumerate() {
+            assert_eq!(got[i * 7 + j], all[lat_index * NLON + lon], "cell {i},{j}");
+        }
+    }
+}
+
+#[test]
+fn a_storm1996_forecast_has_the_inputs_grid_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path(), "run", &storm_args());
+    let fc = dir.path().join("fc.nc");
+    forecast(
+        &run,
+        &fc,
+        &[
+            "--init-times",
+            "1996-01-06 00:00,1996-01-07 00:00",
+            "--steps",
+            "2",
+            "--include-initial",
+        ],
+    );
+    let (f, input) = (open(&fc), open(Path::new(&storm("Pstorm.cdf"))));
+    assert_eq!(
+        dims(&f, "p"),
+        ["time", "prediction_timedelta", "lat", "lon"]
+    );
+    assert_eq!(f32s(&f, "lat"), f32s(&input, "lat"));
+    assert_eq!(f32s(&f, "lon"), f32s(&input, "lon"));
+    assert_eq!(dims(&f, "u500"), dims(&f, "p"));
+    // Lead 0 of the second initialisation is the input where it is valid and the fill
+    // value where the input is masked (1996-01-07 00:00 is step 8 of the file).
+    let want: Vec<f32> = input
+        .variable("p")
+        .unwrap()
+        .get_values(([8, 0, 0], [1, 33, 36]))
+        .unwrap();
+    let got: Vec<f32> = f
+        .variable("p")
+        .unwrap()
+        .get_values(([1, 0, 0, 0], [1, 1, 33, 36]))
+        .unwrap();
+    assert!(want.contains(&-9999.0), "the storm file has masked cells");
+    assert_eq!(got, want);
+}
+
+/// A Python with xarray and netCDF4: `$MESHCAST_TORCH_PYTHON` (CI sets it and installs
+/// scripts/requirements.txt, so there the check is mandatory), else `python3` if it
+/// has them.
+fn xarray_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHCAST_TORCH_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let ok = StdCommand::new("python3")
+        .args(["-c", "import xarray, netCDF4"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| PathBuf::from("python3"))
+}
+
+/// In xarray: `forecast - truth` keeps the input's shape, and the latitude-weighted RMSE
+/// computed there on the native coordinates equals what `eval` reports for the same
+/// initial times.
+#[test]
+fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
+    let Some(python) = xarray_python() else {
+        eprintln!("note: no Python with xarray and netCDF4; the xarray check is skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("era5.nc");
+    write_era5_style(&data, 40);
+    let data_arg = data.display().to_string();
+    let run = train(
+        dir.path(),
+        "run",
+        &[data_arg, "--levels".into(), "850,500".into()],
+    );
+    let eval = dir.path().join("eval.json");
+    let o = meshcast()
+        .args(["-q", "eval", "--checkpoint"])
+        .arg(&run)
+        .args([
+            "--which",
+            "last",
+            "--no-graph-cache",
+            "--rollout-steps",
+            "2",
+            "-o",
+        ])
+        .arg(&eval)
+        .output()
+        .unwrap();
+    succeeded(&o);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    let inits: Vec<&str> = report["initial_times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let fc = dir.path().join("fc.nc");
+    forecast(
+        &run,
+        &fc,
+        &["--init-times", &inits.join(","), "--steps", "2"],
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/forecast_xarray_check.py");
+    let o = StdCommand::new(&python)
+        .arg(script)
+        .args([&fc, &data, &eval])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "xarray check failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+}
