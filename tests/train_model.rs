@@ -340,13 +340,31 @@ fn eval_and_forecast_from_a_checkpoint() {
         .output()
         .unwrap();
     let report: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
-    let z = report["variables"]["z"].as_array().unwrap();
-    assert_eq!(z.len(), 2);
-    assert_eq!(z[1]["lead_hours"], 12.0);
+    // Flat records: z at 12 h (lead step 2) has RMSE for all three systems, in metres;
+    // the climatology has no ACC (its anomaly is zero by construction).
+    let records = report["records"].as_array().unwrap();
+    let z12 = |system: &str, metric: &str| {
+        records.iter().find(|r| {
+            r["channel"] == "z"
+                && r["lead_hours"] == 12.0
+                && r["system"] == system
+                && r["metric"] == metric
+        })
+    };
     for system in ["model", "persistence", "climatology"] {
-        let rmse = z[1][system]["rmse"].as_f64().unwrap();
+        let r = z12(system, "rmse").unwrap();
+        let rmse = r["value"].as_f64().unwrap();
         assert!(rmse.is_finite() && rmse > 0.0, "{system}: {rmse}");
+        assert_eq!(r["units"], "m");
+        assert_eq!(r["variable"], "z");
     }
+    assert!(z12("climatology", "acc").is_none());
+    assert_eq!(z12("model", "acc").unwrap()["units"], "1");
+    assert_eq!(report["split"], "test");
+    assert!(report["checkpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("best.json"));
     assert!(!report["initial_times"].as_array().unwrap().is_empty());
 
     let nc = dir.path().join("fc.nc");
@@ -548,10 +566,17 @@ fn patches_with_a_halo_covering_the_receptive_field_equal_the_whole_grid() {
         serde_json::from_str(&ok(cmd.output().unwrap())).unwrap()
     };
     let (a, b) = (eval(&[]), eval(&["--patches", "4", "--patch-halo", "180"]));
-    let (ra, rb) = (
-        a["variables"]["z"][0]["model"]["rmse"].as_f64().unwrap(),
-        b["variables"]["z"][0]["model"]["rmse"].as_f64().unwrap(),
-    );
+    let z6 = |report: &serde_json::Value| {
+        report["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["channel"] == "z" && r["system"] == "model" && r["metric"] == "rmse")
+            .unwrap()["value"]
+            .as_f64()
+            .unwrap()
+    };
+    let (ra, rb) = (z6(&a), z6(&b));
     assert!((ra - rb).abs() <= 1e-4 * ra, "{ra} vs {rb}");
 }
 

@@ -4,6 +4,7 @@
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use crate::data::generate::NcFormat;
+use crate::eval::ScoredSplit;
 use crate::model::{Aggregation, Batching, MixedPrecision};
 
 /// An enum a flag takes: the spellings `--help` lists, which its `FromStr` accepts,
@@ -30,6 +31,10 @@ impl Choice for MixedPrecision {
 
 impl Choice for NcFormat {
     const NAMES: &'static [&'static str] = NcFormat::NAMES;
+}
+
+impl Choice for ScoredSplit {
+    const NAMES: &'static [&'static str] = ScoredSplit::NAMES;
 }
 
 /// The value parser of a flag taking `T` (an alias parses as its name).

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{DataArgs, GraphArgs};
-use crate::eval::{evaluate, find_times, forecast, load, ForecastRequest, Loaded};
+use crate::eval::{
+    evaluate, find_times, forecast, load, EvalPeriod, ForecastRequest, Loaded, ScoredSplit,
+};
 
 /// Which checkpoint, on which data, run how: shared by `eval` and `forecast`.
 #[derive(Debug, Args)]
@@ -53,16 +55,27 @@ impl CheckpointArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The checkpoint; its data's test block is scored.
+    /// The checkpoint; its data's test block is scored (see --split).
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
+    /// Which forecasts to score: the data's test or validation block, or all of it
+    /// (for a file the model never saw, given with --data).
+    #[arg(long, value_parser = super::choices::choice::<ScoredSplit>(), default_value = "test")]
+    pub split: ScoredSplit,
+    /// Score only forecasts that start (first input step) at or after this time.
+    #[arg(long, value_name = "YYYY-MM-DD hh:mm")]
+    pub start: Option<String>,
+    /// Score only forecasts whose last lead is at or before this time.
+    #[arg(long, value_name = "YYYY-MM-DD hh:mm")]
+    pub end: Option<String>,
     /// Model steps rolled out from each initial time.
     #[arg(long, default_value_t = 4)]
     pub rollout_steps: usize,
     /// Initial times run together.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
-    /// Also write the report as JSON to this file.
+    /// Also write the report as JSON to this file (a header and flat `records`:
+    /// `pandas.DataFrame(json["records"])` is the table).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Print JSON instead of the table.
@@ -78,7 +91,12 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
         crate::util::check_output_path(path)?;
     }
     let loaded = args.checkpoint.load(args.batch_size, &device)?;
-    let report = evaluate(&loaded, args.rollout_steps, args.batch_size)?;
+    let period = EvalPeriod {
+        split: args.split,
+        start: args.start,
+        end: args.end,
+    };
+    let report = evaluate(&loaded, args.rollout_steps, args.batch_size, &period)?;
     if let Some(path) = &args.output {
         crate::util::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }

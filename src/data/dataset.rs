@@ -142,13 +142,19 @@ impl Dataset {
 
     /// The files behind the data, for error messages: `a.nc, b.nc`.
     pub fn file_list(&self) -> String {
-        let mut names: Vec<String> = self
-            .sources
-            .iter()
-            .map(|s| s.path.display().to_string())
-            .collect();
-        names.dedup();
-        names.join(", ")
+        self.files().join(", ")
+    }
+
+    /// The files behind the data, each once, in the order given.
+    pub fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.sources {
+            let name = s.path.display().to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     pub fn channel_names(&self) -> Vec<String> {

@@ -6,15 +6,17 @@
 //! and climatology baselines. [`forecast`] writes rollouts as CF-NetCDF in the input's conventions, step by step.
 
 mod forecast;
+mod period;
+mod report;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
-use serde::Serialize;
 
 pub use forecast::{forecast, ForecastRequest};
+pub use period::{EvalPeriod, ScoredSplit};
+pub use report::{EvalReport, ScoreRecord};
 
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
@@ -27,6 +29,8 @@ use crate::train::session::Session;
 
 /// A model restored from a checkpoint, with its data.
 pub struct Loaded {
+    /// The checkpoint's sidecar file.
+    pub checkpoint: std::path::PathBuf,
     pub session: Session,
     pub stats: NormStats,
     pub meta: CheckpointMeta,
@@ -90,42 +94,11 @@ pub fn load(
         ck.meta.epoch
     );
     Ok(Loaded {
+        checkpoint: checkpoint::sidecar(&dir, &name),
         session,
         stats: ck.meta.stats.clone(),
         meta: ck.meta,
     })
-}
-
-/// Scores of one forecast system for one variable at one lead.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Scores {
-    pub rmse: f64,
-    pub bias: f64,
-    pub acc: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LeadScores {
-    pub lead_steps: usize,
-    pub lead_hours: f64,
-    pub model: Scores,
-    pub persistence: Scores,
-    pub climatology: Scores,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalReport {
-    pub checkpoint_step: usize,
-    pub initial_times: Vec<String>,
-    pub rollout_steps: usize,
-    pub variables: BTreeMap<String, Vec<LeadScores>>,
-    /// How the model ran: patches (1: whole grid) and graph forward passes in all
-    /// (one per patch per model step and batch).
-    pub patches: usize,
-    pub graph_forwards: usize,
-    /// Peak bytes allocated during the rollouts above what was held before them
-    /// (weights, graph and data excluded; None without the counting allocator).
-    pub rollout_peak_bytes: Option<u64>,
 }
 
 /// Weighted sums from which RMSE, bias and ACC follow.
@@ -150,10 +123,10 @@ impl Sums {
         self.oa2 += w * oa * oa;
     }
 
-    fn scores(&self) -> Scores {
+    fn scores(&self) -> report::Scores {
         let w = self.w.max(1e-300);
         let denom = (self.fa2 * self.oa2).sqrt();
-        Scores {
+        report::Scores {
             rmse: (self.sq / w).sqrt(),
             bias: self.err / w,
             acc: if denom > 0.0 { self.fa_oa / denom } else { 0.0 },
@@ -189,30 +162,6 @@ fn climatology(loaded: &Loaded) -> anyhow::Result<NodeState> {
             .collect(),
         valid: count.iter().map(|&n| n > 0).collect(),
     })
-}
-
-/// Initial times of the test block that leave room for `rollout_steps` model steps.
-fn initial_times(loaded: &Loaded, rollout_steps: usize) -> anyhow::Result<Vec<usize>> {
-    let (s, window) = (&loaded.session, loaded.meta.run.window);
-    let test = s.splits.range(Split::Test);
-    let inits: Vec<usize> = s
-        .splits
-        .samples(Split::Test)
-        .into_iter()
-        .filter(|&t0| t0 + rollout_steps * window.lead_steps < test.end)
-        .collect();
-    if inits.is_empty() {
-        return Err(InputError(format!(
-            "{}: the test block (steps {}..{}) is too short for {} input steps and a {rollout_steps}-step rollout at lead {}",
-            s.dataset.file_list(),
-            test.start,
-            test.end,
-            window.input_steps,
-            window.lead_steps
-        ))
-        .into());
-    }
-    Ok(inits)
 }
 
 /// Reads dataset time steps as states on the graph's grid nodes.
@@ -275,16 +224,65 @@ fn score_lead(
     }
 }
 
-/// Rolls out `rollout_steps` model steps from every initial time of the test block that
-/// leaves room for them, `batch_size` initial times at a time.
+/// Rolls out `rollout_steps` model steps from every initial time of `period` that
+/// leaves room for them, `batch_size` initial times at a time, and scores each lead.
 pub fn evaluate(
     loaded: &Loaded,
     rollout_steps: usize,
     batch_size: usize,
+    period: &EvalPeriod,
 ) -> anyhow::Result<EvalReport> {
     let s = &loaded.session;
+    let inits = period.initial_times(loaded, rollout_steps)?;
+    let baseline = crate::memory::reset_peak_on(&s.device);
+    let sums = rollout_sums(loaded, &inits, rollout_steps, batch_size)?;
+    let rollout_peak_bytes = crate::memory::peak_on(&s.device)
+        .zip(baseline)
+        .map(|(p, b)| p.saturating_sub(b) as u64);
+    let scores: Vec<Vec<[report::Scores; 3]>> = sums
+        .iter()
+        .map(|lead| lead.iter().map(|c| c.map(|x| x.scores())).collect())
+        .collect();
+    let step_hours = s.dataset.time.step_seconds().unwrap_or(0) as f64 / 3600.0;
+    let train = s.splits.range(Split::Train);
+    Ok(EvalReport {
+        meshcast_version: env!("CARGO_PKG_VERSION"),
+        checkpoint: loaded.checkpoint.display().to_string(),
+        checkpoint_step: loaded.meta.step,
+        data_files: s.dataset.files(),
+        period: period.clone(),
+        initial_times: inits
+            .iter()
+            .map(|&t| s.dataset.time.datetime(t).to_string())
+            .collect(),
+        rollout_steps,
+        climatology: format!(
+            "per-cell mean of the training block of the data ({} to {})",
+            s.dataset.time.datetime(train.start),
+            s.dataset.time.datetime(train.end.max(train.start + 1) - 1)
+        ),
+        patches: s.execution.patch_count(),
+        graph_forwards: s.predictor.graph_forwards(),
+        rollout_peak_bytes,
+        records: report::records(
+            &channel_infos(&s.dataset),
+            &scores,
+            loaded.meta.run.window.lead_steps,
+            step_hours,
+        ),
+    })
+}
+
+/// Weighted error sums `[lead][channel][system]` (model, persistence, climatology)
+/// of the rollouts from `inits`.
+fn rollout_sums(
+    loaded: &Loaded,
+    inits: &[usize],
+    rollout_steps: usize,
+    batch_size: usize,
+) -> anyhow::Result<Vec<Vec<[Sums; 3]>>> {
+    let s = &loaded.session;
     let window = loaded.meta.run.window;
-    let inits = initial_times(loaded, rollout_steps)?;
     let channels = loaded.stats.channels.len();
     let lat_w = s.node_latitude_weights();
     let clim = climatology(loaded)?;
@@ -293,8 +291,6 @@ pub fn evaluate(
         stats: &loaded.stats,
     };
     let mut reader = NodeReader::new(s, channels);
-    let baseline = crate::memory::reset_peak_on(&s.device);
-    // sums[lead][channel][system]: model, persistence, climatology.
     let mut sums = vec![vec![[Sums::default(); 3]; channels]; rollout_steps];
     let bar = crate::util::progress_bar(true, inits.len(), "eval: initial times");
     for chunk in inits.chunks(batch_size.max(1)) {
@@ -317,95 +313,27 @@ pub fn evaluate(
             }
         }
     }
-    let rollout_peak_bytes = crate::memory::peak_on(&s.device)
-        .zip(baseline)
-        .map(|(p, b)| p.saturating_sub(b) as u64);
-    Ok(EvalReport {
-        checkpoint_step: loaded.meta.step,
-        initial_times: inits
-            .iter()
-            .map(|&t| s.dataset.time.datetime(t).to_string())
-            .collect(),
-        rollout_steps,
-        variables: variable_scores(loaded, &sums),
-        patches: s.execution.patch_count(),
-        graph_forwards: s.predictor.graph_forwards(),
-        rollout_peak_bytes,
-    })
+    Ok(sums)
 }
 
-/// The sums as scores per variable and lead.
-fn variable_scores(loaded: &Loaded, sums: &[Vec<[Sums; 3]>]) -> BTreeMap<String, Vec<LeadScores>> {
-    let s = &loaded.session;
-    let lead = loaded.meta.run.window.lead_steps;
-    let step_hours = s.dataset.time.step_seconds().unwrap_or(0) as f64 / 3600.0;
-    loaded
-        .stats
+/// Variable, level and units of each channel, for the score records.
+fn channel_infos(dataset: &Dataset) -> Vec<report::ChannelInfo> {
+    dataset
         .channels
         .iter()
-        .enumerate()
-        .map(|(c, name)| {
-            let leads = sums
-                .iter()
-                .enumerate()
-                .map(|(k, lead_sums)| LeadScores {
-                    lead_steps: (k + 1) * lead,
-                    lead_hours: ((k + 1) * lead) as f64 * step_hours,
-                    model: lead_sums[c][0].scores(),
-                    persistence: lead_sums[c][1].scores(),
-                    climatology: lead_sums[c][2].scores(),
-                })
-                .collect();
-            (name.clone(), leads)
+        .map(|ch| {
+            let (source, level) = ch.origin();
+            let source = &dataset.sources[source];
+            report::ChannelInfo {
+                channel: ch.name.clone(),
+                variable: source.name.clone(),
+                level: source.levels.get(level).map(|l| l.value),
+                units: ch.units.clone(),
+            }
         })
         .collect()
 }
 
-impl std::fmt::Display for EvalReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{} forecasts from {} to {}, checkpoint step {}",
-            self.initial_times.len(),
-            self.initial_times.first().map_or("-", String::as_str),
-            self.initial_times.last().map_or("-", String::as_str),
-            self.checkpoint_step
-        )?;
-        writeln!(
-            f,
-            "{:<8} {:>6} {:>11} {:>11} {:>11} {:>9} {:>7} {:>7} {:>7}",
-            "variable",
-            "lead",
-            "RMSE model",
-            "persist.",
-            "climat.",
-            "bias",
-            "ACC",
-            "ACC p.",
-            "ACC c."
-        )?;
-        for (name, leads) in &self.variables {
-            for l in leads {
-                writeln!(
-                    f,
-                    "{:<8} {:>5}h {:>11.4} {:>11.4} {:>11.4} {:>9.4} {:>7.3} {:>7.3} {:>7.3}",
-                    name,
-                    l.lead_hours,
-                    l.model.rmse,
-                    l.persistence.rmse,
-                    l.climatology.rmse,
-                    l.model.bias,
-                    l.model.acc,
-                    l.persistence.acc,
-                    l.climatology.acc
-                )?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Finds `--init-time` on the data's time axis.
 /// The data times `text` names: one time, a comma-separated list, or `START..END`
 /// (every time of the data from START to END, both included).
 pub fn find_times(dataset: &Dataset, text: &str) -> anyhow::Result<Vec<usize>> {
@@ -435,6 +363,7 @@ pub fn find_times(dataset: &Dataset, text: &str) -> anyhow::Result<Vec<usize>> {
     Ok(found)
 }
 
+/// Finds one `--init-times` time on the data's time axis.
 fn find_time(dataset: &Dataset, text: &str) -> anyhow::Result<usize> {
     let cal = dataset.time.calendar;
     let wanted = crate::data::time::DateTime::parse(text, cal)

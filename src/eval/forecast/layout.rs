@@ -51,10 +51,9 @@ impl Layout {
                 continue;
             }
             debug_assert_eq!(level, 0, "a variable's channels follow its levels in order");
-            let level_dim = match dataset.sources[source].level_axis()? {
-                Some(axis) => Some(add_level_axis(&mut levels, axis)),
-                None => None,
-            };
+            let level_dim = dataset.sources[source]
+                .level_axis()?
+                .map(|axis| add_level_axis(&mut levels, axis));
             variables.push(OutputVariable {
                 name: name.clone(),
                 channels: vec![c],
