@@ -20,6 +20,10 @@ pub enum ScoredSplit {
 
 impl ScoredSplit {
     pub const NAMES: &'static [&'static str] = &["test", "validation", "all"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 }
 
 impl std::str::FromStr for ScoredSplit {

@@ -123,11 +123,11 @@ impl std::fmt::Display for EvalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} forecasts from {} to {} ({:?} split), checkpoint step {}; climatology: {}",
+            "{} forecasts from {} to {} ({} split), checkpoint step {}; climatology: {}",
             self.initial_times.len(),
             self.initial_times.first().map_or("-", String::as_str),
             self.initial_times.last().map_or("-", String::as_str),
-            self.period.split,
+            self.period.split.name(),
             self.checkpoint_step,
             self.climatology
         )?;
