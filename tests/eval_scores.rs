@@ -104,3 +104,76 @@ fn eval_scores_a_whole_independent_file_or_a_period_of_it() {
         ],
     );
 }
+
+/// A daily file of `days` days on a 30-degree grid whose `t` has an annual cycle of
+/// 15 K amplitude (times cos(latitude)) and a small travelling wave.
+fn write_annual_cycle(path: &std::path::Path, days: usize) {
+    let (lats, lons): (Vec<f32>, Vec<f32>) = (
+        (0..6).map(|i| -75.0 + 30.0 * i as f32).collect(),
+        (0..12).map(|j| 30.0 * j as f32).collect(),
+    );
+    let mut f = netcdf::create(path).unwrap();
+    f.add_dimension("time", days).unwrap();
+    f.add_dimension("lat", lats.len()).unwrap();
+    f.add_dimension("lon", lons.len()).unwrap();
+    let mut v = f.add_variable::<f64>("time", &["time"]).unwrap();
+    v.put_attribute("units", "days since 2001-01-01").unwrap();
+    let time: Vec<f64> = (0..days).map(|d| d as f64).collect();
+    v.put_values(&time, ..).unwrap();
+    let mut v = f.add_variable::<f32>("lat", &["lat"]).unwrap();
+    v.put_attribute("units", "degrees_north").unwrap();
+    v.put_values(&lats, ..).unwrap();
+    let mut v = f.add_variable::<f32>("lon", &["lon"]).unwrap();
+    v.put_attribute("units", "degrees_east").unwrap();
+    v.put_values(&lons, ..).unwrap();
+    let mut values = Vec::new();
+    for d in 0..days {
+        let season = (2.0 * std::f32::consts::PI * d as f32 / 365.25).sin();
+        for lat in &lats {
+            for lon in &lons {
+                let wave = (lon.to_radians() - 0.4 * d as f32).sin();
+                values.push(280.0 + 15.0 * lat.to_radians().cos() * season + wave);
+            }
+        }
+    }
+    let mut v = f.add_variable::<f32>("t", &["time", "lat", "lon"]).unwrap();
+    v.put_attribute("units", "K").unwrap();
+    v.put_values(&values, ..).unwrap();
+}
+
+fn climatology_rmse(report: &serde_json::Value) -> f64 {
+    report["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["system"] == "climatology" && r["metric"] == "rmse")
+        .unwrap()["value"]
+        .as_f64()
+        .unwrap()
+}
+
+/// With two years of data the climatology follows the seasons: the climatology
+/// forecast of the last months misses by about the travelling wave (1 K), not by the
+/// annual cycle (~10 K); with two months of data it is the plain mean, and says so.
+#[test]
+fn the_climatology_is_seasonal_when_the_training_block_spans_a_year() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("two_years.nc");
+    write_annual_cycle(&long, 730);
+    let run = dir.path().join("run");
+    succeeded(&train_tiny(&long, &run, &["--max-steps", "2"]));
+    let report = eval_json(&run, &[]);
+    let description = report["climatology"].as_str().unwrap();
+    assert!(description.contains("monthly means"), "{description}");
+    let seasonal = climatology_rmse(&report);
+    eprintln!("seasonal climatology RMSE {seasonal:.3} K");
+    assert!(seasonal < 1.5, "seasonal climatology RMSE {seasonal} K");
+
+    let short = dir.path().join("two_months.nc");
+    write_annual_cycle(&short, 60);
+    let run = dir.path().join("short_run");
+    succeeded(&train_tiny(&short, &run, &["--max-steps", "2"]));
+    let report = eval_json(&run, &[]);
+    let description = report["climatology"].as_str().unwrap();
+    assert!(description.contains("shorter than a year"), "{description}");
+}

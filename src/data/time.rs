@@ -43,7 +43,7 @@ impl Calendar {
         }
     }
 
-    fn month_lengths(self, year: i64) -> [i64; 12] {
+    pub fn month_lengths(self, year: i64) -> [i64; 12] {
         if self == Calendar::Day360 {
             return [30; 12];
         }

@@ -2,9 +2,10 @@
 //!
 //! [`evaluate`] rolls the model out from every initial time of the test block and scores
 //! each variable and lead time with latitude-weighted RMSE, bias and anomaly correlation
-//! (anomalies against the training block's per-cell climatology), next to persistence
+//! (anomalies against the training block's climatology, seasonal when it spans a year), next to persistence
 //! and climatology baselines. [`forecast`] writes rollouts as CF-NetCDF in the input's conventions, step by step.
 
+mod climatology;
 mod forecast;
 mod period;
 mod report;
@@ -19,7 +20,7 @@ pub use period::{EvalPeriod, ScoredSplit};
 pub use report::{EvalReport, ScoreRecord};
 
 use crate::data::time::format_step;
-use crate::data::{DataSpec, Dataset, NormStats, Split, StepReader};
+use crate::data::{DataSpec, Dataset, NormStats, StepReader};
 use crate::error::InputError;
 use crate::graph::PatchOptions;
 use crate::predict::{Execution, NodeState, NormalisedResidual, Rollout};
@@ -134,36 +135,6 @@ impl Sums {
     }
 }
 
-/// Per-cell mean of every channel over the training block (the climatology), on graph nodes.
-fn climatology(loaded: &Loaded) -> anyhow::Result<NodeState> {
-    let s = &loaded.session;
-    let channels = loaded.stats.channels.len();
-    let size = s.graph.grid_map.cells().len() * channels;
-    let (mut sum, mut count) = (vec![0f64; size], vec![0u32; size]);
-    let mut reader = NodeReader::new(s, channels);
-    for t in s.splits.train.clone() {
-        let state = reader.read(t)?;
-        for k in 0..size {
-            if state.valid[k] {
-                sum[k] += state.values[k] as f64;
-                count[k] += 1;
-            }
-        }
-    }
-    Ok(NodeState {
-        values: (0..size)
-            .map(|k| {
-                if count[k] > 0 {
-                    (sum[k] / count[k] as f64) as f32
-                } else {
-                    loaded.stats.mean[k % channels] as f32
-                }
-            })
-            .collect(),
-        valid: count.iter().map(|&n| n > 0).collect(),
-    })
-}
-
 /// Reads dataset time steps as states on the graph's grid nodes.
 struct NodeReader<'a> {
     session: &'a Session,
@@ -234,8 +205,9 @@ pub fn evaluate(
 ) -> anyhow::Result<EvalReport> {
     let s = &loaded.session;
     let inits = period.initial_times(loaded, rollout_steps)?;
+    let clim = climatology::Climatology::from_training_block(loaded)?;
     let baseline = crate::memory::reset_peak_on(&s.device);
-    let sums = rollout_sums(loaded, &inits, rollout_steps, batch_size)?;
+    let sums = rollout_sums(loaded, &inits, rollout_steps, batch_size, &clim)?;
     let rollout_peak_bytes = crate::memory::peak_on(&s.device)
         .zip(baseline)
         .map(|(p, b)| p.saturating_sub(b) as u64);
@@ -244,7 +216,6 @@ pub fn evaluate(
         .map(|lead| lead.iter().map(|c| c.map(|x| x.scores())).collect())
         .collect();
     let step_hours = s.dataset.time.step_seconds().unwrap_or(0) as f64 / 3600.0;
-    let train = s.splits.range(Split::Train);
     Ok(EvalReport {
         meshcast_version: env!("CARGO_PKG_VERSION"),
         checkpoint: loaded.checkpoint.display().to_string(),
@@ -256,11 +227,7 @@ pub fn evaluate(
             .map(|&t| s.dataset.time.datetime(t).to_string())
             .collect(),
         rollout_steps,
-        climatology: format!(
-            "per-cell mean of the training block of the data ({} to {})",
-            s.dataset.time.datetime(train.start),
-            s.dataset.time.datetime(train.end.max(train.start + 1) - 1)
-        ),
+        climatology: clim.description,
         patches: s.execution.patch_count(),
         graph_forwards: s.predictor.graph_forwards(),
         rollout_peak_bytes,
@@ -280,12 +247,12 @@ fn rollout_sums(
     inits: &[usize],
     rollout_steps: usize,
     batch_size: usize,
+    clim: &climatology::Climatology,
 ) -> anyhow::Result<Vec<Vec<[Sums; 3]>>> {
     let s = &loaded.session;
     let window = loaded.meta.run.window;
     let channels = loaded.stats.channels.len();
     let lat_w = s.node_latitude_weights();
-    let clim = climatology(loaded)?;
     let model = NormalisedResidual {
         predictor: s.predictor.as_ref(),
         stats: &loaded.stats,
@@ -304,7 +271,9 @@ fn rollout_sums(
         for (k, lead_sums) in sums.iter_mut().enumerate() {
             rollout.step(&model)?;
             for (i, &t0) in chunk.iter().enumerate() {
-                let truth = reader.read(t0 + (k + 1) * window.lead_steps)?;
+                let t = t0 + (k + 1) * window.lead_steps;
+                let truth = reader.read(t)?;
+                let clim = clim.at(s.dataset.time.instants[t]);
                 score_lead(
                     lead_sums,
                     &lat_w,
