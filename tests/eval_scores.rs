@@ -6,25 +6,6 @@ mod common;
 
 use common::*;
 
-fn eval_json(run: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let out = meshcast()
-        .args(["-q", "eval", "--checkpoint"])
-        .arg(run)
-        .args([
-            "--which",
-            "last",
-            "--no-graph-cache",
-            "--rollout-steps",
-            "2",
-            "--json",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    succeeded(&out);
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn initial_times(report: &serde_json::Value) -> Vec<String> {
     report["initial_times"]
         .as_array()
@@ -53,7 +34,7 @@ fn eval_scores_a_whole_independent_file_or_a_period_of_it() {
         ],
     );
     let other_arg = other.to_str().unwrap();
-    let all = eval_json(&run, &["--data", other_arg, "--split", "all"]);
+    let all = eval_last(&run, &["--data", other_arg, "--split", "all"]);
     assert_eq!(all["split"], "all");
     assert_eq!(all["data_files"][0].as_str().unwrap(), other_arg);
     // 12 steps, 2-step rollouts: every initial time from the first with a full input
@@ -63,7 +44,7 @@ fn eval_scores_a_whole_independent_file_or_a_period_of_it() {
     let input_steps = 11 - inits.len();
     assert!((1..=3).contains(&input_steps), "{inits:?}");
     // A period: forecasts from their first input to their last lead inside it.
-    let period = eval_json(
+    let period = eval_last(
         &run,
         &[
             "--data",
@@ -142,12 +123,8 @@ fn write_annual_cycle(path: &std::path::Path, days: usize) {
 }
 
 fn climatology_rmse(report: &serde_json::Value) -> f64 {
-    report["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["system"] == "climatology" && r["metric"] == "rmse")
-        .unwrap()["value"]
+    let want = [("system", "climatology".into()), ("metric", "rmse".into())];
+    score_record(report, &want).unwrap()["value"]
         .as_f64()
         .unwrap()
 }
@@ -162,7 +139,7 @@ fn the_climatology_is_seasonal_when_the_training_block_spans_a_year() {
     write_annual_cycle(&long, 730);
     let run = dir.path().join("run");
     succeeded(&train_tiny(&long, &run, &["--max-steps", "2"]));
-    let report = eval_json(&run, &[]);
+    let report = eval_last(&run, &[]);
     let description = report["climatology"].as_str().unwrap();
     assert!(description.contains("monthly means"), "{description}");
     let seasonal = climatology_rmse(&report);
@@ -173,7 +150,7 @@ fn the_climatology_is_seasonal_when_the_training_block_spans_a_year() {
     write_annual_cycle(&short, 60);
     let run = dir.path().join("short_run");
     succeeded(&train_tiny(&short, &run, &["--max-steps", "2"]));
-    let report = eval_json(&run, &[]);
+    let report = eval_last(&run, &[]);
     let description = report["climatology"].as_str().unwrap();
     assert!(description.contains("shorter than a year"), "{description}");
 }

@@ -344,24 +344,9 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
         "run",
         &[data_arg, "--levels".into(), "850,500".into()],
     );
+    let report = eval_last(&run, &[]);
     let eval = dir.path().join("eval.json");
-    let o = meshcast()
-        .args(["-q", "eval", "--checkpoint"])
-        .arg(&run)
-        .args([
-            "--which",
-            "last",
-            "--no-graph-cache",
-            "--rollout-steps",
-            "2",
-            "-o",
-        ])
-        .arg(&eval)
-        .output()
-        .unwrap();
-    succeeded(&o);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    std::fs::write(&eval, report.to_string()).unwrap();
     let inits: Vec<&str> = report["initial_times"]
         .as_array()
         .unwrap()

@@ -567,12 +567,12 @@ fn patches_with_a_halo_covering_the_receptive_field_equal_the_whole_grid() {
     };
     let (a, b) = (eval(&[]), eval(&["--patches", "4", "--patch-halo", "180"]));
     let z6 = |report: &serde_json::Value| {
-        report["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["channel"] == "z" && r["system"] == "model" && r["metric"] == "rmse")
-            .unwrap()["value"]
+        let want = [
+            ("channel", "z".into()),
+            ("system", "model".into()),
+            ("metric", "rmse".into()),
+        ];
+        score_record(report, &want).unwrap()["value"]
             .as_f64()
             .unwrap()
     };

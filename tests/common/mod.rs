@@ -141,3 +141,35 @@ pub fn small_run(dir: &Path) -> (PathBuf, PathBuf) {
     succeeded(&train_tiny(&data, &out, &["--num-epochs", "1"]));
     (data, out)
 }
+
+/// `eval --checkpoint RUN --which last --rollout-steps 2 --json ARGS` (no graph cache),
+/// parsed.
+pub fn eval_last(run: &Path, args: &[&str]) -> serde_json::Value {
+    let out = meshcast()
+        .args(["-q", "eval", "--checkpoint"])
+        .arg(run)
+        .args([
+            "--which",
+            "last",
+            "--no-graph-cache",
+            "--rollout-steps",
+            "2",
+            "--json",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&out);
+    serde_json::from_slice(&out.stdout).expect("eval JSON")
+}
+
+/// The first score record of an eval report whose fields equal every `(key, value)`.
+pub fn score_record<'r>(
+    report: &'r serde_json::Value,
+    want: &[(&str, serde_json::Value)],
+) -> Option<&'r serde_json::Value> {
+    report["records"]
+        .as_array()?
+        .iter()
+        .find(|r| want.iter().all(|(k, v)| &r[*k] == v))
+}
