@@ -16,6 +16,7 @@ pub mod graph;
 pub mod machine;
 pub mod memory;
 pub mod model;
+pub mod plot;
 pub mod predict;
 pub mod table;
 pub mod train;

@@ -20,6 +20,7 @@ const NLON: usize = 36;
 /// latitude, longitude)` and `mean_sea_level_pressure(time, latitude, longitude)`
 /// made of waves that travel, so a model has something to learn.
 fn write_era5_style(path: &Path, steps: usize) {
+    no_hdf5_locking();
     let mut f = netcdf::create(path).unwrap();
     f.add_dimension("time", steps).unwrap();
     f.add_dimension("level", LEVELS.len()).unwrap();
@@ -115,6 +116,7 @@ fn forecast(run: &Path, out: &Path, args: &[&str]) {
 /// Opens with meshcast's opener, which keeps HDF5 from printing its harmless
 /// diagnostics on test threads.
 fn open(path: &Path) -> netcdf::File {
+    no_hdf5_locking();
     meshcast::data::source::open_file(path).unwrap()
 }
 

@@ -12,6 +12,7 @@ mod generate;
 mod graph_args;
 mod inspect;
 mod plan_memory;
+mod plot;
 mod train;
 
 use std::process::ExitCode;
@@ -85,6 +86,8 @@ pub enum Command {
     ExportReference(Box<export::ExportReferenceArgs>),
     /// Remove the cached mesh graphs (rebuilt when next needed).
     ClearGraphCache(clear_cache::ClearGraphCacheArgs),
+    /// Pictures: training curves of a run, eval scores against lead time (PNG or SVG).
+    Plot(plot::PlotArgs),
 }
 
 /// Entry point of the binary: parse, set up logging, run, map errors to exit codes
@@ -149,6 +152,7 @@ fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()>
         Command::PlanMemory(args) => plan_memory::run(*args, device),
         Command::ExportReference(args) => export::run(*args, device),
         Command::ClearGraphCache(args) => clear_cache::run(args),
+        Command::Plot(args) => plot::run(args),
     }
 }
 

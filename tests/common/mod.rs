@@ -173,3 +173,11 @@ pub fn score_record<'r>(
         .iter()
         .find(|r| want.iter().all(|(k, v)| &r[*k] == v))
 }
+
+/// Turns HDF5 file locking off in the test process as well, before it writes or opens a
+/// netCDF-4 file itself: a child that another test spawns at that moment inherits the
+/// descriptor, and with it a lock that would make the file unreadable here.
+pub fn no_hdf5_locking() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE"));
+}
