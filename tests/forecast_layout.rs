@@ -219,6 +219,13 @@ fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
         let err = (0..cells).map(|c| (fc12[c] - truth[c]).abs()).sum::<f32>() / cells as f32;
         assert!(err > 0.0 && err < 30.0, "mean error {err} K");
     }
+    // Read back as data, a forecast is refused with the reason, not taken for levels.
+    let o = meshcast()
+        .args(["-q", "inspect-data"])
+        .arg(&fc)
+        .output()
+        .unwrap();
+    assert_bad_input(&o, &["forecast with lead times on 'prediction_timedelta'"]);
 }
 
 #[test]

@@ -36,6 +36,13 @@ pub(super) fn locate_dimensions(
             "variable '{var_name}' has more than one latitude or longitude dimension"
         ));
     }
+    if let Some(lead) = find(DimRole::Lead) {
+        return Err(format!(
+            "variable '{var_name}' is a forecast with lead times on '{}': meshcast reads states \
+             on one time axis; select one lead first (e.g. in xarray .sel({}=...))",
+            dims[lead].0, dims[lead].0
+        ));
+    }
     let Some(time_dim) = find(DimRole::Time) else {
         return Err(format!(
             "variable '{var_name}' has no time dimension (dimensions: {})",

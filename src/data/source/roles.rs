@@ -26,6 +26,8 @@ pub(super) enum DimRole {
     Lon,
     Time,
     Level,
+    /// A forecast's lead time (WeatherBench2's `prediction_timedelta`, CF `forecast_period`).
+    Lead,
     Other,
 }
 
@@ -114,6 +116,9 @@ pub(super) fn dim_role(file: &netcdf::File, dim: &str) -> DimRole {
         if sn == "longitude" || is_lon_units(&units) || (axis == "X" && degree_like) {
             return DimRole::Lon;
         }
+        if sn == "forecast_period" {
+            return DimRole::Lead;
+        }
         if sn == "time" || axis == "T" || units.contains(" since ") {
             return DimRole::Time;
         }
@@ -130,6 +135,8 @@ pub(super) fn dim_role(file: &netcdf::File, dim: &str) -> DimRole {
         DimRole::Time
     } else if LEVEL_NAMES.contains(&name.as_str()) {
         DimRole::Level
+    } else if name == "prediction_timedelta" || name == "lead_time" {
+        DimRole::Lead
     } else {
         DimRole::Other
     }
