@@ -84,35 +84,6 @@ fn field(steps: usize, levels: usize, base: f32, amplitude: f32) -> Vec<f32> {
     out
 }
 
-/// Trains the tiny model on `data_args` for a few steps into `dir/name`.
-fn train(dir: &Path, name: &str, data_args: &[String]) -> PathBuf {
-    let out = dir.join(name);
-    let o = meshcast()
-        .args(["-q", "train-model"])
-        .args(data_args)
-        .arg("--output-dir")
-        .arg(&out)
-        .args(TINY)
-        .args(["--max-steps", "4"])
-        .output()
-        .unwrap();
-    succeeded(&o);
-    out
-}
-
-/// `forecast --checkpoint RUN --which last ARGS -o OUT`.
-fn forecast(run: &Path, out: &Path, args: &[&str]) {
-    let o = meshcast()
-        .args(["-q", "forecast", "--checkpoint"])
-        .arg(run)
-        .args(["--which", "last", "--no-graph-cache", "-o"])
-        .arg(out)
-        .args(args)
-        .output()
-        .unwrap();
-    succeeded(&o);
-}
-
 /// Opens with meshcast's opener, which keeps HDF5 from printing its harmless
 /// diagnostics on test threads.
 fn open(path: &Path) -> netcdf::File {
@@ -145,14 +116,14 @@ fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
     let data = dir.path().join("era5.nc");
     write_era5_style(&data, 24);
     let data_arg = data.display().to_string();
-    let run = train(
+    let run = train_briefly(
         dir.path(),
         "run",
         &[data_arg, "--levels".into(), "850,500".into()],
     );
     let fc = dir.path().join("fc.nc");
     let inits = "2000-01-03 00:00..2000-01-03 12:00";
-    forecast(
+    forecast_last(
         &run,
         &fc,
         &["--init-times", inits, "--steps", "2", "--include-initial"],
@@ -238,9 +209,9 @@ fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
         format!("{}:mean_sea_level_pressure=msl", data.display()),
         "--region=-40,40,330,30".into(),
     ];
-    let run = train(dir.path(), "run", &args);
+    let run = train_briefly(dir.path(), "run", &args);
     let fc = dir.path().join("fc.nc");
-    forecast(
+    forecast_last(
         &run,
         &fc,
         &[
@@ -284,9 +255,9 @@ fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
 #[test]
 fn a_storm1996_forecast_has_the_inputs_grid_and_masks() {
     let dir = tempfile::tempdir().unwrap();
-    let run = train(dir.path(), "run", &storm_args());
+    let run = train_briefly(dir.path(), "run", &storm_args());
     let fc = dir.path().join("fc.nc");
-    forecast(
+    forecast_last(
         &run,
         &fc,
         &[
@@ -348,7 +319,7 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
     let data = dir.path().join("era5.nc");
     write_era5_style(&data, 40);
     let data_arg = data.display().to_string();
-    let run = train(
+    let run = train_briefly(
         dir.path(),
         "run",
         &[data_arg, "--levels".into(), "850,500".into()],
@@ -363,7 +334,7 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
         .map(|t| t.as_str().unwrap())
         .collect();
     let fc = dir.path().join("fc.nc");
-    forecast(
+    forecast_last(
         &run,
         &fc,
         &["--init-times", &inits.join(","), "--steps", "2"],

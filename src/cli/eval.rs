@@ -81,6 +81,10 @@ pub struct EvalArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also draw RMSE and ACC against lead (as `meshcast plot scores`) to
+    /// RUN_DIR/scores-SPLIT.png, beside the checkpoints scored.
+    #[arg(long)]
+    pub plots: bool,
 }
 
 pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<()> {
@@ -91,6 +95,10 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
         crate::util::check_output_path(path)?;
     }
     let loaded = args.checkpoint.load(args.batch_size, &device)?;
+    let picture = scores_picture(&loaded.checkpoint, args.split);
+    if args.plots {
+        crate::util::check_output_path(&picture)?;
+    }
     let period = EvalPeriod {
         split: args.split,
         start: args.start,
@@ -105,7 +113,23 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
     } else {
         print!("{report}");
     }
+    if args.plots {
+        let json = (loaded.checkpoint.clone(), serde_json::to_value(&report)?);
+        crate::plot::plot_score_reports(&[json], &picture)?;
+        tracing::info!("scores drawn to {}", picture.display());
+    }
     Ok(())
+}
+
+/// `RUN_DIR/scores-SPLIT.png` for the checkpoint sidecar `RUN_DIR/checkpoints/NAME.json`
+/// (or beside a sidecar kept elsewhere).
+fn scores_picture(sidecar: &std::path::Path, split: ScoredSplit) -> PathBuf {
+    let dir = sidecar.parent().unwrap_or(std::path::Path::new("."));
+    let run_dir = match dir.file_name() {
+        Some(name) if name == "checkpoints" => dir.parent().unwrap_or(dir),
+        _ => dir,
+    };
+    run_dir.join(format!("scores-{}.png", split.name()))
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,10 @@
-//! `meshcast plot`: pictures of a run's training curves and of eval scores, as PNG or
-//! SVG (by the output's extension), drawn with plotters and an embedded font (DejaVu
-//! Sans, assets/fonts) so nothing is needed from the system.
+//! `meshcast plot`: pictures of a run's training curves, eval scores, forecast maps and
+//! benchmark reports, as PNG or SVG (by the output's extension), drawn with plotters and
+//! an embedded font (DejaVu Sans, assets/fonts) so nothing is needed from the system.
 
+mod benchmark;
+mod forecast;
+mod map;
 mod scores;
 mod training;
 
@@ -10,7 +13,9 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-pub use scores::plot_scores;
+pub use benchmark::plot_benchmark;
+pub use forecast::{plot_forecast, ForecastPick};
+pub use scores::{plot_score_reports, plot_scores};
 pub use training::plot_training;
 
 /// The font family every picture uses, registered once from the embedded file.

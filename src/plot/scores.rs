@@ -28,18 +28,31 @@ struct ScoreCharts {
 
 /// Draws the scores of `reports` (eval JSON files) to `out`.
 pub fn plot_scores(reports: &[PathBuf], out: &Path) -> anyhow::Result<()> {
-    let mut charts = ScoreCharts {
-        channels: Vec::new(),
-        lines: Vec::new(),
-    };
-    for (i, path) in reports.iter().enumerate() {
+    let mut parsed = Vec::new();
+    for path in reports {
         let text = std::fs::read_to_string(path)
             .map_err(|e| InputError::file(path, format!("cannot read the eval report: {e}")))?;
         let report: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| InputError::file(path, format!("not JSON: {e}")))?;
+        parsed.push((path.clone(), report));
+    }
+    plot_score_reports(&parsed, out)
+}
+
+/// Draws the scores of eval reports already read, each with the file it came from
+/// (which names it in the legend and in errors), to `out`.
+pub fn plot_score_reports(
+    reports: &[(PathBuf, serde_json::Value)],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut charts = ScoreCharts {
+        channels: Vec::new(),
+        lines: Vec::new(),
+    };
+    for (i, (path, report)) in reports.iter().enumerate() {
         let name = report_label(path, reports.len());
         charts
-            .add(&report, &name, i == 0)
+            .add(report, &name, i == 0)
             .map_err(|e| InputError::file(path, e))?;
     }
     render(out, &charts).with_context(|| format!("{}: cannot draw the plot", out.display()))

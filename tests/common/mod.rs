@@ -181,3 +181,32 @@ pub fn no_hdf5_locking() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE"));
 }
+
+/// Trains the tiny model on `data_args` for a few steps into `dir/name`.
+pub fn train_briefly(dir: &Path, name: &str, data_args: &[String]) -> PathBuf {
+    let out = dir.join(name);
+    let o = meshcast()
+        .args(["-q", "train-model"])
+        .args(data_args)
+        .arg("--output-dir")
+        .arg(&out)
+        .args(TINY)
+        .args(["--max-steps", "4"])
+        .output()
+        .unwrap();
+    succeeded(&o);
+    out
+}
+
+/// `forecast --checkpoint RUN --which last ARGS -o OUT`.
+pub fn forecast_last(run: &Path, out: &Path, args: &[&str]) {
+    let o = meshcast()
+        .args(["-q", "forecast", "--checkpoint"])
+        .arg(run)
+        .args(["--which", "last", "--no-graph-cache", "-o"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&o);
+}

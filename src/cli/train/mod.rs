@@ -128,6 +128,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// At the end, draw the loss and learning-rate curves to OUTPUT_DIR/training.png
+    /// (as `meshcast plot training`).
+    #[arg(long)]
+    pub plots: bool,
     /// Without a progress bar (--no-progress, or stderr not a terminal, as in a batch
     /// job): log loss, learning rate, samples/s and ETA every this many steps (0: never).
     #[arg(long, default_value_t = 50)]
@@ -154,6 +158,9 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
     };
     let summary = train(&run, &opts)?;
     print_summary(&summary, &output_dir);
+    if args.plots {
+        draw_training_plot(&output_dir);
+    }
     match opts.stop.load(Ordering::SeqCst) {
         0 => Ok(()),
         signal => Err(crate::error::Interrupted {
@@ -248,6 +255,16 @@ pub fn show_defaults(cmd: clap::Command) -> clap::Command {
 }
 
 /// The one line a finished run prints.
+/// `training.png` in the run directory; a picture that cannot be drawn is a warning,
+/// never the loss of a finished run.
+fn draw_training_plot(output_dir: &std::path::Path) {
+    let out = output_dir.join("training.png");
+    match crate::plot::plot_training(output_dir, &out) {
+        Ok(()) => tracing::info!("training curves drawn to {}", out.display()),
+        Err(e) => tracing::warn!("training curves not drawn: {e:#}"),
+    }
+}
+
 fn print_summary(summary: &crate::train::TrainSummary, output_dir: &std::path::Path) {
     let gb = |b: usize| format!("{:.2} GB", b as f64 / 1e9);
     let peak_memory = |host: Option<usize>, device: Option<usize>| match (host, device) {

@@ -12,7 +12,7 @@ pub(super) fn is_numeric(v: &Variable) -> bool {
 }
 
 /// A text attribute; a list of strings is joined with spaces.
-pub(super) fn attr_string(v: &Variable, name: &str) -> Option<String> {
+pub fn attr_string(v: &Variable, name: &str) -> Option<String> {
     match v.attribute_value(name)?.ok()? {
         AttributeValue::Str(s) => Some(s),
         AttributeValue::Strs(s) => Some(s.join(" ")),
@@ -21,7 +21,7 @@ pub(super) fn attr_string(v: &Variable, name: &str) -> Option<String> {
 }
 
 /// A numeric attribute as f64 values, whatever its stored type; `None` for text.
-pub(super) fn attr_numbers(v: &Variable, name: &str) -> Option<Vec<f64>> {
+pub fn attr_numbers(v: &Variable, name: &str) -> Option<Vec<f64>> {
     let value = v.attribute_value(name)?.ok()?;
     Some(match value {
         AttributeValue::Uchar(x) => vec![x as f64],

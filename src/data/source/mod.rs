@@ -32,6 +32,7 @@ mod read;
 mod roles;
 mod time_axis;
 
+pub use attributes::{attr_numbers, attr_string};
 pub use cf::Packing;
 pub use conventions::{CoordinateType, HorizontalAxes, OutputAxis};
 pub use describe::describe_variable;
