@@ -107,6 +107,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Writes `bytes` as a new file: `path`, or `stem-2.ext`, `stem-3.ext`... when that
 /// exists (another run's report of the same second). Never replaces a file: the
 /// complete temporary file is hard-linked to a name that must not exist yet.
+/// Creates a NetCDF file at `out` through a temporary name that `write` fills and that
+/// is renamed over `out` only when complete; on error the temporary file is removed and
+/// the error says `what` could not be written.
+pub fn write_netcdf_atomic(
+    out: &Path,
+    what: &str,
+    write: impl FnOnce(&mut netcdf::FileMut) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = temp_path(out);
+    let ctx = || format!("{}: cannot write {what}", out.display());
+    let mut file = netcdf::create(&tmp).with_context(ctx)?;
+    let written = write(&mut file)
+        .and_then(|()| file.close().map_err(Into::into))
+        .with_context(ctx);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).with_context(ctx)
+}
+
 pub fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
     let tmp = temp_path(path);
     write_atomic(&tmp, bytes)?;

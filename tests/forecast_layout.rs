@@ -308,9 +308,9 @@ fn xarray_python() -> Option<PathBuf> {
 
 /// In xarray: `forecast - truth` keeps the input's shape, and the latitude-weighted RMSE
 /// computed there on the native coordinates equals what `eval` reports for the same
-/// initial times.
+/// initial times; eval's NetCDF scores (WeatherBench2 layout) hold its JSON records.
 #[test]
-fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
+fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error_and_scores() {
     let Some(python) = xarray_python() else {
         eprintln!("note: no Python with xarray and netCDF4; the xarray check is skipped");
         return;
@@ -324,7 +324,8 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
         "run",
         &[data_arg, "--levels".into(), "850,500".into()],
     );
-    let report = eval_last(&run, &[]);
+    let scores = dir.path().join("scores.nc");
+    let report = eval_last(&run, &["-o", scores.to_str().unwrap()]);
     let eval = dir.path().join("eval.json");
     std::fs::write(&eval, report.to_string()).unwrap();
     let inits: Vec<&str> = report["initial_times"]
@@ -342,7 +343,7 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/forecast_xarray_check.py");
     let o = StdCommand::new(&python)
         .arg(script)
-        .args([&fc, &data, &eval])
+        .args([&fc, &data, &eval, &scores])
         .output()
         .unwrap();
     assert!(

@@ -1,13 +1,14 @@
 """xarray's view of a meshcast forecast (tests/forecast_layout.rs runs this).
 
-Usage: forecast_xarray_check.py FORECAST.nc TRUTH.nc EVAL.json
+Usage: forecast_xarray_check.py FORECAST.nc TRUTH.nc EVAL.json SCORES.nc
 
 Checks that xarray decodes the WeatherBench2 layout (`time` as datetimes,
 `prediction_timedelta` as timedeltas, `valid_time` = time + lead), that
 `forecast - truth` on the native coordinates keeps the input's shape, and that the
 latitude-weighted RMSE computed here equals the one `meshcast eval` reported for the
 same initial times (relative difference below 1e-4), reading eval's flat JSON
-records with pandas in one line.
+records with pandas in one line. Then that the same report written as NetCDF in
+WeatherBench2's results layout holds every record at its coordinates in xarray.
 """
 import json
 import sys
@@ -54,5 +55,23 @@ def main(fc_path, truth_path, eval_path):
     print("forecast - truth keeps the input's shape; RMSE equals eval's")
 
 
+def check_scores_netcdf(scores_path, eval_path):
+    scores = xr.open_dataset(scores_path)
+    records = pd.DataFrame(json.load(open(eval_path))["records"])
+    assert scores.lead_time.dtype.kind == "m", scores.lead_time.dtype
+    assert list(scores.system.values) == ["model", "persistence", "climatology"]
+    for entry in records.to_dict("records"):
+        at = dict(system=entry["system"], metric=entry["metric"], region="global")
+        at["lead_time"] = np.timedelta64(int(round(entry["lead_hours"] * 3600)), "s")
+        if not pd.isna(entry["level"]):
+            at["level"] = entry["level"]
+        got = float(scores[entry["variable"]].sel(**at))
+        assert abs(got - entry["value"]) <= 1e-12 * abs(entry["value"]), (entry, got)
+    # The climatology forecast has no anomaly: its ACC is undefined, so missing.
+    assert scores[records.variable[0]].sel(system="climatology", metric="acc").isnull().all()
+    print(f"the WeatherBench2-layout scores hold all {len(records)} records")
+
+
 if __name__ == "__main__":
     main(*sys.argv[1:4])
+    check_scores_netcdf(sys.argv[4], sys.argv[3])

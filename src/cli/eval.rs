@@ -6,7 +6,8 @@ use clap::Args;
 
 use super::{DataArgs, GraphArgs};
 use crate::eval::{
-    evaluate, find_times, forecast, load, EvalPeriod, ForecastRequest, Loaded, ScoredSplit,
+    evaluate, find_times, forecast, load, EvalPeriod, EvalReport, ForecastRequest, Loaded,
+    ScoredSplit,
 };
 
 /// Which checkpoint, on which data, run how: shared by `eval` and `forecast`.
@@ -74,8 +75,9 @@ pub struct EvalArgs {
     /// Initial times run together.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
-    /// Also write the report as JSON to this file (a header and flat `records`:
-    /// `pandas.DataFrame(json["records"])` is the table).
+    /// Also write the report to this file: JSON (a header and flat `records`:
+    /// `pandas.DataFrame(json["records"])` is the table), or, for a `.nc` name, NetCDF
+    /// in WeatherBench2's results layout (`system, metric, region, lead_time[, level]`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Print JSON instead of the table.
@@ -106,7 +108,7 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
     };
     let report = evaluate(&loaded, args.rollout_steps, args.batch_size, &period)?;
     if let Some(path) = &args.output {
-        crate::util::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        write_report(&report, &loaded, path)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -119,6 +121,26 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
         tracing::info!("scores drawn to {}", picture.display());
     }
     Ok(())
+}
+
+/// Writes the report as NetCDF for a `.nc` name, else as JSON.
+fn write_report(
+    report: &EvalReport,
+    loaded: &Loaded,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let netcdf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("nc"));
+    if netcdf {
+        let region = match loaded.session.dataset.grid.global {
+            true => "global",
+            false => "region",
+        };
+        crate::eval::write_scores_netcdf(report, region, path)
+    } else {
+        crate::util::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())
+    }
 }
 
 /// `RUN_DIR/scores-SPLIT.png` for the checkpoint sidecar `RUN_DIR/checkpoints/NAME.json`

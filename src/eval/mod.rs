@@ -9,6 +9,7 @@ mod climatology;
 mod forecast;
 mod period;
 mod report;
+mod scores_netcdf;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use candle_core::Device;
 pub use forecast::{forecast, ForecastRequest};
 pub use period::{EvalPeriod, ScoredSplit};
 pub use report::{EvalReport, ScoreRecord};
+pub use scores_netcdf::write_scores_netcdf;
 
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, StepReader};

@@ -121,15 +121,7 @@ impl Layout {
         v.put_attribute("calendar", calendar)?;
         v.put_attribute("axis", "T")?;
         v.put_values(&self.init_hours, ..)?;
-        let (unit, seconds) = timedelta_unit(&self.lead_seconds);
-        let mut v = file.add_variable::<i64>("prediction_timedelta", &["prediction_timedelta"])?;
-        v.put_attribute("standard_name", "forecast_period")?;
-        v.put_attribute("long_name", "lead time")?;
-        v.put_attribute("units", unit)?;
-        // What xarray writes for a timedelta, and what makes it decode one.
-        v.put_attribute("dtype", "timedelta64[ns]")?;
-        let leads: Vec<i64> = self.lead_seconds.iter().map(|l| l / seconds).collect();
-        v.put_values(&leads, ..)?;
+        define_lead_axis(file, "prediction_timedelta", &self.lead_seconds)?;
         let mut v = file.add_variable::<f64>("valid_time", &["time", "prediction_timedelta"])?;
         v.put_attribute("standard_name", "time")?;
         v.put_attribute("long_name", "valid time")?;
@@ -230,6 +222,26 @@ fn define_axis(file: &mut netcdf::FileMut, axis: &OutputAxis) -> anyhow::Result<
     for (key, value) in &axis.attributes {
         v.put_attribute(key, AttributeValue::clone(value))?;
     }
+    Ok(())
+}
+
+/// Lead-time coordinate `name` (its dimension already defined) with `lead_seconds`:
+/// int64 in the largest unit that counts every lead exactly, which xarray decodes as a
+/// timedelta.
+pub(in crate::eval) fn define_lead_axis(
+    file: &mut netcdf::FileMut,
+    name: &str,
+    lead_seconds: &[i64],
+) -> anyhow::Result<()> {
+    let (unit, seconds) = timedelta_unit(lead_seconds);
+    let mut v = file.add_variable::<i64>(name, &[name])?;
+    v.put_attribute("standard_name", "forecast_period")?;
+    v.put_attribute("long_name", "lead time")?;
+    v.put_attribute("units", unit)?;
+    // What xarray writes for a timedelta, and what makes it decode one.
+    v.put_attribute("dtype", "timedelta64[ns]")?;
+    let leads: Vec<i64> = lead_seconds.iter().map(|l| l / seconds).collect();
+    v.put_values(&leads, ..)?;
     Ok(())
 }
 

@@ -2,11 +2,9 @@
 //! WeatherBench2 layout and the input's own conventions ([`layout`]), lead by lead, so
 //! memory stays bounded by one state whatever the number of steps and initialisations.
 
-mod layout;
+pub(super) mod layout;
 
 use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 
 use super::{Loaded, NodeReader};
 use crate::predict::{NormalisedResidual, Rollout};
@@ -35,17 +33,9 @@ pub fn forecast(loaded: &Loaded, request: &ForecastRequest, out: &Path) -> anyho
     let leads = (first_lead..=request.steps).map(|k| k as i64 * model_step);
     let layout = Layout::new(&s.dataset, &request.inits, leads.collect())?;
 
-    let tmp = crate::util::temp_path(out);
-    let ctx = || format!("{}: cannot write the forecast", out.display());
-    let mut file = netcdf::create(&tmp).with_context(ctx)?;
-    let written = define_and_write(loaded, request, &layout, &mut file)
-        .and_then(|()| file.close().map_err(Into::into))
-        .with_context(ctx);
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out).with_context(ctx)?;
+    crate::util::write_netcdf_atomic(out, "the forecast", |file| {
+        define_and_write(loaded, request, &layout, file)
+    })?;
     Ok(out.to_path_buf())
 }
 
