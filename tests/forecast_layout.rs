@@ -250,6 +250,7 @@ fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
             assert_eq!(got[i * 7 + j], all[lat_index * NLON + lon], "cell {i},{j}");
         }
     }
+    xarray_shape_check(&fc, "msl", &data, "mean_sea_level_pressure", (9, 7));
 }
 
 #[test]
@@ -290,6 +291,7 @@ fn a_storm1996_forecast_has_the_inputs_grid_and_masks() {
         .unwrap();
     assert!(want.contains(&-9999.0), "the storm file has masked cells");
     assert_eq!(got, want);
+    xarray_shape_check(&fc, "p", Path::new(&storm("Pstorm.cdf")), "p", (33, 36));
 }
 
 /// A Python with xarray and netCDF4: `$MESHCAST_TORCH_PYTHON` (CI sets it and installs
@@ -340,10 +342,18 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error_and_score
         &fc,
         &["--init-times", &inits.join(","), "--steps", "2"],
     );
+    run_xarray_check(
+        &python,
+        &[&fc, &data, &eval, &scores].map(|p| p.as_os_str()),
+    );
+}
+
+/// Runs tests/forecast_xarray_check.py with `args` and requires it to pass.
+fn run_xarray_check(python: &Path, args: &[&std::ffi::OsStr]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/forecast_xarray_check.py");
-    let o = StdCommand::new(&python)
+    let o = StdCommand::new(python)
         .arg(script)
-        .args([&fc, &data, &eval, &scores])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -353,4 +363,22 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error_and_score
         String::from_utf8_lossy(&o.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// In xarray, forecast field `var` minus the truth's `truth_var` aligns on the native
+/// coordinates to `grid` (when a Python with xarray is at hand; CI always has one).
+fn xarray_shape_check(fc: &Path, var: &str, truth: &Path, truth_var: &str, grid: (usize, usize)) {
+    let Some(python) = xarray_python() else {
+        eprintln!("note: no Python with xarray and netCDF4; the xarray check is skipped");
+        return;
+    };
+    let (nlat, nlon) = (grid.0.to_string(), grid.1.to_string());
+    let args = [
+        "shape".as_ref(),
+        fc.as_os_str(),
+        var.as_ref(),
+        truth.as_os_str(),
+    ];
+    let rest = [truth_var, &nlat, &nlon].map(std::ffi::OsStr::new);
+    run_xarray_check(&python, &[&args[..], &rest[..]].concat());
 }

@@ -1,6 +1,7 @@
 """xarray's view of a meshcast forecast (tests/forecast_layout.rs runs this).
 
 Usage: forecast_xarray_check.py FORECAST.nc TRUTH.nc EVAL.json SCORES.nc
+       forecast_xarray_check.py shape FORECAST.nc VAR TRUTH.nc TRUTH_VAR NLAT NLON
 
 Checks that xarray decodes the WeatherBench2 layout (`time` as datetimes,
 `prediction_timedelta` as timedeltas, `valid_time` = time + lead), that
@@ -9,6 +10,9 @@ latitude-weighted RMSE computed here equals the one `meshcast eval` reported for
 same initial times (relative difference below 1e-4), reading eval's flat JSON
 records with pandas in one line. Then that the same report written as NetCDF in
 WeatherBench2's results layout holds every record at its coordinates in xarray.
+The `shape` form checks only that one forecast field minus one truth field aligns on
+the native coordinates to the expected (NLAT, NLON) grid without missing cells where
+both have values (for inputs whose time axis xarray cannot decode, such as storm1996).
 """
 import json
 import sys
@@ -72,6 +76,19 @@ def check_scores_netcdf(scores_path, eval_path):
     print(f"the WeatherBench2-layout scores hold all {len(records)} records")
 
 
+def check_shape(fc_path, var, truth_path, truth_var, nlat, nlon):
+    f = xr.open_dataset(fc_path)[var].isel(time=0, prediction_timedelta=0, drop=True)
+    t = xr.open_dataset(truth_path)[truth_var]
+    t = t.isel({d: 0 for d in t.dims if d not in f.dims}, drop=True)
+    diff = f - t
+    assert diff.shape == (int(nlat), int(nlon)), (diff.shape, nlat, nlon)
+    assert int(diff.count()) == int((f.notnull() & t.notnull()).sum()) > 0
+    print(f"{var} - {truth_var}: {diff.shape}, the input's grid")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
-    check_scores_netcdf(sys.argv[4], sys.argv[3])
+    if sys.argv[1] == "shape":
+        check_shape(*sys.argv[2:9])
+    else:
+        main(*sys.argv[1:4])
+        check_scores_netcdf(sys.argv[4], sys.argv[3])
