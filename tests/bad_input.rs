@@ -194,7 +194,18 @@ fn clashing_names_need_renaming() {
 fn fewer_time_steps_than_one_window() {
     let dir = tempfile::tempdir().unwrap();
     let p = generate(dir.path(), "short.nc", &["--steps", "3"]);
-    let out = inspect(&[s(&p), "--input-steps", "2", "--lead-steps", "4"]);
+    let window = ["--input-steps", "2", "--lead-steps", "4"];
+    // inspect-data still describes the file, then says why no sample fits.
+    let out = inspect(&[&[s(&p)][..], &window[..]].concat());
+    succeeded(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("needs 6 time steps") && text.contains("has 3"),
+        "{text}"
+    );
+    // Training refuses it.
+    let run = dir.path().join("run");
+    let out = train_tiny(&p, &run, &window);
     assert_bad_input(&out, &["short.nc", "needs 6 time steps", "has 3"]);
 }
 

@@ -84,13 +84,6 @@ fn field(steps: usize, levels: usize, base: f32, amplitude: f32) -> Vec<f32> {
     out
 }
 
-/// Opens with meshcast's opener, which keeps HDF5 from printing its harmless
-/// diagnostics on test threads.
-fn open(path: &Path) -> netcdf::File {
-    no_hdf5_locking();
-    meshcast::data::source::open_file(path).unwrap()
-}
-
 fn dims(file: &netcdf::File, var: &str) -> Vec<String> {
     let v = file.variable(var).unwrap();
     v.dimensions().iter().map(|d| d.name()).collect()
@@ -129,7 +122,7 @@ fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
         &["--init-times", inits, "--steps", "2", "--include-initial"],
     );
 
-    let (f, input) = (open(&fc), open(&data));
+    let (f, input) = (open_nc(&fc), open_nc(&data));
     assert_eq!(
         dims(&f, "temperature"),
         [
@@ -223,7 +216,7 @@ fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
         ],
     );
 
-    let (f, input) = (open(&fc), open(&data));
+    let (f, input) = (open_nc(&fc), open_nc(&data));
     assert_eq!(
         dims(&f, "msl"),
         ["time", "prediction_timedelta", "latitude", "longitude"]
@@ -269,7 +262,7 @@ fn a_storm1996_forecast_has_the_inputs_grid_and_masks() {
             "--include-initial",
         ],
     );
-    let (f, input) = (open(&fc), open(Path::new(&storm("Pstorm.cdf"))));
+    let (f, input) = (open_nc(&fc), open_nc(Path::new(&storm("Pstorm.cdf"))));
     assert_eq!(
         dims(&f, "p"),
         ["time", "prediction_timedelta", "lat", "lon"]

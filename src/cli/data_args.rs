@@ -21,9 +21,11 @@ pub struct DataArgs {
     /// Keep only this box: lat_min,lat_max,lon_min,lon_max in degrees (lon_min > lon_max crosses the dateline).
     #[arg(long, value_name = "LAT0,LAT1,LON0,LON1", allow_hyphen_values = true)]
     pub region: Option<Region>,
-    /// Vertical levels to take from multi-level variables (coordinate values, e.g. 500,850).
-    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
-    pub levels: Option<Vec<f64>>,
+    /// Vertical levels to take from multi-level variables: coordinate values and
+    /// inclusive ranges (e.g. 500,850 or 300..700,50), or all; each level becomes a
+    /// channel named variable + level (t850).
+    #[arg(long, value_name = "LEVELS")]
+    pub levels: Option<crate::data::source::LevelChoice>,
     /// Time units for files without CF time, e.g. "hours since 1996-01-05 00:00".
     #[arg(long, value_name = "UNITS")]
     pub time_units: Option<String>,

@@ -20,14 +20,21 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&args.data.to_spec()?)?;
+    let window = args.window.spec(Default::default());
+    window.validate()?;
     let splits = Splits::new(
         dataset.time.len(),
         args.window.fractions(Default::default()),
-        args.window.spec(Default::default()),
-    )
-    .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
+        window,
+    );
     let mut report = inspect(&dataset)?;
-    report.samples = Some(SamplesReport::new(&splits));
+    match splits {
+        Ok(splits) => report.samples = Some(SamplesReport::new(&splits)),
+        // A file too short for one sample is still described: that is what a user
+        // wants to see first.
+        Err(why) if dataset.time.len() < window.span() => report.no_samples = Some(why.0),
+        Err(e) => return Err(InputError(format!("{}: {}", dataset.file_list(), e.0)).into()),
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -93,12 +93,7 @@ impl Dataset {
         if let Some(levels) = &spec.levels {
             if sources.iter().all(|s| s.levels.len() <= 1) {
                 crate::bail_input!(
-                    "--levels {}: no variable of {} has several vertical levels to choose from",
-                    levels
-                        .iter()
-                        .map(|l| l.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    "--levels {levels}: no variable of {} has several vertical levels to choose from",
                     spec.files
                         .iter()
                         .chain(spec.vars.iter().map(|v| &v.path))

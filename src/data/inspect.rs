@@ -82,6 +82,10 @@ pub struct InspectReport {
     pub time: TimeReport,
     pub variables: Vec<VariableReport>,
     pub samples: Option<SamplesReport>,
+    /// Why no sample fits the data (too few time steps for the window): the file is
+    /// still described, but training could not use it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_samples: Option<String>,
 }
 
 /// Reads every time step once and reports grid, time axis and per-channel statistics.
@@ -100,6 +104,7 @@ pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
         time: time_report(&ds.time),
         variables,
         samples: None,
+        no_samples: None,
     })
 }
 
@@ -278,6 +283,12 @@ impl fmt::Display for InspectReport {
                 "samples ({} input steps, lead {}): train {} (steps {}..{}), validation {} (steps {}..{}), test {} (steps {}..{})",
                 s.input_steps, s.lead_steps, s.train.2, s.train.0, s.train.1, s.validation.2, s.validation.0,
                 s.validation.1, s.test.2, s.test.0, s.test.1
+            )?;
+        }
+        if let Some(why) = &self.no_samples {
+            writeln!(
+                f,
+                "samples: none fit, so training could not use this data: {why}"
             )?;
         }
         for note in self

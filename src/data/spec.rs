@@ -67,7 +67,7 @@ pub struct DataSpec {
     #[serde(default, with = "region_string")]
     pub region: Option<Region>,
     #[serde(default)]
-    pub levels: Option<Vec<f64>>,
+    pub levels: Option<crate::data::source::LevelChoice>,
     #[serde(default)]
     pub time_units: Option<String>,
     /// Directory relative `files` and `vars` paths are taken from (a config's convenience).

@@ -204,13 +204,23 @@ impl fmt::Display for DateTime {
 /// Parsed CF time units: `unit since reference`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TimeUnits {
-    pub seconds_per_unit: f64,
-    pub reference: Instant,
+    pub unit: TimeUnit,
+    pub reference: DateTime,
+    pub calendar: Calendar,
+}
+
+/// The length of one unit of a time value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeUnit {
+    Seconds(f64),
+    /// Calendar months (1 per unit, or 12 for years): whole numbers only, as cftime
+    /// (and so xarray) decodes them.
+    Months(i64),
 }
 
 impl TimeUnits {
-    /// Parses `"hours since 1996-01-05 00:00"` and friends. Months and years are refused:
-    /// CF defines them as fractions of a tropical year, which no data set means.
+    /// Parses `"hours since 1996-01-05 00:00"` and friends, including `months since` and
+    /// `years since`, read as calendar months and years.
     pub fn parse(units: &str, cal: Calendar) -> Result<TimeUnits, String> {
         let lower = units.trim().to_ascii_lowercase();
         let Some((unit, since)) = lower.split_once(" since ") else {
@@ -218,29 +228,60 @@ impl TimeUnits {
                 "time units '{units}' are not of the form '<unit> since <date>'"
             ));
         };
-        let seconds_per_unit = match unit.trim() {
-            "seconds" | "second" | "secs" | "sec" | "s" => 1.0,
-            "minutes" | "minute" | "mins" | "min" => 60.0,
-            "hours" | "hour" | "hrs" | "hr" | "h" => 3600.0,
-            "days" | "day" | "d" => 86_400.0,
-            "months" | "month" | "years" | "year" => {
-                return Err(format!(
-                "time units '{units}': months and years are not fixed lengths; use days or hours"
-            ))
-            }
+        let unit = match unit.trim() {
+            "seconds" | "second" | "secs" | "sec" | "s" => TimeUnit::Seconds(1.0),
+            "minutes" | "minute" | "mins" | "min" => TimeUnit::Seconds(60.0),
+            "hours" | "hour" | "hrs" | "hr" | "h" => TimeUnit::Seconds(3600.0),
+            "days" | "day" | "d" => TimeUnit::Seconds(86_400.0),
+            "months" | "month" => TimeUnit::Months(1),
+            "years" | "year" => TimeUnit::Months(12),
             other => return Err(format!("unknown time unit '{other}' in '{units}'")),
         };
-        let reference = DateTime::parse(since, cal)?.to_instant(cal);
         Ok(TimeUnits {
-            seconds_per_unit,
-            reference,
+            unit,
+            reference: DateTime::parse(since, cal)?,
+            calendar: cal,
         })
     }
 
-    pub fn instant(&self, value: f64) -> Instant {
-        Instant {
-            seconds: self.reference.seconds + (value * self.seconds_per_unit).round() as i64,
+    /// Hours since `reference`.
+    pub fn hours_since(reference: DateTime, calendar: Calendar) -> TimeUnits {
+        TimeUnits {
+            unit: TimeUnit::Seconds(3600.0),
+            reference,
+            calendar,
         }
+    }
+
+    /// The instant of time value `value`; a fractional month or year, or a month
+    /// without the reference's day (the 31st, say), is refused.
+    pub fn instant(&self, value: f64) -> Result<Instant, String> {
+        let start = self.reference.to_instant(self.calendar);
+        let months = match self.unit {
+            TimeUnit::Seconds(s) => {
+                let seconds = start.seconds + (value * s).round() as i64;
+                return Ok(Instant { seconds });
+            }
+            TimeUnit::Months(m) => m,
+        };
+        if value.fract() != 0.0 || !value.is_finite() {
+            return Err(format!(
+                "time value {value} is not a whole number of {}: calendar months and years \
+                 have no fixed length, so fractions of them are not read",
+                if months == 12 { "years" } else { "months" }
+            ));
+        }
+        let r = self.reference;
+        let total = r.year * 12 + i64::from(r.month) - 1 + value as i64 * months;
+        let (year, month) = (total.div_euclid(12), total.rem_euclid(12) as u32 + 1);
+        let days = self.calendar.month_lengths(year)[month as usize - 1];
+        if i64::from(r.day) > days {
+            return Err(format!(
+                "time value {value}: {year:04}-{month:02} has no day {} (the reference's day)",
+                r.day
+            ));
+        }
+        Ok(DateTime { year, month, ..r }.to_instant(self.calendar))
     }
 }
 
@@ -351,20 +392,60 @@ mod tests {
     fn decodes_cf_units() {
         let cal = Calendar::ProlepticGregorian;
         let u = TimeUnits::parse("hours since 1996-01-05 00:00:00", cal).unwrap();
-        let t = DateTime::from_instant(u.instant(30.0), cal);
+        let t = DateTime::from_instant(u.instant(30.0).unwrap(), cal);
         assert_eq!(t.to_string(), "1996-01-06 06:00");
         let u = TimeUnits::parse("days since 2000-02-28", Calendar::NoLeap).unwrap();
         assert_eq!(
-            DateTime::from_instant(u.instant(1.0), Calendar::NoLeap).to_string(),
+            DateTime::from_instant(u.instant(1.0).unwrap(), Calendar::NoLeap).to_string(),
             "2000-03-01 00:00"
         );
         let u = TimeUnits::parse("days since 2000-02-28", Calendar::Day360).unwrap();
         assert_eq!(
-            DateTime::from_instant(u.instant(2.0), Calendar::Day360).to_string(),
+            DateTime::from_instant(u.instant(2.0).unwrap(), Calendar::Day360).to_string(),
             "2000-02-30 00:00"
         );
-        assert!(TimeUnits::parse("months since 2000-01-01", cal).is_err());
         assert!(TimeUnits::parse("hours", cal).is_err());
+    }
+
+    /// As cftime decodes them: whole calendar months and years from the reference.
+    #[test]
+    fn decodes_calendar_months_and_years() {
+        let at = |units: &str, cal, v: f64| {
+            let u = TimeUnits::parse(units, cal).unwrap();
+            u.instant(v)
+                .map(|t| DateTime::from_instant(t, cal).to_string())
+        };
+        let greg = Calendar::ProlepticGregorian;
+        let cases = [
+            ("months since 1958-1-1", greg, 0.0, "1958-01-01 00:00"),
+            ("months since 1958-1-1", greg, 20.0, "1959-09-01 00:00"),
+            ("months since 1958-1-1", greg, -1.0, "1957-12-01 00:00"),
+            (
+                "months since 2000-01-15 12:00",
+                Calendar::Day360,
+                13.0,
+                "2001-02-15 12:00",
+            ),
+            (
+                "years since 1850-01-01",
+                Calendar::NoLeap,
+                150.0,
+                "2000-01-01 00:00",
+            ),
+            (
+                "months since 2000-01-30",
+                Calendar::Day360,
+                1.0,
+                "2000-02-30 00:00",
+            ),
+        ];
+        for (units, cal, v, want) in cases {
+            assert_eq!(at(units, cal, v).unwrap(), want, "{units} {v}");
+        }
+        let e = at("months since 1958-1-1", greg, 1.5).unwrap_err();
+        assert!(e.contains("not a whole number of months"), "{e}");
+        let e = at("months since 2000-01-31", greg, 1.0).unwrap_err();
+        assert!(e.contains("2000-02 has no day 31"), "{e}");
     }
 
     #[test]

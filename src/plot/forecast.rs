@@ -11,7 +11,8 @@ use netcdf::Extent;
 use super::map::{MapField, Maps};
 use super::render;
 use crate::data::source::{
-    attr_numbers, attr_string, describe_variable, gridded_variables, open_file, ReadOptions,
+    attr_numbers, attr_string, describe_variable, gridded_variables, open_file, LevelChoice,
+    ReadOptions,
 };
 use crate::data::time::{Calendar, DateTime, Instant, TimeUnits};
 use crate::error::InputError;
@@ -185,7 +186,8 @@ fn init_times(file: &netcdf::File) -> Result<(Calendar, Vec<Instant>), String> {
     let units = attr_string(&var, "units").ok_or("'time' has no units")?;
     let units = TimeUnits::parse(&units, calendar).map_err(|e| format!("'time': {e}"))?;
     let values = coordinate(file, "time")?;
-    Ok((calendar, values.iter().map(|&v| units.instant(v)).collect()))
+    let inits = values.iter().map(|&v| units.instant(v));
+    Ok((calendar, inits.collect::<Result<_, _>>()?))
 }
 
 /// The leads of `prediction_timedelta` in seconds.
@@ -276,7 +278,10 @@ fn pick_level(
 /// The truth at the forecast's valid time, on the forecast's points (file order).
 fn read_truth(paths: &[PathBuf], name: &str, field: &ForecastField) -> anyhow::Result<Vec<f64>> {
     let options = ReadOptions {
-        levels: field.level.as_ref().map(|(v, _)| vec![*v]),
+        levels: field
+            .level
+            .as_ref()
+            .map(|(v, _)| LevelChoice::values(vec![*v])),
         ..Default::default()
     };
     for path in paths {

@@ -210,3 +210,10 @@ pub fn forecast_last(run: &Path, out: &Path, args: &[&str]) {
         .unwrap();
     succeeded(&o);
 }
+
+/// Opens with meshcast's opener, which keeps HDF5 from printing its harmless
+/// diagnostics on test threads.
+pub fn open_nc(path: &Path) -> netcdf::File {
+    no_hdf5_locking();
+    meshcast::data::source::open_file(path).unwrap()
+}

@@ -35,7 +35,7 @@ pub fn describe_variable(
         file,
         &dims,
         layout.level_dim,
-        opts.levels.as_deref(),
+        opts.levels.as_ref(),
         var_name,
     )
     .map_err(err)?;

@@ -37,7 +37,7 @@ pub use cf::Packing;
 pub use conventions::{CoordinateType, HorizontalAxes, OutputAxis};
 pub use describe::describe_variable;
 pub use format::open_file;
-pub use levels::LevelSelection;
+pub use levels::{LevelChoice, LevelSelection};
 pub use roles::gridded_variables;
 
 use layout::Layout;
@@ -50,7 +50,7 @@ type Result<T> = std::result::Result<T, InputError>;
 pub struct ReadOptions {
     pub region: Option<Region>,
     /// Vertical levels to select from multi-level variables (coordinate values).
-    pub levels: Option<Vec<f64>>,
+    pub levels: Option<LevelChoice>,
     /// Overrides a file's time units, e.g. `hours since 1996-01-05 00:00`.
     pub time_units: Option<String>,
 }

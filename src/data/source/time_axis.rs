@@ -29,9 +29,14 @@ pub(super) fn decode_time(
         .and_then(|v| attr_string(v, "units"))
         .filter(|u| u.contains(" since "));
     let (units, note) = match (override_units, cf_units) {
-        (Some(o), _) => (
+        (Some(o), own) => (
             TimeUnits::parse(o, calendar).map_err(|e| format!("--time-units: {e}"))?,
-            Some(format!("time axis '{dim}' read with --time-units '{o}'")),
+            Some(match own {
+                Some(own) => {
+                    format!("time axis '{dim}' read with --time-units '{o}', not its own '{own}'")
+                }
+                None => format!("time axis '{dim}' read with --time-units '{o}'"),
+            }),
         ),
         (None, Some(u)) => (
             TimeUnits::parse(&u, calendar).map_err(|e| format!("time axis '{dim}': {e}"))?,
@@ -46,10 +51,7 @@ pub(super) fn decode_time(
             })?;
             let reference = DateTime::parse(&ref_text, calendar)
                 .map_err(|e| format!("reference time '{ref_name}': {e}"))?;
-            let units = TimeUnits {
-                seconds_per_unit: 3600.0,
-                reference: reference.to_instant(calendar),
-            };
+            let units = TimeUnits::hours_since(reference, calendar);
             let note = format!(
                 "time axis '{dim}' is not CF: read as hours since {reference} from '{ref_name}' \
                  (override with --time-units)"
@@ -57,7 +59,15 @@ pub(super) fn decode_time(
             (units, Some(note))
         }
     };
-    let instants: Vec<_> = values.iter().map(|&v| units.instant(v)).collect();
+    let instants = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            units
+                .instant(v)
+                .map_err(|e| format!("time axis '{dim}', step {i}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     if let Some(k) = instants.windows(2).position(|w| w[1] <= w[0]) {
         return Err(format!(
             "time axis '{dim}' is not monotonic: step {} ({}) is not after step {} ({})",
