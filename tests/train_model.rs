@@ -385,7 +385,7 @@ fn eval_and_forecast_from_a_checkpoint() {
     ok(out);
     // WeatherBench2 layout: one initialisation, three leads, the input's 18 x 36 grid
     // (tests/forecast_layout.rs checks every convention).
-    let f = meshcast::data::source::open_file(&nc).unwrap();
+    let f = meshcast::data::source::open_netcdf(&nc).unwrap();
     let z = f.variable("z").unwrap();
     let shape: Vec<usize> = z.dimensions().iter().map(|d| d.len()).collect();
     assert_eq!(shape, [1, 3, 18, 36]);

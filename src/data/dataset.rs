@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::grid::Grid;
-use super::source::{describe_variable, gridded_variables, open_file, SourceVariable};
+use super::source::{describe_variable, gridded_variables, open_file, SourceVariable, Store};
 use super::spec::DataSpec;
 use super::time::{format_step, Instant, TimeAxis};
 use crate::error::InputError;
@@ -179,11 +179,12 @@ impl Dataset {
     }
 }
 
-fn explain_no_gridded(file: &netcdf::File) -> String {
+fn explain_no_gridded(file: &Store) -> String {
     // Let describe_variable say why the first multi-dimensional variable is not usable.
     let candidate = file
         .variables()
-        .find(|v| v.dimensions().len() >= 2)
+        .iter()
+        .find(|v| v.dims().len() >= 2)
         .map(|v| v.name());
     match candidate {
         Some(name) => {
@@ -435,7 +436,7 @@ fn group_channels(
 /// Each thread that reads owns one.
 #[derive(Default)]
 pub struct StepReader {
-    files: HashMap<PathBuf, netcdf::File>,
+    files: HashMap<PathBuf, Store>,
 }
 
 impl StepReader {

@@ -6,13 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use netcdf::Extent;
 
 use super::map::{MapField, Maps};
 use super::render;
 use crate::data::source::{
     attr_numbers, attr_string, describe_variable, gridded_variables, open_file, LevelChoice,
-    ReadOptions,
+    ReadOptions, Store,
 };
 use crate::data::time::{Calendar, DateTime, Instant, TimeUnits};
 use crate::error::InputError;
@@ -116,7 +115,7 @@ fn read_forecast(path: &Path, pick: &ForecastPick) -> anyhow::Result<ForecastFie
             gridded_variables(&file).join(", ")
         ))
     })?;
-    let dims: Vec<String> = var.dimensions().iter().map(|d| d.name()).collect();
+    let dims: Vec<String> = var.dims().into_iter().map(|(d, _)| d).collect();
     if !(4..=5).contains(&dims.len()) || dims[0] != "time" || dims[1] != "prediction_timedelta" {
         return Err(err(format!(
             "'{}' has dimensions ({}), not a meshcast forecast's (time, prediction_timedelta, \
@@ -142,11 +141,11 @@ fn read_forecast(path: &Path, pick: &ForecastPick) -> anyhow::Result<ForecastFie
         coordinate(&dims[dims.len() - 2])?,
         coordinate(&dims[dims.len() - 1])?,
     );
-    let mut extents = vec![Extent::from(i..i + 1), Extent::from(k..k + 1)];
-    extents.extend(level.as_ref().map(|(l, ..)| Extent::from(*l..*l + 1)));
-    extents.extend([Extent::from(..), Extent::from(..)]);
+    let mut ranges = vec![i..i + 1, k..k + 1];
+    ranges.extend(level.as_ref().map(|(l, ..)| *l..*l + 1));
+    ranges.extend([0..lat.len(), 0..lon.len()]);
     let raw: Vec<f64> = var
-        .get_values::<f64, _>(extents.as_slice())
+        .read(&ranges)
         .map_err(|e| err(format!("cannot read '{}': {e}", pick.variable)))?;
     let fill = attr_numbers(&var, "_FillValue").and_then(|f| f.first().copied());
     let init = DateTime::from_instant(inits[i], calendar);
@@ -171,16 +170,16 @@ fn read_forecast(path: &Path, pick: &ForecastPick) -> anyhow::Result<ForecastFie
 }
 
 /// The values of coordinate variable `name` as f64.
-fn coordinate(file: &netcdf::File, name: &str) -> Result<Vec<f64>, String> {
+fn coordinate(file: &Store, name: &str) -> Result<Vec<f64>, String> {
     let var = file
         .variable(name)
         .ok_or_else(|| format!("no coordinate variable '{name}'"))?;
-    var.get_values::<f64, _>(..)
+    var.read_all()
         .map_err(|e| format!("cannot read coordinate '{name}': {e}"))
 }
 
 /// The calendar and the initialisation instants of the `time` coordinate.
-fn init_times(file: &netcdf::File) -> Result<(Calendar, Vec<Instant>), String> {
+fn init_times(file: &Store) -> Result<(Calendar, Vec<Instant>), String> {
     let var = file.variable("time").ok_or("no 'time' coordinate")?;
     let calendar = Calendar::parse(&attr_string(&var, "calendar").unwrap_or_default())?;
     let units = attr_string(&var, "units").ok_or("'time' has no units")?;
@@ -191,7 +190,7 @@ fn init_times(file: &netcdf::File) -> Result<(Calendar, Vec<Instant>), String> {
 }
 
 /// The leads of `prediction_timedelta` in seconds.
-fn lead_seconds(file: &netcdf::File) -> Result<Vec<i64>, String> {
+fn lead_seconds(file: &Store) -> Result<Vec<i64>, String> {
     let var = file
         .variable("prediction_timedelta")
         .ok_or("no 'prediction_timedelta' coordinate")?;
@@ -248,7 +247,7 @@ fn pick_lead(leads: &[i64], hours: Option<f64>) -> Result<usize, String> {
 
 /// The index, value and units of the picked level on level dimension `dim`.
 fn pick_level(
-    file: &netcdf::File,
+    file: &Store,
     dim: &str,
     pick: &ForecastPick,
 ) -> Result<(usize, f64, Option<String>), String> {

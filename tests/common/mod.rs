@@ -215,5 +215,5 @@ pub fn forecast_last(run: &Path, out: &Path, args: &[&str]) {
 /// diagnostics on test threads.
 pub fn open_nc(path: &Path) -> netcdf::File {
     no_hdf5_locking();
-    meshcast::data::source::open_file(path).unwrap()
+    meshcast::data::source::open_netcdf(path).unwrap()
 }

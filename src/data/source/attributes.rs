@@ -1,19 +1,12 @@
-//! Reading a variable's metadata as plain values: its attributes as text or numbers,
-//! and whether it holds numbers at all.
+//! Reading a variable's attributes as plain values: text or numbers.
 
-use netcdf::{AttributeValue, Variable};
+use netcdf::AttributeValue;
 
-/// Whether the variable holds integers or floats (not chars or strings).
-pub(super) fn is_numeric(v: &Variable) -> bool {
-    matches!(
-        v.vartype(),
-        netcdf::types::NcVariableType::Int(_) | netcdf::types::NcVariableType::Float(_)
-    )
-}
+use super::store::Var;
 
 /// A text attribute; a list of strings is joined with spaces.
-pub fn attr_string(v: &Variable, name: &str) -> Option<String> {
-    match v.attribute_value(name)?.ok()? {
+pub fn attr_string(v: &Var, name: &str) -> Option<String> {
+    match v.attribute(name)? {
         AttributeValue::Str(s) => Some(s),
         AttributeValue::Strs(s) => Some(s.join(" ")),
         _ => None,
@@ -21,8 +14,8 @@ pub fn attr_string(v: &Variable, name: &str) -> Option<String> {
 }
 
 /// A numeric attribute as f64 values, whatever its stored type; `None` for text.
-pub fn attr_numbers(v: &Variable, name: &str) -> Option<Vec<f64>> {
-    let value = v.attribute_value(name)?.ok()?;
+pub fn attr_numbers(v: &Var, name: &str) -> Option<Vec<f64>> {
+    let value = v.attribute(name)?;
     Some(match value {
         AttributeValue::Uchar(x) => vec![x as f64],
         AttributeValue::Schar(x) => vec![x as f64],

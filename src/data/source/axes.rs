@@ -1,23 +1,23 @@
 //! The horizontal coordinate axes: latitude and longitude values read from their
 //! coordinate variables, normalized to canonical order and cut to the region.
 
-use super::attributes::is_numeric;
 use super::layout::Layout;
+use super::store::Store;
 use crate::data::grid::{normalize_latitudes, normalize_longitudes, AxisMap, Region};
 
 /// Reads a 1-D coordinate variable as f64, if there is one for `dim`.
-pub(super) fn coordinate_values(file: &netcdf::File, dim: &str) -> Option<Vec<f64>> {
+pub(super) fn coordinate_values(file: &Store, dim: &str) -> Option<Vec<f64>> {
     let v = file.variable(dim)?;
-    if v.dimensions().len() != 1 || !is_numeric(&v) {
+    if v.dims().len() != 1 || !v.is_numeric() {
         return None;
     }
-    v.get_values::<f64, _>(..).ok()
+    v.read_all().ok()
 }
 
 /// Reads and normalizes the latitude and longitude coordinates (cut to `region`),
 /// returning `(lat, lon, global)`, and requires at least a 2 x 2 grid.
 pub(super) fn read_horizontal_axes(
-    file: &netcdf::File,
+    file: &Store,
     dims: &[(String, usize)],
     layout: &Layout,
     region: Option<&Region>,

@@ -1,7 +1,7 @@
 //! CF conventions for values: packing (`scale_factor`, `add_offset`) and the validity
 //! rules (`_FillValue`, `missing_value`, valid range, float default fill).
 
-use netcdf::Variable;
+use super::store::{ValueKind, Var};
 use serde::Serialize;
 
 use super::attributes::attr_numbers;
@@ -37,7 +37,7 @@ impl Packing {
 }
 
 /// Reads the packing and validity attributes of `var`.
-pub(super) fn read_packing(var: &Variable) -> Packing {
+pub(super) fn read_packing(var: &Var) -> Packing {
     let first = |name: &str| attr_numbers(var, name).and_then(|v| v.first().copied());
     let mut missing = attr_numbers(var, "_FillValue").unwrap_or_default();
     missing.extend(attr_numbers(var, "missing_value").unwrap_or_default());
@@ -54,7 +54,7 @@ pub(super) fn read_packing(var: &Variable) -> Packing {
         missing,
         valid_min,
         valid_max,
-        float_default_fill: matches!(var.vartype(), netcdf::types::NcVariableType::Float(_)),
+        float_default_fill: matches!(var.value_kind(), ValueKind::F32 | ValueKind::F64),
     }
 }
 

@@ -3,10 +3,10 @@
 //! forecast on a file with latitudes 90..-90 and longitudes 0..360 has exactly those
 //! coordinates, and `forecast - truth` keeps the input's shape.
 
-use netcdf::types::{FloatType, IntType, NcVariableType};
 use netcdf::AttributeValue;
 
 use super::axes::coordinate_values;
+use super::store::{Store, ValueKind};
 use super::{Result, SourceVariable};
 use crate::error::InputError;
 
@@ -121,7 +121,7 @@ impl SourceVariable {
 /// The file's coordinate values at `kept` file indices, in file order, and the output
 /// position of each canonical index (`kept[k]` is the file index of canonical `k`).
 fn file_ordered_axis(
-    file: &netcdf::File,
+    file: &Store,
     name: &str,
     kept: &[usize],
     defaults: [(&str, &str); 3],
@@ -148,7 +148,7 @@ fn file_ordered_axis(
 /// The coordinate variable's storage type and attributes (those describing storage
 /// left out), with `defaults` added where the file has no such attribute.
 fn coordinate_description<const N: usize>(
-    file: &netcdf::File,
+    file: &Store,
     name: &str,
     defaults: [(&str, &str); N],
 ) -> (CoordinateType, Vec<(String, AttributeValue)>) {
@@ -159,18 +159,16 @@ fn coordinate_description<const N: usize>(
             .collect();
         return (CoordinateType::F64, attributes);
     };
-    let value_type = match var.vartype() {
-        NcVariableType::Float(FloatType::F32) => CoordinateType::F32,
-        NcVariableType::Int(IntType::I8 | IntType::I16 | IntType::I32 | IntType::U8) => {
-            CoordinateType::I32
-        }
-        NcVariableType::Int(_) => CoordinateType::I64,
-        _ => CoordinateType::F64,
+    let value_type = match var.value_kind() {
+        ValueKind::F32 => CoordinateType::F32,
+        ValueKind::I32 => CoordinateType::I32,
+        ValueKind::I64 => CoordinateType::I64,
+        ValueKind::F64 | ValueKind::Other => CoordinateType::F64,
     };
     let mut attributes: Vec<(String, AttributeValue)> = var
         .attributes()
-        .filter(|a| !STORAGE_ATTRIBUTES.contains(&a.name()))
-        .filter_map(|a| Some((a.name().to_string(), a.value().ok()?)))
+        .into_iter()
+        .filter(|(name, _)| !STORAGE_ATTRIBUTES.contains(&name.as_str()))
         .collect();
     for (key, value) in defaults {
         if !attributes.iter().any(|(k, _)| k == key) {

@@ -3,21 +3,20 @@
 
 use std::path::Path;
 
-use netcdf::Variable;
-
-use super::attributes::{attr_string, is_numeric};
+use super::attributes::attr_string;
 use super::axes::read_horizontal_axes;
 use super::cf::read_packing;
 use super::layout::locate_dimensions;
 use super::levels::select_levels;
 use super::roles::gridded_variables;
+use super::store::{Store, Var};
 use super::time_axis::decode_time;
 use super::{ReadOptions, Result, SourceVariable};
 use crate::error::InputError;
 
 /// Describes variable `var_name` of the open file at `path`.
 pub fn describe_variable(
-    file: &netcdf::File,
+    file: &Store,
     path: &Path,
     var_name: &str,
     alias: Option<&str>,
@@ -25,11 +24,7 @@ pub fn describe_variable(
 ) -> Result<SourceVariable> {
     let err = |problem: String| InputError::file(path, problem);
     let var = find_numeric_variable(file, var_name).map_err(err)?;
-    let dims: Vec<(String, usize)> = var
-        .dimensions()
-        .iter()
-        .map(|d| (d.name(), d.len()))
-        .collect();
+    let dims = var.dims();
     let layout = locate_dimensions(file, &var, var_name, &dims).map_err(err)?;
     let levels = select_levels(
         file,
@@ -67,20 +62,20 @@ pub fn describe_variable(
 /// Looks up `var_name` and requires it to hold numbers; when it is missing, the
 /// problem lists the file's variables so the user can pick the right name.
 fn find_numeric_variable<'f>(
-    file: &'f netcdf::File,
+    file: &'f Store,
     var_name: &str,
-) -> std::result::Result<Variable<'f>, String> {
+) -> std::result::Result<Var<'f>, String> {
     let Some(var) = file.variable(var_name) else {
         let mut names = gridded_variables(file);
         if names.is_empty() {
-            names = file.variables().map(|v| v.name()).collect();
+            names = file.variables().iter().map(|v| v.name()).collect();
         }
         return Err(format!(
             "no variable '{var_name}' (the file has: {})",
             names.join(", ")
         ));
     };
-    if !is_numeric(&var) {
+    if !var.is_numeric() {
         return Err(format!("variable '{var_name}' is not numeric"));
     }
     Ok(var)

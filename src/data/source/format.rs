@@ -1,20 +1,35 @@
-//! Opening a NetCDF file: sniffing the format its first bytes claim, so that a file
-//! libnetcdf cannot open (or opens although truncated) gets an error saying what is wrong.
+//! Opening a data file: a Zarr store (a directory with Zarr metadata), or a NetCDF file
+//! whose first bytes are sniffed, so that a file libnetcdf cannot open (or opens
+//! although truncated) gets an error saying what is wrong.
 
 use std::path::Path;
 
 use super::hdf5::silence_hdf5_errors_on_this_thread;
+use super::store::Store;
+use super::zarr::{is_zarr_store, ZarrStore};
 use super::Result;
 use crate::error::InputError;
 
+/// Opens a Zarr store or a NetCDF file, with an error that names it and says what is
+/// wrong.
+pub fn open_file(path: &Path) -> Result<Store> {
+    if is_zarr_store(path) {
+        return ZarrStore::open(path).map(Store::Zarr);
+    }
+    open_netcdf(path).map(Store::NetCdf)
+}
+
 /// Opens a NetCDF file with an error that names it and says what is wrong.
-pub fn open_file(path: &Path) -> Result<netcdf::File> {
+pub fn open_netcdf(path: &Path) -> Result<netcdf::File> {
     silence_hdf5_errors_on_this_thread();
     if !path.exists() {
         return Err(InputError::file(path, "no such file"));
     }
     if path.is_dir() {
-        return Err(InputError::file(path, "is a directory, not a NetCDF file"));
+        return Err(InputError::file(
+            path,
+            "is a directory, neither a NetCDF file nor a Zarr store (no .zgroup, .zarray or zarr.json)",
+        ));
     }
     // A FIFO or a device would block or never end.
     if !path.metadata().is_ok_and(|m| m.is_file()) {

@@ -1,10 +1,9 @@
 //! Where a variable's latitude, longitude, time and level dimensions are, or why the
 //! variable is not a latitude/longitude/time grid meshcast can read.
 
-use netcdf::Variable;
-
 use super::attributes::attr_string;
 use super::roles::{dim_role, is_lat_units, DimRole, LAT_NAMES};
+use super::store::{Store, Var};
 
 /// Positions of the dimensions in the variable's own order.
 #[derive(Debug, Clone, Default)]
@@ -18,8 +17,8 @@ pub(super) struct Layout {
 /// Finds which of the variable's dimensions are latitude, longitude, time and level,
 /// or says why the variable is not a lat/lon/time grid.
 pub(super) fn locate_dimensions(
-    file: &netcdf::File,
-    var: &Variable,
+    file: &Store,
+    var: &Var,
     var_name: &str,
     dims: &[(String, usize)],
 ) -> std::result::Result<Layout, String> {
@@ -89,7 +88,7 @@ fn find_level_dim(
 }
 
 /// Says why a variable has no lat/lon grid: unstructured, curvilinear, or unknown axes.
-fn explain_missing_grid(file: &netcdf::File, var: &Variable, dims: &[(String, usize)]) -> String {
+fn explain_missing_grid(file: &Store, var: &Var, dims: &[(String, usize)]) -> String {
     let names: Vec<&str> = dims.iter().map(|(n, _)| n.as_str()).collect();
     // A latitude variable that is a function of one of this variable's dimensions.
     for v in file.variables() {
@@ -105,7 +104,7 @@ fn explain_missing_grid(file: &netcdf::File, var: &Variable, dims: &[(String, us
         if !is_lat {
             continue;
         }
-        let vdims: Vec<String> = v.dimensions().iter().map(|d| d.name()).collect();
+        let vdims: Vec<String> = v.dims().into_iter().map(|(d, _)| d).collect();
         if vdims.len() == 1 && names.contains(&vdims[0].as_str()) && vdims[0] != v.name() {
             return format!(
                 "variable '{}' is on an unstructured grid (1-D cell dimension '{}', latitude '{}' is a function of it); \

@@ -116,7 +116,7 @@ impl std::fmt::Display for LevelChoice {
 /// Selects the levels `wanted` on dimension `level_dim`; a single level is taken as
 /// is, and several need a choice.
 pub(super) fn select_levels(
-    file: &netcdf::File,
+    file: &super::store::Store,
     dims: &[(String, usize)],
     level_dim: Option<usize>,
     wanted: Option<&LevelChoice>,

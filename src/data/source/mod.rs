@@ -30,15 +30,18 @@ mod layout;
 mod levels;
 mod read;
 mod roles;
+mod store;
 mod time_axis;
+mod zarr;
 
 pub use attributes::{attr_numbers, attr_string};
 pub use cf::Packing;
 pub use conventions::{CoordinateType, HorizontalAxes, OutputAxis};
 pub use describe::describe_variable;
-pub use format::open_file;
+pub use format::{open_file, open_netcdf};
 pub use levels::{LevelChoice, LevelSelection};
 pub use roles::gridded_variables;
+pub use store::{Store, ValueKind, Var};
 
 use layout::Layout;
 use levels::format_level;

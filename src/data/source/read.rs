@@ -1,8 +1,7 @@
 //! Reading one time step of a described variable into canonical grid order, with the
 //! packing applied and a validity mask.
 
-use netcdf::Extent;
-
+use super::store::Store;
 use super::SourceVariable;
 use crate::error::InputError;
 
@@ -11,7 +10,7 @@ impl SourceVariable {
     /// grid order) and `valid`; missing cells get 0.0 and `false`.
     pub fn read_step(
         &self,
-        file: &netcdf::File,
+        file: &Store,
         t: usize,
         values: &mut [f32],
         valid: &mut [bool],
@@ -27,24 +26,24 @@ impl SourceVariable {
             self.levels.iter().map(|l| Some(l.index)).collect()
         };
         for (c, level) in level_indices.iter().enumerate() {
-            let extents: Vec<Extent> = self
+            let ranges: Vec<std::ops::Range<usize>> = self
                 .dims
                 .iter()
                 .enumerate()
                 .map(|(d, &(_, len))| {
                     if d == self.layout.time_dim {
-                        (t..t + 1).into()
+                        t..t + 1
                     } else if Some(d) == self.layout.level_dim {
                         let l = level.unwrap_or(0);
-                        (l..l + 1).into()
+                        l..l + 1
                     } else if d == self.layout.lat_dim || d == self.layout.lon_dim {
-                        (0..len).into()
+                        0..len
                     } else {
-                        (0..1).into()
+                        0..1
                     }
                 })
                 .collect();
-            let raw: Vec<f64> = var.get_values::<f64, _>(extents).map_err(|e| {
+            let raw: Vec<f64> = var.read(&ranges).map_err(|e| {
                 InputError::file(
                     &self.path,
                     format!("cannot read '{}' at time step {t}: {e}", self.var_name),

@@ -2,16 +2,18 @@
 //! its coordinate variable's CF attributes or else its name, and which variables of a
 //! file lie on a latitude/longitude grid.
 
-use super::attributes::{attr_string, is_numeric};
+use super::attributes::attr_string;
+use super::store::Store;
 
 /// Names of the variables of a file that lie on a latitude/longitude grid with a time axis.
-pub fn gridded_variables(file: &netcdf::File) -> Vec<String> {
+pub fn gridded_variables(file: &Store) -> Vec<String> {
     file.variables()
+        .into_iter()
         .filter(|v| {
-            let dims: Vec<String> = v.dimensions().iter().map(|d| d.name()).collect();
+            let dims: Vec<String> = v.dims().into_iter().map(|(d, _)| d).collect();
             let is_coordinate = dims.len() == 1 && dims[0] == v.name();
             !is_coordinate
-                && is_numeric(v)
+                && v.is_numeric()
                 && dims.iter().any(|d| dim_role(file, d) == DimRole::Lat)
                 && dims.iter().any(|d| dim_role(file, d) == DimRole::Lon)
         })
@@ -98,7 +100,7 @@ fn is_lon_units(u: &str) -> bool {
 }
 
 /// What a dimension is, from its coordinate variable's CF attributes, else its name.
-pub(super) fn dim_role(file: &netcdf::File, dim: &str) -> DimRole {
+pub(super) fn dim_role(file: &Store, dim: &str) -> DimRole {
     if let Some(v) = file.variable(dim) {
         let sn = attr_string(&v, "standard_name")
             .unwrap_or_default()

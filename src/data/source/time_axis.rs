@@ -1,14 +1,13 @@
 //! The time axis of a variable: CF time units and calendar, or for a file that is not
 //! CF, a reference time found elsewhere in it (or given with `--time-units`).
 
-use netcdf::Variable;
-
-use super::attributes::{attr_string, is_numeric};
+use super::attributes::attr_string;
+use super::store::{Store, Var};
 use crate::data::time::{Calendar, DateTime, TimeAxis, TimeUnits};
 
 /// Decodes the time axis of dimension `dim`, CF or not; the note says how, if not CF.
 pub(super) fn decode_time(
-    file: &netcdf::File,
+    file: &Store,
     dim: &str,
     override_units: Option<&str>,
 ) -> std::result::Result<(TimeAxis, Option<String>), String> {
@@ -19,8 +18,8 @@ pub(super) fn decode_time(
     };
     let len = file.dimension_len(dim).unwrap_or(0);
     let values: Vec<f64> = match &var {
-        Some(v) if v.dimensions().len() == 1 && is_numeric(v) => v
-            .get_values::<f64, _>(..)
+        Some(v) if v.dims().len() == 1 && v.is_numeric() => v
+            .read_all()
             .map_err(|e| format!("cannot read time variable '{dim}': {e}"))?,
         _ => (0..len).map(|i| i as f64).collect(),
     };
@@ -81,10 +80,7 @@ pub(super) fn decode_time(
 }
 
 /// A text reference time: a char variable such as `reftime`, or an attribute of the time variable.
-fn reference_time_text(
-    file: &netcdf::File,
-    time_var: Option<&Variable>,
-) -> Option<(String, String)> {
+fn reference_time_text(file: &Store, time_var: Option<&Var>) -> Option<(String, String)> {
     const NAMES: &[&str] = &[
         "reftime",
         "reference_time",
@@ -95,12 +91,7 @@ fn reference_time_text(
     ];
     for name in NAMES {
         if let Some(v) = file.variable(name) {
-            if matches!(v.vartype(), netcdf::types::NcVariableType::Char) {
-                let bytes: Vec<u8> = v.get_raw_values(..).ok()?;
-                let text = String::from_utf8_lossy(&bytes)
-                    .trim_matches(char::from(0))
-                    .trim()
-                    .to_string();
+            if let Some(text) = v.chars() {
                 return Some((name.to_string(), text));
             }
             if let Some(t) = attr_string(&v, "units").filter(|u| u.contains(" since ")) {
