@@ -13,6 +13,8 @@ need_apt=()
 [ -f /usr/include/netcdf.h ] || need_apt+=(libnetcdf-dev)
 command -v ncdump >/dev/null || need_apt+=(netcdf-bin)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# The Zarr codecs (blosc with snappy, zstd) compile C and C++ sources.
+command -v c++ >/dev/null || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
