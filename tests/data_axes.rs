@@ -30,14 +30,7 @@ fn write_file(path: &Path, units: &str, times: &[f64], levels: &[f64]) -> PathBu
     v.put_values(times, ..).unwrap();
     let lat: Vec<f64> = (0..NLAT).map(|i| -67.5 + 45.0 * i as f64).collect();
     let lon: Vec<f64> = (0..NLON).map(|j| 45.0 * j as f64).collect();
-    for (name, values, units) in [
-        ("lat", &lat, "degrees_north"),
-        ("lon", &lon, "degrees_east"),
-    ] {
-        let mut v = f.add_variable::<f64>(name, &[name]).unwrap();
-        v.put_attribute("units", units).unwrap();
-        v.put_values(values, ..).unwrap();
-    }
+    put_lat_lon(&mut f, &lat, &lon);
     let mut dims = vec!["time"];
     if !levels.is_empty() {
         f.add_dimension("plev", levels.len()).unwrap();

@@ -220,14 +220,7 @@ fn write_packed_netcdf(path: &Path) {
     let mut v = f.add_variable::<i64>("time", &["time"]).unwrap();
     v.put_attribute("units", "hours since 2001-01-01").unwrap();
     v.put_values(&time, ..).unwrap();
-    for (name, values, units) in [
-        ("lat", &lat, "degrees_north"),
-        ("lon", &lon, "degrees_east"),
-    ] {
-        let mut v = f.add_variable::<f64>(name, &[name]).unwrap();
-        v.put_attribute("units", units).unwrap();
-        v.put_values(values, ..).unwrap();
-    }
+    put_lat_lon(&mut f, &lat, &lon);
     let mut v = f
         .add_variable::<i16>("t2m", &["time", "lat", "lon"])
         .unwrap();

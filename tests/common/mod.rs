@@ -217,3 +217,13 @@ pub fn open_nc(path: &Path) -> netcdf::File {
     no_hdf5_locking();
     meshcast::data::source::open_netcdf(path).unwrap()
 }
+
+/// Writes `lat` and `lon` coordinate variables (f64, CF units) on the file's `lat` and
+/// `lon` dimensions, which must exist.
+pub fn put_lat_lon(f: &mut netcdf::FileMut, lat: &[f64], lon: &[f64]) {
+    for (name, values, units) in [("lat", lat, "degrees_north"), ("lon", lon, "degrees_east")] {
+        let mut v = f.add_variable::<f64>(name, &[name]).unwrap();
+        v.put_attribute("units", units).unwrap();
+        v.put_values(values, ..).unwrap();
+    }
+}
