@@ -26,7 +26,9 @@ fn zarr_v2_and_v3_stores_read_exactly_as_their_netcdf_twin() {
     let levels = ["--levels".to_string(), "all".to_string()];
     let nc = inspect_json(&[&[arg(&fixture("wb2.nc"))][..], &levels[..]].concat());
     let channels = nc["variables"].as_array().unwrap();
-    // geopotential and temperature on 3 levels, 2m_temperature, mean_sea_level_pressure.
+    // geopotential and temperature on 3 levels, 2m_temperature, mean_sea_level_pressure;
+    // the static land_sea_mask (no time dimension) is left out, as WeatherBench2's
+    // stores need.
     assert_eq!(channels.len(), 8);
     for store in STORES {
         let z = inspect_json(&[&[arg(&fixture(store))][..], &levels[..]].concat());
@@ -177,6 +179,18 @@ fn broken_zarr_stores_are_one_error_line() {
         &inspect(&empty),
         &["empty.zarr", "neither a NetCDF file nor a Zarr store"],
     );
+
+    // A store of static fields only has nothing to forecast.
+    let fixed = copy_store("wb2-v2.zarr", &dir.path().join("static"));
+    for name in [
+        "geopotential",
+        "temperature",
+        "2m_temperature",
+        "mean_sea_level_pressure",
+    ] {
+        std::fs::remove_dir_all(fixed.join(name)).unwrap();
+    }
+    assert_bad_input(&inspect(&fixed), &["only static fields", "land_sea_mask"]);
 
     // A chunk that cannot be decoded is named when it is read.
     let v2 = copy_store("wb2-v2.zarr", &dir.path().join("chunk"));

@@ -11,7 +11,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::grid::Grid;
-use super::source::{describe_variable, gridded_variables, open_file, SourceVariable, Store};
+use super::source::{
+    describe_variable, gridded_variables, open_file, static_fields, SourceVariable, Store,
+};
 use super::spec::DataSpec;
 use super::time::{format_step, Instant, TimeAxis};
 use crate::error::InputError;
@@ -72,9 +74,27 @@ impl Dataset {
         let mut sources = Vec::new();
         for path in &spec.files {
             let file = open_file(path)?;
-            let names = gridded_variables(&file);
+            let fixed = static_fields(&file);
+            let names: Vec<String> = gridded_variables(&file)
+                .into_iter()
+                .filter(|n| !fixed.contains(n))
+                .collect();
+            if names.is_empty() && !fixed.is_empty() {
+                let problem = format!(
+                    "only static fields, without a time dimension ({}): nothing to forecast",
+                    fixed.join(", ")
+                );
+                return Err(InputError::file(path, problem).into());
+            }
             if names.is_empty() {
                 return Err(InputError::file(path, explain_no_gridded(&file)).into());
+            }
+            if !fixed.is_empty() {
+                tracing::info!(
+                    "{}: static fields left out (no time dimension): {}",
+                    path.display(),
+                    fixed.join(", ")
+                );
             }
             for name in names {
                 sources.push(describe_variable(&file, path, &name, None, &opts)?);

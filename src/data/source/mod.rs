@@ -40,7 +40,7 @@ pub use conventions::{CoordinateType, HorizontalAxes, OutputAxis};
 pub use describe::describe_variable;
 pub use format::{open_file, open_netcdf};
 pub use levels::{LevelChoice, LevelSelection};
-pub use roles::gridded_variables;
+pub use roles::{gridded_variables, static_fields};
 pub use store::{Store, ValueKind, Var};
 
 use layout::Layout;

@@ -5,7 +5,8 @@
 use super::attributes::attr_string;
 use super::store::Store;
 
-/// Names of the variables of a file that lie on a latitude/longitude grid with a time axis.
+/// Names of the variables of a file that lie on a latitude/longitude grid (with a time
+/// axis or, for static fields, without).
 pub fn gridded_variables(file: &Store) -> Vec<String> {
     file.variables()
         .into_iter()
@@ -18,6 +19,21 @@ pub fn gridded_variables(file: &Store) -> Vec<String> {
                 && dims.iter().any(|d| dim_role(file, d) == DimRole::Lon)
         })
         .map(|v| v.name())
+        .collect()
+}
+
+/// Of the gridded variables, those without a time dimension: static fields such as the
+/// land-sea mask and surface geopotential that WeatherBench2's ERA5 stores carry.
+pub fn static_fields(file: &Store) -> Vec<String> {
+    gridded_variables(file)
+        .into_iter()
+        .filter(|name| {
+            file.variable(name).is_some_and(|v| {
+                v.dims()
+                    .iter()
+                    .all(|(d, _)| dim_role(file, d) != DimRole::Time)
+            })
+        })
         .collect()
 }
 
