@@ -173,6 +173,14 @@ fn broken_zarr_stores_are_one_error_line() {
         &["wb2-v2.zarr", "temperature", "no dimension names"],
     );
 
+    let v2 = copy_store("wb2-v2.zarr", &dir.path().join("rank"));
+    let attrs = r#"{"_ARRAY_DIMENSIONS": ["time", "latitude", "longitude"]}"#;
+    std::fs::write(v2.join("temperature/.zattrs"), attrs).unwrap();
+    assert_bad_input(
+        &inspect(&v2),
+        &["'temperature' names 3 dimensions", "shape of 4"],
+    );
+
     let empty = dir.path().join("empty.zarr");
     std::fs::create_dir(&empty).unwrap();
     assert_bad_input(

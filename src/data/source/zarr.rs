@@ -134,13 +134,20 @@ impl ZarrArray {
                     .collect()
             })
             .ok_or_else(|| format!("array '{name}' has no shape"))?;
-        let dim_names =
-            dimension_names(&meta, &mut attributes, v2, shape.len()).ok_or_else(|| {
-                format!(
-                    "array '{name}' has no dimension names (v2: the _ARRAY_DIMENSIONS attribute \
-                     xarray writes; v3: dimension_names)"
-                )
-            })?;
+        let dim_names = dimension_names(&meta, &mut attributes, v2).ok_or_else(|| {
+            format!(
+                "array '{name}' has no dimension names (v2: the _ARRAY_DIMENSIONS attribute \
+                 xarray writes; v3: dimension_names)"
+            )
+        })?;
+        if dim_names.len() != shape.len() {
+            return Err(format!(
+                "array '{name}' names {} dimensions ({}) for a shape of {} ({shape:?})",
+                dim_names.len(),
+                dim_names.join(", "),
+                shape.len()
+            ));
+        }
         if v2 {
             cf_fill_value_from_v2(&meta, &mut attributes);
         }
@@ -231,19 +238,17 @@ fn dimension_names(
     meta: &Map<String, Value>,
     attributes: &mut Map<String, Value>,
     v2: bool,
-    rank: usize,
 ) -> Option<Vec<String>> {
     let names = if v2 {
         attributes.remove("_ARRAY_DIMENSIONS")?
     } else {
         meta.get("dimension_names")?.clone()
     };
-    let names: Vec<String> = names
+    names
         .as_array()?
         .iter()
         .map(|n| n.as_str().map(String::from))
-        .collect::<Option<_>>()?;
-    (names.len() == rank).then_some(names)
+        .collect()
 }
 
 /// xarray writes a v2 variable's CF `_FillValue` as the array's `fill_value`; a null
