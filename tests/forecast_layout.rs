@@ -287,18 +287,9 @@ fn a_storm1996_forecast_has_the_inputs_grid_and_masks() {
     xarray_shape_check(&fc, "p", Path::new(&storm("Pstorm.cdf")), "p", (33, 36));
 }
 
-/// A Python with xarray and netCDF4: `$MESHCAST_TORCH_PYTHON` (CI sets it and installs
-/// scripts/requirements.txt, so there the check is mandatory), else `python3` if it
-/// has them.
+/// A Python with xarray and netCDF4.
 fn xarray_python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MESHCAST_TORCH_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let ok = StdCommand::new("python3")
-        .args(["-c", "import xarray, netCDF4"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then(|| PathBuf::from("python3"))
+    python_with("xarray, netCDF4")
 }
 
 /// In xarray: `forecast - truth` keeps the input's shape, and the latitude-weighted RMSE

@@ -17,14 +17,7 @@ use common::*;
 
 /// The Python with torch to run the reference with, if any.
 fn torch_python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MESHCAST_TORCH_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let ok = StdCommand::new("python3")
-        .args(["-c", "import torch, numpy, safetensors"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then(|| PathBuf::from("python3"))
+    python_with("torch, numpy, safetensors")
 }
 
 fn script() -> PathBuf {

@@ -651,17 +651,7 @@ fn patched_eval_and_forecast_run_every_patch_in_less_memory() {
     // A run trained patch by patch is evaluated on the whole grid unless told otherwise.
     let patched_run = dir.path().join("patched-run");
     train_small(&patched_run, &["--patches", "4", "--patch-halo", "10"]);
-    let mut cmd = meshcast();
-    cmd.args(["-q", "eval", "--checkpoint", patched_run.to_str().unwrap()])
-        .args([
-            "--which",
-            "last",
-            "--no-graph-cache",
-            "--rollout-steps",
-            "2",
-        ])
-        .args(["--batch-size", "1", "--json"]);
-    let report: serde_json::Value = serde_json::from_str(&ok(cmd.output().unwrap())).unwrap();
+    let report = eval_last(&patched_run, &["--batch-size", "1"]);
     assert_eq!(report["patches"], 1);
     assert_eq!(report["graph_forwards"].as_u64().unwrap(), 2 * inits);
 

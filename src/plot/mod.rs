@@ -10,6 +10,8 @@ mod training;
 
 use std::path::Path;
 
+use plotters::coord::cartesian::Cartesian2d;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -86,6 +88,48 @@ fn png_bytes(pixels: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> 
         image::ExtendedColorType::Rgb8,
     )?;
     Ok(out)
+}
+
+/// A chart with f64 axes, as the line plots draw.
+type LineChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws `points` as a 2 px line of colour `c` with a legend entry `label`, and a dot
+/// of radius `dots` on each point (none for 0).
+fn labelled_line<'a, DB: DrawingBackend + 'a>(
+    chart: &mut LineChart<'a, DB>,
+    points: &[(f64, f64)],
+    c: RGBColor,
+    label: &str,
+    dots: u32,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+    if dots > 0 {
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, dots, c.filled())))?;
+    }
+    Ok(())
+}
+
+/// The legend of a line chart: its labels in a framed, lightly opaque box.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut LineChart<'a, DB>,
+    font: u32,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .label_font((FONT, font))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
 }
 
 /// The colour of series `i`: plotters' palette, which stays readable in print.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{colour, range, render, Picture, FONT};
+use super::{colour, draw_legend, labelled_line, range, render, Picture, FONT};
 use crate::error::InputError;
 
 /// One line: a system's metric for one channel against lead hours.
@@ -169,19 +169,9 @@ impl ScoreCharts {
             let c = colour(labels.iter().position(|&l| l == line.label).unwrap_or(0));
             let mut points = line.points.clone();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
-                .label(line.label.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+            labelled_line(&mut chart, &points, c, &line.label, 3)?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 12))
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, 12)
     }
 }
 

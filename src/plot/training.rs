@@ -7,7 +7,7 @@ use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{colour, range, render, Picture, FONT};
+use super::{colour, draw_legend, labelled_line, range, render, Picture, FONT};
 use crate::error::InputError;
 
 /// The curves of one run.
@@ -89,20 +89,10 @@ impl Picture for Curves {
             .filter(|(_, (_, p))| !p.is_empty())
         {
             let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
-            if name == "validation" {
-                chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
-            }
+            let dots = if name == "validation" { 4 } else { 0 };
+            labelled_line(&mut chart, points, c, name, dots)?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 14))
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()?;
+        draw_legend(&mut chart, 14)?;
         let (lr_lo, lr_hi) = range(self.lr.iter().map(|p| p.1));
         let mut chart = ChartBuilder::on(&bottom)
             .caption("learning rate", (FONT, 18))

@@ -227,3 +227,17 @@ pub fn put_lat_lon(f: &mut netcdf::FileMut, lat: &[f64], lon: &[f64]) {
         v.put_values(values, ..).unwrap();
     }
 }
+
+/// A Python that can import `modules` (e.g. "xarray, netCDF4"): `$MESHCAST_TORCH_PYTHON`
+/// (CI sets it and installs scripts/requirements.txt, so there the checks are
+/// mandatory), else `python3` if it has them.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHCAST_TORCH_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| PathBuf::from("python3"))
+}

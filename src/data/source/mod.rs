@@ -41,7 +41,7 @@ pub use describe::describe_variable;
 pub use format::{open_file, open_netcdf};
 pub use levels::{LevelChoice, LevelSelection};
 pub use roles::{gridded_variables, static_fields};
-pub use store::{Store, ValueKind, Var};
+pub use store::Store;
 
 use layout::Layout;
 use levels::format_level;
