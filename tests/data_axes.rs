@@ -216,12 +216,6 @@ fn thirteen_levels_are_taken_whole_or_by_ranges_and_kept_in_the_forecast() {
     let f = open_nc(&fc);
     let plev: Vec<f64> = f.variable("plev").unwrap().get_values(..).unwrap();
     assert_eq!(plev, LEVELS);
-    let dims: Vec<String> = f
-        .variable("t")
-        .unwrap()
-        .dimensions()
-        .iter()
-        .map(|d| d.name())
-        .collect();
+    let dims = dim_names(&f, "t");
     assert_eq!(dims, ["time", "prediction_timedelta", "plev", "lat", "lon"]);
 }

@@ -84,11 +84,6 @@ fn field(steps: usize, levels: usize, base: f32, amplitude: f32) -> Vec<f32> {
     out
 }
 
-fn dims(file: &netcdf::File, var: &str) -> Vec<String> {
-    let v = file.variable(var).unwrap();
-    v.dimensions().iter().map(|d| d.name()).collect()
-}
-
 fn text(file: &netcdf::File, var: &str, attr: &str) -> String {
     match file.variable(var).unwrap().attribute_value(attr) {
         Some(Ok(netcdf::AttributeValue::Str(s))) => s,
@@ -103,17 +98,24 @@ fn f32s(file: &netcdf::File, var: &str) -> Vec<f32> {
         .unwrap()
 }
 
+/// An ERA5-style file of `steps` steps in `dir` and a run trained briefly on its
+/// temperature at 850 and 500 hPa and its pressure: (data, run directory).
+fn era5_run(dir: &Path, steps: usize) -> (PathBuf, PathBuf) {
+    let data = dir.join("era5.nc");
+    write_era5_style(&data, steps);
+    let args = [
+        data.display().to_string(),
+        "--levels".into(),
+        "850,500".into(),
+    ];
+    let run = train_briefly(dir, "run", &args);
+    (data, run)
+}
+
 #[test]
 fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("era5.nc");
-    write_era5_style(&data, 24);
-    let data_arg = data.display().to_string();
-    let run = train_briefly(
-        dir.path(),
-        "run",
-        &[data_arg, "--levels".into(), "850,500".into()],
-    );
+    let (data, run) = era5_run(dir.path(), 24);
     let fc = dir.path().join("fc.nc");
     let inits = "2000-01-03 00:00..2000-01-03 12:00";
     forecast_last(
@@ -124,7 +126,7 @@ fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
 
     let (f, input) = (open_nc(&fc), open_nc(&data));
     assert_eq!(
-        dims(&f, "temperature"),
+        dim_names(&f, "temperature"),
         [
             "time",
             "prediction_timedelta",
@@ -134,7 +136,7 @@ fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
         ]
     );
     assert_eq!(
-        dims(&f, "mean_sea_level_pressure"),
+        dim_names(&f, "mean_sea_level_pressure"),
         ["time", "prediction_timedelta", "latitude", "longitude"]
     );
     // Descending latitudes, 0..360 longitudes and float32, exactly as in the input.
@@ -218,7 +220,7 @@ fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
 
     let (f, input) = (open_nc(&fc), open_nc(&data));
     assert_eq!(
-        dims(&f, "msl"),
+        dim_names(&f, "msl"),
         ["time", "prediction_timedelta", "latitude", "longitude"]
     );
     // The file's order (0..30, then 330..350) and values; latitudes still descending.
@@ -264,12 +266,12 @@ fn a_storm1996_forecast_has_the_inputs_grid_and_masks() {
     );
     let (f, input) = (open_nc(&fc), open_nc(Path::new(&storm("Pstorm.cdf"))));
     assert_eq!(
-        dims(&f, "p"),
+        dim_names(&f, "p"),
         ["time", "prediction_timedelta", "lat", "lon"]
     );
     assert_eq!(f32s(&f, "lat"), f32s(&input, "lat"));
     assert_eq!(f32s(&f, "lon"), f32s(&input, "lon"));
-    assert_eq!(dims(&f, "u500"), dims(&f, "p"));
+    assert_eq!(dim_names(&f, "u500"), dim_names(&f, "p"));
     // Lead 0 of the second initialisation is the input where it is valid and the fill
     // value where the input is masked (1996-01-07 00:00 is step 8 of the file).
     let want: Vec<f32> = input
@@ -302,14 +304,7 @@ fn in_xarray_forecast_minus_truth_has_the_inputs_shape_and_evals_error_and_score
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("era5.nc");
-    write_era5_style(&data, 40);
-    let data_arg = data.display().to_string();
-    let run = train_briefly(
-        dir.path(),
-        "run",
-        &[data_arg, "--levels".into(), "850,500".into()],
-    );
+    let (data, run) = era5_run(dir.path(), 40);
     let scores = dir.path().join("scores.nc");
     let report = eval_last(&run, &["-o", scores.to_str().unwrap()]);
     let eval = dir.path().join("eval.json");

@@ -116,13 +116,7 @@ fn training_on_a_zarr_store_sees_the_batches_of_the_netcdf_twin() {
         &["--init-times", "2020-01-02 00:00", "--steps", "1"],
     );
     let f = open_nc(&fc);
-    let dims: Vec<String> = f
-        .variable("temperature")
-        .unwrap()
-        .dimensions()
-        .iter()
-        .map(|d| d.name())
-        .collect();
+    let dims = dim_names(&f, "temperature");
     let want_dims = [
         "time",
         "prediction_timedelta",

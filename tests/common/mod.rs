@@ -241,3 +241,9 @@ pub fn python_with(modules: &str) -> Option<PathBuf> {
         .is_ok_and(|o| o.status.success());
     ok.then(|| PathBuf::from("python3"))
 }
+
+/// The dimension names of variable `var` of a NetCDF file.
+pub fn dim_names(file: &netcdf::File, var: &str) -> Vec<String> {
+    let v = file.variable(var).unwrap();
+    v.dimensions().iter().map(|d| d.name()).collect()
+}
