@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod dataset;
+pub mod forcings;
 pub mod generate;
 pub mod grid;
 pub mod inspect;

@@ -51,7 +51,7 @@ impl Calendar {
         [31, feb, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
     }
 
-    fn year_length(self, year: i64) -> i64 {
+    pub fn year_length(self, year: i64) -> i64 {
         self.month_lengths(year).iter().sum()
     }
 
@@ -92,6 +92,17 @@ impl Calendar {
             days -= len;
         }
         (year, month as u32 + 1, days as u32 + 1)
+    }
+}
+
+impl Calendar {
+    /// Where `t` lies in its year: days since 1 January 00:00 (fractional) and the
+    /// year's length in days, in this calendar (a 360-day year for `360_day`).
+    pub fn year_position(self, t: Instant) -> (f64, f64) {
+        let date = DateTime::from_instant(t, self);
+        let start = self.days_from_origin(date.year, 1, 1) * 86_400;
+        let days = (t.seconds - start) as f64 / 86_400.0;
+        (days, self.year_length(date.year) as f64)
     }
 }
 
