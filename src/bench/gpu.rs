@@ -131,7 +131,7 @@ fn planned_fit(deg: f64, budget: u64, on_cpu: bool) -> anyhow::Result<PlannedFit
         num_gnn_layers: PLANNED_LAYERS,
         ..Default::default()
     }
-    .for_data(2, 5);
+    .for_data(2, 5, 0);
     let whole_grid: Vec<Techniques> = crate::memory::planner::candidates(1);
     let mut best = PlannedFit {
         grid: format!("{deg} deg"),

@@ -67,7 +67,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         mlp_hidden_layers: args.mlp_hidden_layers,
         ..Default::default()
     }
-    .for_data(args.input_steps, channels);
+    .for_data(args.input_steps, channels, 0);
     model.validate()?;
     let setting = StepSetting {
         graph: &graph,

@@ -72,7 +72,10 @@ impl Climatology {
     /// The climatology at `t`.
     pub fn at(&self, t: Instant) -> NodeState {
         if self.states.len() == 1 {
-            return self.states[0].clone();
+            return NodeState {
+                time: t,
+                ..self.states[0].clone()
+            };
         }
         let (m0, m1, w) = month_weights(DateTime::from_instant(t, self.calendar), self.calendar);
         let (a, b) = (&self.states[m0], &self.states[m1]);
@@ -89,6 +92,7 @@ impl Climatology {
                 .zip(&b.valid)
                 .map(|(&x, &y)| x && y)
                 .collect(),
+            time: t,
         }
     }
 }
@@ -126,6 +130,8 @@ fn means(
                     })
                     .collect(),
                 valid: count.iter().map(|&n| n > 0).collect(),
+                // A mean over many times: `Climatology::at` stamps the time asked for.
+                time: Instant { seconds: 0 },
             }
         })
         .collect()

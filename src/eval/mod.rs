@@ -158,7 +158,7 @@ impl<'a> NodeReader<'a> {
         let state = self.reader.read(&s.dataset, t)?;
         let cells = s.graph.grid_map.cells();
         Ok(NodeState::from_state(
-            &state,
+            (&state, s.dataset.time.instants[t]),
             cells,
             self.channels,
             s.dataset.grid.len(),
@@ -258,6 +258,7 @@ fn rollout_sums(
     let model = NormalisedResidual {
         predictor: s.predictor.as_ref(),
         stats: &loaded.stats,
+        extras: &s.extras,
     };
     let mut reader = NodeReader::new(s, channels);
     let mut sums = vec![vec![[Sums::default(); 3]; channels]; rollout_steps];

@@ -34,6 +34,7 @@ use super::graph_tensors::GraphTensors;
 use super::interaction::InteractionNetwork;
 use super::mlp::Mlp;
 use super::precision::MixedPrecision;
+use crate::data::forcings::Forcing;
 use crate::graph::{EDGE_FEATURES, NODE_FEATURES};
 
 /// How a batch of samples is run over the one graph.
@@ -96,6 +97,15 @@ pub struct ModelConfig {
     /// the same sums).
     #[serde(default)]
     pub aggregation: Aggregation,
+    /// Forcings computed for every grid node at the input times and the target time
+    /// (see `data::forcings`). None in runs saved before forcings existed (they had
+    /// none); a new run without a choice gets every forcing (`ModelConfig::resolved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forcings: Option<Vec<Forcing>>,
+    /// Static-field inputs per grid node (a value and a validity flag per field); set
+    /// by the caller from the data.
+    #[serde(default)]
+    pub static_inputs: usize,
 }
 
 impl Default for ModelConfig {
@@ -108,6 +118,8 @@ impl Default for ModelConfig {
             output_channels: 0,
             batching: Batching::Shared,
             aggregation: Aggregation::Csr,
+            forcings: None,
+            static_inputs: 0,
         }
     }
 }
@@ -141,15 +153,37 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// This architecture for data of `input_steps` states of `channels` variables: per
-    /// grid node the normalised values and their validity flags in (see
-    /// `predict::inputs`), one normalised residual per channel out.
-    pub fn for_data(&self, input_steps: usize, channels: usize) -> ModelConfig {
+    /// This architecture for data of `input_steps` states of `channels` variables and
+    /// `static_fields` static fields: per grid node the normalised values and their
+    /// validity flags, the forcings at each input time and the target time, each static
+    /// field's value and flag in (see `predict::inputs`); one normalised residual per
+    /// channel out.
+    pub fn for_data(
+        &self,
+        input_steps: usize,
+        channels: usize,
+        static_fields: usize,
+    ) -> ModelConfig {
+        let forcing_features = crate::data::forcings::width(self.forcings());
         ModelConfig {
-            grid_input_features: 2 * input_steps * channels,
+            grid_input_features: 2 * input_steps * channels
+                + forcing_features * (input_steps + 1)
+                + 2 * static_fields,
             output_channels: channels,
+            static_inputs: 2 * static_fields,
             ..self.clone()
         }
+    }
+
+    /// The forcings this model takes (none for a run saved before forcings existed).
+    pub fn forcings(&self) -> &[Forcing] {
+        self.forcings.as_deref().unwrap_or(&[])
+    }
+
+    /// A new run's model: every forcing unless the flags or config chose.
+    pub fn resolved(mut self) -> ModelConfig {
+        self.forcings.get_or_insert_with(|| Forcing::ALL.to_vec());
+        self
     }
 }
 
@@ -402,6 +436,7 @@ mod tests {
             output_channels: 3,
             batching,
             aggregation: Aggregation::IndexAdd,
+            ..Default::default()
         }
     }
 

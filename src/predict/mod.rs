@@ -20,6 +20,7 @@
 //! Replicated (block-diagonal) batching is the model's `Batching` option, run by
 //! [`GraphCast`](crate::model::GraphCast) on the replicated graph.
 
+pub mod extras;
 pub mod gradients;
 pub mod init;
 pub mod inputs;
@@ -36,6 +37,7 @@ use candle_core::{Result, Tensor};
 use crate::graph::PatchOptions;
 use crate::model::MixedPrecision;
 
+pub use extras::NodeExtras;
 pub use gradients::StepGradients;
 pub use network::Network;
 pub use patched::{PatchTensors, Patched};

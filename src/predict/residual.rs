@@ -7,20 +7,23 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{inputs, Predictor};
+use super::{inputs, NodeExtras, Predictor};
+use crate::data::time::Instant;
 use crate::data::{NormStats, State};
 
-/// One state on the graph's grid nodes.
+/// One state on the graph's grid nodes, at a time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeState {
     pub values: Vec<f32>,
     pub valid: Vec<bool>,
+    pub time: Instant,
 }
 
 impl NodeState {
-    /// Picks the graph's grid nodes out of a full-grid dataset state (`[channel][cell]`).
+    /// Picks the graph's grid nodes out of a full-grid dataset state (`[channel][cell]`)
+    /// at `time`.
     pub fn from_state(
-        state: &State,
+        (state, time): (&State, Instant),
         cells: &[u32],
         channels: usize,
         grid_cells: usize,
@@ -34,7 +37,11 @@ impl NodeState {
                 valid.push(state.valid[k]);
             }
         }
-        NodeState { values, valid }
+        NodeState {
+            values,
+            valid,
+            time,
+        }
     }
 }
 
@@ -42,11 +49,14 @@ impl NodeState {
 pub struct NormalisedResidual<'a> {
     pub predictor: &'a dyn Predictor,
     pub stats: &'a NormStats,
+    /// The forcings and static fields of the graph's grid nodes.
+    pub extras: &'a NodeExtras,
 }
 
 impl NormalisedResidual<'_> {
-    /// The model inputs `[B, nodes, 2F]` of a batch of histories (each `input_steps`
-    /// states, oldest first).
+    /// The model inputs `[B, nodes, 2F + E]` of a batch of histories (each
+    /// `input_steps` states, oldest first), with the forcings of their times and of the
+    /// next state's.
     pub fn inputs(&self, histories: &[Vec<NodeState>]) -> Result<Tensor> {
         let (stats, channels) = (self.stats, self.stats.channels.len());
         let steps = histories.first().map_or(0, Vec::len);
@@ -55,8 +65,17 @@ impl NormalisedResidual<'_> {
             .and_then(|h| h.first())
             .map_or(0, |s| s.values.len() / channels.max(1));
         let device = self.predictor.network().device();
+        let times: Vec<Vec<Instant>> = histories
+            .iter()
+            .map(|h| {
+                let mut t: Vec<Instant> = h.iter().map(|s| s.time).collect();
+                t.push(self.next_time(h));
+                t
+            })
+            .collect();
         inputs::encode(
             (histories.len(), nodes, steps * channels),
+            &self.extras.for_windows(&times),
             device,
             |i, n, k| {
                 let (state, c) = (&histories[i][k / channels], k % channels);
@@ -80,15 +99,29 @@ impl NormalisedResidual<'_> {
             .iter()
             .zip(residual.chunks_exact(per_sample.max(1)))
             .map(|(history, r)| {
-                add_residual(self.stats, history.last().expect("non-empty history"), r)
+                let current = history.last().expect("non-empty history");
+                add_residual(self.stats, current, r, self.next_time(history))
             })
             .collect())
     }
+
+    /// The time of the state after `history`: one model step after its newest.
+    fn next_time(&self, history: &[NodeState]) -> Instant {
+        let last = history.last().expect("non-empty history").time;
+        Instant {
+            seconds: last.seconds + self.extras.model_step(),
+        }
+    }
 }
 
-/// `current + residual * diff_std`; a missing current value is, to the model, the
-/// training mean.
-fn add_residual(stats: &NormStats, current: &NodeState, residual: &[f32]) -> NodeState {
+/// `current + residual * diff_std` at `time`; a missing current value is, to the
+/// model, the training mean.
+fn add_residual(
+    stats: &NormStats,
+    current: &NodeState,
+    residual: &[f32],
+    time: Instant,
+) -> NodeState {
     let channels = stats.channels.len();
     let values = residual
         .iter()
@@ -106,6 +139,7 @@ fn add_residual(stats: &NormStats, current: &NodeState, residual: &[f32]) -> Nod
     NodeState {
         values,
         valid: vec![true; residual.len()],
+        time,
     }
 }
 
@@ -128,8 +162,10 @@ mod tests {
         let current = NodeState {
             values: vec![1.0, 0.0],
             valid: vec![true, false],
+            time: Instant { seconds: 0 },
         };
-        let next = add_residual(&stats, &current, &[3.0, -4.0]);
+        let next = add_residual(&stats, &current, &[3.0, -4.0], Instant { seconds: 60 });
+        assert_eq!(next.time, Instant { seconds: 60 });
         assert_eq!(next.values, vec![1.0 + 3.0 * 2.0, 20.0 - 4.0 * 0.5]);
         assert_eq!(next.valid, vec![true, true]);
     }

@@ -24,9 +24,12 @@ pub fn batch(
 ) -> anyhow::Result<(Tensor, LossTarget)> {
     let n = graph.grid_nodes.len();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let x = inputs::encode((batch, n, input_steps * channels), device, |_, _, _| {
-        Some(rng.random_range(-1.0f32..1.0))
-    })?;
+    let x = inputs::encode(
+        (batch, n, input_steps * channels),
+        &[],
+        device,
+        |_, _, _| Some(rng.random_range(-1.0f32..1.0)),
+    )?;
     let y: Vec<f32> = (0..batch * n * channels)
         .map(|_| rng.random_range(-0.5f32..0.5))
         .collect();

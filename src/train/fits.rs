@@ -121,7 +121,7 @@ mod tests {
         let mut run: RunConfig = serde_json::from_value(serde_json::json!({
             "data": {}, "window": {"input_steps": 2, "lead_steps": 1},
             "split": {"train": 0.7, "validation": 0.15}, "graph": options,
-            "model": crate::model::ModelConfig::default().for_data(2, 5),
+            "model": crate::model::ModelConfig::default().for_data(2, 5, 0),
             "train": crate::train::TrainConfig::default()
         }))
         .unwrap();

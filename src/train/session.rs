@@ -7,10 +7,13 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::RunConfig;
+use crate::data::time::Instant;
 use crate::data::{Batch, Dataset, NormStats, Splits};
 use crate::graph::{load_or_build, WeatherGraph};
 use crate::model::GraphTensors;
-use crate::predict::{inputs, Execution, LossTarget, Network, Patched, Predictor, WholeGraph};
+use crate::predict::{
+    inputs, Execution, LossTarget, Network, NodeExtras, Patched, Predictor, WholeGraph,
+};
 
 pub struct Session {
     pub dataset: Arc<Dataset>,
@@ -19,6 +22,8 @@ pub struct Session {
     /// How the run executes the model, and the model over the graph run that way.
     pub execution: Execution,
     pub predictor: Box<dyn Predictor>,
+    /// Forcings and static fields of the graph's grid nodes, as the model takes them.
+    pub extras: NodeExtras,
     pub device: Device,
 }
 
@@ -75,12 +80,14 @@ impl Session {
             let net = Network::new(run.model.clone(), precision, &tensors)?;
             Box::new(WholeGraph::new(Arc::new(net), tensors))
         };
+        let extras = node_extras(run, &dataset, &graph);
         Ok(Session {
             dataset,
             splits,
             graph,
             execution,
             predictor,
+            extras,
             device: device.clone(),
         })
     }
@@ -99,13 +106,30 @@ impl Session {
         var_w: &[f32],
     ) -> anyhow::Result<(Tensor, LossTarget, Vec<bool>)> {
         let cells = self.graph.grid_map.cells();
+        let extras = self.extras.for_windows(&self.window_times(&batch.t0));
         Ok(inputs::batch_target(
             batch,
-            cells,
+            (cells, &extras),
             lat_w,
             var_w,
             &self.device,
         )?)
+    }
+
+    /// The input times, then the target time, of the windows ending at `t0s`.
+    pub fn window_times(&self, t0s: &[usize]) -> Vec<Vec<Instant>> {
+        let (steps, lead) = (
+            self.splits.window.input_steps,
+            self.splits.window.lead_steps,
+        );
+        let instants = &self.dataset.time.instants;
+        t0s.iter()
+            .map(|&t0| {
+                let mut times = instants[t0 + 1 - steps..=t0].to_vec();
+                times.push(instants[t0 + lead]);
+                times
+            })
+            .collect()
     }
 
     /// Memory of a training run: parameters, AdamW moments and gradients (f32), the
@@ -121,6 +145,24 @@ impl Session {
     pub fn node_latitude_weights(&self) -> Vec<f32> {
         self.graph.grid_map.latitude_weights(&self.dataset.grid)
     }
+}
+
+/// The extra inputs of `run`'s model on `graph`'s grid nodes.
+fn node_extras(run: &RunConfig, dataset: &Dataset, graph: &WeatherGraph) -> NodeExtras {
+    let step = dataset.time.step_seconds().unwrap_or(0) * run.window.lead_steps as i64;
+    let lat_lon = graph
+        .grid_map
+        .cells()
+        .iter()
+        .map(|&c| dataset.grid.node_lat_lon(c as usize))
+        .collect();
+    NodeExtras::new(
+        run.model.forcings(),
+        dataset.time.calendar,
+        step,
+        lat_lon,
+        (Vec::new(), 0),
+    )
 }
 
 /// Loss weight per channel from the config (default 1).

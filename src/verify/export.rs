@@ -419,7 +419,7 @@ fn export_synthetic(
         aggregation: src.aggregation,
         ..ModelConfig::default()
     }
-    .for_data(src.input_steps, src.channels);
+    .for_data(src.input_steps, src.channels, 0);
     let predictor = WholeGraph::initialised(
         &graph,
         config.clone(),

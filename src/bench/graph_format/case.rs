@@ -62,7 +62,7 @@ fn case_model(cfg: &CaseConfig) -> ModelConfig {
         aggregation: cfg.format.aggregation(),
         ..ModelConfig::default()
     }
-    .for_data(cfg.input_steps, cfg.channels)
+    .for_data(cfg.input_steps, cfg.channels, 0)
 }
 
 /// The result of a case not run because its predicted peak exceeds the memory free

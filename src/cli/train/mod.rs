@@ -116,6 +116,11 @@ pub struct TrainArgs {
     /// CUDA kernels; the default) or `index-add` (candle's index_select/index_add).
     #[arg(long, value_parser = choice::<crate::model::Aggregation>())]
     pub aggregation: Option<crate::model::Aggregation>,
+    /// Forcings computed for every grid node at the input and target times, comma
+    /// separated: cos_zenith, toa_radiation (mean over the model step), local_time,
+    /// year_progress (sin/cos pairs); `all` or `none`.
+    #[arg(long, value_parser = parse_forcings)]
+    pub forcings: Option<::std::vec::Vec<crate::data::forcings::Forcing>>,
     /// Save checkpoints/last every N optimizer steps (`500`) or every so often (`30m`,
     /// `2h`, `90s`), besides the end of every epoch; a killed run loses at most this much.
     #[arg(long, value_parser = crate::train::checkpoint::CheckpointInterval::parse)]
@@ -236,6 +241,7 @@ pub fn show_defaults(cmd: clap::Command) -> clap::Command {
             t.loss_scale_growth_interval.to_string(),
         ),
         ("aggregation", m.aggregation.to_string()),
+        ("forcings", "all".to_string()),
     ];
     defaults.into_iter().fold(cmd, |cmd, (id, value)| {
         cmd.mut_arg(id, |arg| {
@@ -294,4 +300,8 @@ fn print_summary(summary: &crate::train::TrainSummary, output_dir: &std::path::P
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.5}"))
+}
+
+fn parse_forcings(text: &str) -> Result<Vec<crate::data::forcings::Forcing>, String> {
+    crate::data::forcings::Forcing::parse_list(text)
 }

@@ -108,8 +108,11 @@ pub(super) fn run_from_flags(
     let graph = args
         .graph
         .options_over(tables.graph.unwrap_or_default(), &dataset.grid);
-    let model = model_settings(args, tables.model.unwrap_or_default())
-        .for_data(window.input_steps, dataset.num_channels());
+    let model = model_settings(args, tables.model.unwrap_or_default()).for_data(
+        window.input_steps,
+        dataset.num_channels(),
+        0,
+    );
     model.validate()?;
     if let Some(budget) = args.memory_budget {
         fit_budget(
@@ -198,7 +201,10 @@ fn model_settings(args: &TrainArgs, mut model: ModelConfig) -> ModelConfig {
         batching,
         aggregation
     );
-    model
+    if let Some(forcings) = &args.forcings {
+        model.forcings = Some(forcings.clone());
+    }
+    model.resolved()
 }
 
 /// `--resume` with no data or config flags continues the run saved in the output

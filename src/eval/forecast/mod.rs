@@ -72,6 +72,7 @@ fn define_and_write(
     let model = NormalisedResidual {
         predictor: s.predictor.as_ref(),
         stats: &loaded.stats,
+        extras: &s.extras,
     };
     let mut reader = NodeReader::new(s, channels);
     let total = request.inits.len() * request.steps;
