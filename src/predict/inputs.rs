@@ -20,7 +20,7 @@ pub fn encode(
     mut value: impl FnMut(usize, usize, usize) -> Option<f32>,
 ) -> Result<Tensor> {
     let rows = batch * nodes;
-    let extra = if rows == 0 { 0 } else { extras.len() / rows };
+    let extra = extras.len().checked_div(rows).unwrap_or(0);
     let width = 2 * features + extra;
     let mut x = vec![0f32; rows * width];
     for (row, out) in x.chunks_exact_mut(width.max(1)).enumerate().take(rows) {
