@@ -140,9 +140,15 @@ fn bench_prefetch(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let loader =
-                    BatchLoader::new(ds.clone(), stats.clone(), window, &order, BATCH, prefetch)
-                        .unwrap();
+                let loader = BatchLoader::new(
+                    ds.clone(),
+                    stats.clone(),
+                    (window, 1),
+                    &order,
+                    BATCH,
+                    prefetch,
+                )
+                .unwrap();
                 let mut acc = 0.0;
                 for batch in loader {
                     acc += model_step(&batch.unwrap(), &w1, &w2);
@@ -173,7 +179,7 @@ fn bench_prefetch(c: &mut Criterion) {
                 BatchLoader::new(
                     data.clone(),
                     norm.clone(),
-                    window,
+                    (window, 1),
                     &order,
                     BATCH,
                     Prefetch::Off,
@@ -186,7 +192,7 @@ fn bench_prefetch(c: &mut Criterion) {
     let batches: Vec<_> = BatchLoader::new(
         ds.clone(),
         stats.clone(),
-        window,
+        (window, 1),
         &order,
         BATCH,
         Prefetch::Off,

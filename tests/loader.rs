@@ -97,7 +97,8 @@ fn batches_are_normalised_and_masked_never_nan() {
     };
     let (ds, splits, stats) = setup(regional(dir.path()), window);
     let order = splits.samples(Split::Train);
-    let loader = BatchLoader::new(ds.clone(), stats, window, &order, 4, Prefetch::Off).unwrap();
+    let loader =
+        BatchLoader::new(ds.clone(), stats, (window, 1), &order, 4, Prefetch::Off).unwrap();
     let (mut masked, mut total) = (0usize, 0usize);
     let mut sum_sq = 0.0f64;
     for batch in loader {
@@ -139,11 +140,18 @@ fn prefetch_gives_the_same_batches_as_in_line_reading() {
     let (ds, splits, stats) = setup(regional(dir.path()), window);
     let mut order = splits.samples(Split::Train);
     order.reverse();
-    let a: Vec<_> = BatchLoader::new(ds.clone(), stats.clone(), window, &order, 3, Prefetch::Off)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let b: Vec<_> = BatchLoader::new(ds, stats, window, &order, 3, Prefetch::Buffer(2))
+    let a: Vec<_> = BatchLoader::new(
+        ds.clone(),
+        stats.clone(),
+        (window, 1),
+        &order,
+        3,
+        Prefetch::Off,
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    let b: Vec<_> = BatchLoader::new(ds, stats, (window, 1), &order, 3, Prefetch::Buffer(2))
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -166,7 +174,7 @@ fn loader_errors_reach_the_consumer_with_context_and_dropping_stops_the_thread()
     let mut loader = BatchLoader::new(
         ds.clone(),
         stats.clone(),
-        window,
+        (window, 1),
         &order,
         2,
         Prefetch::Buffer(1),
@@ -177,7 +185,8 @@ fn loader_errors_reach_the_consumer_with_context_and_dropping_stops_the_thread()
 
     // The file disappears mid-run: the error names it and the samples being read.
     std::fs::write(&path, b"gone").unwrap();
-    let mut loader = BatchLoader::new(ds, stats, window, &order, 2, Prefetch::Buffer(2)).unwrap();
+    let mut loader =
+        BatchLoader::new(ds, stats, (window, 1), &order, 2, Prefetch::Buffer(2)).unwrap();
     let err = loader.next().unwrap().unwrap_err();
     let text = format!("{err:#}");
     assert!(

@@ -21,7 +21,11 @@ pub struct Batch {
     /// `[batch, node, input_steps * channels]`: `(x - mean) / std`, oldest step first.
     pub inputs: Vec<f32>,
     pub input_valid: Vec<bool>,
-    /// `[batch, node, channels]`: residual target `(x[t0 + lead] - x[t0]) / diff_std`.
+    /// Targets per sample: 1, or K for rollout training.
+    pub rollout_steps: usize,
+    /// `[rollout_step, batch, node, channels]`: residual targets from the current state,
+    /// `(x[t0 + (k + 1) lead] - x[t0]) / diff_std` (step 0 first, so the one-step
+    /// target is the first block).
     pub targets: Vec<f32>,
     /// Valid where both the target and the current state are.
     pub target_valid: Vec<bool>,
@@ -49,23 +53,27 @@ pub struct BatchAssembler {
     dataset: Arc<Dataset>,
     stats: Arc<NormStats>,
     window: WindowSpec,
+    rollout_steps: usize,
     reader: StepReader,
     recent: VecDeque<(usize, Arc<State>)>,
     capacity: usize,
 }
 
 impl BatchAssembler {
+    /// Batches of `window` samples with `rollout_steps` targets each (1: one step).
     pub fn new(
         dataset: Arc<Dataset>,
         stats: Arc<NormStats>,
-        window: WindowSpec,
+        (window, rollout_steps): (WindowSpec, usize),
         batch_size: usize,
     ) -> Self {
-        let capacity = (batch_size * (window.input_steps + 1)).clamp(window.span() + 1, 256);
+        let span = window.input_steps + window.lead_steps * rollout_steps;
+        let capacity = (batch_size * (window.input_steps + rollout_steps)).clamp(span + 1, 256);
         BatchAssembler {
             dataset,
             stats,
             window,
+            rollout_steps: rollout_steps.max(1),
             reader: StepReader::default(),
             recent: VecDeque::new(),
             capacity,
@@ -89,7 +97,7 @@ impl BatchAssembler {
         let (cells, nch) = (self.dataset.grid.len(), self.dataset.num_channels());
         let (steps, lead) = (self.window.input_steps, self.window.lead_steps);
         let feats = steps * nch;
-        let b = t0s.len();
+        let (b, k_steps) = (t0s.len(), self.rollout_steps);
         let mut batch = Batch {
             t0: t0s.to_vec(),
             nodes: cells,
@@ -97,8 +105,9 @@ impl BatchAssembler {
             input_steps: steps,
             inputs: vec![0.0; b * cells * feats],
             input_valid: vec![false; b * cells * feats],
-            targets: vec![0.0; b * cells * nch],
-            target_valid: vec![false; b * cells * nch],
+            rollout_steps: k_steps,
+            targets: vec![0.0; k_steps * b * cells * nch],
+            target_valid: vec![false; k_steps * b * cells * nch],
         };
         let stats = self.stats.clone();
         for (i, &t0) in t0s.iter().enumerate() {
@@ -117,19 +126,34 @@ impl BatchAssembler {
                 }
             }
             let now = self.state(t0)?;
-            let target = self.state(t0 + lead)?;
-            for c in 0..nch {
-                let scale = stats.diff_std[c] as f32;
-                for k in 0..cells {
-                    let src = c * cells + k;
-                    if target.valid[src] && now.valid[src] {
-                        let dst = (i * cells + k) * nch + c;
-                        batch.targets[dst] = (target.values[src] - now.values[src]) / scale;
-                        batch.target_valid[dst] = true;
-                    }
-                }
+            for step in 0..k_steps {
+                let target = self.state(t0 + (step + 1) * lead)?;
+                let block = (step * b + i) * cells;
+                residual_targets(&mut batch, (&now, &target), block, &stats);
             }
         }
         Ok(batch)
+    }
+}
+
+/// Writes `(target - now) / diff_std` where both are valid into the batch's targets
+/// from node row `block` on.
+fn residual_targets(
+    batch: &mut Batch,
+    (now, target): (&State, &State),
+    block: usize,
+    stats: &NormStats,
+) {
+    let (cells, nch) = (batch.nodes, batch.channels);
+    for c in 0..nch {
+        let scale = stats.diff_std[c] as f32;
+        for k in 0..cells {
+            let src = c * cells + k;
+            if target.valid[src] && now.valid[src] {
+                let dst = (block + k) * nch + c;
+                batch.targets[dst] = (target.values[src] - now.values[src]) / scale;
+                batch.target_valid[dst] = true;
+            }
+        }
     }
 }

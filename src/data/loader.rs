@@ -40,10 +40,11 @@ pub enum BatchLoader {
 }
 
 impl BatchLoader {
+    /// Batches of `window` samples with `rollout_steps` targets each (1: one step).
     pub fn new(
         dataset: Arc<Dataset>,
         stats: Arc<NormStats>,
-        window: WindowSpec,
+        window: (WindowSpec, usize),
         order: &[usize],
         batch_size: usize,
         prefetch: Prefetch,

@@ -140,9 +140,17 @@ impl Splits {
 
     /// The `t0` (last input step) of every sample inside `split`, in time order.
     pub fn samples(&self, split: Split) -> Vec<usize> {
+        self.rollout_samples(split, 1)
+    }
+
+    /// The `t0` of every sample inside `split` whose `rollout_steps` targets (`lead`,
+    /// `2 lead`, ... after `t0`) are inside it too, in time order.
+    pub fn rollout_samples(&self, split: Split, rollout_steps: usize) -> Vec<usize> {
         let r = self.range(split);
         let first = r.start + self.window.input_steps - 1;
-        let end = r.end.saturating_sub(self.window.lead_steps);
+        let end = r
+            .end
+            .saturating_sub(self.window.lead_steps * rollout_steps.max(1));
         (first..end).collect()
     }
 }
@@ -166,6 +174,10 @@ mod tests {
         }
         assert_eq!(s.train, 0..45);
         assert_eq!(s.samples(Split::Train).len(), 45 - 5);
+        // Three targets 4 steps apart: the last must lie inside the block too.
+        let rollout = s.rollout_samples(Split::Train, 3);
+        assert_eq!(rollout.len(), 45 - 1 - 12);
+        assert!(rollout.iter().all(|&t0| t0 + 12 < 45));
         assert_eq!(s.test.end, 64);
     }
 

@@ -180,9 +180,23 @@ impl ModelConfig {
         self.forcings.as_deref().unwrap_or(&[])
     }
 
-    /// A new run's model: every forcing unless the flags or config chose.
-    pub fn resolved(mut self) -> ModelConfig {
-        self.forcings.get_or_insert_with(|| Forcing::ALL.to_vec());
+    /// A new run's model: every forcing unless the flags or config chose, except the
+    /// year progress when the training block spans less than a year (`training_days`):
+    /// then the later blocks' values of it were never seen in training, and the model
+    /// extrapolates (a drifting bias on the demo's 40 days).
+    pub fn resolved(mut self, training_days: f64) -> ModelConfig {
+        self.forcings.get_or_insert_with(|| {
+            let short = training_days < 365.0;
+            if short {
+                tracing::info!(
+                    "forcings: year_progress left out, the training block spans {training_days:.0} days (< 1 year); --forcings all keeps it"
+                );
+            }
+            Forcing::ALL
+                .into_iter()
+                .filter(|f| !(short && *f == Forcing::YearProgress))
+                .collect()
+        });
         self
     }
 }

@@ -18,17 +18,29 @@ use candle_core::{Result, Tensor, Var};
 
 use crate::model::{GraphCast, GraphTensors, Latents};
 
-/// Loss value and one gradient per parameter (in `vars` order; None: untouched).
+/// Loss value and one gradient per parameter (in `vars` order; None: untouched), and
+/// the gradient for the inputs when it was asked for.
 pub struct StepGradients {
     pub loss: f64,
     pub grads: Vec<Option<Tensor>>,
+    pub input_grad: Option<Tensor>,
 }
 
 impl StepGradients {
     /// Adds `other`'s loss and gradients to these (patches of one batch).
+    /// Input gradients are not added: their nodes differ from patch to patch.
     pub fn add(&mut self, other: StepGradients) -> Result<()> {
         self.loss += other.loss;
         accumulate(&mut self.grads, other.grads)
+    }
+
+    /// No loss and no gradient yet, for `n` parameters.
+    pub fn empty(n: usize) -> StepGradients {
+        StepGradients {
+            loss: 0.0,
+            grads: vec![None; n],
+            input_grad: None,
+        }
     }
 }
 
@@ -51,22 +63,31 @@ fn add_grads(acc: &mut [Option<Tensor>], vars: &[(String, Var)], store: &GradSto
 }
 
 /// Gradients of `loss_fn(model(inputs))`; `checkpoint_every` = Some(k) checkpoints the
-/// processor in segments of k blocks.
+/// processor in segments of k blocks; `input_grad` also returns the inputs' gradient.
 pub fn step_gradients(
     model: &GraphCast,
     graph: &GraphTensors,
-    inputs: &Tensor,
+    (inputs, input_grad): (&Tensor, bool),
     vars: &[(String, Var)],
     loss_fn: impl Fn(&Tensor) -> Result<Tensor>,
     checkpoint_every: Option<usize>,
 ) -> Result<StepGradients> {
+    let input_var = input_grad.then(|| Var::from_tensor(inputs)).transpose()?;
+    let inputs = input_var.as_ref().map_or(inputs, |v| v.as_tensor());
+    let grad_of_inputs = |store: &GradStore| {
+        input_var
+            .as_ref()
+            .and_then(|v| store.get(v.as_tensor()).cloned())
+    };
     let Some(every) = checkpoint_every else {
         let mut grads = vec![None; vars.len()];
         let loss = loss_fn(&model.forward(graph, inputs)?)?;
-        add_grads(&mut grads, vars, &loss.backward()?)?;
+        let store = loss.backward()?;
+        add_grads(&mut grads, vars, &store)?;
         return Ok(StepGradients {
             loss: loss.to_scalar::<f32>()? as f64,
             grads,
+            input_grad: grad_of_inputs(&store),
         });
     };
     let (batch, nodes, _) = inputs.dims3()?;
@@ -93,10 +114,11 @@ pub fn step_gradients(
     // The decoder's graph is done with: free it before the segments are recomputed.
     let loss_value = loss.to_scalar::<f32>()? as f64;
     drop((store, loss, pred, last));
-    run.backward(&inputs, &segments, &boundaries, grad_out, &mut grads)?;
+    let store = run.backward(&inputs, &segments, &boundaries, grad_out, &mut grads)?;
     Ok(StepGradients {
         loss: loss_value,
         grads,
+        input_grad: store.as_ref().and_then(grad_of_inputs),
     })
 }
 
@@ -127,7 +149,8 @@ impl Recompute<'_> {
     }
 
     /// Backward through the segments, last first, each recomputed from its saved input
-    /// with the surrogate `sum(out * grad_out)`; the encoder last.
+    /// with the surrogate `sum(out * grad_out)`; the encoder last, whose gradients (the
+    /// inputs' among them) are returned.
     fn backward(
         &self,
         inputs: &Tensor,
@@ -135,22 +158,24 @@ impl Recompute<'_> {
         boundaries: &[Latents],
         mut grad_out: [Option<Tensor>; 3],
         grads: &mut [Option<Tensor>],
-    ) -> Result<()> {
+    ) -> Result<Option<GradStore>> {
         for (i, range) in segments.iter().enumerate().rev() {
             let (input, input_vars) = as_vars(&boundaries[i])?;
             let out = self.segment(range.clone(), input)?;
             let Some(surrogate) = surrogate(&out, &grad_out)? else {
-                return Ok(());
+                return Ok(None);
             };
             let store = surrogate.backward()?;
             add_grads(grads, self.vars, &store)?;
             grad_out = grads_of(&input_vars, &store);
         }
         let encoded = self.model.encode(self.graph, inputs)?;
-        if let Some(surrogate) = surrogate(&encoded, &grad_out)? {
-            add_grads(grads, self.vars, &surrogate.backward()?)?;
-        }
-        Ok(())
+        let Some(surrogate) = surrogate(&encoded, &grad_out)? else {
+            return Ok(None);
+        };
+        let store = surrogate.backward()?;
+        add_grads(grads, self.vars, &store)?;
+        Ok(Some(store))
     }
 }
 
@@ -248,10 +273,22 @@ mod tests {
     fn compare(dtype: DType, batching: Batching, tol: f64) {
         let (model, graph, vars, x, w) = setup(dtype, batching);
         let loss = |p: &Tensor| (p.sqr()? * &w)?.sum_all()?.to_dtype(DType::F32);
-        let plain = step_gradients(&model, &graph, &x, &vars, loss, None).unwrap();
+        let plain = step_gradients(&model, &graph, (&x, true), &vars, loss, None).unwrap();
         for every in [1, 2, 3] {
-            let ck = step_gradients(&model, &graph, &x, &vars, loss, Some(every)).unwrap();
+            let ck = step_gradients(&model, &graph, (&x, true), &vars, loss, Some(every)).unwrap();
             assert_eq!(plain.loss, ck.loss);
+            let (a, b) = (plain.input_grad.as_ref(), ck.input_grad.as_ref());
+            let (a, b) = (to_f64_vec(a.unwrap()), to_f64_vec(b.unwrap()));
+            let scale = a.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                scale > 0.0 && worst / scale <= tol,
+                "input gradient (every {every}): {}",
+                worst / scale
+            );
             for ((name, _), (a, b)) in vars.iter().zip(plain.grads.iter().zip(&ck.grads)) {
                 let (a, b) = (a.as_ref().expect(name), b.as_ref().expect(name));
                 let a = to_f64_vec(a);

@@ -3,6 +3,49 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::Objective;
+
+/// The scalar an [`Objective`] takes gradients of, on some grid nodes.
+pub enum ObjectiveScalar {
+    /// `sum(w * (pred - y)^2) / denominator`.
+    Mse {
+        y: Tensor,
+        w: Tensor,
+        denominator: f64,
+    },
+    /// `sum(pred * g)`.
+    Dot { g: Tensor },
+}
+
+impl ObjectiveScalar {
+    /// The objective on all nodes, or on a patch's `nodes` counting only those `owned`
+    /// (`[1, nodes, 1]`, 1 or 0).
+    pub fn new(objective: Objective, patch: Option<(&Tensor, &Tensor)>) -> Result<ObjectiveScalar> {
+        let select = |t: &Tensor| match patch {
+            Some((nodes, owned)) => t.index_select(nodes, 1)?.broadcast_mul(owned),
+            None => Ok(t.clone()),
+        };
+        Ok(match objective {
+            Objective::Loss(target) => ObjectiveScalar::Mse {
+                y: match patch {
+                    Some((nodes, _)) => target.y.index_select(nodes, 1)?,
+                    None => target.y.clone(),
+                },
+                w: select(&target.w)?,
+                denominator: target.denominator,
+            },
+            Objective::OutputGradient(g) => ObjectiveScalar::Dot { g: select(g)? },
+        })
+    }
+
+    pub fn of(&self, pred: &Tensor) -> Result<Tensor> {
+        match self {
+            ObjectiveScalar::Mse { y, w, denominator } => weighted_mse(pred, y, w, *denominator),
+            ObjectiveScalar::Dot { g } => (pred.to_dtype(DType::F32)? * g)?.sum_all(),
+        }
+    }
+}
+
 /// Per-entry weights `[batch, nodes, channels]`: `valid * lat_weight[node] * var_weight[c]`,
 /// and the number of valid entries (the denominator of the mean; at least 1).
 pub fn loss_weights(

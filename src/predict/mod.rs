@@ -30,6 +30,7 @@ pub mod patched;
 pub mod residual;
 pub mod rollout;
 pub mod synthetic;
+pub mod unroll;
 pub mod whole;
 
 use candle_core::{Result, Tensor};
@@ -90,6 +91,17 @@ pub struct LossTarget {
     pub denominator: f64,
 }
 
+/// What the gradients are of.
+#[derive(Clone, Copy)]
+pub enum Objective<'a> {
+    /// The loss against a target.
+    Loss(&'a LossTarget),
+    /// `sum(output * g)` for `g` `[B, nodes, C]`: the vector-Jacobian product that
+    /// carries a later loss's gradient back through this forward (rollout training).
+    /// Its gradients come with the inputs' gradient.
+    OutputGradient(&'a Tensor),
+}
+
 /// A way to run the network over the graph.
 pub trait Predictor {
     /// The parameters, model and inference view this predictor runs.
@@ -99,12 +111,13 @@ pub trait Predictor {
     /// autograd graph is kept, so each activation is freed once it has been read.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
-    /// The loss against `target` and every parameter's gradient; `checkpoint_every`
-    /// = Some(k) recomputes the processor in segments of k blocks.
+    /// The objective's value and every parameter's gradient (and, for
+    /// [`Objective::OutputGradient`], the gradient for `x`); `checkpoint_every` =
+    /// Some(k) recomputes the processor in segments of k blocks.
     fn gradients(
         &self,
         x: &Tensor,
-        target: &LossTarget,
+        objective: Objective,
         checkpoint_every: Option<usize>,
     ) -> Result<StepGradients>;
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::gradients::step_gradients;
-use super::{LossTarget, Network, Predictor, StepGradients};
+use super::{Network, Objective, Predictor, StepGradients};
 use crate::data::Grid;
 use crate::graph::{split_into_patches, Patch, PatchOptions, WeatherGraph};
 use crate::model::GraphTensors;
-use crate::predict::loss::weighted_mse;
+use crate::predict::loss::ObjectiveScalar;
 
 /// One spatial patch on the device: its own graph, which full-graph grid nodes it
 /// holds, and which of those it owns (loss and outputs come from owned nodes only).
@@ -124,32 +124,32 @@ impl Predictor for Patched {
         Ok(out)
     }
 
+    /// Each patch's objective counts its owned nodes; the inputs' gradient sums every
+    /// patch's (halo nodes included: their inputs feed the owned nodes' outputs).
     fn gradients(
         &self,
         x: &Tensor,
-        target: &LossTarget,
+        objective: Objective,
         checkpoint_every: Option<usize>,
     ) -> Result<StepGradients> {
-        let mut total = StepGradients {
-            loss: 0.0,
-            grads: vec![None; self.net.vars().len()],
-        };
+        let mut total = StepGradients::empty(self.net.vars().len());
+        let input_grad = matches!(objective, Objective::OutputGradient(_));
+        if input_grad {
+            total.input_grad = Some(x.zeros_like()?);
+        }
         for p in &self.patches {
-            let xp = x.index_select(&p.nodes, 1)?;
-            let yp = target.y.index_select(&p.nodes, 1)?;
-            let wp = target
-                .w
-                .index_select(&p.nodes, 1)?
-                .broadcast_mul(&p.owned)?;
-            let loss = |pred: &Tensor| weighted_mse(pred, &yp, &wp, target.denominator);
-            let step = step_gradients(
+            let scalar = ObjectiveScalar::new(objective, Some((&p.nodes, &p.owned)))?;
+            let mut step = step_gradients(
                 self.net.model(),
                 &p.graph,
-                &xp,
+                (&x.index_select(&p.nodes, 1)?, input_grad),
                 self.net.vars(),
-                loss,
+                |pred| scalar.of(pred),
                 checkpoint_every,
             )?;
+            if let (Some(sum), Some(g)) = (total.input_grad.take(), step.input_grad.take()) {
+                total.input_grad = Some(sum.index_add(&p.nodes, &g.to_dtype(sum.dtype())?, 1)?);
+            }
             total.add(step)?;
         }
         Ok(total)

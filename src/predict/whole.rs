@@ -6,10 +6,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::gradients::step_gradients;
-use super::{LossTarget, Network, Predictor, StepGradients};
+use super::{Network, Objective, Predictor, StepGradients};
 use crate::graph::WeatherGraph;
 use crate::model::{GraphTensors, MixedPrecision, ModelConfig};
-use crate::predict::loss::weighted_mse;
+use crate::predict::loss::ObjectiveScalar;
 
 pub struct WholeGraph {
     net: Arc<Network>,
@@ -63,16 +63,17 @@ impl Predictor for WholeGraph {
     fn gradients(
         &self,
         x: &Tensor,
-        target: &LossTarget,
+        objective: Objective,
         checkpoint_every: Option<usize>,
     ) -> Result<StepGradients> {
-        let loss = |pred: &Tensor| weighted_mse(pred, &target.y, &target.w, target.denominator);
+        let scalar = ObjectiveScalar::new(objective, None)?;
+        let input_grad = matches!(objective, Objective::OutputGradient(_));
         step_gradients(
             self.net.model(),
             &self.graph,
-            x,
+            (x, input_grad),
             self.net.vars(),
-            loss,
+            |pred| scalar.of(pred),
             checkpoint_every,
         )
     }

@@ -46,7 +46,51 @@ pub struct TrainConfig {
     /// f16: the dynamic loss scaler's first scale, and clean steps before it doubles.
     pub initial_loss_scale: f64,
     pub loss_scale_growth_interval: usize,
+    /// Autoregressive steps each sample is trained on (1: one-step training): the
+    /// model's own output is fed back and the loss averaged over the steps, with
+    /// gradients through the whole rollout. With a schedule, the first epoch's.
+    pub rollout_steps: usize,
+    /// A curriculum: the rollout grows as the epochs pass.
+    pub rollout_schedule: Option<RolloutSchedule>,
 }
+
+/// Rollout curriculum: one more step every `every_epochs` epochs, up to `max_steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSchedule {
+    pub every_epochs: usize,
+    pub max_steps: usize,
+}
+
+impl RolloutSchedule {
+    /// `every=N,max=M` (either order).
+    pub fn parse(text: &str) -> Result<RolloutSchedule, String> {
+        let (mut every, mut max) = (None, None);
+        for part in text.split(',').map(str::trim) {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let n: usize = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{part}' in '{text}': expected every=N,max=M"))?;
+            match key.trim() {
+                "every" => every = Some(n),
+                "max" => max = Some(n),
+                _ => return Err(format!("'{part}' in '{text}': expected every=N,max=M")),
+            }
+        }
+        match (every, max) {
+            (Some(every_epochs), Some(max_steps)) => Ok(RolloutSchedule {
+                every_epochs,
+                max_steps,
+            }),
+            _ => Err(format!("'{text}': expected every=N,max=M")),
+        }
+    }
+}
+
+/// The longest rollout a run may train on: GraphCast's curriculum ends at 12 steps (3
+/// days of 6-hour steps); a month of them is far beyond.
+pub const MAX_ROLLOUT_STEPS: usize = 128;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -71,11 +115,47 @@ impl Default for TrainConfig {
             mixed_precision: MixedPrecision::Off,
             initial_loss_scale: 65536.0,
             loss_scale_growth_interval: 2000,
+            rollout_steps: 1,
+            rollout_schedule: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// Rollout steps in epoch `epoch` (0-based).
+    pub fn rollout_steps_at(&self, epoch: usize) -> usize {
+        match self.rollout_schedule {
+            Some(s) => (self.rollout_steps + epoch / s.every_epochs.max(1)).min(s.max_steps),
+            None => self.rollout_steps,
+        }
+    }
+
+    /// The longest rollout of the run: every epoch's samples are windows that hold it,
+    /// so an epoch has the same samples and length whatever its rollout.
+    pub fn max_rollout_steps(&self) -> usize {
+        self.rollout_schedule
+            .map_or(self.rollout_steps, |s| s.max_steps.max(self.rollout_steps))
+    }
+
+    fn validate_rollout(&self) -> Result<(), InputError> {
+        let max = self.max_rollout_steps();
+        if !(1..=MAX_ROLLOUT_STEPS).contains(&self.rollout_steps) || max > MAX_ROLLOUT_STEPS {
+            return Err(InputError(format!(
+                "--rollout-steps {} (schedule up to {max}): must be between 1 and {MAX_ROLLOUT_STEPS}",
+                self.rollout_steps
+            )));
+        }
+        if let Some(s) = self.rollout_schedule {
+            if s.every_epochs == 0 || s.max_steps < self.rollout_steps {
+                return Err(InputError(format!(
+                    "rollout schedule every {} epochs up to {} steps: needs every_epochs >= 1 and max_steps >= --rollout-steps ({})",
+                    s.every_epochs, s.max_steps, self.rollout_steps
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses settings that make no sense, before any work.
     pub fn validate(&self) -> Result<(), InputError> {
         let bad = |m: String| Err(InputError(m));
@@ -128,6 +208,7 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return bad("--max-steps must be at least 1".into());
         }
+        self.validate_rollout()?;
         let clip_ok = self.grad_clip >= 0.0 && self.grad_clip.is_finite();
         if !(clip_ok && (0.0..=1.0).contains(&self.final_lr_fraction)) {
             return bad(

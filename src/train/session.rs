@@ -11,6 +11,7 @@ use crate::data::time::Instant;
 use crate::data::{Batch, Dataset, NormStats, Splits};
 use crate::graph::{load_or_build, WeatherGraph};
 use crate::model::GraphTensors;
+use crate::predict::unroll::RolloutBatch;
 use crate::predict::{
     inputs, Execution, LossTarget, Network, NodeExtras, Patched, Predictor, WholeGraph,
 };
@@ -106,7 +107,7 @@ impl Session {
         var_w: &[f32],
     ) -> anyhow::Result<(Tensor, LossTarget, Vec<bool>)> {
         let cells = self.graph.grid_map.cells();
-        let extras = self.extras.for_windows(&self.window_times(&batch.t0));
+        let extras = self.extras.for_windows(&self.rollout_times(&batch.t0, 0));
         Ok(inputs::batch_target(
             batch,
             (cells, &extras),
@@ -116,20 +117,42 @@ impl Session {
         )?)
     }
 
-    /// The input times, then the target time, of the windows ending at `t0s`.
-    pub fn window_times(&self, t0s: &[usize]) -> Vec<Vec<Instant>> {
+    /// The times of rollout step `k`'s window (its inputs, then its target) from each
+    /// of `t0s`: the observed states' times, then the predictions' (`lead` apart). Step
+    /// 0 is the plain sample window.
+    pub fn rollout_times(&self, t0s: &[usize], k: usize) -> Vec<Vec<Instant>> {
         let (steps, lead) = (
             self.splits.window.input_steps,
             self.splits.window.lead_steps,
         );
         let instants = &self.dataset.time.instants;
+        let timeline = |t0: usize, i: usize| match i < steps {
+            true => instants[t0 + 1 + i - steps],
+            false => instants[t0 + (i + 1 - steps) * lead],
+        };
         t0s.iter()
-            .map(|&t0| {
-                let mut times = instants[t0 + 1 - steps..=t0].to_vec();
-                times.push(instants[t0 + lead]);
-                times
-            })
+            .map(|&t0| (k..=k + steps).map(|i| timeline(t0, i)).collect())
             .collect()
+    }
+
+    /// A batch with K targets as rollout-training tensors on the graph's grid nodes.
+    pub fn rollout_batch(
+        &self,
+        batch: &Batch,
+        weights: (&[f32], &[f32]),
+        stats: &NormStats,
+    ) -> anyhow::Result<RolloutBatch> {
+        let extras: Vec<Vec<f32>> = (0..batch.rollout_steps)
+            .map(|k| self.extras.for_windows(&self.rollout_times(&batch.t0, k)))
+            .collect();
+        let cells = self.graph.grid_map.cells();
+        Ok(RolloutBatch::new(
+            batch,
+            (cells, &extras),
+            weights,
+            stats,
+            &self.device,
+        )?)
     }
 
     /// Memory of a training run: parameters, AdamW moments and gradients (f32), the

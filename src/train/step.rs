@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::optimizer::{clip_by_global_norm, AdamW};
-use crate::predict::{LossTarget, Predictor};
+use crate::predict::{LossTarget, Objective, Predictor};
 
 /// The optimizer half: clips `grads` to `grad_clip` (0: no clipping) and applies one
 /// AdamW update at `lr`. Returns the global norm before clipping.
@@ -31,7 +31,7 @@ pub fn train_step(
     grad_clip: f64,
     lr: f64,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut step = predictor.gradients(x, target, checkpoint_every)?;
+    let mut step = predictor.gradients(x, Objective::Loss(target), checkpoint_every)?;
     let norm = apply_gradients(optimizer, &mut step.grads, grad_clip, lr)?;
     Ok((step.loss, norm))
 }

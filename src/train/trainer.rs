@@ -30,6 +30,8 @@ use super::validation::{validate, Validation, ValidationSet};
 use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split};
 use crate::error::InputError;
 use crate::predict::gradients::accumulate;
+use crate::predict::unroll::rollout_gradients;
+use crate::predict::{Objective, StepGradients};
 
 /// How to run (not what): where, from where, on what.
 pub struct TrainOptions {
@@ -269,10 +271,15 @@ impl<'a> Trainer<'a> {
                 &session.splits,
             )?,
         });
-        let train_samples = session.splits.samples(Split::Train);
+        let rollout = run.train.max_rollout_steps();
+        let train_samples = session.splits.rollout_samples(Split::Train, rollout);
         if train_samples.is_empty() {
+            let longest = match rollout {
+                1 => String::new(),
+                k => format!(" that holds a rollout of {k} steps"),
+            };
             return Err(InputError(format!(
-                "{}: the training block has no sample",
+                "{}: the training block has no sample{longest}",
                 dataset.file_list()
             ))
             .into());
@@ -383,10 +390,14 @@ impl<'a> Trainer<'a> {
         let order = epoch_order(&self.train_samples, run.train.seed, epoch);
         let skip = std::mem::take(&mut self.progress.skip_micro);
         let remaining = &order[(skip * run.train.batch_size).min(order.len())..];
+        let rollout = run.train.rollout_steps_at(epoch);
+        if rollout > 1 {
+            tracing::info!("epoch {}: rollout of {rollout} steps", epoch + 1);
+        }
         let loader = BatchLoader::new(
             self.session.dataset.clone(),
             self.stats.clone(),
-            run.window,
+            (run.window, rollout),
             remaining,
             run.train.batch_size,
             self.prefetch,
@@ -435,16 +446,10 @@ impl<'a> Trainer<'a> {
     /// its valid entries, unscaled).
     fn micro_step(&mut self, batch: &Batch, accum: &mut Accumulator) -> anyhow::Result<f64> {
         let train = &self.run.train;
-        let (x, mut target, _) = self.session.tensors(batch, &self.lat_w, &self.var_w)?;
         // Scaled for accumulation and by the f16 loss scale.
         let accum_scale = train.grad_accum_steps as f64;
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
-        target.denominator *= accum_scale / loss_scale;
-        let checkpoint_every = self.session.execution.checkpoint_every;
-        let step = self
-            .session
-            .predictor
-            .gradients(&x, &target, checkpoint_every)?;
+        let step = self.batch_gradients(batch, accum_scale / loss_scale)?;
         let loss_value = step.loss * accum_scale / loss_scale;
         // Under f16 an overflow is the loss scaler's to handle (the step is skipped).
         if !loss_value.is_finite() && self.scaler.is_none() {
@@ -459,6 +464,27 @@ impl<'a> Trainer<'a> {
         accum.count += 1;
         self.progress.samples_seen += batch.len();
         Ok(loss_value)
+    }
+
+    /// Gradients of one batch (one step, or a rollout when it has K targets), its loss
+    /// denominators multiplied by `scale`.
+    fn batch_gradients(&self, batch: &Batch, scale: f64) -> anyhow::Result<StepGradients> {
+        let (session, weights) = (&self.session, (&self.lat_w[..], &self.var_w[..]));
+        let checkpoint_every = session.execution.checkpoint_every;
+        if batch.rollout_steps > 1 {
+            let mut rb = session.rollout_batch(batch, weights, &self.stats)?;
+            for t in &mut rb.targets {
+                t.denominator *= scale;
+            }
+            let predictor = session.predictor.as_ref();
+            return Ok(rollout_gradients(predictor, &rb, checkpoint_every)?);
+        }
+        let (x, mut target, _) = session.tensors(batch, weights.0, weights.1)?;
+        target.denominator *= scale;
+        let objective = Objective::Loss(&target);
+        Ok(session
+            .predictor
+            .gradients(&x, objective, checkpoint_every)?)
     }
 
     /// Unscales, clips and applies the accumulated gradients, and logs the step;

@@ -46,7 +46,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     let loader = BatchLoader::new(
         session.dataset.clone(),
         set.stats.clone(),
-        set.window,
+        (set.window, 1),
         set.samples,
         set.batch_size,
         set.prefetch,

@@ -51,7 +51,7 @@ use crate::graph::{
 };
 use crate::model::layer_norm::LAYER_NORM_EPS;
 use crate::model::{Aggregation, Batching, MixedPrecision, ModelConfig};
-use crate::predict::{synthetic, Execution, LossTarget, Predictor, WholeGraph};
+use crate::predict::{synthetic, Execution, LossTarget, Objective, Predictor, WholeGraph};
 use crate::train::checkpoint;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::session::{variable_weights, Session};
@@ -303,7 +303,7 @@ fn first_batch(
     BatchLoader::new(
         session.dataset.clone(),
         Arc::new(stats.clone()),
-        run.window,
+        (run.window, 1),
         &samples[..size],
         size,
         Prefetch::Off,
@@ -489,7 +489,9 @@ fn finish(
     let mut tensors = graph_tensors(p.graph)?;
     let output = p.predictor.forward(&p.x)?;
     // The gradients are exported before clipping: the optimizer gets a copy.
-    let step = p.predictor.gradients(&p.x, &p.target, None)?;
+    let step = p
+        .predictor
+        .gradients(&p.x, Objective::Loss(&p.target), None)?;
     let mut grads = step.grads.clone();
     let grad_norm = apply_gradients(
         &mut optimizer,

@@ -17,6 +17,7 @@ use clap::Args;
 use super::choices::choice;
 use super::{DataArgs, GraphArgs, WindowArgs};
 use crate::model::Batching;
+use crate::train::config::RolloutSchedule;
 use crate::train::trainer::{best_checkpoint, train, TrainOptions};
 use settings::{run_from_flags, saved_run};
 
@@ -121,6 +122,16 @@ pub struct TrainArgs {
     /// year_progress (sin/cos pairs); `all` or `none`.
     #[arg(long, value_parser = parse_forcings)]
     pub forcings: Option<::std::vec::Vec<crate::data::forcings::Forcing>>,
+    /// Train on autoregressive rollouts of K steps: the model's own output is fed back,
+    /// the loss averaged over the K steps, gradients through the whole rollout (each
+    /// step recomputed in the backward pass, so memory grows by one boundary per step).
+    /// With --rollout-schedule, the first epoch's K.
+    #[arg(long)]
+    pub rollout_steps: Option<usize>,
+    /// A rollout curriculum, `every=N,max=M`: one more rollout step every N epochs, up
+    /// to M steps (GraphCast fine-tunes up to 12).
+    #[arg(long, value_parser = RolloutSchedule::parse)]
+    pub rollout_schedule: Option<RolloutSchedule>,
     /// Save checkpoints/last every N optimizer steps (`500`) or every so often (`30m`,
     /// `2h`, `90s`), besides the end of every epoch; a killed run loses at most this much.
     #[arg(long, value_parser = crate::train::checkpoint::CheckpointInterval::parse)]
@@ -242,6 +253,7 @@ pub fn show_defaults(cmd: clap::Command) -> clap::Command {
         ),
         ("aggregation", m.aggregation.to_string()),
         ("forcings", "all".to_string()),
+        ("rollout_steps", t.rollout_steps.to_string()),
     ];
     defaults.into_iter().fold(cmd, |cmd, (id, value)| {
         cmd.mut_arg(id, |arg| {

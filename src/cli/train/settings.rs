@@ -10,7 +10,7 @@ use super::TrainArgs;
 use crate::cli::graph_args::GraphTable;
 use crate::config::load_value;
 use crate::data::generate::{generate, GenerateOptions};
-use crate::data::{Dataset, SplitFractions, WindowSpec};
+use crate::data::{Dataset, SplitFractions, Splits, WindowSpec};
 use crate::model::ModelConfig;
 use crate::train::config::{RunConfig, TrainConfig};
 
@@ -108,11 +108,9 @@ pub(super) fn run_from_flags(
     let graph = args
         .graph
         .options_over(tables.graph.unwrap_or_default(), &dataset.grid);
-    let model = model_settings(args, tables.model.unwrap_or_default()).for_data(
-        window.input_steps,
-        dataset.num_channels(),
-        0,
-    );
+    let model = model_settings(args, tables.model.unwrap_or_default())
+        .resolved(training_days(&dataset, split, window))
+        .for_data(window.input_steps, dataset.num_channels(), 0);
     model.validate()?;
     if let Some(budget) = args.memory_budget {
         fit_budget(
@@ -169,8 +167,12 @@ fn train_settings(args: &TrainArgs, mut train_cfg: TrainConfig) -> anyhow::Resul
         patch_halo,
         mixed_precision,
         initial_loss_scale,
-        loss_scale_growth_interval
+        loss_scale_growth_interval,
+        rollout_steps
     );
+    if args.rollout_schedule.is_some() {
+        train_cfg.rollout_schedule = args.rollout_schedule;
+    }
     if args.max_steps.is_some() {
         train_cfg.max_steps = args.max_steps;
     }
@@ -204,7 +206,17 @@ fn model_settings(args: &TrainArgs, mut model: ModelConfig) -> ModelConfig {
     if let Some(forcings) = &args.forcings {
         model.forcings = Some(forcings.clone());
     }
-    model.resolved()
+    model
+}
+
+/// Days from the first to the last time of the training block (0 if there is none).
+fn training_days(dataset: &Dataset, split: SplitFractions, window: WindowSpec) -> f64 {
+    let Ok(splits) = Splits::new(dataset.time.len(), split, window) else {
+        return 0.0;
+    };
+    let instants = &dataset.time.instants;
+    let (first, last) = (splits.train.start, splits.train.end.saturating_sub(1));
+    (instants[last].seconds - instants[first].seconds) as f64 / 86_400.0
 }
 
 /// `--resume` with no data or config flags continues the run saved in the output
