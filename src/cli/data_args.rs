@@ -18,6 +18,12 @@ pub struct DataArgs {
     /// e.g. --var Ustorm.cdf:u=u10 --var U500storm.cdf:u=u500.
     #[arg(long = "var", value_name = "FILE:NAME[=ALIAS]")]
     pub vars: Vec<VarPick>,
+    /// A static field on the data's grid given to the model as an input (land-sea mask,
+    /// orography, ...): FILE:NAME or FILE:NAME=ALIAS (repeatable); no time dimension or
+    /// a time dimension of length 1; normalised over its valid cells, masked cells
+    /// flagged.
+    #[arg(long = "static", value_name = "FILE:NAME[=ALIAS]")]
+    pub statics: Vec<VarPick>,
     /// Keep only this box: lat_min,lat_max,lon_min,lon_max in degrees (lon_min > lon_max crosses the dateline).
     #[arg(long, value_name = "LAT0,LAT1,LON0,LON1", allow_hyphen_values = true)]
     pub region: Option<Region>,
@@ -62,6 +68,7 @@ impl DataArgs {
         let flags = DataSpec {
             files,
             vars: self.vars.clone(),
+            statics: self.statics.clone(),
             region: self.region,
             levels: self.levels.clone(),
             time_units: self.time_units.clone(),

@@ -15,6 +15,7 @@ use super::source::{
     describe_variable, gridded_variables, open_file, static_fields, SourceVariable, Store,
 };
 use super::spec::DataSpec;
+use super::statics::StaticFields;
 use super::time::{format_step, Instant, TimeAxis};
 use crate::error::InputError;
 
@@ -53,6 +54,9 @@ pub struct Dataset {
     pub time: TimeAxis,
     pub channels: Vec<Channel>,
     pub sources: Vec<SourceVariable>,
+    /// Static fields given to the model beside the states (`--static`).
+    #[serde(skip)]
+    pub statics: StaticFields,
     /// Hash of what was loaded (files, sizes, modification times, picks, region).
     pub fingerprint: String,
 }
@@ -130,8 +134,12 @@ impl Dataset {
         for note in notes {
             tracing::info!("{note}");
         }
-        let fingerprint = fingerprint(spec, &sources);
-        merge(sources, fingerprint)
+        let static_sources = super::statics::describe(&spec.statics, &opts)?;
+        let fingerprint = fingerprint(spec, &[&sources[..], &static_sources[..]].concat());
+        let mut dataset = merge(sources, fingerprint)?;
+        dataset.statics =
+            super::statics::load(&static_sources, &dataset.grid, &dataset.sources[0])?;
+        Ok(dataset)
     }
 
     pub fn num_channels(&self) -> usize {
@@ -275,6 +283,7 @@ fn merge(sources: Vec<SourceVariable>, fingerprint: String) -> anyhow::Result<Da
     let time = common_time_axis(&sources, &groups, &group_axes)?;
     let channels = group_channels(&sources, &groups)?;
     Ok(Dataset {
+        statics: StaticFields::default(),
         grid,
         time,
         channels,
@@ -288,7 +297,11 @@ type SourceGroup = (String, Vec<usize>);
 
 /// Rejects a source whose latitudes or longitudes differ from the dataset's grid,
 /// naming both files and both extents so the mismatch is easy to find.
-fn check_same_grid(first: &SourceVariable, s: &SourceVariable, grid: &Grid) -> anyhow::Result<()> {
+pub(super) fn check_same_grid(
+    first: &SourceVariable,
+    s: &SourceVariable,
+    grid: &Grid,
+) -> anyhow::Result<()> {
     let same = |a: &[f64], b: &[f64]| {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
     };

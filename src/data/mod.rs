@@ -15,6 +15,7 @@ pub mod named_grids;
 pub mod samples;
 pub mod source;
 pub mod spec;
+pub mod statics;
 pub mod stats;
 pub mod time;
 

@@ -64,6 +64,10 @@ pub struct DataSpec {
     /// Single variables, possibly renamed: `"Ustorm.cdf:u=u10"`.
     #[serde(default, with = "var_strings")]
     pub vars: Vec<VarPick>,
+    /// Static fields given to the model as inputs (land-sea mask, orography):
+    /// `"lsm.nc:lsm"`, `"orog.nc:z=orography"`.
+    #[serde(default, with = "var_strings", skip_serializing_if = "Vec::is_empty")]
+    pub statics: Vec<VarPick>,
     #[serde(default, with = "region_string")]
     pub region: Option<Region>,
     #[serde(default)]
@@ -88,7 +92,7 @@ impl DataSpec {
                     *f = dir.join(&*f);
                 }
             }
-            for v in &mut self.vars {
+            for v in self.vars.iter_mut().chain(&mut self.statics) {
                 if v.path.is_relative() {
                     v.path = dir.join(&v.path);
                 }
@@ -110,7 +114,7 @@ impl DataSpec {
         for f in &mut spec.files {
             *f = absolute(f);
         }
-        for v in &mut spec.vars {
+        for v in spec.vars.iter_mut().chain(&mut spec.statics) {
             v.path = absolute(&v.path);
         }
         spec
@@ -129,6 +133,9 @@ impl DataSpec {
         if !flags.is_empty() {
             self.files = flags.files;
             self.vars = flags.vars;
+        }
+        if !flags.statics.is_empty() {
+            self.statics = flags.statics;
         }
         self.region = flags.region.or(self.region);
         self.levels = flags.levels.or(self.levels);

@@ -303,6 +303,16 @@ pub struct TimeAxis {
     pub instants: Vec<Instant>,
 }
 
+impl Default for TimeAxis {
+    /// No times (a static field's).
+    fn default() -> Self {
+        TimeAxis {
+            calendar: Calendar::ProlepticGregorian,
+            instants: Vec::new(),
+        }
+    }
+}
+
 impl TimeAxis {
     pub fn len(&self) -> usize {
         self.instants.len()

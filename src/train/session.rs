@@ -81,7 +81,7 @@ impl Session {
             let net = Network::new(run.model.clone(), precision, &tensors)?;
             Box::new(WholeGraph::new(Arc::new(net), tensors))
         };
-        let extras = node_extras(run, &dataset, &graph);
+        let extras = node_extras(run, &dataset, &graph)?;
         Ok(Session {
             dataset,
             splits,
@@ -170,22 +170,36 @@ impl Session {
     }
 }
 
-/// The extra inputs of `run`'s model on `graph`'s grid nodes.
-fn node_extras(run: &RunConfig, dataset: &Dataset, graph: &WeatherGraph) -> NodeExtras {
+/// The extra inputs of `run`'s model on `graph`'s grid nodes; refuses static fields
+/// other than the model's.
+fn node_extras(
+    run: &RunConfig,
+    dataset: &Dataset,
+    graph: &WeatherGraph,
+) -> anyhow::Result<NodeExtras> {
+    let statics = &dataset.statics;
+    if statics.width() != run.model.static_inputs {
+        crate::bail_input!(
+            "{}: the model takes {} static fields, the data give {} ({})",
+            dataset.file_list(),
+            run.model.static_inputs / 2,
+            statics.count(),
+            statics.names.join(", ")
+        );
+    }
     let step = dataset.time.step_seconds().unwrap_or(0) * run.window.lead_steps as i64;
-    let lat_lon = graph
-        .grid_map
-        .cells()
+    let cells = graph.grid_map.cells();
+    let lat_lon = cells
         .iter()
         .map(|&c| dataset.grid.node_lat_lon(c as usize))
         .collect();
-    NodeExtras::new(
+    Ok(NodeExtras::new(
         run.model.forcings(),
         dataset.time.calendar,
         step,
         lat_lon,
-        (Vec::new(), 0),
-    )
+        (statics.of_cells(cells), statics.width()),
+    ))
 }
 
 /// Loss weight per channel from the config (default 1).

@@ -110,7 +110,11 @@ pub(super) fn run_from_flags(
         .options_over(tables.graph.unwrap_or_default(), &dataset.grid);
     let model = model_settings(args, tables.model.unwrap_or_default())
         .resolved(training_days(&dataset, split, window))
-        .for_data(window.input_steps, dataset.num_channels(), 0);
+        .for_data(
+            window.input_steps,
+            dataset.num_channels(),
+            dataset.statics.count(),
+        );
     model.validate()?;
     if let Some(budget) = args.memory_budget {
         fit_budget(

@@ -12,6 +12,7 @@ use super::roles::gridded_variables;
 use super::store::{Store, Var};
 use super::time_axis::decode_time;
 use super::{ReadOptions, Result, SourceVariable};
+use crate::data::time::TimeAxis;
 use crate::error::InputError;
 
 /// Describes variable `var_name` of the open file at `path`.
@@ -22,10 +23,45 @@ pub fn describe_variable(
     alias: Option<&str>,
     opts: &ReadOptions,
 ) -> Result<SourceVariable> {
+    describe(file, path, (var_name, alias, true), opts)
+}
+
+/// Describes a static field (land-sea mask, orography): a lat/lon grid with no time
+/// dimension or a time dimension of length 1, and at most one level.
+pub fn describe_static(
+    file: &Store,
+    path: &Path,
+    var_name: &str,
+    alias: Option<&str>,
+    opts: &ReadOptions,
+) -> Result<SourceVariable> {
+    let source = describe(file, path, (var_name, alias, false), opts)?;
+    let problem = if source.time.len() > 1 {
+        format!(
+            "'{var_name}' has {} time steps: a static field has none or one",
+            source.time.len()
+        )
+    } else if source.levels.len() > 1 {
+        format!(
+            "'{var_name}' has {} levels selected: a static field has one (pick it with --levels)",
+            source.levels.len()
+        )
+    } else {
+        return Ok(source);
+    };
+    Err(InputError::file(path, problem).into())
+}
+
+fn describe(
+    file: &Store,
+    path: &Path,
+    (var_name, alias, needs_time): (&str, Option<&str>, bool),
+    opts: &ReadOptions,
+) -> Result<SourceVariable> {
     let err = |problem: String| InputError::file(path, problem);
     let var = find_numeric_variable(file, var_name).map_err(err)?;
     let dims = var.dims();
-    let layout = locate_dimensions(file, &var, var_name, &dims).map_err(err)?;
+    let layout = locate_dimensions(file, &var, (var_name, needs_time), &dims).map_err(err)?;
     let levels = select_levels(
         file,
         &dims,
@@ -36,8 +72,10 @@ pub fn describe_variable(
     .map_err(err)?;
     let (lat, lon, global) =
         read_horizontal_axes(file, &dims, &layout, opts.region.as_ref()).map_err(err)?;
-    let (time, time_note) =
-        decode_time(file, &dims[layout.time_dim].0, opts.time_units.as_deref()).map_err(err)?;
+    let (time, time_note) = match layout.time_dim {
+        Some(d) => decode_time(file, &dims[d].0, opts.time_units.as_deref()).map_err(err)?,
+        None => (TimeAxis::default(), None),
+    };
     let packing = read_packing(&var);
 
     Ok(SourceVariable {

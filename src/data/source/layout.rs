@@ -8,18 +8,20 @@ use super::store::{Store, Var};
 /// Positions of the dimensions in the variable's own order.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Layout {
-    pub(super) time_dim: usize,
+    /// None for a static field (no time dimension).
+    pub(super) time_dim: Option<usize>,
     pub(super) lat_dim: usize,
     pub(super) lon_dim: usize,
     pub(super) level_dim: Option<usize>,
 }
 
 /// Finds which of the variable's dimensions are latitude, longitude, time and level,
-/// or says why the variable is not a lat/lon/time grid.
+/// or says why the variable is not a lat/lon/time grid (a lat/lon grid when
+/// `needs_time` is false: a static field).
 pub(super) fn locate_dimensions(
     file: &Store,
     var: &Var,
-    var_name: &str,
+    (var_name, needs_time): (&str, bool),
     dims: &[(String, usize)],
 ) -> std::result::Result<Layout, String> {
     let roles: Vec<DimRole> = dims.iter().map(|(n, _)| dim_role(file, n)).collect();
@@ -42,7 +44,8 @@ pub(super) fn locate_dimensions(
             dims[lead].0, dims[lead].0
         ));
     }
-    let Some(time_dim) = find(DimRole::Time) else {
+    let time_dim = find(DimRole::Time);
+    if time_dim.is_none() && needs_time {
         return Err(format!(
             "variable '{var_name}' has no time dimension (dimensions: {})",
             dims.iter()
@@ -50,8 +53,9 @@ pub(super) fn locate_dimensions(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-    };
-    let level_dim = find_level_dim(dims, &roles, [lat_dim, lon_dim, time_dim], var_name)?;
+    }
+    let fixed = [lat_dim, lon_dim, time_dim.unwrap_or(lat_dim)];
+    let level_dim = find_level_dim(dims, &roles, fixed, var_name)?;
     Ok(Layout {
         time_dim,
         lat_dim,

@@ -37,7 +37,7 @@ mod zarr;
 pub use attributes::{attr_numbers, attr_string};
 pub use cf::Packing;
 pub use conventions::{CoordinateType, HorizontalAxes, OutputAxis};
-pub use describe::describe_variable;
+pub use describe::{describe_static, describe_variable};
 pub use format::{open_file, open_netcdf};
 pub use levels::{LevelChoice, LevelSelection};
 pub use roles::{gridded_variables, static_fields};

@@ -73,7 +73,7 @@ impl SourceVariable {
     /// The part of dimension `d` that time step `t` needs: the step, the span of the
     /// selected levels, the whole grid, and the single index of any other dimension.
     fn range_of(&self, d: usize, t: usize, level_span: &Range<usize>) -> Range<usize> {
-        if d == self.layout.time_dim {
+        if Some(d) == self.layout.time_dim {
             t..t + 1
         } else if Some(d) == self.layout.level_dim {
             level_span.clone()
