@@ -49,7 +49,7 @@ pub fn describe_static(
     } else {
         return Ok(source);
     };
-    Err(InputError::file(path, problem).into())
+    Err(InputError::file(path, problem))
 }
 
 fn describe(
