@@ -875,6 +875,7 @@ fn help_shows_the_effective_default_of_every_option() {
     let without_default = [
         "--data",
         "--var",
+        "--static",
         "--region",
         "--levels",
         "--time-units",

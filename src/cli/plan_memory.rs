@@ -32,6 +32,10 @@ pub struct PlanMemoryArgs {
     pub mlp_hidden_layers: usize,
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// Autoregressive steps per sample of rollout training (each recomputed in the
+    /// backward pass: the step's activations stay those of one step).
+    #[arg(long, default_value_t = 1)]
+    pub rollout_steps: usize,
     /// Without --memory-budget: the configuration to predict.
     #[arg(long, default_value_t = 1)]
     pub patches: usize,
@@ -67,6 +71,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         mlp_hidden_layers: args.mlp_hidden_layers,
         ..Default::default()
     }
+    .resolved(f64::INFINITY)
     .for_data(args.input_steps, channels, 0);
     model.validate()?;
     let setting = StepSetting {
@@ -76,6 +81,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         batch_size: args.batch_size,
         patch_halo: args.patch_halo,
         on_cpu: device.is_cpu(),
+        rollout_steps: args.rollout_steps,
     };
     // Without a budget, "fits" means this machine's free memory now.
     let available = crate::memory::available_on(&device);
@@ -147,6 +153,13 @@ fn check_sizes(args: &PlanMemoryArgs) -> anyhow::Result<()> {
         lead_steps: 1,
     }
     .validate()?;
+    let max = crate::train::config::MAX_ROLLOUT_STEPS;
+    if !(1..=max).contains(&args.rollout_steps) {
+        crate::bail_input!(
+            "--rollout-steps {}: must be between 1 and {max}",
+            args.rollout_steps
+        );
+    }
     Ok(())
 }
 

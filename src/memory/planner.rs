@@ -97,6 +97,8 @@ pub struct StepShape {
     pub techniques: Techniques,
     /// The step runs on the CPU (where f32 takes the fused kernels).
     pub on_cpu: bool,
+    /// Autoregressive steps per sample (1: one-step training).
+    pub rollout_steps: usize,
 }
 
 impl StepShape {
@@ -205,11 +207,7 @@ pub fn predict(shape: &StepShape) -> Prediction {
         _ => 4.0 * LOW_PRECISION_FACTOR,
     };
     let activations = (bytes_per_value * latent * vectors + FIXED) as u64;
-    let batch = (4.0
-        * b
-        * grid
-        * (shape.model.grid_input_features + 2 * shape.model.output_channels) as f64)
-        as u64;
+    let batch = batch_bytes(shape, b * grid);
     // Saturating: an absurd shape predicts "more than any machine", never wraps around.
     let total = [
         params,
@@ -230,6 +228,22 @@ pub fn predict(shape: &StepShape) -> Prediction {
         activations,
         total,
     }
+}
+
+/// The batch on the device for `rows` (batch x grid nodes): inputs, targets and loss
+/// weights; a rollout of K steps keeps K of each, every step's inputs and extra inputs
+/// (bounded by the inputs' width), its residual sum and the gradient carried back. Its
+/// activations are one step's: each step is recomputed in the backward pass on its own.
+fn batch_bytes(shape: &StepShape, rows: f64) -> u64 {
+    let (inputs, channels) = (
+        shape.model.grid_input_features as f64,
+        shape.model.output_channels as f64,
+    );
+    let per_row = match shape.rollout_steps {
+        0 | 1 => inputs + 2.0 * channels,
+        k => k as f64 * (2.0 * inputs + 4.0 * channels),
+    };
+    (4.0 * rows * per_row) as u64
 }
 
 /// A lower bound of the peak of one forward pass on the inference view (eval,
@@ -338,6 +352,7 @@ pub struct StepSetting<'a> {
     pub batch_size: usize,
     pub patch_halo: f64,
     pub on_cpu: bool,
+    pub rollout_steps: usize,
 }
 
 impl StepSetting<'_> {
@@ -381,6 +396,7 @@ impl StepSetting<'_> {
             graph_bytes,
             techniques,
             on_cpu: self.on_cpu,
+            rollout_steps: self.rollout_steps,
         })
     }
 }
@@ -561,6 +577,7 @@ mod tests {
             techniques: t,
             // On a GPU, where low precision runs the same (composed) ops as f32.
             on_cpu: false,
+            rollout_steps: 1,
         }
     }
 

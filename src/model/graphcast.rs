@@ -441,6 +441,41 @@ mod tests {
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
+    #[test]
+    fn runs_saved_before_forcings_have_none_and_new_runs_get_them() {
+        let old: ModelConfig = serde_json::from_str(
+            r#"{"latent_size": 8, "grid_input_features": 20, "output_channels": 5}"#,
+        )
+        .unwrap();
+        assert_eq!(old.forcings, None);
+        assert!(old.forcings().is_empty());
+        let new = ModelConfig::default().resolved(30.0);
+        assert_eq!(
+            new.forcings(),
+            [
+                Forcing::CosZenith,
+                Forcing::ToaRadiation,
+                Forcing::LocalTime
+            ]
+        );
+        assert_eq!(
+            ModelConfig::default().resolved(3650.0).forcings(),
+            Forcing::ALL
+        );
+        // Given forcings are kept: a config's empty list means none.
+        let chosen = ModelConfig {
+            forcings: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(chosen.resolved(3650.0).forcings().is_empty());
+        // 2 x 2 x 5 values and flags, 6 x 3 forcing features, 2 x 1 static features.
+        let sized = ModelConfig::default().resolved(3650.0).for_data(2, 5, 1);
+        assert_eq!(
+            (sized.grid_input_features, sized.static_inputs),
+            (20 + 18 + 2, 2)
+        );
+    }
+
     fn config(batching: Batching) -> ModelConfig {
         ModelConfig {
             latent_size: 8,

@@ -304,6 +304,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_rollout_grows_by_the_schedule_and_stops_at_its_maximum() {
+        let train = TrainConfig {
+            rollout_steps: 1,
+            rollout_schedule: Some(RolloutSchedule::parse("max=4, every=2").unwrap()),
+            ..Default::default()
+        };
+        let steps: Vec<usize> = (0..9).map(|e| train.rollout_steps_at(e)).collect();
+        assert_eq!(steps, [1, 1, 2, 2, 3, 3, 4, 4, 4]);
+        assert_eq!(train.max_rollout_steps(), 4);
+        let fixed = TrainConfig {
+            rollout_steps: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            (fixed.rollout_steps_at(7), fixed.max_rollout_steps()),
+            (3, 3)
+        );
+        for bad in ["every=2", "every=x,max=2", "each=1,max=2", ""] {
+            assert!(RolloutSchedule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn execution_reads_the_techniques_of_the_train_table() {
         let train = TrainConfig {
             patches: 4,

@@ -32,6 +32,7 @@ pub fn check_fits(
         batch_size: run.train.batch_size,
         patch_halo: run.train.patch_halo,
         on_cpu,
+        rollout_steps: run.train.max_rollout_steps(),
     };
     let t = &run.train;
     let chosen = Techniques {
@@ -85,6 +86,7 @@ pub fn check_inference_fits(
         batch_size,
         patch_halo: execution.patches.map_or(0.0, |p| p.halo_deg),
         on_cpu: true,
+        rollout_steps: 1,
     };
     let techniques = Techniques {
         patches: execution.patch_count(),

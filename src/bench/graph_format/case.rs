@@ -366,6 +366,7 @@ fn predicted_peak(
             precision: case_precision(cfg)?,
         },
         on_cpu: cfg.device == "cpu",
+        rollout_steps: 1,
     });
     Ok(p.total - p.batch)
 }

@@ -32,6 +32,7 @@ pub(super) fn fit_budget(
         batch_size: train_cfg.batch_size,
         patch_halo: train_cfg.patch_halo,
         on_cpu,
+        rollout_steps: train_cfg.max_rollout_steps(),
     };
     let fit = fit_budget(budget, 64, &setting)?;
     let row = fit.chosen_or_refuse("")?;

@@ -129,7 +129,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub rollout_steps: Option<usize>,
     /// A rollout curriculum, `every=N,max=M`: one more rollout step every N epochs, up
-    /// to M steps (GraphCast fine-tunes up to 12).
+    /// to M steps (GraphCast fine-tunes up to 12). By default none: the rollout stays at
+    /// --rollout-steps.
     #[arg(long, value_parser = RolloutSchedule::parse)]
     pub rollout_schedule: Option<RolloutSchedule>,
     /// Save checkpoints/last every N optimizer steps (`500`) or every so often (`30m`,
