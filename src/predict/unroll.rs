@@ -120,6 +120,39 @@ impl RolloutBatch {
     }
 }
 
+/// A rollout run forward on the inference view: what its backward pass needs.
+pub struct RolloutForward {
+    /// Each step's inputs.
+    pub inputs: Vec<Tensor>,
+    /// `S_k`, each step's residual sum from the current state `[B, nodes, C]` (f32).
+    pub sums: Vec<Tensor>,
+    /// The loss: the mean over the steps.
+    pub loss: f64,
+}
+
+/// Runs the rollout forward, keeping each step's inputs and `S_k` only.
+pub fn rollout_forward(predictor: &dyn Predictor, batch: &RolloutBatch) -> Result<RolloutForward> {
+    let k_steps = batch.steps();
+    let mut out = RolloutForward {
+        inputs: Vec::with_capacity(k_steps),
+        sums: Vec::with_capacity(k_steps),
+        loss: 0.0,
+    };
+    for k in 0..k_steps {
+        let x = batch.step_inputs(k, &out.sums)?;
+        let r = predictor.forward(&x)?.to_dtype(DType::F32)?;
+        let sum = match out.sums.last() {
+            Some(prev) => (prev + r)?,
+            None => r,
+        };
+        let t = &batch.targets[k];
+        out.loss += weighted_mse(&sum, &t.y, &t.w, t.denominator)?.to_scalar::<f32>()? as f64;
+        out.inputs.push(x);
+        out.sums.push(sum);
+    }
+    Ok(out)
+}
+
 /// The rollout loss (mean over the steps) and every parameter's gradient.
 pub fn rollout_gradients(
     predictor: &dyn Predictor,
@@ -128,21 +161,8 @@ pub fn rollout_gradients(
 ) -> Result<StepGradients> {
     let k_steps = batch.steps();
     let mut total = StepGradients::empty(predictor.network().vars().len());
-    // Forward on the inference view: keep each step's inputs and S_k only.
-    let mut step_inputs = Vec::with_capacity(k_steps);
-    let mut sums: Vec<Tensor> = Vec::with_capacity(k_steps);
-    for k in 0..k_steps {
-        let x = batch.step_inputs(k, &sums)?;
-        let r = predictor.forward(&x)?.to_dtype(DType::F32)?;
-        let sum = match sums.last() {
-            Some(prev) => (prev + r)?,
-            None => r,
-        };
-        let t = &batch.targets[k];
-        total.loss += weighted_mse(&sum, &t.y, &t.w, t.denominator)?.to_scalar::<f32>()? as f64;
-        step_inputs.push(x);
-        sums.push(sum);
-    }
+    let RolloutForward { inputs, sums, loss } = rollout_forward(predictor, batch)?;
+    total.loss = loss;
     // Backward, last step first; `carried[j]`: dL/dS_{j+1} from later steps' inputs.
     let (s, c) = (batch.input_steps, batch.channels);
     let mut carried: Vec<Option<Tensor>> = vec![None; k_steps];
@@ -153,11 +173,8 @@ pub fn rollout_gradients(
         for extra in [later.take(), carried[k].take()].into_iter().flatten() {
             g = (g + extra)?;
         }
-        let step = predictor.gradients(
-            &step_inputs[k],
-            Objective::OutputGradient(&g),
-            checkpoint_every,
-        )?;
+        let step =
+            predictor.gradients(&inputs[k], Objective::OutputGradient(&g), checkpoint_every)?;
         accumulate(&mut total.grads, step.grads)?;
         if let Some(gx) = step.input_grad {
             for slot in (0..s).filter(|slot| k + slot >= s) {

@@ -297,7 +297,7 @@ impl<'a> Trainer<'a> {
         let mut trainer = Trainer {
             run,
             opts,
-            val_samples: session.splits.samples(Split::Validation),
+            val_samples: session.splits.rollout_samples(Split::Validation, rollout),
             lat_w: session.node_latitude_weights(),
             var_w: variable_weights(run, &stats),
             schedule: schedule_for(run, micro_per_epoch.div_ceil(run.train.grad_accum_steps)),
@@ -667,6 +667,7 @@ impl<'a> Trainer<'a> {
             samples: &self.val_samples,
             stats: self.stats.clone(),
             window: self.run.window,
+            rollout_steps: self.run.train.max_rollout_steps(),
             batch_size: self.run.train.batch_size,
             prefetch: self.prefetch,
             lat_w: &self.lat_w,

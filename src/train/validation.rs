@@ -1,6 +1,9 @@
 //! The validation pass after each epoch: the loss, and per variable the
 //! latitude-weighted RMSE of the model's next state and of persistence, in physical
-//! units. Runs the predictor's inference path (no gradients).
+//! units. Runs the predictor's inference path (no gradients). A run that trains on
+//! rollouts is validated on its longest one from the first epoch (the loss the
+//! curriculum aims at, comparable across epochs, so `best` means best at it); the
+//! RMSEs stay those of the first step.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,8 +11,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::session::Session;
-use crate::data::{BatchLoader, NormStats, Prefetch, WindowSpec};
+use candle_core::{DType, Tensor};
+
+use crate::data::{Batch, BatchLoader, NormStats, Prefetch, WindowSpec};
 use crate::predict::loss::weighted_mse;
+use crate::predict::unroll::rollout_forward;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Validation {
@@ -23,6 +29,8 @@ pub struct ValidationSet<'a> {
     pub samples: &'a [usize],
     pub stats: Arc<NormStats>,
     pub window: WindowSpec,
+    /// The rollout the loss is taken over (1: one step).
+    pub rollout_steps: usize,
     pub batch_size: usize,
     pub prefetch: Prefetch,
     pub lat_w: &'a [f32],
@@ -46,7 +54,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     let loader = BatchLoader::new(
         session.dataset.clone(),
         set.stats.clone(),
-        (set.window, 1),
+        (set.window, set.rollout_steps),
         set.samples,
         set.batch_size,
         set.prefetch,
@@ -65,17 +73,10 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     );
     for batch in loader {
         bar.inc(1);
-        let (x, target, valid) = session.tensors(&batch?, set.lat_w, set.var_w)?;
-        let pred = session.predictor.forward(&x)?;
+        let (loss, pred, truth, valid) = batch_errors(session, &batch?, set)?;
         let valid_entries = valid.iter().filter(|&&v| v).count() as f64;
-        let loss = weighted_mse(&pred, &target.y, &target.w, target.denominator)?;
-        total += loss.to_scalar::<f32>()? as f64 * valid_entries;
+        total += loss * valid_entries;
         count += valid_entries;
-        let pred: Vec<f32> = pred
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let truth: Vec<f32> = target.y.flatten_all()?.to_vec1()?;
         add_squared_errors(&mut sums, (&pred, &truth, &valid), set.lat_w);
     }
     bar.finish_and_clear();
@@ -95,6 +96,37 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         rmse: rmse(&sums.model),
         persistence_rmse: rmse(&sums.persistence),
     }))
+}
+
+/// A batch's loss (over its rollout), and the first step's predicted and true
+/// residuals and their validity.
+fn batch_errors(
+    session: &Session,
+    batch: &Batch,
+    set: &ValidationSet,
+) -> anyhow::Result<(f64, Vec<f32>, Vec<f32>, Vec<bool>)> {
+    let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+    };
+    let (x, target, valid) = session.tensors(batch, set.lat_w, set.var_w)?;
+    if batch.rollout_steps > 1 {
+        let rb = session.rollout_batch(batch, (set.lat_w, set.var_w), &set.stats)?;
+        let forward = rollout_forward(session.predictor.as_ref(), &rb)?;
+        return Ok((
+            forward.loss,
+            flat(&forward.sums[0])?,
+            flat(&target.y)?,
+            valid,
+        ));
+    }
+    let pred = session.predictor.forward(&x)?;
+    let loss = weighted_mse(&pred, &target.y, &target.w, target.denominator)?;
+    Ok((
+        loss.to_scalar::<f32>()? as f64,
+        flat(&pred)?,
+        flat(&target.y)?,
+        valid,
+    ))
 }
 
 /// Persistence predicts a zero residual, so its error is the target itself.
