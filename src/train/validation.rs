@@ -100,11 +100,13 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
 
 /// A batch's loss (over its rollout), and the first step's predicted and true
 /// residuals and their validity.
+type BatchErrors = (f64, Vec<f32>, Vec<f32>, Vec<bool>);
+
 fn batch_errors(
     session: &Session,
     batch: &Batch,
     set: &ValidationSet,
-) -> anyhow::Result<(f64, Vec<f32>, Vec<f32>, Vec<bool>)> {
+) -> anyhow::Result<BatchErrors> {
     let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
     };
