@@ -876,6 +876,7 @@ fn help_shows_the_effective_default_of_every_option() {
         "--data",
         "--var",
         "--static",
+        "--init-from",
         "--region",
         "--levels",
         "--time-units",

@@ -52,6 +52,10 @@ pub struct TrainConfig {
     pub rollout_steps: usize,
     /// A curriculum: the rollout grows as the epochs pass.
     pub rollout_schedule: Option<RolloutSchedule>,
+    /// Start from this checkpoint's weights and normalisation (a run directory's `best`,
+    /// or a sidecar `.json`), with a fresh optimizer: fine-tuning, e.g. on rollouts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 /// Rollout curriculum: one more step every `every_epochs` epochs, up to `max_steps`.
@@ -117,6 +121,7 @@ impl Default for TrainConfig {
             loss_scale_growth_interval: 2000,
             rollout_steps: 1,
             rollout_schedule: None,
+            init_from: None,
         }
     }
 }

@@ -218,6 +218,85 @@ enum EpochEnd {
     Stopped,
 }
 
+/// A new run's starting weights (`--init-from`): a checkpoint of the same model on
+/// the same channels (a resumed run restores its own instead).
+fn init_checkpoint(
+    run: &RunConfig,
+    opts: &TrainOptions,
+    dataset: &Dataset,
+) -> anyhow::Result<Option<Checkpoint>> {
+    let Some(path) = run.train.init_from.as_ref().filter(|_| !opts.resume) else {
+        return Ok(None);
+    };
+    let (dir, name) = checkpoint::locate(path, "best")?;
+    let ck = checkpoint::load(&dir, &name, &opts.device)?;
+    let theirs = &ck.meta.run.model;
+    let refuse = |why: String| -> anyhow::Result<Option<Checkpoint>> {
+        Err(InputError(format!("--init-from {}: {why}", path.display())).into())
+    };
+    if dataset.channel_names() != ck.meta.stats.channels {
+        return refuse(format!(
+            "trained on channels [{}], the data has [{}]",
+            ck.meta.stats.channels.join(", "),
+            dataset.channel_names().join(", ")
+        ));
+    }
+    if theirs.forcings() != run.model.forcings() || theirs.static_inputs != run.model.static_inputs
+    {
+        return refuse(format!(
+            "its model takes forcings {:?} and {} static inputs, this run's {:?} and {}",
+            theirs.forcings(),
+            theirs.static_inputs,
+            run.model.forcings(),
+            run.model.static_inputs
+        ));
+    }
+    tracing::info!(
+        "weights from {} (step {}), normalisation kept",
+        checkpoint::sidecar(&dir, &name).display(),
+        ck.meta.step
+    );
+    Ok(Some(ck))
+}
+
+/// The normalisation: a resumed or initialising checkpoint's (the weights were
+/// trained with it), else the training block's (saved as stats.json).
+fn run_stats(
+    from: Option<&Checkpoint>,
+    opts: &TrainOptions,
+    session: &Session,
+) -> anyhow::Result<NormStats> {
+    let path = opts.output_dir.join("stats.json");
+    match from {
+        Some(ck) => {
+            if !opts.resume {
+                ck.meta.stats.save(&path)?;
+            }
+            Ok(ck.meta.stats.clone())
+        }
+        None => NormStats::load_or_compute(&path, &session.dataset, &session.splits),
+    }
+}
+
+/// The training samples: windows that hold the run's longest rollout (refused when
+/// there are none).
+fn train_samples(run: &RunConfig, session: &Session) -> anyhow::Result<Vec<usize>> {
+    let rollout = run.train.max_rollout_steps();
+    let samples = session.splits.rollout_samples(Split::Train, rollout);
+    if samples.is_empty() {
+        let longest = match rollout {
+            1 => String::new(),
+            k => format!(" that holds a rollout of {k} steps"),
+        };
+        let files = session.dataset.file_list();
+        return Err(InputError(format!(
+            "{files}: the training block has no sample{longest}"
+        ))
+        .into());
+    }
+    Ok(samples)
+}
+
 struct Trainer<'a> {
     run: &'a RunConfig,
     opts: &'a TrainOptions,
@@ -259,31 +338,18 @@ impl<'a> Trainer<'a> {
         crate::data::Splits::new(dataset.time.len(), run.split, run.window)
             .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let resumed = resume_checkpoint(run, opts, &dataset)?;
+        let init = init_checkpoint(run, opts, &dataset)?;
         let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
         let session = checked_session(run, opts, dataset.clone())?;
+        let train_samples = train_samples(run, &session)?;
         // Everything that can refuse the run has run: only now may an old run go.
         run_dir.start(run, opts.overwrite && !opts.resume)?;
-        let stats = Arc::new(match &resumed {
-            Some(ck) => ck.meta.stats.clone(),
-            None => NormStats::load_or_compute(
-                &opts.output_dir.join("stats.json"),
-                &dataset,
-                &session.splits,
-            )?,
-        });
+        let stats = Arc::new(run_stats(
+            resumed.as_ref().or(init.as_ref()),
+            opts,
+            &session,
+        )?);
         let rollout = run.train.max_rollout_steps();
-        let train_samples = session.splits.rollout_samples(Split::Train, rollout);
-        if train_samples.is_empty() {
-            let longest = match rollout {
-                1 => String::new(),
-                k => format!(" that holds a rollout of {k} steps"),
-            };
-            return Err(InputError(format!(
-                "{}: the training block has no sample{longest}",
-                dataset.file_list()
-            ))
-            .into());
-        }
         let micro_per_epoch = train_samples.len().div_ceil(run.train.batch_size);
         if let Some(ck) = &resumed {
             check_position(&ck.meta, micro_per_epoch, &opts.output_dir)?;
@@ -294,6 +360,9 @@ impl<'a> Trainer<'a> {
         };
         let vars = session.network().vars().to_vec();
         crate::predict::init::init_parameters(&vars, run.train.seed)?;
+        if let Some(ck) = &init {
+            ck.restore_weights(&vars)?;
+        }
         let mut trainer = Trainer {
             run,
             opts,

@@ -133,6 +133,11 @@ pub struct TrainArgs {
     /// --rollout-steps.
     #[arg(long, value_parser = RolloutSchedule::parse)]
     pub rollout_schedule: Option<RolloutSchedule>,
+    /// Start from the weights and normalisation of another run's checkpoint (its
+    /// directory: `best`; or a checkpoint's .json), with a fresh optimizer and schedule:
+    /// fine-tuning, e.g. a one-step model on rollouts. The model and channels must match.
+    #[arg(long, value_name = "RUN_DIR|CHECKPOINT.json")]
+    pub init_from: Option<PathBuf>,
     /// Save checkpoints/last every N optimizer steps (`500`) or every so often (`30m`,
     /// `2h`, `90s`), besides the end of every epoch; a killed run loses at most this much.
     #[arg(long, value_parser = crate::train::checkpoint::CheckpointInterval::parse)]

@@ -177,6 +177,9 @@ fn train_settings(args: &TrainArgs, mut train_cfg: TrainConfig) -> anyhow::Resul
     if args.rollout_schedule.is_some() {
         train_cfg.rollout_schedule = args.rollout_schedule;
     }
+    if let Some(path) = &args.init_from {
+        train_cfg.init_from = Some(std::path::absolute(path)?);
+    }
     if args.max_steps.is_some() {
         train_cfg.max_steps = args.max_steps;
     }
