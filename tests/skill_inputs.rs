@@ -281,3 +281,58 @@ fn rollouts_the_data_cannot_hold_and_bad_schedules_are_refused() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("every=N,max=M"));
 }
+
+#[test]
+fn init_from_starts_from_the_checkpoint_s_weights_and_refuses_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, base) = small_run(dir.path());
+    let tuned = dir.path().join("tuned");
+    let base_arg = base.display().to_string();
+    // A learning rate far below every weight's rounding: the step leaves them as loaded.
+    let args = [
+        "--init-from",
+        &base_arg,
+        "--max-steps",
+        "1",
+        "--learning-rate",
+        "1e-30",
+        "--rollout-steps",
+        "2",
+    ];
+    succeeded(&train_tiny(&data, &tuned, &args));
+    assert_eq!(
+        std::fs::read(base.join("stats.json")).unwrap(),
+        std::fs::read(tuned.join("stats.json")).unwrap(),
+        "the checkpoint's normalisation is kept"
+    );
+    let rmse = |scores: &serde_json::Value| -> Vec<f64> {
+        scores["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["system"] == "model" && r["metric"] == "rmse")
+            .map(|r| r["value"].as_f64().unwrap())
+            .collect()
+    };
+    let all = ["--split", "all"];
+    let (a, b) = (
+        rmse(&eval_last(&base, &all)),
+        rmse(&eval_last(&tuned, &all)),
+    );
+    assert!(!a.is_empty() && a.len() == b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} vs {y}");
+    }
+    let wider = train_tiny(
+        &data,
+        &dir.path().join("w"),
+        &["--init-from", &base_arg, "--mlp-hidden-layers", "2"],
+    );
+    assert_bad_input(&wider, &["another model shape"]);
+    let plain = train_tiny(
+        &data,
+        &dir.path().join("p"),
+        &["--init-from", &base_arg, "--forcings", "none"],
+    );
+    assert_bad_input(&plain, &["--init-from", "forcings"]);
+}
