@@ -109,10 +109,7 @@ fn bench_prefetch(c: &mut Criterion) {
         })
         .unwrap(),
     );
-    let window = WindowSpec {
-        input_steps: 2,
-        lead_steps: 1,
-    };
+    let window = WindowSpec::lead_spaced(2, 1);
     let splits = Splits::new(
         ds.time.len(),
         SplitFractions {

@@ -200,13 +200,13 @@ fn fewer_time_steps_than_one_window() {
     succeeded(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("needs 6 time steps") && text.contains("has 3"),
+        text.contains("needs 9 time steps") && text.contains("has 3"),
         "{text}"
     );
     // Training refuses it.
     let run = dir.path().join("run");
     let out = train_tiny(&p, &run, &window);
-    assert_bad_input(&out, &["short.nc", "needs 6 time steps", "has 3"]);
+    assert_bad_input(&out, &["short.nc", "needs 9 time steps", "has 3"]);
 }
 
 #[test]

@@ -45,13 +45,7 @@ fn setup(path: PathBuf, window: WindowSpec) -> (Arc<Dataset>, Splits, Arc<NormSt
 #[test]
 fn statistics_come_from_the_training_block_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (ds, splits, stats) = setup(
-        regional(dir.path()),
-        WindowSpec {
-            input_steps: 2,
-            lead_steps: 1,
-        },
-    );
+    let (ds, splits, stats) = setup(regional(dir.path()), WindowSpec::lead_spaced(2, 1));
     assert_eq!(splits.train, 0..28);
     // Recompute the mean of channel 0 by hand over the training steps' valid cells.
     let mut reader = StepReader::default();
@@ -91,10 +85,7 @@ fn statistics_come_from_the_training_block_only() {
 #[test]
 fn batches_are_normalised_and_masked_never_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let window = WindowSpec {
-        input_steps: 2,
-        lead_steps: 2,
-    };
+    let window = WindowSpec::lead_spaced(2, 2);
     let (ds, splits, stats) = setup(regional(dir.path()), window);
     let order = splits.samples(Split::Train);
     let loader =
@@ -133,10 +124,7 @@ fn batches_are_normalised_and_masked_never_nan() {
 #[test]
 fn prefetch_gives_the_same_batches_as_in_line_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let window = WindowSpec {
-        input_steps: 3,
-        lead_steps: 1,
-    };
+    let window = WindowSpec::lead_spaced(3, 1);
     let (ds, splits, stats) = setup(regional(dir.path()), window);
     let mut order = splits.samples(Split::Train);
     order.reverse();
@@ -163,10 +151,7 @@ fn prefetch_gives_the_same_batches_as_in_line_reading() {
 fn loader_errors_reach_the_consumer_with_context_and_dropping_stops_the_thread() {
     let dir = tempfile::tempdir().unwrap();
     let path = regional(dir.path());
-    let window = WindowSpec {
-        input_steps: 2,
-        lead_steps: 1,
-    };
+    let window = WindowSpec::lead_spaced(2, 1);
     let (ds, splits, stats) = setup(path.clone(), window);
     let order = splits.samples(Split::Train);
 

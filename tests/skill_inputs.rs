@@ -336,3 +336,64 @@ fn init_from_starts_from_the_checkpoint_s_weights_and_refuses_another_model() {
     );
     assert_bad_input(&plain, &["--init-from", "forcings"]);
 }
+
+#[test]
+fn inputs_are_one_lead_apart_and_old_consecutive_runs_are_refused_longer_rollouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "40"]);
+    let run = dir.path().join("run");
+    succeeded(&train_tiny(
+        &data,
+        &run,
+        &["--max-steps", "2", "--lead-steps", "2"],
+    ));
+    assert_eq!(run_json(&run)["window"]["input_spacing"], 2);
+    let split = ["--split", "all"];
+    assert!(!eval_last(&run, &split)["records"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A run saved before the spacing existed had consecutive inputs.
+    let sidecar = run.join("checkpoints/last.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+    meta["run"]["window"]
+        .as_object_mut()
+        .unwrap()
+        .remove("input_spacing");
+    std::fs::write(&sidecar, serde_json::to_string(&meta).unwrap()).unwrap();
+    let out = meshcast()
+        .args(["-q", "eval", "--checkpoint"])
+        .arg(&run)
+        .args([
+            "--which",
+            "last",
+            "--no-graph-cache",
+            "--rollout-steps",
+            "2",
+            "--split",
+            "all",
+        ])
+        .output()
+        .unwrap();
+    assert_bad_input(
+        &out,
+        &["predictions 2 steps apart", "inputs 1 step(s) apart"],
+    );
+    let one = meshcast()
+        .args(["-q", "eval", "--checkpoint"])
+        .arg(&run)
+        .args([
+            "--which",
+            "last",
+            "--no-graph-cache",
+            "--rollout-steps",
+            "1",
+            "--split",
+            "all",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    succeeded(&one);
+}

@@ -231,7 +231,7 @@ fn bad_settings_are_refused_before_any_work() {
             "--lead-steps",
             "5",
         ]),
-        &["g.nc", "needs 15 time steps"],
+        &["g.nc", "needs 51 time steps"],
     );
     assert!(
         !out.join("run.json").exists(),

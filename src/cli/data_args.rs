@@ -109,10 +109,10 @@ pub struct WindowArgs {
 
 impl WindowArgs {
     pub fn spec(&self, base: WindowSpec) -> WindowSpec {
-        WindowSpec {
-            input_steps: self.input_steps.unwrap_or(base.input_steps),
-            lead_steps: self.lead_steps.unwrap_or(base.lead_steps),
-        }
+        WindowSpec::lead_spaced(
+            self.input_steps.unwrap_or(base.input_steps),
+            self.lead_steps.unwrap_or(base.lead_steps),
+        )
     }
 
     pub fn fractions(&self, base: SplitFractions) -> SplitFractions {

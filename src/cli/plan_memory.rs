@@ -148,11 +148,7 @@ fn check_sizes(args: &PlanMemoryArgs) -> anyhow::Result<()> {
             crate::train::config::MAX_PATCHES
         );
     }
-    crate::data::WindowSpec {
-        input_steps: args.input_steps,
-        lead_steps: 1,
-    }
-    .validate()?;
+    crate::data::WindowSpec::lead_spaced(args.input_steps, 1).validate()?;
     let max = crate::train::config::MAX_ROLLOUT_STEPS;
     if !(1..=max).contains(&args.rollout_steps) {
         crate::bail_input!(

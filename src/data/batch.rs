@@ -112,7 +112,7 @@ impl BatchAssembler {
         let stats = self.stats.clone();
         for (i, &t0) in t0s.iter().enumerate() {
             for s in 0..steps {
-                let state = self.state(t0 + 1 + s - steps)?;
+                let state = self.state(self.window.input_time(t0, s))?;
                 for c in 0..nch {
                     let (mean, std) = (stats.mean[c] as f32, stats.std[c] as f32);
                     for k in 0..cells {

@@ -15,6 +15,16 @@ use crate::error::InputError;
 pub struct WindowSpec {
     pub input_steps: usize,
     pub lead_steps: usize,
+    /// Time steps between consecutive input states. New runs take `lead_steps`, so that
+    /// a rollout's history (each prediction one lead after the last) is spaced as the
+    /// training inputs were (GraphCast: inputs 6 h apart, lead 6 h); runs saved before
+    /// this field existed had consecutive steps (1).
+    #[serde(default = "consecutive")]
+    pub input_spacing: usize,
+}
+
+fn consecutive() -> usize {
+    1
 }
 
 impl Default for WindowSpec {
@@ -22,6 +32,7 @@ impl Default for WindowSpec {
         WindowSpec {
             input_steps: 2,
             lead_steps: 1,
+            input_spacing: 1,
         }
     }
 }
@@ -32,9 +43,46 @@ impl Default for WindowSpec {
 pub const MAX_WINDOW_STEPS: usize = 10_000;
 
 impl WindowSpec {
+    /// `input_steps` states `lead_steps` apart, then the target one lead ahead: the
+    /// window of a new run.
+    pub fn lead_spaced(input_steps: usize, lead_steps: usize) -> WindowSpec {
+        WindowSpec {
+            input_steps,
+            lead_steps,
+            input_spacing: lead_steps,
+        }
+    }
+
     /// Time steps one sample spans.
     pub fn span(&self) -> usize {
-        self.input_steps + self.lead_steps
+        self.history_span() + self.lead_steps
+    }
+
+    /// Time steps from the oldest input state to the newest, that one included.
+    pub fn history_span(&self) -> usize {
+        (self.input_steps - 1) * self.input_spacing + 1
+    }
+
+    /// The time index of input slot `s` (0: the oldest) of the window ending at `t0`.
+    pub fn input_time(&self, t0: usize, s: usize) -> usize {
+        t0 + s * self.input_spacing + 1 - self.history_span()
+    }
+
+    /// Whether a rollout of several steps feeds the model histories spaced as it was
+    /// trained: each prediction lies one lead after the newest state.
+    pub fn rollout_consistent(&self) -> bool {
+        self.input_steps == 1 || self.input_spacing == self.lead_steps
+    }
+
+    /// Refuses a rollout of `steps` the window cannot run consistently.
+    pub fn check_rollout(&self, steps: usize) -> Result<(), InputError> {
+        if steps <= 1 || self.rollout_consistent() {
+            return Ok(());
+        }
+        Err(InputError(format!(
+            "a rollout of {steps} steps would feed this model predictions {} steps apart, but it was trained on inputs {} step(s) apart (a run saved before inputs were spaced by the lead): use one step, or retrain",
+            self.lead_steps, self.input_spacing
+        )))
     }
 
     /// Refuses windows no data can hold: 0 steps, or more than [`MAX_WINDOW_STEPS`].
@@ -42,6 +90,7 @@ impl WindowSpec {
         for (flag, n) in [
             ("--input-steps", self.input_steps),
             ("--lead-steps", self.lead_steps),
+            ("input spacing", self.input_spacing),
         ] {
             if !(1..=MAX_WINDOW_STEPS).contains(&n) {
                 return Err(InputError(format!(
@@ -104,9 +153,10 @@ impl Splits {
         }
         if n_times < window.span() {
             return Err(InputError(format!(
-                "one sample needs {} time steps ({} input + {} lead) but the data has {n_times}",
+                "one sample needs {} time steps ({} input states {} apart + {} lead) but the data has {n_times}",
                 window.span(),
                 window.input_steps,
+                window.input_spacing,
                 window.lead_steps
             )));
         }
@@ -147,7 +197,7 @@ impl Splits {
     /// `2 lead`, ... after `t0`) are inside it too, in time order.
     pub fn rollout_samples(&self, split: Split, rollout_steps: usize) -> Vec<usize> {
         let r = self.range(split);
-        let first = r.start + self.window.input_steps - 1;
+        let first = r.start + self.window.history_span() - 1;
         let end = r
             .end
             .saturating_sub(self.window.lead_steps * rollout_steps.max(1));
@@ -164,6 +214,7 @@ mod tests {
         let w = WindowSpec {
             input_steps: 2,
             lead_steps: 4,
+            input_spacing: 1,
         };
         let s = Splits::new(64, SplitFractions::default(), w).unwrap();
         for split in [Split::Train, Split::Validation, Split::Test] {
@@ -186,8 +237,34 @@ mod tests {
         let w = WindowSpec {
             input_steps: 4,
             lead_steps: 8,
+            input_spacing: 1,
         };
         let e = Splits::new(10, SplitFractions::default(), w).unwrap_err();
         assert!(e.0.contains("needs 12 time steps"), "{}", e.0);
+    }
+
+    #[test]
+    fn lead_spaced_inputs_are_one_lead_apart_and_only_they_roll_out() {
+        let w = WindowSpec::lead_spaced(3, 4);
+        assert_eq!((w.history_span(), w.span()), (9, 13));
+        assert_eq!(
+            (0..3).map(|s| w.input_time(20, s)).collect::<Vec<_>>(),
+            [12, 16, 20]
+        );
+        let s = Splits::new(64, SplitFractions::default(), w).unwrap();
+        assert_eq!(s.samples(Split::Train).first(), Some(&8));
+        assert!(w.check_rollout(4).is_ok());
+        let old = WindowSpec {
+            input_spacing: 1,
+            ..w
+        };
+        assert_eq!(old.input_time(20, 0), 18);
+        assert!(old.check_rollout(1).is_ok());
+        let e = old.check_rollout(2).unwrap_err();
+        assert!(e.0.contains("predictions 4 steps apart"), "{}", e.0);
+        // An old file without the field reads as consecutive inputs.
+        let parsed: WindowSpec =
+            serde_json::from_str(r#"{"input_steps": 2, "lead_steps": 2}"#).unwrap();
+        assert_eq!(parsed.input_spacing, 1);
     }
 }

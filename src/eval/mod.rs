@@ -22,7 +22,7 @@ pub use report::{EvalReport, ScoreRecord};
 pub use scores_netcdf::write_scores_netcdf;
 
 use crate::data::time::format_step;
-use crate::data::{DataSpec, Dataset, NormStats, StepReader};
+use crate::data::{DataSpec, Dataset, NormStats, StepReader, WindowSpec};
 use crate::error::InputError;
 use crate::graph::PatchOptions;
 use crate::predict::{Execution, NodeState, NormalisedResidual, Rollout};
@@ -165,10 +165,10 @@ impl<'a> NodeReader<'a> {
         ))
     }
 
-    /// The `input_steps` states ending at `t0`, oldest first.
-    fn history(&mut self, t0: usize, input_steps: usize) -> anyhow::Result<Vec<NodeState>> {
-        (0..input_steps)
-            .map(|k| self.read(t0 + 1 + k - input_steps))
+    /// The input states of `window` ending at `t0`, oldest first.
+    fn history(&mut self, t0: usize, window: &WindowSpec) -> anyhow::Result<Vec<NodeState>> {
+        (0..window.input_steps)
+            .map(|k| self.read(window.input_time(t0, k)))
             .collect()
     }
 }
@@ -206,6 +206,7 @@ pub fn evaluate(
     period: &EvalPeriod,
 ) -> anyhow::Result<EvalReport> {
     let s = &loaded.session;
+    loaded.meta.run.window.check_rollout(rollout_steps)?;
     let inits = period.initial_times(loaded, rollout_steps)?;
     let clim = climatology::Climatology::from_training_block(loaded)?;
     let baseline = crate::memory::reset_peak_on(&s.device);
@@ -267,7 +268,7 @@ fn rollout_sums(
         bar.inc(chunk.len() as u64);
         let histories = chunk
             .iter()
-            .map(|&t0| reader.history(t0, window.input_steps))
+            .map(|&t0| reader.history(t0, &window))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let initial: Vec<NodeState> = histories.iter().map(|h| h[h.len() - 1].clone()).collect();
         let mut rollout = Rollout::new(histories);

@@ -81,9 +81,9 @@ impl EvalPeriod {
             start.is_none_or(|a| time.instants[t] >= a) && end.is_none_or(|b| time.instants[t] <= b)
         };
         let span = rollout_steps * window.lead_steps;
-        let inits: Vec<usize> = (block.start + window.input_steps - 1..block.end)
+        let inits: Vec<usize> = (block.start + window.history_span() - 1..block.end)
             .filter(|&t0| {
-                t0 + span < block.end && inside(t0 + 1 - window.input_steps) && inside(t0 + span)
+                t0 + span < block.end && inside(window.input_time(t0, 0)) && inside(t0 + span)
             })
             .collect();
         if inits.is_empty() {

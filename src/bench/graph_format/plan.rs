@@ -165,11 +165,7 @@ impl BenchPlan {
             ..Default::default()
         }
         .validate()?;
-        crate::data::WindowSpec {
-            input_steps: self.input_steps,
-            lead_steps: 1,
-        }
-        .validate()?;
+        crate::data::WindowSpec::lead_spaced(self.input_steps, 1).validate()?;
         let max = crate::train::config::MAX_COUNT;
         if self.batch_sizes.iter().any(|&b| b > max) || self.channels > max {
             return bad(format!("batch sizes and channels must be at most {max}"));

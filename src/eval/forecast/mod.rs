@@ -25,6 +25,7 @@ pub fn forecast(loaded: &Loaded, request: &ForecastRequest, out: &Path) -> anyho
     let s = &loaded.session;
     let window = loaded.meta.run.window;
     check_inits(loaded, &request.inits)?;
+    window.check_rollout(request.steps)?;
     let Some(step_seconds) = s.dataset.time.step_seconds() else {
         crate::bail_input!("the data has a single time step: no lead time to forecast");
     };
@@ -41,17 +42,16 @@ pub fn forecast(loaded: &Loaded, request: &ForecastRequest, out: &Path) -> anyho
 
 /// Refuses initial times without the history the model needs, naming the earliest.
 fn check_inits(loaded: &Loaded, inits: &[usize]) -> anyhow::Result<()> {
-    let input_steps = loaded.meta.run.window.input_steps;
+    let earlier = loaded.meta.run.window.history_span() - 1;
     let time = &loaded.session.dataset.time;
     if inits.is_empty() {
         crate::bail_input!("no initial time given");
     }
-    if let Some(&bad) = inits.iter().find(|&&i| i + 1 < input_steps) {
+    if let Some(&bad) = inits.iter().find(|&&i| i < earlier) {
         crate::bail_input!(
-            "initial time {} needs {} earlier steps of data; the earliest possible is {}",
+            "initial time {} needs {earlier} earlier steps of data; the earliest possible is {}",
             time.datetime(bad),
-            input_steps - 1,
-            time.datetime(input_steps - 1)
+            time.datetime(earlier)
         );
     }
     Ok(())
@@ -78,7 +78,7 @@ fn define_and_write(
     let total = request.inits.len() * request.steps;
     let bar = crate::util::progress_bar(true, total, "forecast: steps");
     for (i, &init) in request.inits.iter().enumerate() {
-        let history = reader.history(init, loaded.meta.run.window.input_steps)?;
+        let history = reader.history(init, &loaded.meta.run.window)?;
         let mut rollout = Rollout::new(vec![history]);
         if request.include_initial {
             let state = rollout.current(0);
