@@ -165,6 +165,21 @@ fn static_fields_enter_the_model_and_fields_on_another_grid_are_refused() {
     );
     let scores = eval_last(&run, &[]);
     assert!(scores["records"].as_array().is_some_and(|r| !r.is_empty()));
+    let report = inspect_json(&[
+        data.display().to_string(),
+        "--static".into(),
+        lsm.clone(),
+        "--static".into(),
+        orog.clone(),
+    ]);
+    let fields = report["static_fields"].as_array().unwrap();
+    assert_eq!(fields[0], serde_json::json!(["lsm", 0.0]));
+    assert_eq!(fields[1][0], "orography");
+    // The orography is missing over the sea: two cells in three.
+    assert!(
+        (fields[1][1].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{fields:?}"
+    );
 
     let other = generate(
         dir.path(),
@@ -220,35 +235,34 @@ fn a_rollout_curriculum_stopped_and_resumed_ends_on_the_uninterrupted_weights() 
 }
 
 #[test]
-fn rollouts_train_with_patches_checkpointing_and_bf16() {
+fn rollouts_train_with_patches_checkpointing_bf16_f16_and_accumulation() {
     let dir = tempfile::tempdir().unwrap();
     let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "24"]);
-    let out = train_tiny(
-        &data,
-        &dir.path().join("run"),
+    let cases: [&[&str]; 2] = [
         &[
-            "--max-steps",
-            "2",
-            "--rollout-steps",
-            "3",
             "--patches",
             "2",
             "--checkpointing",
             "--mixed-precision",
             "bf16",
         ],
-    );
-    succeeded(&out);
-    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|r| r["loss"].as_f64())
-        .collect();
-    assert!(
-        !losses.is_empty() && losses.iter().all(|l| l.is_finite()),
-        "{metrics}"
-    );
+        &["--mixed-precision", "f16", "--grad-accum-steps", "2"],
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let run = dir.path().join(format!("run{i}"));
+        let args = [&["--max-steps", "2", "--rollout-steps", "3"][..], case].concat();
+        succeeded(&train_tiny(&data, &run, &args));
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|r| r["loss"].as_f64())
+            .collect();
+        assert!(
+            !losses.is_empty() && losses.iter().all(|l| l.is_finite()),
+            "{case:?}: {metrics}"
+        );
+    }
 }
 
 #[test]

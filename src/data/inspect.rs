@@ -81,6 +81,9 @@ pub struct InspectReport {
     pub grid: GridReport,
     pub time: TimeReport,
     pub variables: Vec<VariableReport>,
+    /// Static fields given with `--static`: name and the fraction of cells missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub static_fields: Vec<(String, f64)>,
     pub samples: Option<SamplesReport>,
     /// Why no sample fits the data (too few time steps for the window): the file is
     /// still described, but training could not use it.
@@ -103,9 +106,26 @@ pub fn inspect(ds: &Dataset) -> anyhow::Result<InspectReport> {
         grid: grid_report(&ds.grid),
         time: time_report(&ds.time),
         variables,
+        static_fields: static_fill(ds),
         samples: None,
         no_samples: None,
     })
+}
+
+/// Each static field's name and fraction of cells without a value.
+fn static_fill(ds: &Dataset) -> Vec<(String, f64)> {
+    let (statics, cells) = (&ds.statics, ds.grid.len().max(1));
+    let width = statics.width();
+    statics
+        .names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let flag = |cell: usize| statics.features[cell * width + statics.count() + k];
+            let valid: f64 = (0..cells).map(|c| flag(c) as f64).sum();
+            (name.clone(), 1.0 - valid / cells as f64)
+        })
+        .collect()
 }
 
 /// Running sums of one channel's valid values, from which the report's mean and
@@ -276,6 +296,9 @@ impl fmt::Display for InspectReport {
                 v.file_variable,
                 v.dimensions.join(", ")
             )?;
+        }
+        for (name, fill) in &self.static_fields {
+            writeln!(f, "static field {name}: {:.1}% fill", 100.0 * fill)?;
         }
         if let Some(s) = &self.samples {
             writeln!(
