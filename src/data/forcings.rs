@@ -87,10 +87,37 @@ pub fn width(forcings: &[Forcing]) -> usize {
 pub struct Sun {
     sin_decl: f64,
     cos_decl: f64,
-    /// Hour angle at longitude 0, radians (0 at solar noon).
-    hour_angle_0: f64,
+    /// Cosine and sine of the hour angle at longitude 0 (0 at solar noon).
+    cos_hour_angle_0: f64,
+    sin_hour_angle_0: f64,
     /// `(mean distance / distance)^2`.
     distance_factor: f64,
+}
+
+/// Where a node is, with the sines and cosines every forcing needs precomputed (the
+/// hour angle at a node is the one at longitude 0 plus its longitude).
+#[derive(Debug, Clone, Copy)]
+pub struct NodePlace {
+    lon: f64,
+    sin_lat: f64,
+    cos_lat: f64,
+    sin_lon: f64,
+    cos_lon: f64,
+}
+
+impl NodePlace {
+    /// Latitude and longitude in degrees.
+    pub fn new(lat: f64, lon: f64) -> NodePlace {
+        let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
+        let (sin_lon, cos_lon) = lon.to_radians().sin_cos();
+        NodePlace {
+            lon,
+            sin_lat,
+            cos_lat,
+            sin_lon,
+            cos_lon,
+        }
+    }
 }
 
 impl Sun {
@@ -109,23 +136,26 @@ impl Sun {
         let eqtime = (mean_longitude - right_ascension + 180.0).rem_euclid(360.0) - 180.0;
         let utc_degrees = t.seconds.rem_euclid(86_400) as f64 / 240.0;
         let distance = 1.00014 - 0.01671 * g.cos() - 0.00014 * (2.0 * g).cos();
+        let (sin_h0, cos_h0) = (utc_degrees - 180.0 + eqtime).to_radians().sin_cos();
         Sun {
             sin_decl,
             cos_decl: (1.0 - sin_decl * sin_decl).sqrt(),
-            hour_angle_0: (utc_degrees - 180.0 + eqtime).to_radians(),
+            cos_hour_angle_0: cos_h0,
+            sin_hour_angle_0: sin_h0,
             distance_factor: 1.0 / (distance * distance),
         }
     }
 
-    /// Cosine of the zenith angle at latitude/longitude in degrees.
-    pub fn cos_zenith(&self, lat: f64, lon: f64) -> f64 {
-        let (s, c) = lat.to_radians().sin_cos();
-        s * self.sin_decl + c * self.cos_decl * (self.hour_angle_0 + lon.to_radians()).cos()
+    /// Cosine of the zenith angle at `place`.
+    pub fn cos_zenith(&self, place: &NodePlace) -> f64 {
+        let cos_hour_angle =
+            self.cos_hour_angle_0 * place.cos_lon - self.sin_hour_angle_0 * place.sin_lon;
+        place.sin_lat * self.sin_decl + place.cos_lat * self.cos_decl * cos_hour_angle
     }
 
     /// Instantaneous TOA incident radiation in W m-2.
-    pub fn toa(&self, lat: f64, lon: f64) -> f64 {
-        SOLAR_CONSTANT * self.distance_factor * self.cos_zenith(lat, lon).max(0.0)
+    pub fn toa(&self, place: &NodePlace) -> f64 {
+        SOLAR_CONSTANT * self.distance_factor * self.cos_zenith(place).max(0.0)
     }
 }
 
@@ -144,9 +174,9 @@ fn days_since_j2000(t: Instant, calendar: Calendar) -> f64 {
     ((year - 2000) as f64 + days / year_len) * TROPICAL_YEAR - 0.5
 }
 
-/// The sub-steps of the TOA integral: midpoints at most five minutes apart.
+/// The sub-steps of the TOA integral: midpoints at most ten minutes apart.
 fn toa_midpoints(end: Instant, seconds: i64) -> Vec<Instant> {
-    let n = (seconds.max(1) + 299) / 300;
+    let n = (seconds.max(1) + 599) / 600;
     (0..n)
         .map(|k| Instant {
             seconds: end.seconds - seconds + ((2 * k + 1) * seconds) / (2 * n),
@@ -175,50 +205,60 @@ impl ForcingCalculator {
         width(&self.forcings)
     }
 
-    /// Writes `width()` features of each node (`lat_lon[i]` in degrees) at `t` into
-    /// `out[i * stride + offset ..]`.
-    pub fn fill(
-        &self,
-        t: Instant,
-        lat_lon: &[(f64, f64)],
-        out: &mut [f32],
-        (stride, offset): (usize, usize),
-    ) {
-        let sun = Sun::at(t, self.calendar);
-        let toa_suns: Vec<Sun> = if self.forcings.contains(&Forcing::ToaRadiation) {
-            toa_midpoints(t, self.step_seconds)
+    /// What every node's forcings at `t` share: the sun now and over the step.
+    pub fn at(&self, t: Instant) -> ForcingsAt<'_> {
+        let toa_suns = match self.forcings.contains(&Forcing::ToaRadiation) {
+            true => toa_midpoints(t, self.step_seconds)
                 .into_iter()
                 .map(|m| Sun::at(m, self.calendar))
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
+            false => Vec::new(),
         };
         let (days, year_len) = self.calendar.year_position(t);
-        let year_angle = 2.0 * std::f64::consts::PI * days / year_len;
-        let utc_hours = days.fract() * 24.0;
-        for (i, &(lat, lon)) in lat_lon.iter().enumerate() {
-            let mut at = i * stride + offset;
-            for f in &self.forcings {
-                let values: [f64; 2] = match f {
-                    Forcing::CosZenith => [sun.cos_zenith(lat, lon), 0.0],
-                    Forcing::ToaRadiation => {
-                        let sum: f64 = toa_suns.iter().map(|s| s.toa(lat, lon)).sum();
-                        [sum / toa_suns.len() as f64 / SOLAR_CONSTANT, 0.0]
-                    }
-                    Forcing::LocalTime => {
-                        let local = (utc_hours + lon / 15.0) / 24.0;
-                        let (s, c) = (2.0 * std::f64::consts::PI * local).sin_cos();
-                        [s, c]
-                    }
-                    Forcing::YearProgress => {
-                        let (s, c) = year_angle.sin_cos();
-                        [s, c]
-                    }
-                };
-                for v in &values[..f.width()] {
-                    out[at] = *v as f32;
-                    at += 1;
+        ForcingsAt {
+            forcings: &self.forcings,
+            sun: Sun::at(t, self.calendar),
+            toa_suns,
+            year_angle: 2.0 * std::f64::consts::PI * days / year_len,
+            utc_hours: days.fract() * 24.0,
+        }
+    }
+}
+
+/// The forcings at one time, node by node.
+pub struct ForcingsAt<'a> {
+    forcings: &'a [Forcing],
+    sun: Sun,
+    /// The sun at the midpoints of the TOA integral.
+    toa_suns: Vec<Sun>,
+    year_angle: f64,
+    utc_hours: f64,
+}
+
+impl ForcingsAt<'_> {
+    /// Writes the features of the node at `place` into `out` (`width` values).
+    pub fn fill_node(&self, place: &NodePlace, out: &mut [f32]) {
+        let mut at = 0;
+        for f in self.forcings {
+            let values: [f64; 2] = match f {
+                Forcing::CosZenith => [self.sun.cos_zenith(place), 0.0],
+                Forcing::ToaRadiation => {
+                    let sum: f64 = self.toa_suns.iter().map(|s| s.toa(place)).sum();
+                    [sum / self.toa_suns.len() as f64 / SOLAR_CONSTANT, 0.0]
                 }
+                Forcing::LocalTime => {
+                    let local = (self.utc_hours + place.lon / 15.0) / 24.0;
+                    let (s, c) = (2.0 * std::f64::consts::PI * local).sin_cos();
+                    [s, c]
+                }
+                Forcing::YearProgress => {
+                    let (s, c) = self.year_angle.sin_cos();
+                    [s, c]
+                }
+            };
+            for v in &values[..f.width()] {
+                out[at] = *v as f32;
+                at += 1;
             }
         }
     }
@@ -275,7 +315,7 @@ mod tests {
         assert!(!SPA_ZENITH.is_empty());
         for &(time, lat, lon, zenith) in SPA_ZENITH {
             let ours = Sun::at(instant(time), Calendar::ProlepticGregorian)
-                .cos_zenith(lat, lon)
+                .cos_zenith(&NodePlace::new(lat, lon))
                 .clamp(-1.0, 1.0)
                 .acos()
                 .to_degrees();
@@ -326,7 +366,8 @@ mod tests {
                 seconds,
             );
             let mut out = [0f32];
-            calc.fill(instant(time), &[(lat, lon)], &mut out, (1, 0));
+            calc.at(instant(time))
+                .fill_node(&NodePlace::new(lat, lon), &mut out);
             let ours = out[0] as f64 * SOLAR_CONSTANT;
             assert!(
                 (ours - toa).abs() <= 0.001 * SOLAR_CONSTANT,
@@ -347,7 +388,7 @@ mod tests {
             .to_instant(Calendar::Day360);
         let mut out = [0f32; 4];
         // 06 UTC at 90 E is local noon; 1 April in a 360-day year is a quarter in (+0.25 d).
-        calc.fill(t, &[(10.0, 90.0)], &mut out, (4, 0));
+        calc.at(t).fill_node(&NodePlace::new(10.0, 90.0), &mut out);
         let year = 2.0 * std::f64::consts::PI * (90.25 / 360.0);
         let want = [0.0, -1.0, year.sin() as f32, year.cos() as f32];
         for (a, b) in out.iter().zip(want) {

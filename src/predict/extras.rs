@@ -3,14 +3,15 @@
 //! (the same for every window). Training batches, rollouts and forecasts take them from
 //! here, so every path feeds the model the same features.
 
-use crate::data::forcings::{Forcing, ForcingCalculator};
+use crate::data::forcings::{Forcing, ForcingCalculator, NodePlace};
 use crate::data::time::{Calendar, Instant};
+use crate::model::row_kernels::fill_rows;
 
 /// The extra inputs of the graph's grid nodes.
 pub struct NodeExtras {
     forcings: ForcingCalculator,
-    /// Latitude and longitude (degrees) of each graph grid node.
-    lat_lon: Vec<(f64, f64)>,
+    /// Where each graph grid node is.
+    places: Vec<NodePlace>,
     /// Seconds from one model state to the next (data step x lead steps).
     model_step: i64,
     /// `[node][static_width]`: each static field's normalised value, then its flags.
@@ -31,7 +32,10 @@ impl NodeExtras {
         debug_assert_eq!(statics.len(), lat_lon.len() * static_width);
         NodeExtras {
             forcings: ForcingCalculator::new(forcings, calendar, model_step),
-            lat_lon,
+            places: lat_lon
+                .iter()
+                .map(|&(lat, lon)| NodePlace::new(lat, lon))
+                .collect(),
             model_step,
             statics,
             static_width,
@@ -59,31 +63,29 @@ impl NodeExtras {
     }
 
     /// `[window][node][width]` for windows whose times are `times[i]`: the input times,
-    /// oldest first, then the target time.
+    /// oldest first, then the target time. Nodes are filled on candle's worker pool.
     pub fn for_windows(&self, times: &[Vec<Instant>]) -> Vec<f32> {
         let Some(first) = times.first() else {
             return Vec::new();
         };
         let width = self.width(first.len() - 1);
-        let nodes = self.lat_lon.len();
+        let nodes = self.places.len();
         let mut out = vec![0f32; times.len() * nodes * width];
+        let (f_width, s_width) = (self.forcings.width(), self.static_width);
         for (window, block) in times
             .iter()
             .zip(out.chunks_exact_mut((nodes * width).max(1)))
         {
-            let mut offset = 0;
-            for &t in window {
-                self.forcings.fill(t, &self.lat_lon, block, (width, offset));
-                offset += self.forcings.width();
-            }
-            if self.static_width > 0 {
-                for (row, s) in block
-                    .chunks_exact_mut(width)
-                    .zip(self.statics.chunks_exact(self.static_width))
-                {
-                    row[offset..].copy_from_slice(s);
+            let at: Vec<_> = window.iter().map(|&t| self.forcings.at(t)).collect();
+            let work = nodes * width * 16;
+            fill_rows(block, width, work, |node, row| {
+                for (k, forcings) in at.iter().enumerate() {
+                    forcings
+                        .fill_node(&self.places[node], &mut row[k * f_width..(k + 1) * f_width]);
                 }
-            }
+                let statics = &self.statics[node * s_width..(node + 1) * s_width];
+                row[width - s_width..].copy_from_slice(statics);
+            });
         }
         out
     }
