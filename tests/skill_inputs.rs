@@ -232,6 +232,14 @@ fn a_rollout_curriculum_stopped_and_resumed_ends_on_the_uninterrupted_weights() 
         a["weights_sha256"], b["weights_sha256"],
         "resumed weights differ"
     );
+    let metrics = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    let rollouts: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "epoch")
+        .filter_map(|r| r["rollout_steps"].as_u64())
+        .collect();
+    assert_eq!(rollouts, [1, 2, 3], "{metrics}");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub enum Record<'a> {
         peak_device_bytes: Option<usize>,
         val_rmse: Option<&'a BTreeMap<String, f64>>,
         persistence_rmse: Option<&'a BTreeMap<String, f64>>,
+        /// Autoregressive steps the epoch trained on (1: one step).
+        rollout_steps: usize,
     },
     /// The run ended.
     Summary {
