@@ -52,26 +52,13 @@ impl RolloutBatch {
         let k_steps = batch.rollout_steps;
         let (b, n, c) = (batch.len(), cells.len(), batch.channels);
         let (x, first, _) = inputs::batch_target(batch, (cells, &extras[0]), lat_w, var_w, device)?;
-        let mut targets = Vec::with_capacity(k_steps);
-        for k in 0..k_steps {
-            let block = |i: usize, cell: u32| (k * b + i) * batch.nodes + cell as usize;
-            let mut y = Vec::with_capacity(b * n * c);
-            let mut valid = Vec::with_capacity(b * n * c);
-            for i in 0..b {
-                for &cell in cells {
-                    let at = block(i, cell) * c;
-                    y.extend_from_slice(&batch.targets[at..at + c]);
-                    valid.extend_from_slice(&batch.target_valid[at..at + c]);
-                }
-            }
-            let (w, denominator) = loss_weights(&valid, lat_w, var_w, (b, n, c), device)?;
-            targets.push(LossTarget {
-                y: Tensor::from_vec(y, (b, n, c), device)?,
-                w,
-                denominator: denominator * k_steps as f64,
-            });
+        let mut targets = vec![first];
+        for k in 1..k_steps {
+            targets.push(step_target(batch, k, cells, (lat_w, var_w), device)?);
         }
-        debug_assert!(targets[0].y.to_vec3::<f32>()? == first.y.to_vec3::<f32>()?);
+        for t in &mut targets {
+            t.denominator *= k_steps as f64;
+        }
         let extras = extras
             .iter()
             .map(|e| Tensor::from_slice(e, (b, n, e.len() / (b * n).max(1)), device))
@@ -118,6 +105,32 @@ impl RolloutBatch {
         values.push(self.extras[k].clone());
         Tensor::cat(&values, 2)
     }
+}
+
+/// The loss target of rollout step `k` (its block of the batch's targets) on `cells`.
+fn step_target(
+    batch: &Batch,
+    k: usize,
+    cells: &[u32],
+    (lat_w, var_w): (&[f32], &[f32]),
+    device: &Device,
+) -> Result<LossTarget> {
+    let (b, n, c) = (batch.len(), cells.len(), batch.channels);
+    let mut y = Vec::with_capacity(b * n * c);
+    let mut valid = Vec::with_capacity(b * n * c);
+    for i in 0..b {
+        for &cell in cells {
+            let at = ((k * b + i) * batch.nodes + cell as usize) * c;
+            y.extend_from_slice(&batch.targets[at..at + c]);
+            valid.extend_from_slice(&batch.target_valid[at..at + c]);
+        }
+    }
+    let (w, denominator) = loss_weights(&valid, lat_w, var_w, (b, n, c), device)?;
+    Ok(LossTarget {
+        y: Tensor::from_vec(y, (b, n, c), device)?,
+        w,
+        denominator,
+    })
 }
 
 /// A rollout run forward on the inference view: what its backward pass needs.
