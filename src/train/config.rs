@@ -310,6 +310,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_config_s_train_table_takes_a_rollout_schedule_table() {
+        let text = "rollout_steps = 2\n[rollout_schedule]\nevery_epochs = 3\nmax_steps = 5\n";
+        let train: TrainConfig = toml::from_str(text).unwrap();
+        assert_eq!(train.rollout_steps, 2);
+        assert_eq!(
+            train.rollout_schedule,
+            Some(RolloutSchedule {
+                every_epochs: 3,
+                max_steps: 5
+            })
+        );
+        assert!(toml::from_str::<TrainConfig>("[rollout_schedule]\nevery = 1\n").is_err());
+    }
+
+    #[test]
     fn the_rollout_grows_by_the_schedule_and_stops_at_its_maximum() {
         let train = TrainConfig {
             rollout_steps: 1,
