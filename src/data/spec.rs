@@ -31,7 +31,7 @@ impl FromStr for VarPick {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = || format!("--var '{s}' must look like FILE:NAME or FILE:NAME=ALIAS");
+        let usage = || format!("'{s}' must look like FILE:NAME or FILE:NAME=ALIAS");
         let (path, rest) = s.rsplit_once(':').ok_or_else(usage)?;
         let (name, alias) = match rest.split_once('=') {
             Some((n, a)) => (n.trim(), Some(a.trim().to_string())),
@@ -42,7 +42,7 @@ impl FromStr for VarPick {
         }
         if let Some(bad) = alias.as_deref().filter(|a| !is_netcdf_name(a)) {
             return Err(format!(
-                "--var '{s}': alias '{bad}' is not a NetCDF variable name (a letter or _, then letters, digits, _ . + - @)"
+                "'{s}': alias '{bad}' is not a NetCDF variable name (a letter or _, then letters, digits, _ . + - @)"
             ));
         }
         Ok(VarPick {
