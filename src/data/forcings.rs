@@ -164,9 +164,15 @@ impl Sun {
 fn days_since_j2000(t: Instant, calendar: Calendar) -> f64 {
     const TROPICAL_YEAR: f64 = 365.2422;
     if calendar == Calendar::ProlepticGregorian {
-        let j2000 = DateTime::parse("2000-01-01 12:00", calendar)
-            .expect("a valid date")
-            .to_instant(calendar);
+        let j2000 = DateTime {
+            year: 2000,
+            month: 1,
+            day: 1,
+            hour: 12,
+            minute: 0,
+            second: 0,
+        }
+        .to_instant(calendar);
         return (t.seconds - j2000.seconds) as f64 / 86_400.0;
     }
     let (days, year_len) = calendar.year_position(t);

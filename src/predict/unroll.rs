@@ -35,6 +35,9 @@ pub struct RolloutBatch {
     pub extras: Vec<Tensor>,
     /// `[C]`: `diff_std / std`, a residual in normalised state units.
     pub residual_scale: Tensor,
+    /// The first step's target validity, `[B, nodes, C]` flattened (what validation
+    /// scores against persistence).
+    pub first_valid: Vec<bool>,
     pub input_steps: usize,
     pub channels: usize,
 }
@@ -51,7 +54,8 @@ impl RolloutBatch {
     ) -> Result<RolloutBatch> {
         let k_steps = batch.rollout_steps;
         let (b, n, c) = (batch.len(), cells.len(), batch.channels);
-        let (x, first, _) = inputs::batch_target(batch, (cells, &extras[0]), lat_w, var_w, device)?;
+        let (x, first, first_valid) =
+            inputs::batch_target(batch, (cells, &extras[0]), lat_w, var_w, device)?;
         let mut targets = vec![first];
         for k in 1..k_steps {
             targets.push(step_target(batch, k, cells, (lat_w, var_w), device)?);
@@ -71,6 +75,7 @@ impl RolloutBatch {
             targets,
             extras,
             residual_scale: Tensor::from_vec(scale, c, device)?,
+            first_valid,
             input_steps: batch.input_steps,
             channels: c,
         })

@@ -110,17 +110,13 @@ fn batch_errors(
     let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
     };
-    let (x, target, valid) = session.tensors(batch, set.lat_w, set.var_w)?;
     if batch.rollout_steps > 1 {
         let rb = session.rollout_batch(batch, (set.lat_w, set.var_w), &set.stats)?;
         let forward = rollout_forward(session.predictor.as_ref(), &rb)?;
-        return Ok((
-            forward.loss,
-            flat(&forward.sums[0])?,
-            flat(&target.y)?,
-            valid,
-        ));
+        let truth = flat(&rb.targets[0].y)?;
+        return Ok((forward.loss, flat(&forward.sums[0])?, truth, rb.first_valid));
     }
+    let (x, target, valid) = session.tensors(batch, set.lat_w, set.var_w)?;
     let pred = session.predictor.forward(&x)?;
     let loss = weighted_mse(&pred, &target.y, &target.w, target.denominator)?;
     Ok((
