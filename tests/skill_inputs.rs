@@ -15,7 +15,7 @@ use meshcast::train::session::Session;
 use meshcast::train::RunConfig;
 
 fn run_json(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap()
+    read_json(&run.join("run.json"))
 }
 
 #[test]
@@ -55,11 +55,8 @@ fn new_runs_record_their_forcings_and_none_gives_the_plain_input_width() {
 fn rollout_inputs_equal_the_training_inputs_of_the_same_window() {
     let dir = tempfile::tempdir().unwrap();
     let (_, run_dir) = small_run(dir.path());
-    let run: RunConfig =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
-    let stats: NormStats =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("stats.json")).unwrap())
-            .unwrap();
+    let run: RunConfig = serde_json::from_value(run_json(&run_dir)).unwrap();
+    let stats: NormStats = serde_json::from_value(read_json(&run_dir.join("stats.json"))).unwrap();
     let dataset = Arc::new(Dataset::open(&run.data).unwrap());
     let session =
         Session::new(&run, Execution::PLAIN, dataset.clone(), None, &Device::Cpu).unwrap();
@@ -222,24 +219,19 @@ fn a_rollout_curriculum_stopped_and_resumed_ends_on_the_uninterrupted_weights() 
         .output()
         .unwrap();
     succeeded(&resumed);
-    let sidecar = |run: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap())
-            .unwrap()
-    };
-    let (a, b) = (sidecar(&whole), sidecar(&parts));
+    let (a, b) = (last_meta(&whole), last_meta(&parts));
     assert_eq!(a["step"], b["step"]);
     assert_eq!(
         a["weights_sha256"], b["weights_sha256"],
         "resumed weights differ"
     );
-    let metrics = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
-    let rollouts: Vec<u64> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let records = metrics(&whole);
+    let rollouts: Vec<u64> = records
+        .iter()
         .filter(|r| r["kind"] == "epoch")
         .filter_map(|r| r["rollout_steps"].as_u64())
         .collect();
-    assert_eq!(rollouts, [1, 2, 3], "{metrics}");
+    assert_eq!(rollouts, [1, 2, 3], "{records:?}");
 }
 
 #[test]
@@ -260,15 +252,11 @@ fn rollouts_train_with_patches_checkpointing_bf16_f16_and_accumulation() {
         let run = dir.path().join(format!("run{i}"));
         let args = [&["--max-steps", "2", "--rollout-steps", "3"][..], case].concat();
         succeeded(&train_tiny(&data, &run, &args));
-        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-        let losses: Vec<f64> = metrics
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|r| r["loss"].as_f64())
-            .collect();
+        let records = metrics(&run);
+        let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
         assert!(
             !losses.is_empty() && losses.iter().all(|l| l.is_finite()),
-            "{case:?}: {metrics}"
+            "{case:?}: {records:?}"
         );
     }
 }
@@ -377,45 +365,19 @@ fn inputs_are_one_lead_apart_and_old_consecutive_runs_are_refused_longer_rollout
         .is_empty());
     // A run saved before the spacing existed had consecutive inputs.
     let sidecar = run.join("checkpoints/last.json");
-    let mut meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+    let mut meta = read_json(&sidecar);
     meta["run"]["window"]
         .as_object_mut()
         .unwrap()
         .remove("input_spacing");
     std::fs::write(&sidecar, serde_json::to_string(&meta).unwrap()).unwrap();
-    let out = meshcast()
-        .args(["-q", "eval", "--checkpoint"])
-        .arg(&run)
-        .args([
-            "--which",
-            "last",
-            "--no-graph-cache",
-            "--rollout-steps",
-            "2",
-            "--split",
-            "all",
-        ])
-        .output()
-        .unwrap();
+    let out = eval_last_output(&run, &["--rollout-steps", "2", "--split", "all"]);
     assert_bad_input(
         &out,
         &["predictions 2 steps apart", "inputs 1 step(s) apart"],
     );
-    let one = meshcast()
-        .args(["-q", "eval", "--checkpoint"])
-        .arg(&run)
-        .args([
-            "--which",
-            "last",
-            "--no-graph-cache",
-            "--rollout-steps",
-            "1",
-            "--split",
-            "all",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    succeeded(&one);
+    succeeded(&eval_last_output(
+        &run,
+        &["--rollout-steps", "1", "--split", "all", "--json"],
+    ));
 }

@@ -29,12 +29,6 @@ fn weights(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("checkpoints/last.safetensors"), &Device::Cpu).unwrap()
 }
 
-/// The sidecar of the run's `last` checkpoint.
-fn last_meta(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoints/last.json")).unwrap())
-        .unwrap()
-}
-
 /// Both runs' `last` checkpoints hold bit-identical weights.
 fn assert_same_weights(a: &Path, b: &Path, why: &str) {
     let (a, b) = (weights(a), weights(b));
@@ -44,14 +38,6 @@ fn assert_same_weights(a: &Path, b: &Path, why: &str) {
         let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(x, y, "parameter {name} differs: {why}");
     }
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The loss of every optimizer step of a run, in order.

@@ -142,25 +142,45 @@ pub fn small_run(dir: &Path) -> (PathBuf, PathBuf) {
     (data, out)
 }
 
+/// `eval --checkpoint RUN --which last ARGS` (no graph cache), as it ran.
+pub fn eval_last_output(run: &Path, args: &[&str]) -> Output {
+    meshcast()
+        .args(["-q", "eval", "--checkpoint"])
+        .arg(run)
+        .args(["--which", "last", "--no-graph-cache"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// `eval --checkpoint RUN --which last --rollout-steps 2 --json ARGS` (no graph cache),
 /// parsed.
 pub fn eval_last(run: &Path, args: &[&str]) -> serde_json::Value {
-    let out = meshcast()
-        .args(["-q", "eval", "--checkpoint"])
-        .arg(run)
-        .args([
-            "--which",
-            "last",
-            "--no-graph-cache",
-            "--rollout-steps",
-            "2",
-            "--json",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = eval_last_output(
+        run,
+        &[&["--rollout-steps", "2", "--json"][..], args].concat(),
+    );
     succeeded(&out);
     serde_json::from_slice(&out.stdout).expect("eval JSON")
+}
+
+/// A JSON file, parsed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The sidecar of the run's `last` checkpoint.
+pub fn last_meta(dir: &Path) -> serde_json::Value {
+    read_json(&dir.join("checkpoints/last.json"))
+}
+
+/// Every record of the run's metrics.jsonl.
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The first score record of an eval report whose fields equal every `(key, value)`.
