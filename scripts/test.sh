@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-test-data
-cargo test --all-targets --locked
+# With data parallelism over MPI (the `mpi` feature), so tests/distributed.rs runs.
+cargo test --all-targets --locked --features mpi

@@ -33,6 +33,10 @@ impl Choice for NcFormat {
     const NAMES: &'static [&'static str] = NcFormat::NAMES;
 }
 
+impl Choice for crate::distributed::Distributed {
+    const NAMES: &'static [&'static str] = crate::distributed::Distributed::NAMES;
+}
+
 impl Choice for ScoredSplit {
     const NAMES: &'static [&'static str] = ScoredSplit::NAMES;
 }

@@ -16,10 +16,12 @@ mod plot;
 mod train;
 
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use clap::{Parser, Subcommand};
 
 use crate::device::DeviceSpec;
+use crate::distributed::{self, Collective};
 use crate::memory::FreedPages;
 
 pub use data_args::{DataArgs, WindowArgs};
@@ -106,25 +108,50 @@ pub fn main() -> ExitCode {
         Command::TrainModel(args) if args.memory_budget.is_some() => FreedPages::Return,
         _ => FreedPages::Keep,
     });
-    init_logging(cli.verbose, cli.quiet);
+    // Before logging (which names the rank) and before any other thread exists.
+    let collective = match &cli.command {
+        Command::TrainModel(args) => distributed::connect(args.distributed),
+        _ => Ok(Rc::new(distributed::Single) as Rc<dyn Collective>),
+    };
+    let collective = match collective {
+        Ok(c) => c,
+        Err(err) => return report(&err, None),
+    };
+    init_logging(cli.verbose, cli.quiet, collective.as_ref());
+    let _rank = (collective.size() > 1)
+        .then(|| tracing::info_span!("rank", r = collective.rank()).entered());
     // Opened once here so a device that cannot be had fails before any work.
     let result = cli.device.open().and_then(|device| {
         tracing::debug!("device: {device:?}");
-        dispatch(cli.command, device)
+        dispatch(cli.command, device, collective.clone())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", one_line(&err));
-            if let Some(stop) = err.downcast_ref::<crate::error::Interrupted>() {
-                ExitCode::from((128 + stop.signal).clamp(0, 255) as u8)
-            } else if crate::error::is_input_error(&err) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Err(err) => report(&err, Some(collective.as_ref())),
     }
+}
+
+/// The error on one line and its exit code (2 for bad input, 128 + signal when
+/// stopped by one). A failure on one rank of several ends them all (MPI_Abort with
+/// the code), so none waits for it in a collective; ranks stopped by a signal stop
+/// together and exit normally.
+fn report(err: &anyhow::Error, collective: Option<&dyn Collective>) -> ExitCode {
+    let ranks = collective.filter(|c| c.size() > 1);
+    match ranks {
+        Some(c) => eprintln!("error (rank {}): {}", c.rank(), one_line(err)),
+        None => eprintln!("error: {}", one_line(err)),
+    }
+    let code = if let Some(stop) = err.downcast_ref::<crate::error::Interrupted>() {
+        return ExitCode::from((128 + stop.signal).clamp(0, 255) as u8);
+    } else if crate::error::is_input_error(err) {
+        2
+    } else {
+        1
+    };
+    if let Some(c) = ranks {
+        c.abort(code);
+    }
+    ExitCode::from(code as u8)
 }
 
 /// `meshcast describe-graph --json | head -1`: a reader that stops early ends the
@@ -138,9 +165,13 @@ fn quiet_on_closed_pipe() {
     }
 }
 
-fn dispatch(command: Command, device: candle_core::Device) -> anyhow::Result<()> {
+fn dispatch(
+    command: Command,
+    device: candle_core::Device,
+    collective: Rc<dyn Collective>,
+) -> anyhow::Result<()> {
     match command {
-        Command::TrainModel(args) => train::run(*args, device),
+        Command::TrainModel(args) => train::run(*args, device, collective),
         Command::Eval(args) => eval::run_eval(*args, device),
         Command::Forecast(args) => eval::run_forecast(*args, device),
         Command::InspectData(args) => inspect::run(args),
@@ -168,10 +199,13 @@ fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// Logs on stderr; of several ranks, only rank 0 logs below warnings (each line then
+/// names its rank).
+fn init_logging(verbose: u8, quiet: bool, collective: &dyn Collective) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        _ if collective.rank() > 0 => "warn",
         (false, 0) => "warn,meshcast=info",
         (false, 1) => "info,meshcast=debug",
         _ => "debug,meshcast=trace",

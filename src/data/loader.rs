@@ -50,8 +50,21 @@ impl BatchLoader {
         prefetch: Prefetch,
     ) -> anyhow::Result<BatchLoader> {
         anyhow::ensure!(batch_size > 0, "batch size must be at least 1");
-        let chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
-        let mut assembler = BatchAssembler::new(dataset, stats, window, batch_size);
+        let chunks = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+        BatchLoader::from_chunks(dataset, stats, window, chunks, prefetch)
+    }
+
+    /// One batch per chunk of sample `t0`s, in order; an empty chunk gives an empty
+    /// batch (a data-parallel rank whose share of a global batch is empty).
+    pub fn from_chunks(
+        dataset: Arc<Dataset>,
+        stats: Arc<NormStats>,
+        window: (WindowSpec, usize),
+        chunks: Vec<Vec<usize>>,
+        prefetch: Prefetch,
+    ) -> anyhow::Result<BatchLoader> {
+        let largest = chunks.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut assembler = BatchAssembler::new(dataset, stats, window, largest);
         match prefetch {
             Prefetch::Off => Ok(BatchLoader::InLine {
                 assembler,

@@ -79,8 +79,8 @@ pub fn batch_target(
     device: &Device,
 ) -> Result<(Tensor, LossTarget, Vec<bool>)> {
     let (x, y, valid) = batch_tensors(batch, cells, extras, device)?;
-    let (w, denominator) = loss_weights(&valid, lat_w, var_w, y.dims3()?, device)?;
-    Ok((x, LossTarget { y, w, denominator }, valid))
+    let (w, entries) = loss_weights(&valid, lat_w, var_w, y.dims3()?, device)?;
+    Ok((x, LossTarget::new(y, w, entries), valid))
 }
 
 #[cfg(test)]

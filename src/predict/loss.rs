@@ -47,14 +47,14 @@ impl ObjectiveScalar {
 }
 
 /// Per-entry weights `[batch, nodes, channels]`: `valid * lat_weight[node] * var_weight[c]`,
-/// and the number of valid entries (the denominator of the mean; at least 1).
+/// and the number of valid entries.
 pub fn loss_weights(
     valid: &[bool],
     lat_weight: &[f32],
     var_weight: &[f32],
     shape: (usize, usize, usize),
     device: &candle_core::Device,
-) -> Result<(Tensor, f64)> {
+) -> Result<(Tensor, usize)> {
     let (b, n, c) = shape;
     let mut w = vec![0f32; b * n * c];
     let mut count = 0usize;
@@ -65,7 +65,7 @@ pub fn loss_weights(
             count += 1;
         }
     }
-    Ok((Tensor::from_vec(w, (b, n, c), device)?, count.max(1) as f64))
+    Ok((Tensor::from_vec(w, (b, n, c), device)?, count))
 }
 
 /// `sum(w * (pred - target)^2) / denominator`, reduced in f32 whatever the prediction's
@@ -92,10 +92,10 @@ mod tests {
         let dev = Device::Cpu;
         let valid = [true, false, true, true];
         let (w, n) = loss_weights(&valid, &[1.0, 3.0], &[1.0, 0.5], (1, 2, 2), &dev).unwrap();
-        assert_eq!(n, 3.0);
+        assert_eq!(n, 3);
         let pred = Tensor::new(&[[[1.0f32, 100.0], [2.0, 2.0]]], &dev).unwrap();
         let target = Tensor::zeros((1, 2, 2), DType::F32, &dev).unwrap();
-        let loss = weighted_mse(&pred, &target, &w, n)
+        let loss = weighted_mse(&pred, &target, &w, n as f64)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();

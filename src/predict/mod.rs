@@ -89,6 +89,27 @@ pub struct LossTarget {
     pub w: Tensor,
     /// Valid entries (x accumulation steps / loss scale during training).
     pub denominator: f64,
+    /// Valid entries of this batch (of this rank's share of it, in data parallelism).
+    pub entries: usize,
+}
+
+impl LossTarget {
+    /// The mean over the `entries` valid entries of `w` (at least 1).
+    pub fn new(y: Tensor, w: Tensor, entries: usize) -> LossTarget {
+        LossTarget {
+            y,
+            w,
+            denominator: entries.max(1) as f64,
+            entries,
+        }
+    }
+
+    /// For one rank's share of a batch split over ranks: the mean over all shares'
+    /// `global` valid entries (other factors of the denominator kept), so that the
+    /// shares' losses and gradients add up to those of the whole batch.
+    pub fn count_globally(&mut self, global: usize) {
+        self.denominator *= global.max(1) as f64 / self.entries.max(1) as f64;
+    }
 }
 
 /// What the gradients are of.

@@ -35,7 +35,7 @@ pub fn batch(
         .collect();
     let lat_w = graph.grid_map.latitude_weights(grid);
     let shape = (batch, n, channels);
-    let (w, denominator) = loss_weights(
+    let (w, entries) = loss_weights(
         &vec![true; batch * n * channels],
         &lat_w,
         &vec![1.0; channels],
@@ -43,5 +43,5 @@ pub fn batch(
         device,
     )?;
     let y = Tensor::from_vec(y, shape, device)?;
-    Ok((x, LossTarget { y, w, denominator }))
+    Ok((x, LossTarget::new(y, w, entries)))
 }

@@ -130,12 +130,9 @@ fn step_target(
             valid.extend_from_slice(&batch.target_valid[at..at + c]);
         }
     }
-    let (w, denominator) = loss_weights(&valid, lat_w, var_w, (b, n, c), device)?;
-    Ok(LossTarget {
-        y: Tensor::from_vec(y, (b, n, c), device)?,
-        w,
-        denominator,
-    })
+    let (w, entries) = loss_weights(&valid, lat_w, var_w, (b, n, c), device)?;
+    let y = Tensor::from_vec(y, (b, n, c), device)?;
+    Ok(LossTarget::new(y, w, entries))
 }
 
 /// A rollout run forward on the inference view: what its backward pass needs.

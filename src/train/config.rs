@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// or a sidecar `.json`), with a fresh optimizer: fine-tuning, e.g. on rollouts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<std::path::PathBuf>,
+    /// Processes the run started with (data parallelism): a global batch holds
+    /// `batch_size x ranks` samples, split over the processes at hand, so a run resumed
+    /// on another number of them trains on the same batches.
+    pub ranks: usize,
 }
 
 /// Rollout curriculum: one more step every `every_epochs` epochs, up to `max_steps`.
@@ -122,11 +126,17 @@ impl Default for TrainConfig {
             rollout_steps: 1,
             rollout_schedule: None,
             init_from: None,
+            ranks: 1,
         }
     }
 }
 
 impl TrainConfig {
+    /// Samples per optimizer micro-step over all ranks.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.ranks
+    }
+
     /// Rollout steps in epoch `epoch` (0-based).
     pub fn rollout_steps_at(&self, epoch: usize) -> usize {
         match self.rollout_schedule {
@@ -166,6 +176,7 @@ impl TrainConfig {
         let bad = |m: String| Err(InputError(m));
         let steps = [
             ("--batch-size", self.batch_size),
+            ("ranks", self.ranks),
             ("--grad-accum-steps", self.grad_accum_steps),
             ("--checkpoint-every", self.checkpoint_every),
         ];
@@ -180,6 +191,9 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("--batch-size must be at least 1".into());
+        }
+        if self.ranks == 0 {
+            return bad("ranks must be at least 1".into());
         }
         if self.num_epochs == 0 {
             return bad("--num-epochs must be at least 1".into());

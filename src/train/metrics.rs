@@ -72,7 +72,8 @@ pub enum MetricsCut {
 
 /// `metrics.jsonl` of a run directory, opened for appending (a resumed run continues it).
 pub struct MetricsLog {
-    file: std::fs::File,
+    /// None on the ranks of a data-parallel run other than 0: only rank 0 writes.
+    file: Option<std::fs::File>,
     bytes: u64,
 }
 
@@ -95,18 +96,32 @@ impl MetricsLog {
             .open(&path)
             .with_context(|| format!("{}: cannot open", path.display()))?;
         let bytes = file.metadata()?.len();
-        Ok(MetricsLog { file, bytes })
+        Ok(MetricsLog {
+            file: Some(file),
+            bytes,
+        })
+    }
+
+    /// A log that writes nothing (a rank other than 0).
+    pub fn discarding() -> MetricsLog {
+        MetricsLog {
+            file: None,
+            bytes: 0,
+        }
     }
 
     /// One row, with the wall-clock time it was written.
     pub fn write(&mut self, record: &Record) -> anyhow::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let mut row = serde_json::to_value(record)?;
         if let Some(fields) = row.as_object_mut() {
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             fields.insert("time".into(), now.into());
         }
         let line = format!("{}\n", serde_json::to_string(&row)?);
-        self.file.write_all(line.as_bytes())?;
+        file.write_all(line.as_bytes())?;
         self.bytes += line.len() as u64;
         Ok(())
     }

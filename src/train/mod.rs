@@ -12,6 +12,7 @@ pub mod fits;
 pub mod loss_scale;
 pub mod metrics;
 pub mod optimizer;
+pub mod replicas;
 pub mod run_dir;
 pub mod schedule;
 pub mod session;

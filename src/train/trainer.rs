@@ -7,6 +7,7 @@
 //! run after the current step with a `last` checkpoint.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,16 +23,18 @@ use super::fits::check_fits;
 use super::loss_scale::{LossScaler, ScaleOutcome, MAX_CONSECUTIVE_SKIPS};
 use super::metrics::{MetricsCut, MetricsLog, Record};
 use super::optimizer::{AdamW, AdamWParams};
+use super::replicas;
 use super::run_dir::RunDir;
 use super::schedule::LrSchedule;
 use super::session::{variable_weights, Session};
 use super::step::apply_gradients;
 use super::validation::{validate, Validation, ValidationSet};
 use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split};
+use crate::distributed::{shard, Collective};
 use crate::error::InputError;
 use crate::predict::gradients::accumulate;
 use crate::predict::unroll::rollout_gradients;
-use crate::predict::{Objective, StepGradients};
+use crate::predict::{LossTarget, Objective, StepGradients};
 
 /// How to run (not what): where, from where, on what.
 pub struct TrainOptions {
@@ -51,6 +54,9 @@ pub struct TrainOptions {
     pub memory_check: bool,
     /// Saves of `last` inside an epoch (besides each epoch's end).
     pub checkpoint_interval: Option<CheckpointInterval>,
+    /// The processes training this model together (data parallelism; one process:
+    /// [`crate::distributed::Single`]). Only rank 0 writes the run's files.
+    pub collective: Rc<dyn Collective>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,9 +188,10 @@ struct Progress {
     interrupted: bool,
 }
 
-/// Micro-batch gradients waiting for the optimizer.
+/// Micro-batch gradients and losses (this rank's parts) waiting for the optimizer.
 struct Accumulator {
     grads: Vec<Option<Tensor>>,
+    losses: Vec<f64>,
     count: usize,
 }
 
@@ -192,9 +199,20 @@ impl Accumulator {
     fn new(slots: usize) -> Accumulator {
         Accumulator {
             grads: vec![None; slots],
+            losses: Vec::new(),
             count: 0,
         }
     }
+}
+
+/// What an optimizer step leaves for the epoch's loop.
+struct StepEnd {
+    /// Each micro-batch's loss over the global batch.
+    losses: Vec<f64>,
+    /// SIGINT or SIGTERM arrived at some rank.
+    signalled: bool,
+    /// The progress bar's message; None when the step was skipped (f16 overflow).
+    message: Option<String>,
 }
 
 /// The mean training loss of the epoch in progress (over finite micro-batch losses).
@@ -205,6 +223,14 @@ struct EpochLoss {
 }
 
 impl EpochLoss {
+    /// Adds the finite ones of `losses`.
+    fn add(&mut self, losses: &[f64]) {
+        for loss in losses.iter().filter(|l| l.is_finite()) {
+            self.sum += loss;
+            self.batches += 1;
+        }
+    }
+
     fn mean(&self) -> f64 {
         self.sum / self.batches.max(1) as f64
     }
@@ -297,6 +323,35 @@ fn train_samples(run: &RunConfig, session: &Session) -> anyhow::Result<Vec<usize
     Ok(samples)
 }
 
+/// Rank 0's run directory, locked and checked (the other ranks of a data-parallel run
+/// write nothing).
+fn writerrun_dir(opts: &TrainOptions) -> anyhow::Result<Option<RunDir>> {
+    if opts.collective.rank() != 0 {
+        return Ok(None);
+    }
+    let run_dir = RunDir::lock(&opts.output_dir)?;
+    run_dir.check_start(opts.resume, opts.overwrite)?;
+    Ok(Some(run_dir))
+}
+
+/// The normalisation `compute` gives on rank 0, sent to every other rank (which then
+/// neither reads the training block nor writes stats.json).
+fn shared_stats(
+    opts: &TrainOptions,
+    compute: impl FnOnce() -> anyhow::Result<NormStats>,
+) -> anyhow::Result<NormStats> {
+    let collective = opts.collective.as_ref();
+    if collective.size() == 1 {
+        return compute();
+    }
+    let mut bytes = match collective.rank() {
+        0 => serde_json::to_vec(&compute()?)?,
+        _ => Vec::new(),
+    };
+    collective.broadcast_bytes(&mut bytes)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
 struct Trainer<'a> {
     run: &'a RunConfig,
     opts: &'a TrainOptions,
@@ -321,8 +376,11 @@ struct Trainer<'a> {
     first_step: usize,
     /// When `last` was last saved (for a time-based --checkpoint-interval).
     last_save: Instant,
-    /// Held for the run's lifetime: no second process writes into this directory.
-    _run_dir: RunDir,
+    /// Held for the run's lifetime: no second process writes into this directory
+    /// (rank 0's; the other ranks of a data-parallel run write nothing).
+    run_dir: Option<RunDir>,
+    /// Seconds spent summing gradients over the ranks.
+    exchange_seconds: f64,
 }
 
 impl<'a> Trainer<'a> {
@@ -330,8 +388,7 @@ impl<'a> Trainer<'a> {
     /// optimizer, and restores a resumed run's state.
     fn new(run: &'a RunConfig, opts: &'a TrainOptions) -> anyhow::Result<Trainer<'a>> {
         run.validate()?;
-        let run_dir = RunDir::lock(&opts.output_dir)?;
-        run_dir.check_start(opts.resume, opts.overwrite)?;
+        let run_dir = writerrun_dir(opts)?;
         let dataset = Arc::new(Dataset::open(&run.data)?);
         tracing::info!("data: {}", dataset.summary_line());
         // A window the data cannot hold is refused before anything is written.
@@ -343,14 +400,14 @@ impl<'a> Trainer<'a> {
         let session = checked_session(run, opts, dataset.clone())?;
         let train_samples = train_samples(run, &session)?;
         // Everything that can refuse the run has run: only now may an old run go.
-        run_dir.start(run, opts.overwrite && !opts.resume)?;
-        let stats = Arc::new(run_stats(
-            resumed.as_ref().or(init.as_ref()),
-            opts,
-            &session,
-        )?);
+        if let Some(dir) = &run_dir {
+            dir.start(run, opts.overwrite && !opts.resume)?;
+        }
+        let stats = Arc::new(shared_stats(opts, || {
+            run_stats(resumed.as_ref().or(init.as_ref()), opts, &session)
+        })?);
         let rollout = run.train.max_rollout_steps();
-        let micro_per_epoch = train_samples.len().div_ceil(run.train.batch_size);
+        let micro_per_epoch = train_samples.len().div_ceil(run.train.global_batch());
         if let Some(ck) = &resumed {
             check_position(&ck.meta, micro_per_epoch, &opts.output_dir)?;
         }
@@ -377,7 +434,10 @@ impl<'a> Trainer<'a> {
                     run.train.loss_scale_growth_interval,
                 )
             }),
-            metrics: MetricsLog::open(&opts.output_dir, metrics_cut(resumed.as_ref()))?,
+            metrics: match run_dir {
+                Some(_) => MetricsLog::open(&opts.output_dir, metrics_cut(resumed.as_ref()))?,
+                None => MetricsLog::discarding(),
+            },
             prefetch: match run.train.use_prefetch {
                 true => Prefetch::Buffer(run.train.prefetch_buffer_size),
                 false => Prefetch::Off,
@@ -386,7 +446,8 @@ impl<'a> Trainer<'a> {
             started: Instant::now(),
             last_save: Instant::now(),
             first_step: 0,
-            _run_dir: run_dir,
+            run_dir,
+            exchange_seconds: 0.0,
             session,
             stats,
             train_samples,
@@ -397,6 +458,7 @@ impl<'a> Trainer<'a> {
         if let Some(ck) = resumed {
             trainer.restore(&ck)?;
         }
+        replicas::broadcast_state(opts.collective.as_ref(), &mut trainer.optimizer)?;
         trainer.log_start();
         Ok(trainer)
     }
@@ -429,6 +491,17 @@ impl<'a> Trainer<'a> {
             self.val_samples.len(),
             self.micro_per_epoch.div_ceil(self.run.train.grad_accum_steps)
         );
+        let c = self.opts.collective.as_ref();
+        if c.size() > 1 || self.run.train.ranks > 1 {
+            let global = self.run.train.global_batch();
+            tracing::info!(
+                "data parallelism: {} ranks ({}), global batch {global} (started on {} ranks), up to {} samples per rank",
+                c.size(),
+                c.transport(),
+                self.run.train.ranks,
+                global.div_ceil(c.size())
+            );
+        }
     }
 
     /// Epochs until the last, `--max-steps` or Ctrl-C; then the summary.
@@ -445,30 +518,48 @@ impl<'a> Trainer<'a> {
                 .train
                 .max_steps
                 .is_some_and(|m| self.optimizer.step_t >= m);
-            if self.signalled() || hit_max {
-                self.progress.interrupted = self.signalled();
+            let signalled = self.agreed_signal()?;
+            if signalled || hit_max {
+                self.progress.interrupted = signalled;
                 break;
             }
         }
         self.finish()
     }
 
+    /// This rank's share of each global micro-batch of the epoch in progress (after
+    /// those a resumed run consumed), and each global micro-batch's size.
+    fn epoch_shares(&self, epoch: usize, skip: usize) -> (Vec<Vec<usize>>, Vec<usize>) {
+        let train = &self.run.train;
+        let order = epoch_order(&self.train_samples, train.seed, epoch);
+        let global = train.global_batch();
+        let remaining = &order[(skip * global).min(order.len())..];
+        let c = self.opts.collective.as_ref();
+        remaining
+            .chunks(global)
+            .map(|chunk| {
+                (
+                    chunk[shard(chunk.len(), c.rank(), c.size())].to_vec(),
+                    chunk.len(),
+                )
+            })
+            .unzip()
+    }
+
     /// The micro-batches of the epoch in progress (after those a resumed run consumed).
     fn train_epoch(&mut self) -> anyhow::Result<EpochEnd> {
         let (run, epoch) = (self.run, self.progress.epoch);
-        let order = epoch_order(&self.train_samples, run.train.seed, epoch);
         let skip = std::mem::take(&mut self.progress.skip_micro);
-        let remaining = &order[(skip * run.train.batch_size).min(order.len())..];
+        let (shares, global_sizes) = self.epoch_shares(epoch, skip);
         let rollout = run.train.rollout_steps_at(epoch);
         if rollout > 1 {
             tracing::info!("epoch {}: rollout of {rollout} steps", epoch + 1);
         }
-        let loader = BatchLoader::new(
+        let loader = BatchLoader::from_chunks(
             self.session.dataset.clone(),
             self.stats.clone(),
             (run.window, rollout),
-            remaining,
-            run.train.batch_size,
+            shares,
             self.prefetch,
         )?;
         let bar = progress_bar(
@@ -481,20 +572,19 @@ impl<'a> Trainer<'a> {
         let (mut micro, mut loss) = (skip, EpochLoss::default());
         let mut accum = Accumulator::new(self.optimizer.slots.len());
         let started = Instant::now();
-        for batch in loader {
-            let loss_value = self.micro_step(&batch?, &mut accum)?;
+        for (batch, global_size) in loader.zip(global_sizes) {
+            self.micro_step(&batch?, &mut accum)?;
+            self.progress.samples_seen += global_size;
             micro += 1;
-            if loss_value.is_finite() {
-                loss.sum += loss_value;
-                loss.batches += 1;
-            }
             let end_of_epoch = micro == self.micro_per_epoch;
             if accum.count == run.train.grad_accum_steps || end_of_epoch {
-                if let Some(message) = self.optimizer_step(&mut accum, loss_value)? {
+                let step = self.optimizer_step(&mut accum)?;
+                loss.add(&step.losses);
+                if let Some(message) = step.message {
                     bar.set_message(message);
-                    if !end_of_epoch && self.stop_requested() {
+                    if !end_of_epoch && (step.signalled || self.hit_max_steps()) {
                         bar.finish_and_clear();
-                        self.stop_mid_epoch(micro, loss.mean())?;
+                        self.stop_mid_epoch(micro, loss.mean(), step.signalled)?;
                         return Ok(EpochEnd::Stopped);
                     }
                     if !end_of_epoch && self.interval_save_due() {
@@ -511,14 +601,19 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Gradients of one micro-batch added to `accum`; returns its loss (the mean over
-    /// its valid entries, unscaled).
-    fn micro_step(&mut self, batch: &Batch, accum: &mut Accumulator) -> anyhow::Result<f64> {
+    /// Gradients of one micro-batch (this rank's share of it) added to `accum`, with
+    /// its loss (this share's part of the mean over the global batch's valid entries,
+    /// unscaled).
+    fn micro_step(&mut self, batch: &Batch, accum: &mut Accumulator) -> anyhow::Result<()> {
         let train = &self.run.train;
         // Scaled for accumulation and by the f16 loss scale.
         let accum_scale = train.grad_accum_steps as f64;
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
-        let step = self.batch_gradients(batch, accum_scale / loss_scale)?;
+        accum.count += 1;
+        let Some(step) = self.batch_gradients(batch, accum_scale / loss_scale)? else {
+            accum.losses.push(0.0);
+            return Ok(());
+        };
         let loss_value = step.loss * accum_scale / loss_scale;
         // Under f16 an overflow is the loss scaler's to handle (the step is skipped).
         if !loss_value.is_finite() && self.scaler.is_none() {
@@ -530,41 +625,77 @@ impl<'a> Trainer<'a> {
             );
         }
         accumulate(&mut accum.grads, step.grads)?;
-        accum.count += 1;
-        self.progress.samples_seen += batch.len();
-        Ok(loss_value)
+        accum.losses.push(loss_value);
+        Ok(())
     }
 
     /// Gradients of one batch (one step, or a rollout when it has K targets), its loss
-    /// denominators multiplied by `scale`.
-    fn batch_gradients(&self, batch: &Batch, scale: f64) -> anyhow::Result<StepGradients> {
+    /// denominators counting every rank's share of the global batch and multiplied by
+    /// `scale`; None for an empty share (which still takes part in the count).
+    fn batch_gradients(&self, batch: &Batch, scale: f64) -> anyhow::Result<Option<StepGradients>> {
         let (session, weights) = (&self.session, (&self.lat_w[..], &self.var_w[..]));
         let checkpoint_every = session.execution.checkpoint_every;
+        let present = !batch.is_empty();
         if batch.rollout_steps > 1 {
-            let mut rb = session.rollout_batch(batch, weights, &self.stats)?;
-            for t in &mut rb.targets {
-                t.denominator *= scale;
-            }
+            let rollout = |b| session.rollout_batch(b, weights, &self.stats);
+            let mut rb = present.then(|| rollout(batch)).transpose()?;
+            let targets = rb.as_mut().map_or(&mut [][..], |rb| &mut rb.targets[..]);
+            self.count_globally(targets, batch.rollout_steps, scale)?;
             let predictor = session.predictor.as_ref();
-            return Ok(rollout_gradients(predictor, &rb, checkpoint_every)?);
+            return Ok(rb
+                .map(|rb| rollout_gradients(predictor, &rb, checkpoint_every))
+                .transpose()?);
         }
-        let (x, mut target, _) = session.tensors(batch, weights.0, weights.1)?;
-        target.denominator *= scale;
-        let objective = Objective::Loss(&target);
-        Ok(session
-            .predictor
-            .gradients(&x, objective, checkpoint_every)?)
+        let tensors = |b| session.tensors(b, weights.0, weights.1);
+        let Some((x, target, _)) = present.then(|| tensors(batch)).transpose()? else {
+            self.count_globally(&mut [], 1, scale)?;
+            return Ok(None);
+        };
+        let mut targets = [target];
+        self.count_globally(&mut targets, 1, scale)?;
+        let objective = Objective::Loss(&targets[0]);
+        Ok(Some(session.predictor.gradients(
+            &x,
+            objective,
+            checkpoint_every,
+        )?))
     }
 
-    /// Unscales, clips and applies the accumulated gradients, and logs the step;
-    /// None when f16 gradients overflowed and the step was skipped.
-    fn optimizer_step(
-        &mut self,
-        accum: &mut Accumulator,
-        loss: f64,
-    ) -> anyhow::Result<Option<String>> {
+    /// Each of `steps` loss targets (none for an empty share) takes the valid entries
+    /// of every rank's share as its denominator, times `scale`. Every rank calls this
+    /// once per micro-batch.
+    fn count_globally(
+        &self,
+        targets: &mut [LossTarget],
+        steps: usize,
+        scale: f64,
+    ) -> anyhow::Result<()> {
+        let mut counts = vec![0.0; steps];
+        for (count, t) in counts.iter_mut().zip(targets.iter()) {
+            *count = t.entries as f64;
+        }
+        self.opts.collective.all_reduce_f64(&mut counts)?;
+        for (t, count) in targets.iter_mut().zip(counts) {
+            t.count_globally(count as usize);
+            t.denominator *= scale;
+        }
+        Ok(())
+    }
+
+    /// Sums the micro-batches' gradients and losses over the ranks (and whether any
+    /// rank was signalled), then unscales, clips and applies them and logs the step;
+    /// no message when f16 gradients overflowed and the step was skipped.
+    fn optimizer_step(&mut self, accum: &mut Accumulator) -> anyhow::Result<StepEnd> {
         let taken = std::mem::replace(accum, Accumulator::new(self.optimizer.slots.len()));
-        let mut grads = taken.grads;
+        let (mut grads, mut losses) = (taken.grads, taken.losses);
+        let exchange = Instant::now();
+        let vars: Vec<_> = self.optimizer.slots.iter().map(|s| s.var.clone()).collect();
+        replicas::sum_gradients(self.opts.collective.as_ref(), &mut grads, &vars)?;
+        losses.push(self.signalled() as u8 as f64);
+        self.opts.collective.all_reduce_f64(&mut losses)?;
+        self.exchange_seconds += exchange.elapsed().as_secs_f64();
+        let signalled = losses.pop().is_some_and(|s| s > 0.0);
+        let loss = *losses.last().expect("an optimizer step has a micro-batch");
         if taken.count < self.run.train.grad_accum_steps {
             // A short last accumulation: rescale to the mean over the micro-batches taken.
             let scale = self.run.train.grad_accum_steps as f64 / taken.count as f64;
@@ -572,19 +703,25 @@ impl<'a> Trainer<'a> {
                 *g = (&*g * scale)?;
             }
         }
+        let message = self.apply(&mut grads, loss)?;
+        Ok(StepEnd {
+            losses,
+            signalled,
+            message,
+        })
+    }
+
+    /// Unscales, clips and applies summed gradients and logs the step; None when f16
+    /// gradients overflowed and the step was skipped.
+    fn apply(&mut self, grads: &mut [Option<Tensor>], loss: f64) -> anyhow::Result<Option<String>> {
         if let Some(s) = self.scaler.as_mut() {
-            if let ScaleOutcome::Skip { from, to } = s.unscale(&mut grads)? {
+            if let ScaleOutcome::Skip { from, to } = s.unscale(grads)? {
                 self.skip_step(loss, from, to)?;
                 return Ok(None);
             }
         }
         let lr = self.schedule.at(self.optimizer.step_t);
-        let grad_norm = apply_gradients(
-            &mut self.optimizer,
-            &mut grads,
-            self.run.train.grad_clip,
-            lr,
-        )?;
+        let grad_norm = apply_gradients(&mut self.optimizer, grads, self.run.train.grad_clip, lr)?;
         let rate = self.progress.samples_seen as f64 / self.started.elapsed().as_secs_f64();
         self.metrics.write(&Record::Step {
             step: self.optimizer.step_t,
@@ -651,14 +788,12 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// `--max-steps` reached or Ctrl-C pressed.
-    fn stop_requested(&self) -> bool {
-        let hit_max = self
-            .run
+    /// `--max-steps` reached.
+    fn hit_max_steps(&self) -> bool {
+        self.run
             .train
             .max_steps
-            .is_some_and(|m| self.optimizer.step_t >= m);
-        hit_max || self.signalled()
+            .is_some_and(|m| self.optimizer.step_t >= m)
     }
 
     /// --checkpoint-interval says `last` is due.
@@ -668,16 +803,28 @@ impl<'a> Trainer<'a> {
             .is_some_and(|i| i.due(self.optimizer.step_t, self.last_save.elapsed()))
     }
 
-    /// SIGINT or SIGTERM arrived.
+    /// SIGINT or SIGTERM arrived at this process.
     fn signalled(&self) -> bool {
         self.opts.stop.load(Ordering::Relaxed) != 0
     }
 
-    /// Saves `last` inside the epoch (at micro-batch `micro`) and ends the run.
-    fn stop_mid_epoch(&mut self, micro: usize, train_loss: f64) -> anyhow::Result<()> {
+    /// SIGINT or SIGTERM arrived at any rank: every rank stops at the same step.
+    fn agreed_signal(&self) -> anyhow::Result<bool> {
+        let mut flag = [self.signalled() as u8 as f64];
+        self.opts.collective.all_reduce_f64(&mut flag)?;
+        Ok(flag[0] > 0.0)
+    }
+
+    /// Saves `last` inside the epoch (at micro-batch `micro`) and ends the run
+    /// (`stop_now`: for a signal, else for --max-steps).
+    fn stop_mid_epoch(
+        &mut self,
+        micro: usize,
+        train_loss: f64,
+        stop_now: bool,
+    ) -> anyhow::Result<()> {
         let meta = self.save(&["last"], micro, Some(train_loss), self.progress.last_val)?;
         self.progress.last_train = meta.train_loss;
-        let stop_now = self.signalled();
         self.progress.interrupted = stop_now;
         let step = self.optimizer.step_t;
         if stop_now {
@@ -692,6 +839,8 @@ impl<'a> Trainer<'a> {
 
     /// Validation, `last` (and `best`) checkpoints and the epoch's record.
     fn end_epoch(&mut self, train_loss: f64, epoch_started: Instant) -> anyhow::Result<()> {
+        let vars: Vec<_> = self.optimizer.slots.iter().map(|s| s.var.clone()).collect();
+        replicas::check_replicas(self.opts.collective.as_ref(), &vars)?;
         let validation = validate(&self.session, &self.validation_set())?;
         let val_loss = validation.as_ref().map(|v| v.loss);
         let p = &mut self.progress;
@@ -740,6 +889,7 @@ impl<'a> Trainer<'a> {
             rollout_steps: self.run.train.max_rollout_steps(),
             batch_size: self.run.train.batch_size,
             prefetch: self.prefetch,
+            collective: self.opts.collective.as_ref(),
             lat_w: &self.lat_w,
             var_w: &self.var_w,
             progress: self.opts.progress,
@@ -811,7 +961,9 @@ impl<'a> Trainer<'a> {
             metrics_bytes: Some(self.metrics.bytes()),
         };
         let dir = self.opts.output_dir.join("checkpoints");
-        for name in names {
+        // Rank 0 writes for every rank (their states are equal, `check_replicas`).
+        let writes = if self.run_dir.is_some() { names } else { &[] };
+        for name in writes {
             checkpoint::save(&dir, name, &self.optimizer, &mut meta)?;
         }
         self.last_save = Instant::now();
@@ -823,6 +975,14 @@ impl<'a> Trainer<'a> {
         let seconds = self.started.elapsed().as_secs_f64();
         let memory = self.session.memory_breakdown(self.baseline);
         log_memory(&memory);
+        let ranks = self.opts.collective.size();
+        if ranks > 1 {
+            tracing::info!(
+                "data parallelism over {ranks} ranks: {:.2} s summing gradients ({:.1}% of the run)",
+                self.exchange_seconds,
+                100.0 * self.exchange_seconds / seconds.max(1e-9)
+            );
+        }
         let samples_per_second = self.progress.samples_seen as f64 / seconds.max(1e-9);
         let skipped_steps = self.scaler.map_or(0, |s| s.skipped_steps);
         self.metrics.write(&Record::Summary {

@@ -14,6 +14,7 @@ use super::session::Session;
 use candle_core::{DType, Tensor};
 
 use crate::data::{Batch, BatchLoader, NormStats, Prefetch, WindowSpec};
+use crate::distributed::{shard, Collective};
 use crate::predict::loss::weighted_mse;
 use crate::predict::unroll::rollout_forward;
 
@@ -33,6 +34,8 @@ pub struct ValidationSet<'a> {
     pub rollout_steps: usize,
     pub batch_size: usize,
     pub prefetch: Prefetch,
+    /// Each rank validates its share of the samples; the sums are added over the ranks.
+    pub collective: &'a dyn Collective,
     pub lat_w: &'a [f32],
     pub var_w: &'a [f32],
     /// Draw a progress bar (on a terminal).
@@ -51,11 +54,13 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     if set.samples.is_empty() {
         return Ok(None);
     }
+    let (rank, size) = (set.collective.rank(), set.collective.size());
+    let share = &set.samples[shard(set.samples.len(), rank, size)];
     let loader = BatchLoader::new(
         session.dataset.clone(),
         set.stats.clone(),
         (set.window, set.rollout_steps),
-        set.samples,
+        share,
         set.batch_size,
         set.prefetch,
     )?;
@@ -68,7 +73,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     };
     let bar = crate::util::progress_bar(
         set.progress,
-        set.samples.len().div_ceil(set.batch_size.max(1)),
+        share.len().div_ceil(set.batch_size.max(1)),
         "validation",
     );
     for batch in loader {
@@ -80,6 +85,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         add_squared_errors(&mut sums, (&pred, &truth, &valid), set.lat_w);
     }
     bar.finish_and_clear();
+    let count = sum_over_ranks(set.collective, &mut total, count, &mut sums)?;
     let rmse = |sq: &[f64]| -> BTreeMap<String, f64> {
         (0..channels)
             .map(|c| {
@@ -96,6 +102,31 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         rmse: rmse(&sums.model),
         persistence_rmse: rmse(&sums.persistence),
     }))
+}
+
+/// The loss numerator, entry count and channel sums added over the ranks; returns the
+/// count.
+fn sum_over_ranks(
+    collective: &dyn Collective,
+    total: &mut f64,
+    count: f64,
+    sums: &mut ChannelSums,
+) -> anyhow::Result<f64> {
+    if collective.size() == 1 {
+        return Ok(count);
+    }
+    let mut flat = vec![*total, count];
+    for part in [&sums.model, &sums.persistence, &sums.weight] {
+        flat.extend_from_slice(part);
+    }
+    collective.all_reduce_f64(&mut flat)?;
+    let channels = sums.weight.len();
+    let mut parts = flat[2..].chunks(channels);
+    for part in [&mut sums.model, &mut sums.persistence, &mut sums.weight] {
+        part.copy_from_slice(parts.next().expect("three channel sums"));
+    }
+    *total = flat[0];
+    Ok(flat[1])
 }
 
 /// A batch's loss (over its rollout), and the first step's predicted and true

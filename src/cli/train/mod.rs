@@ -9,6 +9,7 @@ mod budget;
 mod settings;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
@@ -16,10 +17,11 @@ use clap::Args;
 
 use super::choices::choice;
 use super::{DataArgs, GraphArgs, WindowArgs};
+use crate::distributed::Collective;
 use crate::model::Batching;
 use crate::train::config::RolloutSchedule;
 use crate::train::trainer::{best_checkpoint, train, TrainOptions};
-use settings::{run_from_flags, saved_run};
+use settings::{run_from_flags, saved_ranks, saved_run};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -158,14 +160,39 @@ pub struct TrainArgs {
     /// job): log loss, learning rate, samples/s and ETA every this many steps (0: never).
     #[arg(long, default_value_t = 50)]
     pub log_every: usize,
+    /// Data parallelism: `auto` joins the other processes when mpirun or srun started
+    /// several (each takes --batch-size samples of every global batch, gradients summed
+    /// over MPI; rank 0 writes the run); `mpi` always initialises MPI; `off` trains alone.
+    #[arg(long, default_value = "auto", value_parser = choice::<crate::distributed::Distributed>())]
+    pub distributed: crate::distributed::Distributed,
 }
 
-pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
-    let (run, output_dir) = match saved_run(&args)? {
-        Some(saved) => saved,
-        None => run_from_flags(&args, device.is_cpu())?,
+pub fn run(
+    args: TrainArgs,
+    device: candle_core::Device,
+    collective: Rc<dyn Collective>,
+) -> anyhow::Result<()> {
+    // Rank 0 first: it may write the demo's data, which the other ranks then read.
+    let resolve = || match saved_run(&args)? {
+        Some(saved) => Ok(saved),
+        None => run_from_flags(&args, device.is_cpu()),
     };
-
+    let (mut run, output_dir) = match collective.rank() {
+        0 => {
+            let resolved = resolve();
+            collective.barrier();
+            resolved?
+        }
+        _ => {
+            collective.barrier();
+            resolve()?
+        }
+    };
+    run.train.ranks = match args.resume {
+        false => collective.size(),
+        true => saved_ranks(&output_dir).unwrap_or(run.train.ranks),
+    };
+    let writer = collective.rank() == 0;
     let opts = TrainOptions {
         output_dir: output_dir.clone(),
         resume: args.resume,
@@ -173,12 +200,16 @@ pub fn run(args: TrainArgs, device: candle_core::Device) -> anyhow::Result<()> {
         graph_cache: args.graph.cache_dir(),
         device,
         stop: stop_on_signals()?,
-        progress: !args.no_progress,
+        progress: !args.no_progress && writer,
         checkpoint_interval: args.checkpoint_interval,
         memory_check: !args.skip_memory_check,
         log_every: args.log_every,
+        collective,
     };
     let summary = train(&run, &opts)?;
+    if !writer {
+        return Ok(());
+    }
     print_summary(&summary, &output_dir);
     if args.plots {
         draw_training_plot(&output_dir);

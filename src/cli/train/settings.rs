@@ -226,6 +226,14 @@ fn training_days(dataset: &Dataset, split: SplitFractions, window: WindowSpec) -
     (instants[last].seconds - instants[first].seconds) as f64 / 86_400.0
 }
 
+/// The processes a run in `dir` started with (its run.json), which a resumed run keeps
+/// whatever flags it is given: its global batch stays the same.
+pub(super) fn saved_ranks(dir: &std::path::Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
+    let run: RunConfig = serde_json::from_str(&text).ok()?;
+    Some(run.train.ranks)
+}
+
 /// `--resume` with no data or config flags continues the run saved in the output
 /// directory (run.json); only --num-epochs and --max-steps may change it.
 pub(super) fn saved_run(args: &TrainArgs) -> anyhow::Result<Option<(RunConfig, PathBuf)>> {

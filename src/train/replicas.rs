@@ -1,0 +1,124 @@
+//! What the ranks of a data-parallel run exchange: the gradients of an optimizer step, packed into
+//! one flat f32 buffer and summed; the parameters and optimizer moments of rank 0 (at
+//! the start and at resume), so that every replica starts equal; and a fingerprint of
+//! the parameters that proves they still are.
+
+use candle_core::{DType, Tensor, Var};
+
+use super::optimizer::AdamW;
+use crate::distributed::Collective;
+
+/// Sums `grads` (one per parameter of `vars`; None counts as zeros) over the ranks in
+/// one all-reduce. A parameter no rank has a gradient for stays None, as in one
+/// process (AdamW leaves it untouched).
+pub fn sum_gradients(
+    collective: &dyn Collective,
+    grads: &mut [Option<Tensor>],
+    vars: &[Var],
+) -> anyhow::Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let mut present: Vec<f64> = grads.iter().map(|g| g.is_some() as u8 as f64).collect();
+    collective.all_reduce_f64(&mut present)?;
+    let mut flat = Vec::with_capacity(vars.iter().map(|v| v.elem_count()).sum());
+    for (g, var) in grads.iter().zip(vars) {
+        match g {
+            Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => flat.resize(flat.len() + var.elem_count(), 0.0),
+        }
+    }
+    collective.all_reduce_f32(&mut flat)?;
+    let mut offset = 0;
+    for ((g, var), &anyone) in grads.iter_mut().zip(vars).zip(&present) {
+        let n = var.elem_count();
+        let summed = &flat[offset..offset + n];
+        offset += n;
+        *g = match anyone > 0.0 {
+            true => {
+                Some(Tensor::from_slice(summed, var.shape(), var.device())?.to_dtype(var.dtype())?)
+            }
+            false => None,
+        };
+    }
+    Ok(())
+}
+
+/// Every rank takes rank 0's parameters and AdamW moments (and step count): replicas
+/// start equal whatever each rank initialised or loaded.
+pub fn broadcast_state(collective: &dyn Collective, optimizer: &mut AdamW) -> anyhow::Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    if collective.rank() == 0 {
+        bytes.extend((optimizer.step_t as u64).to_le_bytes());
+        for slot in &optimizer.slots {
+            for t in [slot.var.as_tensor(), &slot.m, &slot.v] {
+                let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            }
+        }
+    }
+    collective.broadcast_bytes(&mut bytes)?;
+    let expected = 8 + 12
+        * optimizer
+            .slots
+            .iter()
+            .map(|s| s.var.elem_count())
+            .sum::<usize>();
+    anyhow::ensure!(
+        bytes.len() == expected,
+        "rank 0 sent {} bytes of model state, this rank's model needs {expected}: the ranks built different models",
+        bytes.len()
+    );
+    optimizer.step_t = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let mut offset = 8;
+    let mut take = |like: &Tensor| -> anyhow::Result<Tensor> {
+        let n = like.elem_count();
+        let values: Vec<f32> = bytes[offset..offset + 4 * n]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        offset += 4 * n;
+        Ok(Tensor::from_vec(values, like.shape(), like.device())?.to_dtype(like.dtype())?)
+    };
+    for slot in &mut optimizer.slots {
+        slot.var.set(&take(slot.var.as_tensor())?)?;
+        slot.m = take(&slot.m)?;
+        slot.v = take(&slot.v)?;
+    }
+    Ok(())
+}
+
+/// Refuses to go on when any rank's parameters differ from rank 0's (bit for bit):
+/// replicas that drift apart would silently train different models.
+pub fn check_replicas(collective: &dyn Collective, vars: &[Var]) -> anyhow::Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let mine = fingerprint(vars)?;
+    let mut theirs = mine.to_le_bytes().to_vec();
+    collective.broadcast_bytes(&mut theirs)?;
+    let mut differing = [(theirs != mine.to_le_bytes()) as u8 as f64];
+    collective.all_reduce_f64(&mut differing)?;
+    anyhow::ensure!(
+        differing[0] == 0.0,
+        "the parameters of {} of {} ranks differ from rank 0's: the replicas diverged (a rank read different data or ran a different build)",
+        differing[0],
+        collective.size()
+    );
+    Ok(())
+}
+
+/// FNV-1a over the parameters' f32 bits.
+fn fingerprint(vars: &[Var]) -> anyhow::Result<u64> {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for var in vars {
+        let values = var.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        for byte in values.iter().flat_map(|v| v.to_bits().to_le_bytes()) {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(hash)
+}

@@ -1,0 +1,203 @@
+//! Data-parallel training over MPI (cargo feature `mpi`; `scripts/test.sh` builds with
+//! it): `mpirun -np N meshcast train-model` with N x batch b must end on the weights of
+//! one process with batch N x b, resume on the same or another number of ranks, and
+//! end every rank when one fails.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{generate, meshcast, succeeded, TINY};
+
+/// `mpirun -np RANKS meshcast -q train-model DATA --output-dir OUT` with the tiny model.
+fn mpirun(ranks: usize, data: &Path, out: &Path, args: &[&str]) -> Output {
+    let bin = meshcast().get_program().to_owned();
+    Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np"])
+        .arg(ranks.to_string())
+        // Two cores: each rank one compute thread, as a rank per core would have.
+        .args(["-x", "RAYON_NUM_THREADS=1"])
+        .arg(bin)
+        .args(["-q", "train-model"])
+        .arg(data)
+        .arg("--output-dir")
+        .arg(out)
+        .args(TINY)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// One process, as `mpirun` runs each rank but alone.
+fn alone(data: &Path, out: &Path, args: &[&str]) -> Output {
+    meshcast()
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["-q", "train-model"])
+        .arg(data)
+        .arg("--output-dir")
+        .arg(out)
+        .args(TINY)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every parameter of the run's `last` checkpoint, by name.
+fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let dir = run.join("checkpoints");
+    let meta = common::read_json(&dir.join("last.json"));
+    let file = dir.join(meta["weights_file"].as_str().unwrap());
+    let mut tensors: Vec<_> = candle_core::safetensors::load(file, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+/// The largest difference between two runs' parameters.
+fn largest_difference(a: &Path, b: &Path) -> f32 {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    let mut worst = 0f32;
+    for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+/// 10-degree synthetic data, 40 steps.
+fn data(dir: &Path) -> PathBuf {
+    generate(dir, "g.nc", &["--resolution", "10", "--steps", "40"])
+}
+
+const RUN: &[&str] = &[
+    "--num-epochs",
+    "2",
+    "--seed",
+    "5",
+    "--learning-rate",
+    "3e-3",
+];
+
+#[test]
+fn ranks_end_on_the_weights_of_one_process_with_their_combined_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let one = dir.path().join("one");
+    succeeded(&alone(&data, &one, &[RUN, &["--batch-size", "4"]].concat()));
+    for (ranks, batch) in [(2, "2"), (4, "1")] {
+        let run = dir.path().join(format!("np{ranks}"));
+        let out = mpirun(
+            ranks,
+            &data,
+            &run,
+            &[RUN, &["--batch-size", batch]].concat(),
+        );
+        succeeded(&out);
+        assert_eq!(
+            common::last_meta(&run)["step"],
+            common::last_meta(&one)["step"]
+        );
+        let diff = largest_difference(&one, &run);
+        assert!(diff < 1e-5, "{ranks} ranks: parameters differ by {diff}");
+        // Only rank 0 wrote, and its metrics are the whole batch's.
+        let (m1, mn) = (common::metrics(&one), common::metrics(&run));
+        let loss = |m: &[serde_json::Value]| m[0]["loss"].as_f64().unwrap();
+        assert!((loss(&m1) - loss(&mn)).abs() < 1e-5 * loss(&m1));
+    }
+}
+
+#[test]
+fn accumulation_and_rollouts_compose_with_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let args = ["--grad-accum-steps", "2", "--rollout-steps", "2"];
+    let one = dir.path().join("one");
+    succeeded(&alone(
+        &data,
+        &one,
+        &[RUN, &args, &["--batch-size", "6"]].concat(),
+    ));
+    // 26 samples: four global batches of 6, then one of 2 (shares of 1 and 1), which
+    // is also a short accumulation.
+    let two = dir.path().join("two");
+    let out = mpirun(
+        2,
+        &data,
+        &two,
+        &[RUN, &args, &["--batch-size", "3"]].concat(),
+    );
+    succeeded(&out);
+    let diff = largest_difference(&one, &two);
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+}
+
+#[test]
+fn a_run_resumes_on_the_same_or_another_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let batch = ["--batch-size", "2"];
+    let whole = dir.path().join("whole");
+    succeeded(&mpirun(2, &data, &whole, &[RUN, &batch].concat()));
+    for ranks in [2, 1, 3] {
+        let run = dir.path().join(format!("resumed{ranks}"));
+        succeeded(&mpirun(
+            2,
+            &data,
+            &run,
+            &[RUN, &batch, &["--max-steps", "5"]].concat(),
+        ));
+        assert_eq!(common::last_meta(&run)["step"], 5);
+        // Resumed from run.json alone: the global batch of 4 stays, whatever the ranks
+        // (3 ranks: shares of 1, 1 and 2 samples).
+        let resume = ["--resume", "--no-progress"];
+        let out = match ranks {
+            1 => meshcast()
+                .env("RAYON_NUM_THREADS", "1")
+                .args(["-q", "train-model", "--output-dir"])
+                .arg(&run)
+                .args(resume)
+                .output()
+                .unwrap(),
+            n => Command::new("mpirun")
+                .args(["--allow-run-as-root", "--oversubscribe", "-np"])
+                .arg(n.to_string())
+                .args(["-x", "RAYON_NUM_THREADS=1"])
+                .arg(meshcast().get_program())
+                .args(["-q", "train-model", "--output-dir"])
+                .arg(&run)
+                .args(resume)
+                .output()
+                .unwrap(),
+        };
+        succeeded(&out);
+        let diff = largest_difference(&whole, &run);
+        match ranks {
+            2 => assert_eq!(diff, 0.0, "resumed on 2 ranks: differs by {diff}"),
+            _ => assert!(diff < 1e-5, "resumed on {ranks} ranks: differs by {diff}"),
+        }
+    }
+}
+
+#[test]
+fn a_failure_on_one_rank_ends_every_rank_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let run = dir.path().join("run");
+    succeeded(&mpirun(2, &data, &run, &["--num-epochs", "1"]));
+    // Only rank 0 checks the run directory: it refuses, the other rank must not wait.
+    let out = mpirun(2, &data, &run, &["--num-epochs", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error (rank 0):") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+}
