@@ -140,6 +140,34 @@ fn accumulation_and_rollouts_compose_with_ranks() {
 }
 
 #[test]
+fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let args = [RUN, &["--batch-size", "3", "--patches", "2"]].concat();
+    let one = dir.path().join("one");
+    succeeded(&alone(&data, &one, &args));
+    // 2 ranks: one patch each; 3: one rank differentiates no patch.
+    for ranks in [2, 3] {
+        let run = dir.path().join(format!("np{ranks}"));
+        succeeded(&mpirun(ranks, &data, &run, &args));
+        assert_eq!(
+            common::last_meta(&run)["step"],
+            common::last_meta(&one)["step"]
+        );
+        let diff = largest_difference(&one, &run);
+        assert!(diff < 1e-5, "{ranks} ranks: parameters differ by {diff}");
+    }
+    let refused = mpirun(
+        2,
+        &data,
+        &dir.path().join("k2"),
+        &[&args[..], &["--rollout-steps", "2"]].concat(),
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("patch-parallel"));
+}
+
+#[test]
 fn a_run_resumes_on_the_same_or_another_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
@@ -200,4 +228,60 @@ fn a_failure_on_one_rank_ends_every_rank_with_its_error() {
         stderr.contains("error (rank 0):") && stderr.contains("--overwrite"),
         "{stderr}"
     );
+}
+
+#[test]
+fn plan_memory_predicts_the_peak_of_each_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g5.nc", &["--resolution", "5", "--steps", "12"]);
+    let model = [
+        "--latent-size",
+        "32",
+        "--num-gnn-layers",
+        "4",
+        "--batch-size",
+        "2",
+        "--no-graph-cache",
+    ];
+    for (name, flags) in [("data", &[][..]), ("patches", &["--patches", "4"][..])] {
+        let out = meshcast()
+            .args(["-q", "plan-memory", "--json", "--ranks", "2", "--data"])
+            .arg(&data)
+            .args(model)
+            .args(flags)
+            .output()
+            .unwrap();
+        succeeded(&out);
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["ranks"], 2);
+        let predicted = plan["chosen"]["prediction"]["total"].as_f64().unwrap();
+        let run = dir.path().join(name);
+        let out = Command::new("mpirun")
+            .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+            .arg(meshcast().get_program())
+            .args(["-q", "train-model", "--data"])
+            .arg(&data)
+            .args(model)
+            .args(flags)
+            .args(["--max-steps", "2", "--no-progress", "--output-dir"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        succeeded(&out);
+        // Rank 0's summary: its own peak above its own baseline.
+        let summary = common::metrics(&run)
+            .into_iter()
+            .rfind(|r| r["kind"] == "summary")
+            .unwrap();
+        let m = &summary["memory"];
+        let measured = m["peak"].as_f64().unwrap() - m["baseline"].as_f64().unwrap();
+        let error = (predicted - measured) / measured;
+        assert!(
+            error.abs() < 0.15,
+            "{name}: predicted {:.1} MB per rank, rank 0 measured {:.1} MB ({:+.1}%)",
+            predicted / 1e6,
+            measured / 1e6,
+            100.0 * error
+        );
+    }
 }

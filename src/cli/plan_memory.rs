@@ -39,6 +39,11 @@ pub struct PlanMemoryArgs {
     /// Without --memory-budget: the configuration to predict.
     #[arg(long, default_value_t = 1)]
     pub patches: usize,
+    /// Processes training together (`mpirun -np N`): the prediction is per rank. Without
+    /// patches each rank takes --batch-size samples of a global batch of N x that; with
+    /// patches every rank takes the whole batch and P/N of the patches.
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
     #[arg(long, default_value_t = crate::graph::patches::DEFAULT_PATCH_HALO_DEG)]
     pub patch_halo: f64,
     #[arg(long)]
@@ -95,14 +100,13 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
     };
     let chosen = fit.as_ref().map_or(Some(0), |f| f.chosen);
     if args.json {
-        let chosen_row = chosen.map(|i| &rows[i]);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "graph": planner::GraphSizes::of(&graph), "budget": args.memory_budget,
-                "available_bytes": available.as_ref().map(|a| a.bytes),
-                "tried": rows, "chosen": chosen_row}))?
-        );
+        let report = serde_json::json!({
+            "graph": planner::GraphSizes::of(&graph), "budget": args.memory_budget,
+            "available_bytes": available.as_ref().map(|a| a.bytes),
+            "ranks": args.ranks, "per_rank": true,
+            "exchange_bytes": exchange_bytes(&model, args.ranks),
+            "tried": rows, "chosen": chosen.map(|i| &rows[i])});
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
             "{} grid nodes, mesh level {}, latent {}, {} layers, batch {}",
@@ -112,6 +116,9 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
             args.num_gnn_layers,
             args.batch_size
         );
+        if args.ranks > 1 {
+            println!("{}", ranks_line(&args, &model));
+        }
         print!("{}", table(&rows));
         if let (None, Some(a)) = (args.memory_budget, &available) {
             println!(
@@ -142,9 +149,10 @@ fn check_sizes(args: &PlanMemoryArgs) -> anyhow::Result<()> {
     let max_count = crate::train::config::MAX_COUNT;
     if !(1..=max_count).contains(&args.batch_size)
         || !(1..=crate::train::config::MAX_PATCHES).contains(&args.patches)
+        || !(1..=max_count).contains(&args.ranks)
     {
         crate::bail_input!(
-            "--batch-size must be between 1 and {max_count}, --patches between 1 and {}",
+            "--batch-size and --ranks must be between 1 and {max_count}, --patches between 1 and {}",
             crate::train::config::MAX_PATCHES
         );
     }
@@ -176,6 +184,36 @@ fn as_configured(
         prediction,
         fits: available.is_none_or(|a| prediction.total <= a.bytes),
     })
+}
+
+/// Bytes the gradient all-reduce holds after the backward pass, when the activations
+/// are gone: the packed gradients, the copy MPI sends from, the unpacked sums.
+fn exchange_bytes(model: &ModelConfig, ranks: usize) -> u64 {
+    match ranks {
+        1 => 0,
+        _ => 3 * 4 * crate::memory::planner::parameter_count(model) as u64,
+    }
+}
+
+/// What each of several ranks takes, and what the all-reduce adds.
+fn ranks_line(args: &PlanMemoryArgs, model: &ModelConfig) -> String {
+    let work = match args.patches {
+        1 => format!(
+            "each {} samples of a global batch of {}",
+            args.batch_size,
+            args.batch_size * args.ranks
+        ),
+        p => format!(
+            "each the whole batch of {} and {} of the {p} patches (patch parallelism)",
+            args.batch_size,
+            p.div_ceil(args.ranks)
+        ),
+    };
+    format!(
+        "per rank of {} ranks, {work}; the gradient all-reduce holds {} after the backward pass",
+        args.ranks,
+        gb(exchange_bytes(model, args.ranks))
+    )
 }
 
 fn gb(bytes: u64) -> String {

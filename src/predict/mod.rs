@@ -57,6 +57,10 @@ pub struct Execution {
     pub checkpoint_every: Option<usize>,
     /// Run patch by patch (None: the whole graph at once).
     pub patches: Option<PatchOptions>,
+    /// Patch-parallel training, `(rank, ranks)`: this process takes the gradients of
+    /// its share of the patches only (the ranks' sums add up to all patches'); its
+    /// forward passes still run every patch. `(0, 1)`: all of them.
+    pub patch_share: (usize, usize),
 }
 
 impl Execution {
@@ -65,6 +69,7 @@ impl Execution {
         precision: MixedPrecision::Off,
         checkpoint_every: None,
         patches: None,
+        patch_share: (0, 1),
     };
 
     /// Patches of `options` (at least two), or the whole graph.

@@ -57,6 +57,9 @@ impl PatchTensors {
 pub struct Patched {
     net: Arc<Network>,
     patches: Vec<PatchTensors>,
+    /// The patches whose gradients this process takes (patch-parallel training: one
+    /// rank's share; else all).
+    differentiated: std::ops::Range<usize>,
     forwards: AtomicUsize,
 }
 
@@ -87,8 +90,18 @@ impl Patched {
     pub fn new(net: Arc<Network>, patches: Vec<PatchTensors>) -> Patched {
         Patched {
             net,
+            differentiated: 0..patches.len(),
             patches,
             forwards: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes the gradients of `rank`'s share of the patches only (patch-parallel
+    /// training over `ranks` processes, whose gradients are then summed).
+    pub fn sharing(self, (rank, ranks): (usize, usize)) -> Patched {
+        Patched {
+            differentiated: crate::distributed::shard(self.patches.len(), rank, ranks),
+            ..self
         }
     }
 
@@ -125,7 +138,8 @@ impl Predictor for Patched {
     }
 
     /// Each patch's objective counts its owned nodes; the inputs' gradient sums every
-    /// patch's (halo nodes included: their inputs feed the owned nodes' outputs).
+    /// patch's (halo nodes included: their inputs feed the owned nodes' outputs). Only
+    /// this process's share of the patches, in patch-parallel training.
     fn gradients(
         &self,
         x: &Tensor,
@@ -137,7 +151,7 @@ impl Predictor for Patched {
         if input_grad {
             total.input_grad = Some(x.zeros_like()?);
         }
-        for p in &self.patches {
+        for p in &self.patches[self.differentiated.clone()] {
             let scalar = ObjectiveScalar::new(objective, Some((&p.nodes, &p.owned)))?;
             let mut step = step_gradients(
                 self.net.model(),

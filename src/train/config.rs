@@ -57,8 +57,9 @@ pub struct TrainConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<std::path::PathBuf>,
     /// Processes the run started with (data parallelism): a global batch holds
-    /// `batch_size x ranks` samples, split over the processes at hand, so a run resumed
-    /// on another number of them trains on the same batches.
+    /// `batch_size x ranks` samples (with patches: `batch_size`, each rank taking its
+    /// share of the patches), split over the processes at hand, so a run resumed on
+    /// another number of them trains on the same batches.
     pub ranks: usize,
 }
 
@@ -132,9 +133,13 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Samples per optimizer micro-step over all ranks.
+    /// Samples per optimizer micro-step over all ranks: each rank's batch, or with
+    /// patches one batch that every rank takes (patch-parallel training).
     pub fn global_batch(&self) -> usize {
-        self.batch_size * self.ranks
+        match self.patches > 1 {
+            true => self.batch_size,
+            false => self.batch_size * self.ranks,
+        }
     }
 
     /// Rollout steps in epoch `epoch` (0-based).
@@ -282,6 +287,7 @@ impl RunConfig {
             precision: t.mixed_precision,
             checkpoint_every: t.checkpointing.then_some(t.checkpoint_every),
             patches: None,
+            patch_share: (0, 1),
         };
         execution.with_patches(PatchOptions {
             n_patches: t.patches,

@@ -75,7 +75,7 @@ impl Session {
         let predictor: Box<dyn Predictor> = if let Some(options) = &execution.patches {
             let patches = Patched::split(&graph, &dataset.grid, options, device)?;
             let net = Network::new(run.model.clone(), precision, &patches[0].graph)?;
-            Box::new(Patched::new(Arc::new(net), patches))
+            Box::new(Patched::new(Arc::new(net), patches).sharing(execution.patch_share))
         } else {
             let tensors = GraphTensors::new(&graph, device, DType::F32)?;
             let net = Network::new(run.model.clone(), precision, &tensors)?;

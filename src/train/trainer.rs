@@ -134,6 +134,7 @@ fn checked_session(
     opts: &TrainOptions,
     dataset: Arc<Dataset>,
 ) -> anyhow::Result<Session> {
+    check_patch_parallel(run, opts)?;
     let (splits, graph) = Session::graph(run, &dataset, opts.graph_cache.as_deref())?;
     match crate::memory::available_on(&opts.device) {
         Some(available) if opts.memory_check => {
@@ -141,7 +142,32 @@ fn checked_session(
         }
         _ => {}
     }
-    Session::with_graph(run, run.execution(), dataset, splits, graph, &opts.device)
+    let mut execution = run.execution();
+    if patch_parallel(run, opts) {
+        let c = &opts.collective;
+        execution.patch_share = (c.rank(), c.size());
+    }
+    Session::with_graph(run, execution, dataset, splits, graph, &opts.device)
+}
+
+/// Refuses what patch-parallel training cannot do: rollouts (each step's input
+/// gradient would need the other ranks' patches).
+fn check_patch_parallel(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<()> {
+    if patch_parallel(run, opts) && run.train.max_rollout_steps() > 1 {
+        return Err(InputError(
+            "--rollout-steps above 1 with --patches over several ranks (patch-parallel training) is not supported: \
+             drop --patches (the ranks then share out the samples) or train in one process"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Patches over several ranks: each rank takes the whole batch and the gradients of
+/// its share of the patches (else, several ranks share out the samples).
+fn patch_parallel(run: &RunConfig, opts: &TrainOptions) -> bool {
+    run.execution().patches.is_some() && opts.collective.size() > 1
 }
 
 /// Refuses a checkpoint whose position lies outside the run (an edited sidecar).
@@ -491,17 +517,34 @@ impl<'a> Trainer<'a> {
             self.val_samples.len(),
             self.micro_per_epoch.div_ceil(self.run.train.grad_accum_steps)
         );
-        let c = self.opts.collective.as_ref();
-        if c.size() > 1 || self.run.train.ranks > 1 {
-            let global = self.run.train.global_batch();
-            tracing::info!(
-                "data parallelism: {} ranks ({}), global batch {global} (started on {} ranks), up to {} samples per rank",
-                c.size(),
-                c.transport(),
-                self.run.train.ranks,
-                global.div_ceil(c.size())
-            );
+        if let Some(line) = self.parallelism() {
+            tracing::info!("{line}");
         }
+    }
+
+    /// How the ranks share the work, when there are several (or were at the start).
+    fn parallelism(&self) -> Option<String> {
+        let (c, train) = (self.opts.collective.as_ref(), &self.run.train);
+        let (ranks, global) = (c.size(), train.global_batch());
+        if patch_parallel(self.run, self.opts) {
+            let share = crate::distributed::shard(train.patches, c.rank(), ranks);
+            return Some(format!(
+                "patch parallelism: {ranks} ranks ({}), each the whole batch of {global}; rank {} takes patches {}..{} of {}",
+                c.transport(),
+                c.rank(),
+                share.start + 1,
+                share.end,
+                train.patches
+            ));
+        }
+        (ranks > 1 || train.ranks > 1).then(|| {
+            format!(
+                "data parallelism: {ranks} ranks ({}), global batch {global} (the run started on {} ranks), up to {} samples per rank",
+                c.transport(),
+                train.ranks,
+                global.div_ceil(ranks)
+            )
+        })
     }
 
     /// Epochs until the last, `--max-steps` or Ctrl-C; then the summary.
@@ -535,14 +578,13 @@ impl<'a> Trainer<'a> {
         let global = train.global_batch();
         let remaining = &order[(skip * global).min(order.len())..];
         let c = self.opts.collective.as_ref();
+        let (rank, ranks) = match patch_parallel(self.run, self.opts) {
+            true => (0, 1),
+            false => (c.rank(), c.size()),
+        };
         remaining
             .chunks(global)
-            .map(|chunk| {
-                (
-                    chunk[shard(chunk.len(), c.rank(), c.size())].to_vec(),
-                    chunk.len(),
-                )
-            })
+            .map(|chunk| (chunk[shard(chunk.len(), rank, ranks)].to_vec(), chunk.len()))
             .unzip()
     }
 
@@ -674,7 +716,10 @@ impl<'a> Trainer<'a> {
         for (count, t) in counts.iter_mut().zip(targets.iter()) {
             *count = t.entries as f64;
         }
-        self.opts.collective.all_reduce_f64(&mut counts)?;
+        // Patch-parallel ranks hold the same batch: its count is theirs already.
+        if !patch_parallel(self.run, self.opts) {
+            self.opts.collective.all_reduce_f64(&mut counts)?;
+        }
         for (t, count) in targets.iter_mut().zip(counts) {
             t.count_globally(count as usize);
             t.denominator *= scale;
