@@ -285,3 +285,66 @@ fn plan_memory_predicts_the_peak_of_each_rank() {
         );
     }
 }
+
+#[test]
+fn eval_over_ranks_reports_the_scores_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let run = dir.path().join("run");
+    succeeded(&alone(&data, &run, &["--num-epochs", "1"]));
+    let eval = [
+        "eval",
+        "--which",
+        "last",
+        "--no-graph-cache",
+        "--split",
+        "all",
+    ];
+    let json = ["--rollout-steps", "2", "--batch-size", "3", "--json"];
+    let one = meshcast()
+        .arg("-q")
+        .args(eval)
+        .arg("--checkpoint")
+        .arg(&run)
+        .args(json)
+        .output()
+        .unwrap();
+    succeeded(&one);
+    let three = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "3"])
+        .arg(meshcast().get_program())
+        .arg("-q")
+        .args(eval)
+        .arg("--checkpoint")
+        .arg(&run)
+        .args(json)
+        .output()
+        .unwrap();
+    succeeded(&three);
+    // Rank 0 alone prints: one report, whose scores equal one process's.
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&one.stdout).unwrap(),
+        serde_json::from_slice(&three.stdout).unwrap(),
+    );
+    assert_eq!(a["initial_times"], b["initial_times"]);
+    assert_eq!(a["graph_forwards"], b["graph_forwards"]);
+    let (ra, rb) = (
+        a["records"].as_array().unwrap(),
+        b["records"].as_array().unwrap(),
+    );
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(rb) {
+        let (vx, vy) = (x["value"].as_f64().unwrap(), y["value"].as_f64().unwrap());
+        assert!((vx - vy).abs() <= 1e-9 * vx.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn a_subcommand_that_runs_alone_refuses_to_be_one_of_several() {
+    let out = meshcast()
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .args(["describe-graph", "--global-grid", "10", "--no-graph-cache"])
+        .output()
+        .unwrap();
+    common::assert_bad_input(&out, &["one of 2 processes", "alone"]);
+}

@@ -87,9 +87,17 @@ pub struct EvalArgs {
     /// RUN_DIR/scores-SPLIT.png, beside the checkpoints scored.
     #[arg(long)]
     pub plots: bool,
+    /// Under mpirun or srun (`auto`) each rank rolls out its share of the initial
+    /// times, the score sums are added over MPI, rank 0 reports; `off`: each alone.
+    #[arg(long, default_value = "auto", value_parser = super::choices::choice::<crate::distributed::Distributed>())]
+    pub distributed: crate::distributed::Distributed,
 }
 
-pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<()> {
+pub fn run_eval(
+    args: EvalArgs,
+    device: candle_core::Device,
+    collective: &dyn crate::distributed::Collective,
+) -> anyhow::Result<()> {
     if args.rollout_steps == 0 || args.batch_size == 0 {
         crate::bail_input!("--rollout-steps and --batch-size must be at least 1");
     }
@@ -106,7 +114,15 @@ pub fn run_eval(args: EvalArgs, device: candle_core::Device) -> anyhow::Result<(
         start: args.start,
         end: args.end,
     };
-    let report = evaluate(&loaded, args.rollout_steps, args.batch_size, &period)?;
+    let report = evaluate(
+        &loaded,
+        (args.rollout_steps, args.batch_size),
+        &period,
+        collective,
+    )?;
+    if collective.rank() > 0 {
+        return Ok(());
+    }
     if let Some(path) = &args.output {
         write_report(&report, &loaded, path)?;
     }

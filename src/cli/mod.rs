@@ -111,7 +111,8 @@ pub fn main() -> ExitCode {
     // Before logging (which names the rank) and before any other thread exists.
     let collective = match &cli.command {
         Command::TrainModel(args) => distributed::connect(args.distributed),
-        _ => Ok(Rc::new(distributed::Single) as Rc<dyn Collective>),
+        Command::Eval(args) => distributed::connect(args.distributed),
+        _ => distributed::alone(),
     };
     let collective = match collective {
         Ok(c) => c,
@@ -172,7 +173,7 @@ fn dispatch(
 ) -> anyhow::Result<()> {
     match command {
         Command::TrainModel(args) => train::run(*args, device, collective),
-        Command::Eval(args) => eval::run_eval(*args, device),
+        Command::Eval(args) => eval::run_eval(*args, device, collective.as_ref()),
         Command::Forecast(args) => eval::run_forecast(*args, device),
         Command::InspectData(args) => inspect::run(args),
         Command::GenerateData(args) => generate::run(args),

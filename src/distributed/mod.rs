@@ -98,18 +98,20 @@ impl std::fmt::Display for Distributed {
     }
 }
 
-/// The number of processes a launcher started, from the environment it sets (Open MPI,
-/// MPICH and Intel MPI's PMI, PMIx, Slurm's srun); None when no launcher did.
+/// What MPI launchers set: Open MPI's mpirun, MPICH's and Intel MPI's PMI, PMIx.
+const MPI_LAUNCHERS: &[&str] = &["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"];
+
+/// The number of processes a launcher started, from the environment it sets (MPI's
+/// launchers, then Slurm's srun); None when no launcher did.
 pub fn launched_processes() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_SIZE",
-        "MPI_LOCALNRANKS",
-        "SLURM_STEP_NUM_TASKS",
-    ]
-    .iter()
-    .find_map(|name| std::env::var(name).ok()?.parse().ok())
+    env_count(MPI_LAUNCHERS).or_else(|| env_count(&["SLURM_STEP_NUM_TASKS"]))
+}
+
+/// The first of `names` set to a number.
+fn env_count(names: &[&str]) -> Option<usize> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.parse().ok())
 }
 
 /// The group this process belongs to. Call once, before any other thread starts.
@@ -119,6 +121,19 @@ pub fn connect(choice: Distributed) -> anyhow::Result<Rc<dyn Collective>> {
         Distributed::Off => Ok(Rc::new(Single)),
         Distributed::Auto if launched <= 1 => Ok(Rc::new(Single)),
         Distributed::Auto | Distributed::Mpi => connect_mpi(launched),
+    }
+}
+
+/// One process, for a subcommand that does not run over several: refused when an MPI
+/// launcher started several (each would write the same outputs). Slurm's variables
+/// do not count here: a batch script's own step may carry them.
+pub fn alone() -> anyhow::Result<Rc<dyn Collective>> {
+    match env_count(MPI_LAUNCHERS) {
+        Some(n) if n > 1 => Err(crate::error::InputError(format!(
+            "started as one of {n} processes (mpirun or srun): only train-model and eval run over several; start this one alone"
+        ))
+        .into()),
+        _ => Ok(Rc::new(Single)),
     }
 }
 

@@ -23,6 +23,7 @@ pub use scores_netcdf::write_scores_netcdf;
 
 use crate::data::time::format_step;
 use crate::data::{DataSpec, Dataset, NormStats, StepReader, WindowSpec};
+use crate::distributed::{shard, Collective};
 use crate::error::InputError;
 use crate::graph::PatchOptions;
 use crate::predict::{Execution, NodeState, NormalisedResidual, Rollout};
@@ -126,6 +127,21 @@ impl Sums {
         self.oa2 += w * oa * oa;
     }
 
+    fn fields(&self) -> [f64; 6] {
+        [self.w, self.err, self.sq, self.fa_oa, self.fa2, self.oa2]
+    }
+
+    fn from_fields(f: &[f64]) -> Sums {
+        Sums {
+            w: f[0],
+            err: f[1],
+            sq: f[2],
+            fa_oa: f[3],
+            fa2: f[4],
+            oa2: f[5],
+        }
+    }
+
     fn scores(&self) -> report::Scores {
         let w = self.w.max(1e-300);
         let denom = (self.fa2 * self.oa2).sqrt();
@@ -199,18 +215,21 @@ fn score_lead(
 
 /// Rolls out `rollout_steps` model steps from every initial time of `period` that
 /// leaves room for them, `batch_size` initial times at a time, and scores each lead.
+/// Several ranks each roll out their share of the initial times and add their sums.
 pub fn evaluate(
     loaded: &Loaded,
-    rollout_steps: usize,
-    batch_size: usize,
+    (rollout_steps, batch_size): (usize, usize),
     period: &EvalPeriod,
+    collective: &dyn Collective,
 ) -> anyhow::Result<EvalReport> {
     let s = &loaded.session;
     loaded.meta.run.window.check_rollout(rollout_steps)?;
     let inits = period.initial_times(loaded, rollout_steps)?;
     let clim = climatology::Climatology::from_training_block(loaded)?;
     let baseline = crate::memory::reset_peak_on(&s.device);
-    let sums = rollout_sums(loaded, &inits, rollout_steps, batch_size, &clim)?;
+    let share = &inits[shard(inits.len(), collective.rank(), collective.size())];
+    let mut sums = rollout_sums(loaded, share, rollout_steps, batch_size, &clim)?;
+    let graph_forwards = add_over_ranks(collective, &mut sums, s.predictor.graph_forwards())?;
     let rollout_peak_bytes = crate::memory::peak_on(&s.device)
         .zip(baseline)
         .map(|(p, b)| p.saturating_sub(b) as u64);
@@ -232,7 +251,7 @@ pub fn evaluate(
         rollout_steps,
         climatology: clim.description,
         patches: s.execution.patch_count(),
-        graph_forwards: s.predictor.graph_forwards(),
+        graph_forwards,
         rollout_peak_bytes,
         records: report::records(
             &channel_infos(&s.dataset),
@@ -241,6 +260,25 @@ pub fn evaluate(
             step_hours,
         ),
     })
+}
+
+/// Adds every rank's sums (and graph forward passes, returned) to `sums`.
+fn add_over_ranks(
+    collective: &dyn Collective,
+    sums: &mut [Vec<[Sums; 3]>],
+    forwards: usize,
+) -> anyhow::Result<usize> {
+    if collective.size() == 1 {
+        return Ok(forwards);
+    }
+    let each = sums.iter_mut().flatten().flatten();
+    let mut flat: Vec<f64> = each.flat_map(|x| x.fields()).collect();
+    flat.push(forwards as f64);
+    collective.all_reduce_f64(&mut flat)?;
+    for (x, f) in sums.iter_mut().flatten().flatten().zip(flat.chunks(6)) {
+        *x = Sums::from_fields(f);
+    }
+    Ok(flat[flat.len() - 1] as usize)
 }
 
 /// Weighted error sums `[lead][channel][system]` (model, persistence, climatology)
