@@ -7,41 +7,33 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use common::{generate, meshcast, succeeded, TINY};
+use assert_cmd::Command;
 
-/// `mpirun -np RANKS meshcast -q train-model DATA --output-dir OUT` with the tiny model.
-fn mpirun(ranks: usize, data: &Path, out: &Path, args: &[&str]) -> Output {
-    let bin = meshcast().get_program().to_owned();
-    Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np"])
+use common::{generate, meshcast, succeeded, train_tiny_by};
+
+/// `mpirun -np RANKS meshcast` with the test's environment, one compute thread per
+/// rank (as each would have on a core of its own).
+fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    for (key, value) in meshcast().get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np"])
         .arg(ranks.to_string())
-        // Two cores: each rank one compute thread, as a rank per core would have.
         .args(["-x", "RAYON_NUM_THREADS=1"])
-        .arg(bin)
-        .args(["-q", "train-model"])
-        .arg(data)
-        .arg("--output-dir")
-        .arg(out)
-        .args(TINY)
-        .args(args)
-        .output()
-        .unwrap()
+        .arg(meshcast().get_program());
+    cmd
 }
 
-/// One process, as `mpirun` runs each rank but alone.
-fn alone(data: &Path, out: &Path, args: &[&str]) -> Output {
-    meshcast()
-        .env("RAYON_NUM_THREADS", "1")
-        .args(["-q", "train-model"])
-        .arg(data)
-        .arg("--output-dir")
-        .arg(out)
-        .args(TINY)
-        .args(args)
-        .output()
-        .unwrap()
+/// `meshcast` as one process with one compute thread, as each rank has.
+fn alone() -> Command {
+    let mut cmd = meshcast();
+    cmd.env("RAYON_NUM_THREADS", "1");
+    cmd
 }
 
 /// Every parameter of the run's `last` checkpoint, by name.
@@ -91,11 +83,16 @@ fn ranks_end_on_the_weights_of_one_process_with_their_combined_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let one = dir.path().join("one");
-    succeeded(&alone(&data, &one, &[RUN, &["--batch-size", "4"]].concat()));
+    succeeded(&train_tiny_by(
+        alone(),
+        &data,
+        &one,
+        &[RUN, &["--batch-size", "4"]].concat(),
+    ));
     for (ranks, batch) in [(2, "2"), (4, "1")] {
         let run = dir.path().join(format!("np{ranks}"));
-        let out = mpirun(
-            ranks,
+        let out = train_tiny_by(
+            mpirun(ranks),
             &data,
             &run,
             &[RUN, &["--batch-size", batch]].concat(),
@@ -120,7 +117,8 @@ fn accumulation_and_rollouts_compose_with_ranks() {
     let data = data(dir.path());
     let args = ["--grad-accum-steps", "2", "--rollout-steps", "2"];
     let one = dir.path().join("one");
-    succeeded(&alone(
+    succeeded(&train_tiny_by(
+        alone(),
         &data,
         &one,
         &[RUN, &args, &["--batch-size", "6"]].concat(),
@@ -128,8 +126,8 @@ fn accumulation_and_rollouts_compose_with_ranks() {
     // 26 samples: four global batches of 6, then one of 2 (shares of 1 and 1), which
     // is also a short accumulation.
     let two = dir.path().join("two");
-    let out = mpirun(
-        2,
+    let out = train_tiny_by(
+        mpirun(2),
         &data,
         &two,
         &[RUN, &args, &["--batch-size", "3"]].concat(),
@@ -145,11 +143,11 @@ fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
     let data = data(dir.path());
     let args = [RUN, &["--batch-size", "3", "--patches", "2"]].concat();
     let one = dir.path().join("one");
-    succeeded(&alone(&data, &one, &args));
+    succeeded(&train_tiny_by(alone(), &data, &one, &args));
     // 2 ranks: one patch each; 3: one rank differentiates no patch.
     for ranks in [2, 3] {
         let run = dir.path().join(format!("np{ranks}"));
-        succeeded(&mpirun(ranks, &data, &run, &args));
+        succeeded(&train_tiny_by(mpirun(ranks), &data, &run, &args));
         assert_eq!(
             common::last_meta(&run)["step"],
             common::last_meta(&one)["step"]
@@ -157,8 +155,8 @@ fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
         let diff = largest_difference(&one, &run);
         assert!(diff < 1e-5, "{ranks} ranks: parameters differ by {diff}");
     }
-    let refused = mpirun(
-        2,
+    let refused = train_tiny_by(
+        mpirun(2),
         &data,
         &dir.path().join("k2"),
         &[&args[..], &["--rollout-steps", "2"]].concat(),
@@ -173,11 +171,16 @@ fn a_run_resumes_on_the_same_or_another_number_of_ranks() {
     let data = data(dir.path());
     let batch = ["--batch-size", "2"];
     let whole = dir.path().join("whole");
-    succeeded(&mpirun(2, &data, &whole, &[RUN, &batch].concat()));
+    succeeded(&train_tiny_by(
+        mpirun(2),
+        &data,
+        &whole,
+        &[RUN, &batch].concat(),
+    ));
     for ranks in [2, 1, 3] {
         let run = dir.path().join(format!("resumed{ranks}"));
-        succeeded(&mpirun(
-            2,
+        succeeded(&train_tiny_by(
+            mpirun(2),
             &data,
             &run,
             &[RUN, &batch, &["--max-steps", "5"]].concat(),
@@ -187,18 +190,13 @@ fn a_run_resumes_on_the_same_or_another_number_of_ranks() {
         // (3 ranks: shares of 1, 1 and 2 samples).
         let resume = ["--resume", "--no-progress"];
         let out = match ranks {
-            1 => meshcast()
-                .env("RAYON_NUM_THREADS", "1")
+            1 => alone()
                 .args(["-q", "train-model", "--output-dir"])
                 .arg(&run)
                 .args(resume)
                 .output()
                 .unwrap(),
-            n => Command::new("mpirun")
-                .args(["--allow-run-as-root", "--oversubscribe", "-np"])
-                .arg(n.to_string())
-                .args(["-x", "RAYON_NUM_THREADS=1"])
-                .arg(meshcast().get_program())
+            n => mpirun(n)
                 .args(["-q", "train-model", "--output-dir"])
                 .arg(&run)
                 .args(resume)
@@ -219,9 +217,14 @@ fn a_failure_on_one_rank_ends_every_rank_with_its_error() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let run = dir.path().join("run");
-    succeeded(&mpirun(2, &data, &run, &["--num-epochs", "1"]));
+    succeeded(&train_tiny_by(
+        mpirun(2),
+        &data,
+        &run,
+        &["--num-epochs", "1"],
+    ));
     // Only rank 0 checks the run directory: it refuses, the other rank must not wait.
-    let out = mpirun(2, &data, &run, &["--num-epochs", "1"]);
+    let out = train_tiny_by(mpirun(2), &data, &run, &["--num-epochs", "1"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -234,20 +237,11 @@ fn a_failure_on_one_rank_ends_every_rank_with_its_error() {
 fn plan_memory_predicts_the_peak_of_each_rank() {
     let dir = tempfile::tempdir().unwrap();
     let data = generate(dir.path(), "g5.nc", &["--resolution", "5", "--steps", "12"]);
-    let model = [
-        "--latent-size",
-        "32",
-        "--num-gnn-layers",
-        "4",
-        "--batch-size",
-        "2",
-        "--no-graph-cache",
-    ];
     for (name, flags) in [("data", &[][..]), ("patches", &["--patches", "4"][..])] {
         let out = meshcast()
             .args(["-q", "plan-memory", "--json", "--ranks", "2", "--data"])
             .arg(&data)
-            .args(model)
+            .args(common::MEMORY_MODEL)
             .args(flags)
             .output()
             .unwrap();
@@ -256,12 +250,10 @@ fn plan_memory_predicts_the_peak_of_each_rank() {
         assert_eq!(plan["ranks"], 2);
         let predicted = plan["chosen"]["prediction"]["total"].as_f64().unwrap();
         let run = dir.path().join(name);
-        let out = Command::new("mpirun")
-            .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
-            .arg(meshcast().get_program())
+        let out = mpirun(2)
             .args(["-q", "train-model", "--data"])
             .arg(&data)
-            .args(model)
+            .args(common::MEMORY_MODEL)
             .args(flags)
             .args(["--max-steps", "2", "--no-progress", "--output-dir"])
             .arg(&run)
@@ -291,7 +283,7 @@ fn eval_over_ranks_reports_the_scores_of_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
     let run = dir.path().join("run");
-    succeeded(&alone(&data, &run, &["--num-epochs", "1"]));
+    succeeded(&train_tiny_by(alone(), &data, &run, &["--num-epochs", "1"]));
     let eval = [
         "eval",
         "--which",
@@ -301,7 +293,7 @@ fn eval_over_ranks_reports_the_scores_of_one_process() {
         "all",
     ];
     let json = ["--rollout-steps", "2", "--batch-size", "3", "--json"];
-    let one = meshcast()
+    let one = alone()
         .arg("-q")
         .args(eval)
         .arg("--checkpoint")
@@ -310,9 +302,7 @@ fn eval_over_ranks_reports_the_scores_of_one_process() {
         .output()
         .unwrap();
     succeeded(&one);
-    let three = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "3"])
-        .arg(meshcast().get_program())
+    let three = mpirun(3)
         .arg("-q")
         .args(eval)
         .arg("--checkpoint")
@@ -347,4 +337,33 @@ fn a_subcommand_that_runs_alone_refuses_to_be_one_of_several() {
         .output()
         .unwrap();
     common::assert_bad_input(&out, &["one of 2 processes", "alone"]);
+}
+
+#[test]
+fn ranks_started_with_other_settings_refuse_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let run = dir.path().join("run");
+    // Open MPI's MPMD form: rank 0 with seed 1, rank 1 with seed 2.
+    let mut cmd = mpirun(1);
+    let rank = |seed: &str| {
+        let mut args: Vec<String> = vec!["-q".into(), "train-model".into()];
+        args.push(data.to_str().unwrap().into());
+        args.extend(["--output-dir".into(), run.to_str().unwrap().into()]);
+        args.extend(common::TINY.iter().map(|s| s.to_string()));
+        args.extend(["--seed".into(), seed.into()]);
+        args
+    };
+    cmd.args(rank("1"))
+        .args([":", "-np", "1", "-x", "RAYON_NUM_THREADS=1"])
+        .arg(meshcast().get_program())
+        .args(rank("2"));
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("resolved another run than rank 0"),
+        "{stderr}"
+    );
+    assert!(!run.join("run.json").exists(), "nothing is written");
 }

@@ -8,16 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-const MODEL: &[&str] = &[
-    "--latent-size",
-    "32",
-    "--num-gnn-layers",
-    "4",
-    "--batch-size",
-    "2",
-    "--no-graph-cache",
-];
-
 fn plan(data: &Path, extra: &[&str]) -> std::process::Output {
     meshcast()
         .args([
@@ -27,7 +17,7 @@ fn plan(data: &Path, extra: &[&str]) -> std::process::Output {
             "--data",
             data.to_str().unwrap(),
         ])
-        .args(MODEL)
+        .args(MEMORY_MODEL)
         .args(extra)
         .output()
         .unwrap()
@@ -43,7 +33,7 @@ fn plan_json(data: &Path, extra: &[&str]) -> serde_json::Value {
 fn measured(data: &Path, dir: &Path, extra: &[&str]) -> f64 {
     let out = meshcast()
         .args(["-q", "train-model", "--data", data.to_str().unwrap()])
-        .args(MODEL)
+        .args(MEMORY_MODEL)
         .args(["--max-steps", "2", "--no-progress", "--output-dir"])
         .arg(dir)
         .args(extra)
@@ -111,7 +101,7 @@ fn the_budget_picks_the_cheapest_configuration_that_fits() {
     let out_dir = dir.path().join("run");
     let out = meshcast()
         .args(["-q", "train-model", "--data", data.to_str().unwrap()])
-        .args(MODEL)
+        .args(MEMORY_MODEL)
         .args([
             "--max-steps",
             "1",
@@ -139,7 +129,7 @@ fn an_impossible_budget_is_refused_plainly() {
     assert_bad_input(&out, &["no configuration fits", "1 MB"]);
     let out = meshcast()
         .args(["-q", "train-model", "--data", data.to_str().unwrap()])
-        .args(MODEL)
+        .args(MEMORY_MODEL)
         .args(["--memory-budget", "1MB", "--output-dir"])
         .arg(dir.path().join("never"))
         .output()

@@ -119,6 +119,9 @@ pub fn main() -> ExitCode {
         Err(err) => return report(&err, None),
     };
     init_logging(cli.verbose, cli.quiet, collective.as_ref());
+    if collective.size() > 1 {
+        abort_on_panic();
+    }
     let _rank = (collective.size() > 1)
         .then(|| tracing::info_span!("rank", r = collective.rank()).entered());
     // Opened once here so a device that cannot be had fails before any work.
@@ -130,6 +133,16 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(&err, Some(collective.as_ref())),
     }
+}
+
+/// A panic on one rank of several ends the process at once (the launcher then ends
+/// the others): unwinding would wait in MPI_Finalize while the others wait for it.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
 }
 
 /// The error on one line and its exit code (2 for bad input, 128 + signal when

@@ -15,7 +15,8 @@ pub enum DeviceSpec {
     Cpu,
     /// CUDA device with this ordinal.
     Cuda(usize),
-    /// CUDA device 0 when this binary has CUDA and a GPU answers, else the CPU.
+    /// CUDA device 0 (a rank's local index under mpirun or srun) when this binary has
+    /// CUDA and a GPU answers, else the CPU.
     Auto,
 }
 
@@ -27,7 +28,10 @@ impl FromStr for DeviceSpec {
         match s.as_str() {
             "cpu" => Ok(DeviceSpec::Cpu),
             "auto" => Ok(DeviceSpec::Auto),
-            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            // Several ranks on one machine take one GPU each, by their local rank.
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(
+                crate::distributed::local_rank().unwrap_or(0),
+            )),
             other => match other.strip_prefix("cuda:") {
                 Some(n) => n
                     .parse()
@@ -67,14 +71,17 @@ impl DeviceSpec {
                 }
                 Device::new_cuda(n).map_err(|e| {
                     InputError(format!(
-                        "--device cuda:{n}: cannot open the CUDA device: {e}"
+                        "--device cuda:{n}: cannot open the CUDA device: {e} \
+                         (under mpirun or srun, `cuda` takes the GPU of the rank's index on its machine: \
+                         start at most one rank per GPU)"
                     ))
                     .into()
                 })
             }
             DeviceSpec::Auto => {
                 if candle_core::utils::cuda_is_available() {
-                    if let Ok(dev) = Device::new_cuda(0) {
+                    let gpu = crate::distributed::local_rank().unwrap_or(0);
+                    if let Ok(dev) = Device::new_cuda(gpu) {
                         return Ok(dev);
                     }
                     tracing::warn!(

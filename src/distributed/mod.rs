@@ -107,6 +107,17 @@ pub fn launched_processes() -> Option<usize> {
     env_count(MPI_LAUNCHERS).or_else(|| env_count(&["SLURM_STEP_NUM_TASKS"]))
 }
 
+/// This process's index among the ranks on its machine, as launchers set it (the GPU
+/// `--device cuda` then takes); None outside a launcher.
+pub fn local_rank() -> Option<usize> {
+    env_count(&[
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "PMI_LOCAL_RANK",
+        "SLURM_LOCALID",
+    ])
+}
+
 /// The first of `names` set to a number.
 fn env_count(names: &[&str]) -> Option<usize> {
     names

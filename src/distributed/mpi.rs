@@ -10,6 +10,10 @@ use mpi::Threading;
 
 use super::Collective;
 
+/// The most bytes one MPI call carries: MPI counts elements in a C int, so larger
+/// buffers (a model above ~500M parameters) go in several calls.
+const CHUNK_BYTES: usize = 1 << 30;
+
 pub struct MpiCollective {
     world: SimpleCommunicator,
     /// Finalises MPI when dropped, at the end of the command.
@@ -37,16 +41,20 @@ impl Collective for MpiCollective {
     }
 
     fn all_reduce_f32(&self, buf: &mut [f32]) -> anyhow::Result<()> {
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        for part in buf.chunks_mut(CHUNK_BYTES / 4) {
+            let send = part.to_vec();
+            self.world
+                .all_reduce_into(&send[..], part, SystemOperation::sum());
+        }
         Ok(())
     }
 
     fn all_reduce_f64(&self, buf: &mut [f64]) -> anyhow::Result<()> {
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        for part in buf.chunks_mut(CHUNK_BYTES / 8) {
+            let send = part.to_vec();
+            self.world
+                .all_reduce_into(&send[..], part, SystemOperation::sum());
+        }
         Ok(())
     }
 
@@ -55,7 +63,9 @@ impl Collective for MpiCollective {
         let mut len = bytes.len() as u64;
         root.broadcast_into(&mut len);
         bytes.resize(len as usize, 0);
-        root.broadcast_into(&mut bytes[..]);
+        for part in bytes.chunks_mut(CHUNK_BYTES) {
+            root.broadcast_into(part);
+        }
         Ok(())
     }
 

@@ -228,7 +228,8 @@ pub fn evaluate(
     let clim = climatology::Climatology::from_training_block(loaded)?;
     let baseline = crate::memory::reset_peak_on(&s.device);
     let share = &inits[shard(inits.len(), collective.rank(), collective.size())];
-    let mut sums = rollout_sums(loaded, share, rollout_steps, batch_size, &clim)?;
+    let sizes = (rollout_steps, batch_size);
+    let mut sums = rollout_sums(loaded, share, sizes, &clim, collective.rank() == 0)?;
     let graph_forwards = add_over_ranks(collective, &mut sums, s.predictor.graph_forwards())?;
     let rollout_peak_bytes = crate::memory::peak_on(&s.device)
         .zip(baseline)
@@ -286,9 +287,9 @@ fn add_over_ranks(
 fn rollout_sums(
     loaded: &Loaded,
     inits: &[usize],
-    rollout_steps: usize,
-    batch_size: usize,
+    (rollout_steps, batch_size): (usize, usize),
     clim: &climatology::Climatology,
+    progress: bool,
 ) -> anyhow::Result<Vec<Vec<[Sums; 3]>>> {
     let s = &loaded.session;
     let window = loaded.meta.run.window;
@@ -301,7 +302,7 @@ fn rollout_sums(
     };
     let mut reader = NodeReader::new(s, channels);
     let mut sums = vec![vec![[Sums::default(); 3]; channels]; rollout_steps];
-    let bar = crate::util::progress_bar(true, inits.len(), "eval: initial times");
+    let bar = crate::util::progress_bar(progress, inits.len(), "eval: initial times");
     for chunk in inits.chunks(batch_size.max(1)) {
         bar.inc(chunk.len() as u64);
         let histories = chunk

@@ -97,18 +97,41 @@ pub fn check_replicas(collective: &dyn Collective, vars: &[Var]) -> anyhow::Resu
     if collective.size() == 1 {
         return Ok(());
     }
-    let mine = fingerprint(vars)?;
-    let mut theirs = mine.to_le_bytes().to_vec();
-    collective.broadcast_bytes(&mut theirs)?;
-    let mut differing = [(theirs != mine.to_le_bytes()) as u8 as f64];
-    collective.all_reduce_f64(&mut differing)?;
+    let differing = ranks_differing(collective, &fingerprint(vars)?.to_le_bytes())?;
     anyhow::ensure!(
-        differing[0] == 0.0,
-        "the parameters of {} of {} ranks differ from rank 0's: the replicas diverged (a rank read different data or ran a different build)",
-        differing[0],
+        differing == 0,
+        "the parameters of {differing} of {} ranks differ from rank 0's: the replicas diverged (a rank read different data or ran a different build)",
         collective.size()
     );
     Ok(())
+}
+
+/// Refuses, on every rank together, a run that some rank resolved otherwise than rank
+/// 0 (`identity`: its settings, data fingerprint and sample count): such ranks would
+/// exchange buffers of other sizes, or at other steps.
+pub fn check_same_run(collective: &dyn Collective, identity: &str) -> anyhow::Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let differing = ranks_differing(collective, identity.as_bytes())?;
+    if differing > 0 {
+        return Err(crate::error::InputError(format!(
+            "{differing} of {} ranks resolved another run than rank 0 (settings, data files or samples differ): \
+             start every rank with the same flags, config and data",
+            collective.size()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// How many ranks hold other bytes than rank 0's `mine` (the same count on every rank).
+fn ranks_differing(collective: &dyn Collective, mine: &[u8]) -> anyhow::Result<usize> {
+    let mut theirs = mine.to_vec();
+    collective.broadcast_bytes(&mut theirs)?;
+    let mut differing = [(theirs != mine) as u8 as f64];
+    collective.all_reduce_f64(&mut differing)?;
+    Ok(differing[0] as usize)
 }
 
 /// FNV-1a over the parameters' f32 bits.

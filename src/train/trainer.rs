@@ -135,10 +135,26 @@ fn checked_session(
     dataset: Arc<Dataset>,
 ) -> anyhow::Result<Session> {
     check_patch_parallel(run, opts)?;
-    let (splits, graph) = Session::graph(run, &dataset, opts.graph_cache.as_deref())?;
+    // Rank 0 builds (and caches) the graph first; the others then load it.
+    let c = opts.collective.as_ref();
+    let graph = || Session::graph(run, &dataset, opts.graph_cache.as_deref());
+    let (splits, graph) = match c.rank() {
+        0 => graph().inspect(|_| c.barrier())?,
+        _ => {
+            c.barrier();
+            graph()?
+        }
+    };
     match crate::memory::available_on(&opts.device) {
         Some(available) if opts.memory_check => {
-            check_fits(run, &graph, &dataset.grid, &available, opts.device.is_cpu())?
+            let mine = per_rank(run, opts);
+            check_fits(
+                &mine,
+                &graph,
+                &dataset.grid,
+                &available,
+                opts.device.is_cpu(),
+            )?
         }
         _ => {}
     }
@@ -162,6 +178,16 @@ fn check_patch_parallel(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<
         .into());
     }
     Ok(())
+}
+
+/// The run as one rank computes it: its share of the global batch (a run resumed on
+/// fewer ranks than it started with takes more samples per rank).
+fn per_rank(run: &RunConfig, opts: &TrainOptions) -> RunConfig {
+    let mut mine = run.clone();
+    if !patch_parallel(run, opts) {
+        mine.train.batch_size = run.train.global_batch().div_ceil(opts.collective.size());
+    }
+    mine
 }
 
 /// Patches over several ranks: each rank takes the whole batch and the gradients of
@@ -425,7 +451,11 @@ impl<'a> Trainer<'a> {
         let baseline = crate::memory::current_on(&opts.device).map(|b| b as u64);
         let session = checked_session(run, opts, dataset.clone())?;
         let train_samples = train_samples(run, &session)?;
+        let identity = format!("{run:?} {} {}", dataset.fingerprint, train_samples.len());
+        replicas::check_same_run(opts.collective.as_ref(), &identity)?;
         // Everything that can refuse the run has run: only now may an old run go.
+        // Every rank has read what it needs from the directory before rank 0 clears it.
+        opts.collective.barrier();
         if let Some(dir) = &run_dir {
             dir.start(run, opts.overwrite && !opts.resume)?;
         }

@@ -17,6 +17,7 @@ use crate::data::{Batch, BatchLoader, NormStats, Prefetch, WindowSpec};
 use crate::distributed::{shard, Collective};
 use crate::predict::loss::weighted_mse;
 use crate::predict::unroll::rollout_forward;
+use crate::predict::LossTarget;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Validation {
@@ -78,10 +79,9 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     );
     for batch in loader {
         bar.inc(1);
-        let (loss, pred, truth, valid) = batch_errors(session, &batch?, set)?;
-        let valid_entries = valid.iter().filter(|&&v| v).count() as f64;
-        total += loss * valid_entries;
-        count += valid_entries;
+        let (errors, pred, truth, valid) = batch_errors(session, &batch?, set)?;
+        total += errors.0;
+        count += errors.1;
         add_squared_errors(&mut sums, (&pred, &truth, &valid), set.lat_w);
     }
     bar.finish_and_clear();
@@ -129,9 +129,11 @@ fn sum_over_ranks(
     Ok(flat[1])
 }
 
-/// A batch's loss (over its rollout), and the first step's predicted and true
+/// A batch's weighted squared errors and valid entries, summed over its rollout's
+/// steps (so that the loss, their ratio, is the same however the samples are
+/// batched or shared out over ranks), and the first step's predicted and true
 /// residuals and their validity.
-type BatchErrors = (f64, Vec<f32>, Vec<f32>, Vec<bool>);
+type BatchErrors = ((f64, f64), Vec<f32>, Vec<f32>, Vec<bool>);
 
 fn batch_errors(
     session: &Session,
@@ -141,17 +143,25 @@ fn batch_errors(
     let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
     };
+    let squared = |pred: &Tensor, t: &LossTarget| -> candle_core::Result<(f64, f64)> {
+        let sum = weighted_mse(pred, &t.y, &t.w, 1.0)?.to_scalar::<f32>()? as f64;
+        Ok((sum, t.entries as f64))
+    };
     if batch.rollout_steps > 1 {
         let rb = session.rollout_batch(batch, (set.lat_w, set.var_w), &set.stats)?;
         let forward = rollout_forward(session.predictor.as_ref(), &rb)?;
+        let mut errors = (0.0, 0.0);
+        for (sum, target) in forward.sums.iter().zip(&rb.targets) {
+            let (e, n) = squared(sum, target)?;
+            (errors.0, errors.1) = (errors.0 + e, errors.1 + n);
+        }
         let truth = flat(&rb.targets[0].y)?;
-        return Ok((forward.loss, flat(&forward.sums[0])?, truth, rb.first_valid));
+        return Ok((errors, flat(&forward.sums[0])?, truth, rb.first_valid));
     }
     let (x, target, valid) = session.tensors(batch, set.lat_w, set.var_w)?;
     let pred = session.predictor.forward(&x)?;
-    let loss = weighted_mse(&pred, &target.y, &target.w, target.denominator)?;
     Ok((
-        loss.to_scalar::<f32>()? as f64,
+        squared(&pred, &target)?,
         flat(&pred)?,
         flat(&target.y)?,
         valid,

@@ -120,10 +120,25 @@ pub const TINY: &[&str] = &[
     "--no-graph-cache",
 ];
 
+/// The model whose memory the planner's tests predict and measure.
+pub const MEMORY_MODEL: &[&str] = &[
+    "--latent-size",
+    "32",
+    "--num-gnn-layers",
+    "4",
+    "--batch-size",
+    "2",
+    "--no-graph-cache",
+];
+
 /// `train-model DATA --output-dir OUT`, quiet, with the tiny model and `args`.
 pub fn train_tiny(data: &Path, out: &Path, args: &[&str]) -> Output {
-    meshcast()
-        .args(["-q", "train-model"])
+    train_tiny_by(meshcast(), data, out, args)
+}
+
+/// `train_tiny` run by `cmd` (the binary, or a launcher of it such as mpirun).
+pub fn train_tiny_by(mut cmd: Command, data: &Path, out: &Path, args: &[&str]) -> Output {
+    cmd.args(["-q", "train-model"])
         .arg(data)
         .arg("--output-dir")
         .arg(out)

@@ -214,7 +214,12 @@ pub fn run(
     if args.plots {
         draw_training_plot(&output_dir);
     }
-    match opts.stop.load(Ordering::SeqCst) {
+    // A signal to another rank stops this one too (as SIGTERM, Slurm's).
+    let signal = match (opts.stop.load(Ordering::SeqCst), summary.interrupted) {
+        (0, true) => signal_hook::consts::SIGTERM,
+        (signal, _) => signal,
+    };
+    match signal {
         0 => Ok(()),
         signal => Err(crate::error::Interrupted {
             signal,

@@ -226,12 +226,14 @@ fn training_days(dataset: &Dataset, split: SplitFractions, window: WindowSpec) -
     (instants[last].seconds - instants[first].seconds) as f64 / 86_400.0
 }
 
-/// The processes a run in `dir` started with (its run.json), which a resumed run keeps
-/// whatever flags it is given: its global batch stays the same.
+/// The processes the run in `dir` started with (its `last` checkpoint's, which
+/// resuming compares against; 1 before runs recorded it): a resumed run keeps them
+/// whatever flags it is given, so its global batch stays the same.
 pub(super) fn saved_ranks(dir: &std::path::Path) -> Option<usize> {
-    let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
-    let run: RunConfig = serde_json::from_str(&text).ok()?;
-    Some(run.train.ranks)
+    let sidecar = crate::train::checkpoint::sidecar(&dir.join("checkpoints"), "last");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sidecar).ok()?).ok()?;
+    Some(meta["run"]["train"]["ranks"].as_u64().unwrap_or(1) as usize)
 }
 
 /// `--resume` with no data or config flags continues the run saved in the output
