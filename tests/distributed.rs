@@ -141,10 +141,16 @@ fn accumulation_and_rollouts_compose_with_ranks() {
 fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
-    let args = [RUN, &["--batch-size", "3", "--patches", "2"]].concat();
+    let args = [RUN, &["--batch-size", "3", "--patches", "4"]].concat();
     let one = dir.path().join("one");
     succeeded(&train_tiny_by(alone(), &data, &one, &args));
-    // 2 ranks: one patch each; 3: one rank differentiates no patch.
+    let val_losses = |run: &Path| -> Vec<f64> {
+        let epochs = common::metrics(run).into_iter();
+        let epochs = epochs.filter(|r| r["kind"] == "epoch");
+        epochs.map(|r| r["val_loss"].as_f64().unwrap()).collect()
+    };
+    // 2 ranks: two patches each; 3 ranks: 1, 1 and 2. Each holds only its patches and
+    // validates every sample on their nodes.
     for ranks in [2, 3] {
         let run = dir.path().join(format!("np{ranks}"));
         succeeded(&train_tiny_by(mpirun(ranks), &data, &run, &args));
@@ -154,7 +160,14 @@ fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
         );
         let diff = largest_difference(&one, &run);
         assert!(diff < 1e-5, "{ranks} ranks: parameters differ by {diff}");
+        for (a, b) in val_losses(&one).iter().zip(val_losses(&run)) {
+            assert!((a - b).abs() < 1e-5 * a, "validation loss {a} vs {b}");
+        }
     }
+    let without_patch = train_tiny_by(mpirun(5), &data, &dir.path().join("np5"), &args);
+    assert!(!without_patch.status.success());
+    let stderr = String::from_utf8_lossy(&without_patch.stderr);
+    assert!(stderr.contains("a patch per rank"), "{stderr}");
     let refused = train_tiny_by(
         mpirun(2),
         &data,

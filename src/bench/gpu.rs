@@ -151,6 +151,7 @@ fn planned_fit(deg: f64, budget: u64, on_cpu: bool) -> anyhow::Result<PlannedFit
             patch_halo: 0.0,
             on_cpu,
             rollout_steps: 1,
+            patch_ranks: 1,
         };
         let (rows, chosen) = choose(budget, &whole_grid, |t| setting.shape(t))?;
         let Some(row) = chosen.map(|i| &rows[i]) else {

@@ -70,15 +70,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
     check_sizes(&args)?;
     let options = args.graph.options(&grid);
     let (graph, _, _) = load_or_build(&grid, &valid, &options, args.graph.cache_dir().as_deref())?;
-    let model = ModelConfig {
-        latent_size: args.latent_size,
-        num_gnn_layers: args.num_gnn_layers,
-        mlp_hidden_layers: args.mlp_hidden_layers,
-        ..Default::default()
-    }
-    .resolved(f64::INFINITY)
-    .for_data(args.input_steps, channels, 0);
-    model.validate()?;
+    let model = planned_model(&args, channels)?;
     let setting = StepSetting {
         graph: &graph,
         grid: &grid,
@@ -87,6 +79,7 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         patch_halo: args.patch_halo,
         on_cpu: device.is_cpu(),
         rollout_steps: args.rollout_steps,
+        patch_ranks: args.ranks,
     };
     // Without a budget, "fits" means this machine's free memory now.
     let available = crate::memory::available_on(&device);
@@ -142,6 +135,20 @@ pub fn run(args: PlanMemoryArgs, device: candle_core::Device) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// The model of the flags, for data of `channels` (with every forcing).
+fn planned_model(args: &PlanMemoryArgs, channels: usize) -> anyhow::Result<ModelConfig> {
+    let model = ModelConfig {
+        latent_size: args.latent_size,
+        num_gnn_layers: args.num_gnn_layers,
+        mlp_hidden_layers: args.mlp_hidden_layers,
+        ..Default::default()
+    }
+    .resolved(f64::INFINITY)
+    .for_data(args.input_steps, channels, 0);
+    model.validate()?;
+    Ok(model)
 }
 
 /// Sizes no machine could plan for are refused (the model's own bounds in `run`).

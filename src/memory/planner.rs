@@ -353,12 +353,15 @@ pub struct StepSetting<'a> {
     pub patch_halo: f64,
     pub on_cpu: bool,
     pub rollout_steps: usize,
+    /// Ranks of patch-parallel training, each holding its share of the patches (1:
+    /// one process holds them all).
+    pub patch_ranks: usize,
 }
 
 impl StepSetting<'_> {
     /// The step shape of `techniques`: the largest patch's sizes when it uses patches,
     /// and the bytes of every graph tensor the run keeps resident (the whole graph, or
-    /// every patch's subgraph).
+    /// the subgraphs of every patch, or of the largest share of them a rank holds).
     pub fn shape(&self, techniques: Techniques) -> anyhow::Result<StepShape> {
         let (graph, model) = (self.graph, self.model);
         let cpu = candle_core::Device::Cpu;
@@ -369,16 +372,17 @@ impl StepSetting<'_> {
                     .bytes() as u64,
             )
         };
-        let (mut graph_bytes, mut step_graph) = (0, GraphSizes::of(graph));
-        if techniques.patches > 1 {
+        let mut step_graph = GraphSizes::of(graph);
+        let graph_bytes = if techniques.patches > 1 {
             let options = crate::graph::PatchOptions {
                 n_patches: techniques.patches,
                 halo_deg: self.patch_halo,
             };
             let mut largest: Option<GraphSizes> = None;
+            let mut each = Vec::new();
             for patch in crate::graph::split_into_patches(graph, self.grid, &options)? {
                 let sub = patch.subgraph(graph);
-                graph_bytes += bytes(&sub)?;
+                each.push(bytes(&sub)?);
                 let sizes = GraphSizes::of(&sub);
                 let rows = |s: &GraphSizes| s.grid2mesh_edges + s.mesh_edges + s.mesh2grid_edges;
                 if largest.is_none_or(|l| rows(&sizes) > rows(&l)) {
@@ -386,9 +390,16 @@ impl StepSetting<'_> {
                 }
             }
             step_graph = largest.unwrap_or(step_graph);
+            let ranks = self.patch_ranks.max(1);
+            let share = |r| {
+                each[crate::distributed::shard(each.len(), r, ranks)]
+                    .iter()
+                    .sum()
+            };
+            (0..ranks).map(share).max().unwrap_or(0)
         } else {
-            graph_bytes = bytes(graph)?;
-        }
+            bytes(graph)?
+        };
         Ok(StepShape {
             model: model.clone(),
             batch_size: self.batch_size,

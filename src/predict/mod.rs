@@ -57,9 +57,9 @@ pub struct Execution {
     pub checkpoint_every: Option<usize>,
     /// Run patch by patch (None: the whole graph at once).
     pub patches: Option<PatchOptions>,
-    /// Patch-parallel training, `(rank, ranks)`: this process takes the gradients of
-    /// its share of the patches only (the ranks' sums add up to all patches'); its
-    /// forward passes still run every patch. `(0, 1)`: all of them.
+    /// Patch-parallel training, `(rank, ranks)`: this process holds and runs its share
+    /// of the patches only (the ranks' gradients add up to all patches'). `(0, 1)`:
+    /// all of them.
     pub patch_share: (usize, usize),
 }
 
@@ -153,4 +153,10 @@ pub trait Predictor {
     /// Forward passes over a graph run by [`Predictor::forward`] so far: one per call
     /// on the whole graph, one per patch per call when patched.
     fn graph_forwards(&self) -> usize;
+
+    /// The grid nodes the outputs cover, when not all: one rank's patches in
+    /// patch-parallel training (its other outputs are zero).
+    fn owned_nodes(&self) -> Option<&[bool]> {
+        None
+    }
 }

@@ -57,9 +57,9 @@ impl PatchTensors {
 pub struct Patched {
     net: Arc<Network>,
     patches: Vec<PatchTensors>,
-    /// The patches whose gradients this process takes (patch-parallel training: one
-    /// rank's share; else all).
-    differentiated: std::ops::Range<usize>,
+    /// The full graph's grid nodes these patches own, when they are one rank's share of
+    /// the patches of patch-parallel training (None: all patches, every node).
+    owned_nodes: Option<Vec<bool>>,
     forwards: AtomicUsize,
 }
 
@@ -71,6 +71,18 @@ impl Patched {
         options: &PatchOptions,
         device: &Device,
     ) -> anyhow::Result<Vec<PatchTensors>> {
+        Patched::split_share(graph, grid, options, (0, 1), device)
+    }
+
+    /// [`Patched::split`], keeping only `rank`'s share of the patches (patch-parallel
+    /// training over `ranks`): the others' subgraphs are never placed on the device.
+    pub fn split_share(
+        graph: &WeatherGraph,
+        grid: &Grid,
+        options: &PatchOptions,
+        (rank, ranks): (usize, usize),
+        device: &Device,
+    ) -> anyhow::Result<Vec<PatchTensors>> {
         let patches = split_into_patches(graph, grid, options)?;
         let sizes = patches.iter().map(|p| p.grid_nodes.len());
         tracing::info!(
@@ -80,29 +92,38 @@ impl Patched {
             sizes.clone().min().unwrap_or(0),
             sizes.max().unwrap_or(0)
         );
-        Ok(patches
-            .iter()
-            .map(|p| PatchTensors::new(p, graph, device))
-            .collect::<Result<_>>()?)
+        Ok(
+            patches[crate::distributed::shard(patches.len(), rank, ranks)]
+                .iter()
+                .map(|p| PatchTensors::new(p, graph, device))
+                .collect::<Result<_>>()?,
+        )
     }
 
     /// `net` runs on `patches` (from [`Patched::split`]).
     pub fn new(net: Arc<Network>, patches: Vec<PatchTensors>) -> Patched {
         Patched {
             net,
-            differentiated: 0..patches.len(),
             patches,
+            owned_nodes: None,
             forwards: AtomicUsize::new(0),
         }
     }
 
-    /// Takes the gradients of `rank`'s share of the patches only (patch-parallel
-    /// training over `ranks` processes, whose gradients are then summed).
-    pub fn sharing(self, (rank, ranks): (usize, usize)) -> Patched {
-        Patched {
-            differentiated: crate::distributed::shard(self.patches.len(), rank, ranks),
-            ..self
+    /// Marks the patches as one rank's share of all (of a graph of `grid_nodes`): its
+    /// forward passes give the nodes they own, and its gradients add up with the other
+    /// ranks' to those of all patches.
+    pub fn partial(self, grid_nodes: usize) -> Result<Patched> {
+        let mut owned = vec![false; grid_nodes];
+        for p in &self.patches {
+            for node in p.owned_full.to_vec1::<u32>()? {
+                owned[node as usize] = true;
+            }
         }
+        Ok(Patched {
+            owned_nodes: Some(owned),
+            ..self
+        })
     }
 
     pub fn patches(&self) -> &[PatchTensors] {
@@ -138,8 +159,7 @@ impl Predictor for Patched {
     }
 
     /// Each patch's objective counts its owned nodes; the inputs' gradient sums every
-    /// patch's (halo nodes included: their inputs feed the owned nodes' outputs). Only
-    /// this process's share of the patches, in patch-parallel training.
+    /// patch's (halo nodes included: their inputs feed the owned nodes' outputs).
     fn gradients(
         &self,
         x: &Tensor,
@@ -151,7 +171,7 @@ impl Predictor for Patched {
         if input_grad {
             total.input_grad = Some(x.zeros_like()?);
         }
-        for p in &self.patches[self.differentiated.clone()] {
+        for p in &self.patches {
             let scalar = ObjectiveScalar::new(objective, Some((&p.nodes, &p.owned)))?;
             let mut step = step_gradients(
                 self.net.model(),
@@ -175,5 +195,9 @@ impl Predictor for Patched {
 
     fn graph_forwards(&self) -> usize {
         self.forwards.load(Ordering::Relaxed)
+    }
+
+    fn owned_nodes(&self) -> Option<&[bool]> {
+        self.owned_nodes.as_deref()
     }
 }

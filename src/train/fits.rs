@@ -17,7 +17,9 @@ use super::config::RunConfig;
 /// The most patches the suggestion's search tries.
 const MAX_SUGGESTED_PATCHES: usize = 64;
 
-/// Refuses `run` when its predicted peak exceeds `available`.
+/// Refuses `run` when its predicted peak exceeds `available`. `run` as one rank runs
+/// it: its per-rank batch, and `ranks` those at hand (patch-parallel ranks each hold
+/// their share of the patches).
 pub fn check_fits(
     run: &RunConfig,
     graph: &WeatherGraph,
@@ -33,6 +35,7 @@ pub fn check_fits(
         patch_halo: run.train.patch_halo,
         on_cpu,
         rollout_steps: run.train.max_rollout_steps(),
+        patch_ranks: run.train.ranks,
     };
     let t = &run.train;
     let chosen = Techniques {
@@ -87,6 +90,7 @@ pub fn check_inference_fits(
         patch_halo: execution.patches.map_or(0.0, |p| p.halo_deg),
         on_cpu: true,
         rollout_steps: 1,
+        patch_ranks: 1,
     };
     let techniques = Techniques {
         patches: execution.patch_count(),

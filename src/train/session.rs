@@ -73,9 +73,14 @@ impl Session {
     ) -> anyhow::Result<Session> {
         let precision = execution.precision;
         let predictor: Box<dyn Predictor> = if let Some(options) = &execution.patches {
-            let patches = Patched::split(&graph, &dataset.grid, options, device)?;
+            let share = execution.patch_share;
+            let patches = Patched::split_share(&graph, &dataset.grid, options, share, device)?;
             let net = Network::new(run.model.clone(), precision, &patches[0].graph)?;
-            Box::new(Patched::new(Arc::new(net), patches).sharing(execution.patch_share))
+            let patched = Patched::new(Arc::new(net), patches);
+            match share.1 > 1 {
+                true => Box::new(patched.partial(graph.grid_nodes.len())?),
+                false => Box::new(patched),
+            }
         } else {
             let tensors = GraphTensors::new(&graph, device, DType::F32)?;
             let net = Network::new(run.model.clone(), precision, &tensors)?;

@@ -166,9 +166,16 @@ fn checked_session(
     Session::with_graph(run, execution, dataset, splits, graph, &opts.device)
 }
 
-/// Refuses what patch-parallel training cannot do: rollouts (each step's input
-/// gradient would need the other ranks' patches).
+/// Refuses what patch-parallel training cannot do: ranks without a patch, rollouts
+/// (each step's input gradient would need the other ranks' patches).
 fn check_patch_parallel(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<()> {
+    let ranks = opts.collective.size();
+    if patch_parallel(run, opts) && run.train.patches < ranks {
+        crate::bail_input!(
+            "--patches {} over {ranks} ranks: patch-parallel training needs a patch per rank at least",
+            run.train.patches
+        );
+    }
     if patch_parallel(run, opts) && run.train.max_rollout_steps() > 1 {
         return Err(InputError(
             "--rollout-steps above 1 with --patches over several ranks (patch-parallel training) is not supported: \
@@ -180,13 +187,16 @@ fn check_patch_parallel(run: &RunConfig, opts: &TrainOptions) -> anyhow::Result<
     Ok(())
 }
 
-/// The run as one rank computes it: its share of the global batch (a run resumed on
-/// fewer ranks than it started with takes more samples per rank).
+/// The run as one rank of those at hand computes it (what its memory check plans): its
+/// share of the global batch (a run resumed on fewer ranks than it started with takes
+/// more samples per rank), or with patches its share of them.
 fn per_rank(run: &RunConfig, opts: &TrainOptions) -> RunConfig {
     let mut mine = run.clone();
+    let ranks = opts.collective.size();
     if !patch_parallel(run, opts) {
-        mine.train.batch_size = run.train.global_batch().div_ceil(opts.collective.size());
+        mine.train.batch_size = run.train.global_batch().div_ceil(ranks);
     }
+    mine.train.ranks = ranks;
     mine
 }
 

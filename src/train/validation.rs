@@ -55,8 +55,14 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     if set.samples.is_empty() {
         return Ok(None);
     }
+    // Ranks share out the samples; a rank holding some patches (patch-parallel) scores
+    // every sample on its patches' nodes.
     let (rank, size) = (set.collective.rank(), set.collective.size());
-    let share = &set.samples[shard(set.samples.len(), rank, size)];
+    let owned = session.predictor.owned_nodes();
+    let share = match owned {
+        Some(_) => set.samples,
+        None => &set.samples[shard(set.samples.len(), rank, size)],
+    };
     let loader = BatchLoader::new(
         session.dataset.clone(),
         set.stats.clone(),
@@ -79,7 +85,10 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     );
     for batch in loader {
         bar.inc(1);
-        let (errors, pred, truth, valid) = batch_errors(session, &batch?, set)?;
+        let (mut errors, pred, truth, mut valid) = batch_errors(session, &batch?, set)?;
+        if let Some(owned) = owned {
+            errors = owned_errors(owned, (&pred, &truth, &mut valid), set);
+        }
         total += errors.0;
         count += errors.1;
         add_squared_errors(&mut sums, (&pred, &truth, &valid), set.lat_w);
@@ -166,6 +175,27 @@ fn batch_errors(
         flat(&target.y)?,
         valid,
     ))
+}
+
+/// The loss sums on the nodes of one rank's patches only (its other outputs are zeros,
+/// not predictions), whose entries alone stay valid.
+fn owned_errors(
+    owned: &[bool],
+    (pred, truth, valid): (&[f32], &[f32], &mut [bool]),
+    set: &ValidationSet,
+) -> (f64, f64) {
+    let (channels, nodes) = (set.var_w.len(), set.lat_w.len());
+    let (mut sum, mut entries) = (0.0, 0.0);
+    for (i, v) in valid.iter_mut().enumerate() {
+        let node = (i / channels) % nodes;
+        *v &= owned[node];
+        if *v {
+            let w = set.lat_w[node] as f64 * set.var_w[i % channels] as f64;
+            sum += w * ((pred[i] - truth[i]) as f64).powi(2);
+            entries += 1.0;
+        }
+    }
+    (sum, entries)
 }
 
 /// Persistence predicts a zero residual, so its error is the target itself.

@@ -33,6 +33,7 @@ pub(super) fn fit_budget(
         patch_halo: train_cfg.patch_halo,
         on_cpu,
         rollout_steps: train_cfg.max_rollout_steps(),
+        patch_ranks: 1,
     };
     let fit = fit_budget(budget, 64, &setting)?;
     let row = fit.chosen_or_refuse("")?;
