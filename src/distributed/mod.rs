@@ -155,10 +155,14 @@ fn connect_mpi(_launched: usize) -> anyhow::Result<Rc<dyn Collective>> {
 
 #[cfg(not(feature = "mpi"))]
 fn connect_mpi(launched: usize) -> anyhow::Result<Rc<dyn Collective>> {
+    let how = match launched {
+        1 => "--distributed mpi".to_string(),
+        n => format!("started as one of {n} processes (mpirun or srun)"),
+    };
     Err(crate::error::InputError(format!(
-        "started as one of {launched} processes (mpirun or srun), but this meshcast was built without MPI: \
+        "{how}, but this meshcast was built without MPI: \
          rebuild with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang-dev), \
-         or pass --distributed off to train in each process alone"
+         or pass --distributed off to run each process alone"
     ))
     .into())
 }
