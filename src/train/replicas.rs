@@ -10,36 +10,39 @@ use crate::distributed::Collective;
 
 /// Sums `grads` (one per parameter of `vars`; None counts as zeros) over the ranks in
 /// one all-reduce. A parameter no rank has a gradient for stays None, as in one
-/// process (AdamW leaves it untouched).
+/// process (AdamW leaves it untouched). The gradients are packed on their device and
+/// cross to the host and back in one copy each (not one per tensor, on a GPU).
 pub fn sum_gradients(
     collective: &dyn Collective,
     grads: &mut [Option<Tensor>],
     vars: &[Var],
 ) -> anyhow::Result<()> {
-    if collective.size() == 1 {
+    if collective.size() == 1 || vars.is_empty() {
         return Ok(());
     }
     let mut present: Vec<f64> = grads.iter().map(|g| g.is_some() as u8 as f64).collect();
     collective.all_reduce_f64(&mut present)?;
-    let mut flat = Vec::with_capacity(vars.iter().map(|v| v.elem_count()).sum());
-    for (g, var) in grads.iter().zip(vars) {
-        match g {
-            Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            None => flat.resize(flat.len() + var.elem_count(), 0.0),
-        }
-    }
+    let parts = grads
+        .iter()
+        .zip(vars)
+        .map(|(g, var)| match g {
+            Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
+            None => Tensor::zeros(var.elem_count(), DType::F32, var.device()),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut flat = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
+    drop(parts);
     collective.all_reduce_f32(&mut flat)?;
+    let total = flat.len();
+    let summed = Tensor::from_vec(flat, total, vars[0].device())?;
     let mut offset = 0;
     for ((g, var), &anyone) in grads.iter_mut().zip(vars).zip(&present) {
         let n = var.elem_count();
-        let summed = &flat[offset..offset + n];
+        let part = summed.narrow(0, offset, n)?.reshape(var.shape())?;
         offset += n;
-        *g = match anyone > 0.0 {
-            true => {
-                Some(Tensor::from_slice(summed, var.shape(), var.device())?.to_dtype(var.dtype())?)
-            }
-            false => None,
-        };
+        *g = (anyone > 0.0)
+            .then(|| part.to_dtype(var.dtype()))
+            .transpose()?;
     }
     Ok(())
 }
