@@ -108,6 +108,9 @@ fn ranks_end_on_the_weights_of_one_process_with_their_combined_batch() {
         let (m1, mn) = (common::metrics(&one), common::metrics(&run));
         let loss = |m: &[serde_json::Value]| m[0]["loss"].as_f64().unwrap();
         assert!((loss(&m1) - loss(&mn)).abs() < 1e-5 * loss(&m1));
+        let summary = mn.iter().rfind(|r| r["kind"] == "summary").unwrap();
+        assert_eq!(summary["ranks"], ranks);
+        assert!(summary["exchange_seconds"].as_f64().unwrap() > 0.0);
     }
 }
 

@@ -58,6 +58,10 @@ pub enum Record<'a> {
         mixed_precision: MixedPrecision,
         samples_per_s: f64,
         memory: &'a MemoryBreakdown,
+        /// Processes that trained together (data or patch parallelism), and the
+        /// seconds rank 0 spent summing gradients over them (waiting included).
+        ranks: usize,
+        exchange_seconds: f64,
     },
 }
 

@@ -1077,6 +1077,8 @@ impl<'a> Trainer<'a> {
             mixed_precision: self.run.train.mixed_precision,
             samples_per_s: samples_per_second,
             memory: &memory,
+            ranks: self.opts.collective.size(),
+            exchange_seconds: self.exchange_seconds,
         })?;
         let p = &self.progress;
         Ok(TrainSummary {
