@@ -309,24 +309,13 @@ fn eval_over_ranks_reports_the_scores_of_one_process() {
         "all",
     ];
     let json = ["--rollout-steps", "2", "--batch-size", "3", "--json"];
-    let one = alone()
-        .arg("-q")
-        .args(eval)
-        .arg("--checkpoint")
-        .arg(&run)
-        .args(json)
-        .output()
-        .unwrap();
-    succeeded(&one);
-    let three = mpirun(3)
-        .arg("-q")
-        .args(eval)
-        .arg("--checkpoint")
-        .arg(&run)
-        .args(json)
-        .output()
-        .unwrap();
-    succeeded(&three);
+    let eval_by = |mut cmd: Command| {
+        let out = cmd.arg("-q").args(eval).arg("--checkpoint").arg(&run);
+        let out = out.args(json).output().unwrap();
+        succeeded(&out);
+        out
+    };
+    let (one, three) = (eval_by(alone()), eval_by(mpirun(3)));
     // Rank 0 alone prints: one report, whose scores equal one process's.
     let (a, b): (serde_json::Value, serde_json::Value) = (
         serde_json::from_slice(&one.stdout).unwrap(),

@@ -155,9 +155,10 @@ fn report(err: &anyhow::Error, collective: Option<&dyn Collective>) -> ExitCode 
         Some(c) => eprintln!("error (rank {}): {}", c.rank(), one_line(err)),
         None => eprintln!("error: {}", one_line(err)),
     }
-    let code = if let Some(stop) = err.downcast_ref::<crate::error::Interrupted>() {
+    if let Some(stop) = err.downcast_ref::<crate::error::Interrupted>() {
         return ExitCode::from((128 + stop.signal).clamp(0, 255) as u8);
-    } else if crate::error::is_input_error(err) {
+    }
+    let code = if crate::error::is_input_error(err) {
         2
     } else {
         1

@@ -173,18 +173,6 @@ pub fn shard(len: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
     (rank * len / size)..((rank + 1) * len / size)
 }
 
-/// Where this process stands in the group, for logs.
-pub fn describe(collective: &dyn Collective) -> String {
-    match collective.size() {
-        1 => "one process".into(),
-        n => format!(
-            "rank {} of {n} ({})",
-            collective.rank(),
-            collective.transport()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,17 @@ impl MpiCollective {
     }
 }
 
+impl MpiCollective {
+    /// Element-wise sum over the ranks, in place, at most `CHUNK_BYTES` per call.
+    fn sum_in_chunks<T: Equivalence + Copy>(&self, buf: &mut [T]) {
+        for part in buf.chunks_mut(CHUNK_BYTES / std::mem::size_of::<T>()) {
+            let send = part.to_vec();
+            self.world
+                .all_reduce_into(&send[..], part, SystemOperation::sum());
+        }
+    }
+}
+
 impl Collective for MpiCollective {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -41,20 +52,12 @@ impl Collective for MpiCollective {
     }
 
     fn all_reduce_f32(&self, buf: &mut [f32]) -> anyhow::Result<()> {
-        for part in buf.chunks_mut(CHUNK_BYTES / 4) {
-            let send = part.to_vec();
-            self.world
-                .all_reduce_into(&send[..], part, SystemOperation::sum());
-        }
+        self.sum_in_chunks(buf);
         Ok(())
     }
 
     fn all_reduce_f64(&self, buf: &mut [f64]) -> anyhow::Result<()> {
-        for part in buf.chunks_mut(CHUNK_BYTES / 8) {
-            let send = part.to_vec();
-            self.world
-                .all_reduce_into(&send[..], part, SystemOperation::sum());
-        }
+        self.sum_in_chunks(buf);
         Ok(())
     }
 

@@ -3,29 +3,29 @@
 //! the start and at resume), so that every replica starts equal; and a fingerprint of
 //! the parameters that proves they still are.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
-use super::optimizer::AdamW;
+use super::optimizer::{AdamW, Slot};
 use crate::distributed::Collective;
 
-/// Sums `grads` (one per parameter of `vars`; None counts as zeros) over the ranks in
+/// Sums `grads` (one per parameter of `slots`; None counts as zeros) over the ranks in
 /// one all-reduce. A parameter no rank has a gradient for stays None, as in one
 /// process (AdamW leaves it untouched). The gradients are packed on their device and
 /// cross to the host and back in one copy each (not one per tensor, on a GPU).
 pub fn sum_gradients(
     collective: &dyn Collective,
     grads: &mut [Option<Tensor>],
-    vars: &[Var],
+    slots: &[Slot],
 ) -> anyhow::Result<()> {
-    if collective.size() == 1 || vars.is_empty() {
+    if collective.size() == 1 || slots.is_empty() {
         return Ok(());
     }
     let mut present: Vec<f64> = grads.iter().map(|g| g.is_some() as u8 as f64).collect();
     collective.all_reduce_f64(&mut present)?;
     let parts = grads
         .iter()
-        .zip(vars)
-        .map(|(g, var)| match g {
+        .zip(slots)
+        .map(|(g, Slot { var, .. })| match g {
             Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
             None => Tensor::zeros(var.elem_count(), DType::F32, var.device()),
         })
@@ -34,9 +34,9 @@ pub fn sum_gradients(
     drop(parts);
     collective.all_reduce_f32(&mut flat)?;
     let total = flat.len();
-    let summed = Tensor::from_vec(flat, total, vars[0].device())?;
+    let summed = Tensor::from_vec(flat, total, slots[0].var.device())?;
     let mut offset = 0;
-    for ((g, var), &anyone) in grads.iter_mut().zip(vars).zip(&present) {
+    for ((g, Slot { var, .. }), &anyone) in grads.iter_mut().zip(slots).zip(&present) {
         let n = var.elem_count();
         let part = summed.narrow(0, offset, n)?.reshape(var.shape())?;
         offset += n;
@@ -96,11 +96,11 @@ pub fn broadcast_state(collective: &dyn Collective, optimizer: &mut AdamW) -> an
 
 /// Refuses to go on when any rank's parameters differ from rank 0's (bit for bit):
 /// replicas that drift apart would silently train different models.
-pub fn check_replicas(collective: &dyn Collective, vars: &[Var]) -> anyhow::Result<()> {
+pub fn check_replicas(collective: &dyn Collective, slots: &[Slot]) -> anyhow::Result<()> {
     if collective.size() == 1 {
         return Ok(());
     }
-    let differing = ranks_differing(collective, &fingerprint(vars)?.to_le_bytes())?;
+    let differing = ranks_differing(collective, &fingerprint(slots)?.to_le_bytes())?;
     anyhow::ensure!(
         differing == 0,
         "the parameters of {differing} of {} ranks differ from rank 0's: the replicas diverged (a rank read different data or ran a different build)",
@@ -138,9 +138,9 @@ fn ranks_differing(collective: &dyn Collective, mine: &[u8]) -> anyhow::Result<u
 }
 
 /// FNV-1a over the parameters' f32 bits.
-fn fingerprint(vars: &[Var]) -> anyhow::Result<u64> {
+fn fingerprint(slots: &[Slot]) -> anyhow::Result<u64> {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for var in vars {
+    for Slot { var, .. } in slots {
         let values = var.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         for byte in values.iter().flat_map(|v| v.to_bits().to_le_bytes()) {
             hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);

@@ -774,8 +774,8 @@ impl<'a> Trainer<'a> {
         let taken = std::mem::replace(accum, Accumulator::new(self.optimizer.slots.len()));
         let (mut grads, mut losses) = (taken.grads, taken.losses);
         let exchange = Instant::now();
-        let vars: Vec<_> = self.optimizer.slots.iter().map(|s| s.var.clone()).collect();
-        replicas::sum_gradients(self.opts.collective.as_ref(), &mut grads, &vars)?;
+        let slots = &self.optimizer.slots;
+        replicas::sum_gradients(self.opts.collective.as_ref(), &mut grads, slots)?;
         losses.push(self.signalled() as u8 as f64);
         self.opts.collective.all_reduce_f64(&mut losses)?;
         self.exchange_seconds += exchange.elapsed().as_secs_f64();
@@ -924,8 +924,7 @@ impl<'a> Trainer<'a> {
 
     /// Validation, `last` (and `best`) checkpoints and the epoch's record.
     fn end_epoch(&mut self, train_loss: f64, epoch_started: Instant) -> anyhow::Result<()> {
-        let vars: Vec<_> = self.optimizer.slots.iter().map(|s| s.var.clone()).collect();
-        replicas::check_replicas(self.opts.collective.as_ref(), &vars)?;
+        replicas::check_replicas(self.opts.collective.as_ref(), &self.optimizer.slots)?;
         let validation = validate(&self.session, &self.validation_set())?;
         let val_loss = validation.as_ref().map(|v| v.loss);
         let p = &mut self.progress;
