@@ -33,7 +33,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        for kernel in ["segment_sum", "gather_sum", "layer_norm"] {
+        for kernel in ["segment_sum", "gather_sum", "layer_norm", "adamw"] {
             compile_kernel(kernel);
         }
     }

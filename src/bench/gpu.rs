@@ -3,8 +3,9 @@
 //! Reports the CPU, the candle backends built in, and on CUDA builds every CUDA
 //! device (name, compute capability, total and free memory, driver versions). Then
 //! on every device it runs a matmul and a message-passing step (gather by sender,
-//! sum into receivers), checks each against the CPU (the CPU's own matmul against a
-//! plain f64 loop) and reports GFLOP/s. Finally it asks the memory planner what
+//! sum into receivers) and a fused AdamW update, checks each against the CPU (the CPU's
+//! own matmul against a plain f64 loop, the fused update against candle's composed ops)
+//! and reports GFLOP/s. Finally it asks the memory planner what
 //! fits the memory free on the device: the largest batch per grid.
 
 use std::time::Instant;
@@ -333,6 +334,61 @@ fn message_passing_check(device: &Device, aggregation: Aggregation) -> KernelChe
     check
 }
 
+const ADAMW_VALUES: usize = 1 << 20;
+const ADAMW_STEPS: usize = 5;
+
+/// Five fused AdamW updates (with a clip multiplier folded in) of `ADAMW_VALUES`
+/// parameters on `device`, against five updates by candle's composed ops on the CPU.
+fn adamw_check(device: &Device) -> KernelCheck {
+    use crate::train::optimizer::{reference, AdamW, AdamWParams};
+    let mut check = KernelCheck {
+        name: "fused AdamW update (clip folded in)".into(),
+        size: format!("{ADAMW_VALUES} parameters, {ADAMW_STEPS} steps"),
+        median_s: None,
+        gflops: None,
+        max_rel_diff: None,
+        checked_against: "candle's composed ops on the CPU".into(),
+        ok: false,
+        error: None,
+    };
+    let (lr, multiplier, params) = (1e-3, 0.5, AdamWParams::default());
+    let run = || -> candle_core::Result<(f64, f64)> {
+        let w = random(&[ADAMW_VALUES], 6, &Device::Cpu)?;
+        let g = random(&[ADAMW_VALUES], 7, &Device::Cpu)?;
+        let var = candle_core::Var::from_tensor(&w.to_device(device)?)?;
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], params)?;
+        let flat = opt.pack(&[Some(g.to_device(device)?)])?;
+        let (secs, out) = median_time(ADAMW_STEPS, || {
+            opt.step(&flat, lr, multiplier)?;
+            Ok(var.as_tensor().clone())
+        })?;
+        let mut states = vec![reference::ParamState {
+            m: w.zeros_like()?,
+            v: w.zeros_like()?,
+            weight: w,
+        }];
+        let scaled = [Some((g * multiplier)?)];
+        for t in 1..=ADAMW_STEPS {
+            reference::step(&mut states, &scaled, params, t, lr)?;
+        }
+        Ok((secs, max_rel(&out, &states[0].weight)?))
+    };
+    match run() {
+        Ok((secs, rel)) => {
+            check.median_s = Some(secs);
+            check.max_rel_diff = Some(rel);
+            // Bit for bit on the CPU; on a GPU, fused multiply-adds round differently.
+            check.ok = if device.is_cpu() {
+                rel == 0.0
+            } else {
+                rel < 1e-6
+            };
+        }
+        Err(err) => check.error = Some(err.to_string()),
+    }
+    check
+}
+
 /// Runs every check and builds the report.
 pub fn check() -> CheckGpuReport {
     let cuda = cuda_devices();
@@ -342,6 +398,7 @@ pub fn check() -> CheckGpuReport {
             matmul_check(&Device::Cpu),
             message_passing_check(&Device::Cpu, Aggregation::IndexAdd),
             message_passing_check(&Device::Cpu, Aggregation::Csr),
+            adamw_check(&Device::Cpu),
         ],
     }];
     let mut cuda_usable = false;
@@ -356,6 +413,7 @@ pub fn check() -> CheckGpuReport {
                         matmul_check(&dev),
                         message_passing_check(&dev, Aggregation::IndexAdd),
                         message_passing_check(&dev, Aggregation::Csr),
+                        adamw_check(&dev),
                     ],
                 });
             }
@@ -571,5 +629,7 @@ mod tests {
             let k = message_passing_check(&Device::Cpu, a);
             assert!(k.ok, "{k:?}");
         }
+        let k = adamw_check(&Device::Cpu);
+        assert!(k.ok, "{k:?}");
     }
 }

@@ -1,4 +1,5 @@
-//! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared.
+//! Compute device selection: `--device cpu|cuda[:N]|auto`, parsed once and shared,
+//! and the set-up of a CUDA device for training (`prepare_cuda`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,9 +57,39 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Opens the device. An explicit `cuda` request on a binary without CUDA, or on a
-    /// machine without a GPU, is an input error; `auto` falls back to the CPU.
-    pub fn open(self) -> anyhow::Result<Device> {
+    /// Opens the device; `tf32` lets CUDA run f32 matmuls on TF32 tensor cores. An
+    /// explicit `cuda` request on a binary without CUDA, or on a machine without a GPU,
+    /// is an input error, as is `--tf32` on the CPU; `auto` falls back to the CPU.
+    pub fn open(self, tf32: bool) -> anyhow::Result<Device> {
+        if self == DeviceSpec::Cpu && tf32 {
+            return Err(InputError(
+                "--tf32 needs --device cuda: TF32 is a tensor-core format of NVIDIA GPUs, the CPU computes f32 in full"
+                    .into(),
+            )
+            .into());
+        }
+        let device = self.open_plain()?;
+        match &device {
+            Device::Cpu if tf32 => {
+                tracing::warn!("--tf32: no GPU answered, so f32 matmuls run in full on the CPU")
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(cuda) => prepare_cuda(cuda, self.ordinal(), tf32)?,
+            _ => {}
+        }
+        Ok(device)
+    }
+
+    /// The CUDA ordinal `cuda` and `auto` open.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn ordinal(self) -> usize {
+        match self {
+            DeviceSpec::Cuda(n) => n,
+            _ => crate::distributed::local_rank().unwrap_or(0),
+        }
+    }
+
+    fn open_plain(self) -> anyhow::Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) => {
@@ -80,8 +111,7 @@ impl DeviceSpec {
             }
             DeviceSpec::Auto => {
                 if candle_core::utils::cuda_is_available() {
-                    let gpu = crate::distributed::local_rank().unwrap_or(0);
-                    if let Ok(dev) = Device::new_cuda(gpu) {
+                    if let Ok(dev) = Device::new_cuda(self.ordinal()) {
                         return Ok(dev);
                     }
                     tracing::warn!(
@@ -92,6 +122,43 @@ impl DeviceSpec {
             }
         }
     }
+}
+
+/// Sets a freshly opened CUDA device up for meshcast's training loop, before it
+/// allocates anything:
+/// - cudarc's event tracking off: it records CUDA events on every allocation and use
+///   so that tensors may cross streams, but meshcast runs all device work on one
+///   stream from one thread (batches are assembled on the host, uploaded by the
+///   training thread), so the events are pure overhead;
+/// - the default memory pool keeps freed memory (release threshold: no limit), as
+///   PyTorch's caching allocator does, instead of handing it back to the driver at
+///   every synchronisation;
+/// - f32 matmuls in full precision unless `tf32` (PyTorch's default is off too).
+#[cfg(feature = "cuda")]
+fn prepare_cuda(cuda: &candle_core::CudaDevice, ordinal: usize, tf32: bool) -> anyhow::Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    // SAFETY: one stream and one thread use the device's tensors (see above).
+    unsafe { cuda.disable_event_tracking() };
+    // SAFETY: plain driver calls on valid out-pointers; the attribute takes a u64.
+    unsafe {
+        let mut device: sys::CUdevice = 0;
+        sys::cuDeviceGet(&mut device, ordinal as i32).result()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        sys::cuDeviceGetDefaultMemPool(&mut pool, device).result()?;
+        let mut threshold = u64::MAX;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()?;
+    }
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(tf32);
+    tracing::debug!(
+        "cuda:{ordinal}: event tracking off, memory pool keeps freed memory, TF32 {}",
+        if tf32 { "on" } else { "off" }
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -111,8 +178,10 @@ mod tests {
     #[test]
     fn auto_falls_back_to_cpu_without_cuda() {
         if !candle_core::utils::cuda_is_available() {
-            assert!(DeviceSpec::Auto.open().unwrap().is_cpu());
-            assert!(DeviceSpec::Cuda(0).open().is_err());
+            assert!(DeviceSpec::Auto.open(false).unwrap().is_cpu());
+            assert!(DeviceSpec::Auto.open(true).unwrap().is_cpu());
+            assert!(DeviceSpec::Cuda(0).open(false).is_err());
         }
+        assert!(DeviceSpec::Cpu.open(true).is_err());
     }
 }

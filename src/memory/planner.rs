@@ -160,11 +160,16 @@ pub fn parameter_count(config: &ModelConfig) -> usize {
         + mlp(l, config.output_channels, false)
 }
 
+/// The optimizer's arena per parameter: f32 master weights and AdamW's two moments
+/// (the model's own parameters are counted apart).
+pub const OPTIMIZER_ARENA_ROWS: u64 = 3;
+
 /// Predicted peak bytes of one training step of `shape`.
 pub fn predict(shape: &StepShape) -> Prediction {
     let t = shape.techniques;
     let params = parameter_count(&shape.model) as u64 * 4;
     let gradients = if t.patches > 1 { 2 * params } else { params };
+    let optimizer_state = OPTIMIZER_ARENA_ROWS * params;
     let g = shape.step_graph;
     let b = shape.batch_size as f64;
     let (grid, mesh) = (g.grid_nodes as f64, g.mesh_nodes as f64);
@@ -211,7 +216,7 @@ pub fn predict(shape: &StepShape) -> Prediction {
     // Saturating: an absurd shape predicts "more than any machine", never wraps around.
     let total = [
         params,
-        2 * params,
+        optimizer_state,
         gradients,
         shape.graph_bytes,
         batch,
@@ -221,7 +226,7 @@ pub fn predict(shape: &StepShape) -> Prediction {
     .fold(0u64, u64::saturating_add);
     Prediction {
         weights: params,
-        optimizer_state: 2 * params,
+        optimizer_state,
         gradients,
         graph: shape.graph_bytes,
         batch,

@@ -79,13 +79,12 @@ where
         return;
     }
     let rows = out.len() / width;
-    let dst = RowsPtr(out.as_mut_ptr());
+    let dst = SharedMut::new(out);
     let fill_range = |range: std::ops::Range<usize>| {
         for r in range {
             // SAFETY: row `r` lies inside `out` (r < rows), and each row index reaches
             // exactly one call, so no two threads write the same row.
-            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(r * width), width) };
-            fill(r, row);
+            fill(r, unsafe { dst.range(r * width, (r + 1) * width) });
         }
     };
     if work < 1 << 15 {
@@ -95,21 +94,43 @@ where
     }
 }
 
-/// The output buffer, shared with the workers that fill disjoint rows of it.
-struct RowsPtr<T>(*mut T);
+/// A mutable slice shared with workers that each write their own disjoint ranges of
+/// it (candle's pool hands out index ranges, not sub-slices).
+pub struct SharedMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _slice: std::marker::PhantomData<&'a mut [T]>,
+}
 
-impl<T> RowsPtr<T> {
-    /// Pointer to element `offset` (a method, so closures capture the whole wrapper).
-    fn at(&self, offset: usize) -> *mut T {
-        // SAFETY: callers stay within the allocation (see `fill_rows`).
-        unsafe { self.0.add(offset) }
+impl<'a, T> SharedMut<'a, T> {
+    pub fn new(slice: &'a mut [T]) -> Self {
+        SharedMut {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _slice: std::marker::PhantomData,
+        }
+    }
+
+    /// Elements `from..to`.
+    ///
+    /// # Safety
+    /// No two live ranges (on any thread) may overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn range(&self, from: usize, to: usize) -> &mut [T] {
+        assert!(
+            from <= to && to <= self.len,
+            "range {from}..{to} of {}",
+            self.len
+        );
+        // SAFETY: inside the borrowed slice (asserted); disjointness is the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(from), to - from) }
     }
 }
 
-// SAFETY: the pointer is only used to write disjoint rows while `fill_rows` holds the
-// buffer; T itself is Send + Sync.
-unsafe impl<T: Send> Send for RowsPtr<T> {}
-unsafe impl<T: Send + Sync> Sync for RowsPtr<T> {}
+// SAFETY: the pointer is only used to write disjoint ranges while the slice is
+// borrowed; T itself is Send + Sync.
+unsafe impl<T: Send> Send for SharedMut<'_, T> {}
+unsafe impl<T: Send + Sync> Sync for SharedMut<'_, T> {}
 
 /// A 1-D launch of `blocks` blocks of `threads` threads (kernels loop over the rest).
 #[cfg(feature = "cuda")]

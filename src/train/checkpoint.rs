@@ -187,14 +187,15 @@ fn link_current(dir: &Path, name: &str, set: &CheckpointFiles) -> anyhow::Result
 type NamedTensors = HashMap<String, Tensor>;
 fn tensors_to_save(optimizer: &AdamW) -> anyhow::Result<(NamedTensors, NamedTensors)> {
     let (mut weights, mut moments) = (HashMap::new(), HashMap::new());
-    for slot in &optimizer.slots {
+    for (i, slot) in optimizer.slots.iter().enumerate() {
         let w = slot.var.as_tensor().clone();
+        let (m, v) = optimizer.moments(i)?;
         check_finite("weight", &slot.name, &w)?;
-        check_finite("optimizer moment m of", &slot.name, &slot.m)?;
-        check_finite("optimizer moment v of", &slot.name, &slot.v)?;
+        check_finite("optimizer moment m of", &slot.name, &m)?;
+        check_finite("optimizer moment v of", &slot.name, &v)?;
         weights.insert(slot.name.clone(), w);
-        moments.insert(format!("m.{}", slot.name), slot.m.clone());
-        moments.insert(format!("v.{}", slot.name), slot.v.clone());
+        moments.insert(format!("m.{}", slot.name), m);
+        moments.insert(format!("v.{}", slot.name), v);
     }
     Ok((weights, moments))
 }
@@ -341,21 +342,26 @@ impl Checkpoint {
             .map(|s| (s.name.clone(), s.var.clone()))
             .collect();
         self.restore_weights(&vars)?;
-        for slot in &mut optimizer.slots {
-            let get = |k: &str| {
-                self.moments
-                    .get(&format!("{k}.{}", slot.name))
-                    .cloned()
-                    .ok_or_else(|| {
-                        InputError(format!(
-                            "checkpoint has no optimizer state for '{}'",
-                            slot.name
-                        ))
-                    })
-            };
-            slot.m = get("m")?;
-            slot.v = get("v")?;
-        }
+        let moments = vars
+            .iter()
+            .map(|(name, var)| {
+                let get = |k: &str| {
+                    let m = self.moments.get(&format!("{k}.{name}")).ok_or_else(|| {
+                        InputError(format!("checkpoint has no optimizer state for '{name}'"))
+                    })?;
+                    if m.dims() != var.dims() {
+                        return Err(InputError(format!(
+                            "checkpoint optimizer state '{k}.{name}' has shape {:?}, the model {:?}",
+                            m.dims(),
+                            var.dims()
+                        )));
+                    }
+                    Ok(m.clone())
+                };
+                Ok((get("m")?, get("v")?))
+            })
+            .collect::<Result<Vec<_>, InputError>>()?;
+        optimizer.load(moments)?;
         optimizer.step_t = self.meta.step;
         Ok(())
     }

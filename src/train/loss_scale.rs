@@ -2,14 +2,12 @@
 //!
 //! f16 flushes values below ~6e-8 to zero, which is where many gradients live; scaling
 //! the loss by `scale` lifts them into range. After backward the gradients are divided
-//! by `scale` (before clipping). Non-finite gradients mean the scale was too large: the
-//! step is skipped (nothing applied) and the scale halved; after `growth_interval`
-//! clean steps in a row it is doubled again.
+//! by `scale` (before clipping: the optimizer folds [`LossScaler::inverse`] into its
+//! gradient multiplier). Non-finite gradients mean the scale was too large: the step is
+//! skipped (nothing applied) and the scale halved; after `growth_interval` clean steps
+//! in a row it is doubled again.
 
-use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
-
-use super::optimizer::global_norm;
 
 /// Consecutive skipped steps after which training stops: scaling cannot cure an
 /// overflow of the activations themselves.
@@ -46,23 +44,24 @@ impl LossScaler {
         }
     }
 
-    /// Divides `grads` by the scale in place and updates the scale: [`ScaleOutcome::Skip`]
-    /// (gradients left as they are, to be discarded) when any gradient is not finite.
-    pub fn unscale(&mut self, grads: &mut [Option<Tensor>]) -> Result<ScaleOutcome> {
-        if !global_norm(grads)?.is_finite() {
+    /// What the gradients of this step are multiplied by before clipping.
+    pub fn inverse(&self) -> f64 {
+        1.0 / self.scale
+    }
+
+    /// Records whether this step's gradients were finite (and so applied):
+    /// [`ScaleOutcome::Skip`] halves the scale; enough clean steps in a row double it.
+    pub fn update(&mut self, finite: bool) -> ScaleOutcome {
+        if !finite {
             let from = self.scale;
             self.scale /= 2.0;
             self.clean_steps = 0;
             self.skipped_steps += 1;
             self.consecutive_skips += 1;
-            return Ok(ScaleOutcome::Skip {
+            return ScaleOutcome::Skip {
                 from,
                 to: self.scale,
-            });
-        }
-        let inverse = 1.0 / self.scale;
-        for g in grads.iter_mut().flatten() {
-            *g = (&*g * inverse)?;
+            };
         }
         self.consecutive_skips = 0;
         self.clean_steps += 1;
@@ -70,54 +69,43 @@ impl LossScaler {
             self.scale *= 2.0;
             self.clean_steps = 0;
         }
-        Ok(ScaleOutcome::Apply)
+        ScaleOutcome::Apply
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    fn grads(values: &[f32]) -> Vec<Option<Tensor>> {
-        vec![Some(Tensor::new(values, &Device::Cpu).unwrap()), None]
-    }
 
     #[test]
-    fn unscales_finite_gradients_and_grows_after_the_interval() -> Result<()> {
+    fn grows_after_the_interval() {
         let mut s = LossScaler::new(1024.0, 2);
-        let mut g = grads(&[1024.0, -2048.0]);
-        assert_eq!(s.unscale(&mut g)?, ScaleOutcome::Apply);
-        assert_eq!(g[0].as_ref().unwrap().to_vec1::<f32>()?, vec![1.0, -2.0]);
+        assert_eq!(s.inverse(), 1.0 / 1024.0);
+        assert_eq!(s.update(true), ScaleOutcome::Apply);
         assert_eq!(s.scale, 1024.0);
-        s.unscale(&mut grads(&[1.0]))?;
+        s.update(true);
         assert_eq!((s.scale, s.clean_steps), (2048.0, 0));
-        Ok(())
     }
 
     #[test]
-    fn skips_and_halves_on_overflow() -> Result<()> {
+    fn skips_and_halves_on_overflow() {
         let mut s = LossScaler::new(65536.0, 2000);
         s.clean_steps = 7;
-        for bad in [f32::INFINITY, f32::NAN] {
-            let mut g = grads(&[1.0, bad]);
+        for _ in 0..2 {
             let before = s.scale;
             assert_eq!(
-                s.unscale(&mut g)?,
+                s.update(false),
                 ScaleOutcome::Skip {
                     from: before,
                     to: before / 2.0
                 }
             );
-            // Left untouched: nothing was unscaled.
-            assert_eq!(g[0].as_ref().unwrap().to_vec1::<f32>()?[0], 1.0);
         }
         assert_eq!(
             (s.scale, s.clean_steps, s.skipped_steps, s.consecutive_skips),
             (16384.0, 0, 2, 2)
         );
-        s.unscale(&mut grads(&[1.0]))?;
+        s.update(true);
         assert_eq!((s.skipped_steps, s.consecutive_skips), (2, 0));
-        Ok(())
     }
 }

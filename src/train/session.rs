@@ -160,13 +160,15 @@ impl Session {
         )?)
     }
 
-    /// Memory of a training run: parameters, AdamW moments and gradients (f32), the
+    /// Memory of a training run: parameters, the optimizer's arena (master weights and
+    /// AdamW moments) and gradients (f32), the
     /// graph (or patch graphs) on the device, against the measured peak and `baseline`.
     pub fn memory_breakdown(&self, baseline: Option<u64>) -> crate::memory::MemoryBreakdown {
         let params = self.network().parameter_count() as u64 * 4;
         let graph = self.predictor.graph_bytes() as u64;
         let peak = crate::memory::peak_on(&self.device).map(|p| p as u64);
-        crate::memory::MemoryBreakdown::new(params, 2 * params, params, graph, baseline, peak)
+        let arena = crate::memory::planner::OPTIMIZER_ARENA_ROWS * params;
+        crate::memory::MemoryBreakdown::new(params, arena, params, graph, baseline, peak)
     }
 
     /// Latitude weights of the graph's grid nodes (cos lat, mean 1 over them).

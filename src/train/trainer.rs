@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -22,17 +22,16 @@ use super::config::RunConfig;
 use super::fits::check_fits;
 use super::loss_scale::{LossScaler, ScaleOutcome, MAX_CONSECUTIVE_SKIPS};
 use super::metrics::{MetricsCut, MetricsLog, Record};
-use super::optimizer::{AdamW, AdamWParams};
+use super::optimizer::{AdamW, AdamWParams, FlatGrads};
 use super::replicas;
 use super::run_dir::RunDir;
 use super::schedule::LrSchedule;
 use super::session::{variable_weights, Session};
-use super::step::apply_gradients;
+use super::step::{apply_gradients, Applied};
 use super::validation::{validate, Validation, ValidationSet};
 use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split};
 use crate::distributed::{shard, Collective};
 use crate::error::InputError;
-use crate::predict::gradients::accumulate;
 use crate::predict::unroll::rollout_gradients;
 use crate::predict::{LossTarget, Objective, StepGradients};
 
@@ -251,18 +250,22 @@ struct Progress {
 }
 
 /// Micro-batch gradients and losses (this rank's parts) waiting for the optimizer.
+#[derive(Default)]
 struct Accumulator {
-    grads: Vec<Option<Tensor>>,
+    /// The sum of the micro-batches' flat gradients (None before the first).
+    grads: Option<FlatGrads>,
     losses: Vec<f64>,
     count: usize,
 }
 
 impl Accumulator {
-    fn new(slots: usize) -> Accumulator {
-        Accumulator {
-            grads: vec![None; slots],
-            losses: Vec::new(),
-            count: 0,
+    fn add(&mut self, grads: FlatGrads) -> candle_core::Result<()> {
+        match &mut self.grads {
+            Some(sum) => sum.add(&grads),
+            None => {
+                self.grads = Some(grads);
+                Ok(())
+            }
         }
     }
 }
@@ -652,7 +655,7 @@ impl<'a> Trainer<'a> {
             run.train.num_epochs,
         );
         let (mut micro, mut loss) = (skip, EpochLoss::default());
-        let mut accum = Accumulator::new(self.optimizer.slots.len());
+        let mut accum = Accumulator::default();
         let started = Instant::now();
         for (batch, global_size) in loader.zip(global_sizes) {
             self.micro_step(&batch?, &mut accum)?;
@@ -706,7 +709,7 @@ impl<'a> Trainer<'a> {
                 self.progress.epoch + 1
             );
         }
-        accumulate(&mut accum.grads, step.grads)?;
+        accum.add(self.optimizer.pack(&step.grads)?)?;
         accum.losses.push(loss_value);
         Ok(())
     }
@@ -768,27 +771,25 @@ impl<'a> Trainer<'a> {
     }
 
     /// Sums the micro-batches' gradients and losses over the ranks (and whether any
-    /// rank was signalled), then unscales, clips and applies them and logs the step;
-    /// no message when f16 gradients overflowed and the step was skipped.
+    /// rank was signalled), then applies them and logs the step; no message when f16
+    /// gradients overflowed and the step was skipped.
     fn optimizer_step(&mut self, accum: &mut Accumulator) -> anyhow::Result<StepEnd> {
-        let taken = std::mem::replace(accum, Accumulator::new(self.optimizer.slots.len()));
-        let (mut grads, mut losses) = (taken.grads, taken.losses);
+        let taken = std::mem::take(accum);
+        let mut losses = taken.losses;
+        let mut grads = match taken.grads {
+            Some(g) => g,
+            None => self.optimizer.no_grads()?,
+        };
         let exchange = Instant::now();
-        let slots = &self.optimizer.slots;
-        replicas::sum_gradients(self.opts.collective.as_ref(), &mut grads, slots)?;
+        replicas::sum_gradients(self.opts.collective.as_ref(), &mut grads)?;
         losses.push(self.signalled() as u8 as f64);
         self.opts.collective.all_reduce_f64(&mut losses)?;
         self.exchange_seconds += exchange.elapsed().as_secs_f64();
         let signalled = losses.pop().is_some_and(|s| s > 0.0);
         let loss = *losses.last().expect("an optimizer step has a micro-batch");
-        if taken.count < self.run.train.grad_accum_steps {
-            // A short last accumulation: rescale to the mean over the micro-batches taken.
-            let scale = self.run.train.grad_accum_steps as f64 / taken.count as f64;
-            for g in grads.iter_mut().flatten() {
-                *g = (&*g * scale)?;
-            }
-        }
-        let message = self.apply(&mut grads, loss)?;
+        // A short last accumulation: rescaled to the mean over the micro-batches taken.
+        let rescale = self.run.train.grad_accum_steps as f64 / taken.count as f64;
+        let message = self.apply(&grads, rescale, loss)?;
         Ok(StepEnd {
             losses,
             signalled,
@@ -796,17 +797,38 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Unscales, clips and applies summed gradients and logs the step; None when f16
-    /// gradients overflowed and the step was skipped.
-    fn apply(&mut self, grads: &mut [Option<Tensor>], loss: f64) -> anyhow::Result<Option<String>> {
+    /// Applies summed gradients (times `multiplier`, and unscaled under f16) and logs
+    /// the step; None when f16 gradients overflowed and the step was skipped.
+    fn apply(
+        &mut self,
+        grads: &FlatGrads,
+        multiplier: f64,
+        loss: f64,
+    ) -> anyhow::Result<Option<String>> {
+        let inverse_scale = self.scaler.map_or(1.0, |s| s.inverse());
+        let lr = self.schedule.at(self.optimizer.step_t);
+        let clip = self.run.train.grad_clip;
+        let applied = apply_gradients(
+            &mut self.optimizer,
+            grads,
+            multiplier * inverse_scale,
+            clip,
+            lr,
+        )?;
         if let Some(s) = self.scaler.as_mut() {
-            if let ScaleOutcome::Skip { from, to } = s.unscale(grads)? {
+            if let ScaleOutcome::Skip { from, to } = s.update(applied != Applied::NotFinite) {
                 self.skip_step(loss, from, to)?;
                 return Ok(None);
             }
         }
-        let lr = self.schedule.at(self.optimizer.step_t);
-        let grad_norm = apply_gradients(&mut self.optimizer, grads, self.run.train.grad_clip, lr)?;
+        let Applied::Updated { norm: grad_norm } = applied else {
+            anyhow::bail!(
+                "the gradients became NaN or infinite at step {} (epoch {}): stopping without writing a checkpoint; \
+                 try a lower --learning-rate",
+                self.optimizer.step_t + 1,
+                self.progress.epoch + 1
+            );
+        };
         let rate = self.progress.samples_seen as f64 / self.started.elapsed().as_secs_f64();
         self.metrics.write(&Record::Step {
             step: self.optimizer.step_t,
@@ -924,7 +946,7 @@ impl<'a> Trainer<'a> {
 
     /// Validation, `last` (and `best`) checkpoints and the epoch's record.
     fn end_epoch(&mut self, train_loss: f64, epoch_started: Instant) -> anyhow::Result<()> {
-        replicas::check_replicas(self.opts.collective.as_ref(), &self.optimizer.slots)?;
+        replicas::check_replicas(self.opts.collective.as_ref(), &self.optimizer)?;
         let validation = validate(&self.session, &self.validation_set())?;
         let val_loss = validation.as_ref().map(|v| v.loss);
         let p = &mut self.progress;

@@ -55,7 +55,7 @@ use crate::predict::{synthetic, Execution, LossTarget, Objective, Predictor, Who
 use crate::train::checkpoint;
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::session::{variable_weights, Session};
-use crate::train::step::apply_gradients;
+use crate::train::step::{apply_gradients, Applied};
 use crate::train::RunConfig;
 
 /// Version of the export layout; bumped when a name or meaning changes.
@@ -467,6 +467,18 @@ fn export_synthetic(
     finish(prepared, optimizer, meta, out_dir, true)
 }
 
+/// The weights and moments after the update: `step.{weight,m,v}.{name}`.
+fn insert_updated(tensors: &mut HashMap<String, Tensor>, optimizer: &AdamW) -> anyhow::Result<()> {
+    for (i, slot) in optimizer.slots.iter().enumerate() {
+        let (m, v) = optimizer.moments(i)?;
+        let name = &slot.name;
+        tensors.insert(format!("step.weight.{name}"), slot.var.as_tensor().clone());
+        tensors.insert(format!("step.m.{name}"), m);
+        tensors.insert(format!("step.v.{name}"), v);
+    }
+    Ok(())
+}
+
 /// Output, loss, gradients and one optimizer step; writes the files.
 fn finish(
     p: Prepared,
@@ -492,13 +504,20 @@ fn finish(
     let step = p
         .predictor
         .gradients(&p.x, Objective::Loss(&p.target), None)?;
-    let mut grads = step.grads.clone();
-    let grad_norm = apply_gradients(
+    let grads = optimizer.pack(&step.grads)?;
+    let Applied::Updated { norm: grad_norm } = apply_gradients(
         &mut optimizer,
-        &mut grads,
+        &grads,
+        1.0,
         meta.step.grad_clip,
         meta.step.lr,
-    )?;
+    )?
+    else {
+        anyhow::bail!(
+            "the gradients are not finite (loss {}): nothing exported",
+            step.loss
+        );
+    };
     for ((name, var), g) in vars.iter().zip(&step.grads) {
         let g = match g {
             Some(g) => g.clone(),
@@ -509,14 +528,7 @@ fn finish(
         };
         tensors.insert(format!("grad.{name}"), g);
     }
-    for slot in &optimizer.slots {
-        tensors.insert(
-            format!("step.weight.{}", slot.name),
-            slot.var.as_tensor().clone(),
-        );
-        tensors.insert(format!("step.m.{}", slot.name), slot.m.clone());
-        tensors.insert(format!("step.v.{}", slot.name), slot.v.clone());
-    }
+    insert_updated(&mut tensors, &optimizer)?;
     tensors.insert("batch.x".into(), p.x.clone());
     tensors.insert("batch.y".into(), p.target.y.clone());
     tensors.insert("batch.w".into(), p.target.w.clone());

@@ -252,7 +252,7 @@ fn measure_case(
     });
     result.memory = Some(MemoryBreakdown::new(
         param_bytes,
-        2 * param_bytes,
+        memory::planner::OPTIMIZER_ARENA_ROWS * param_bytes,
         param_bytes,
         graph_bytes,
         baseline.map(|b| b as u64),
