@@ -11,6 +11,13 @@
 #   memory    the memory toolkit on the GPU: 1 deg, 8 and 16 layers, with and without
 #             checkpointing (device peak from the CUDA memory pool, planner beside it)
 #   train     train-model end to end on generated 5 deg data: f32, bf16, checkpointing
+#   step      the training step's host overhead (issue #15): check-gpu (the fused AdamW
+#             kernel against candle's composed ops on the CPU, within 1e-6), the
+#             PyTorch check of a GPU-computed step (f32, then --tf32: its errors), the
+#             bars (5 deg, batch 1 and 8, csr-shared, f32) side by side with PyTorch's
+#             step in the same call, the same with --tf32, and, where nsys exists, the
+#             kernel launches and host syncs of 5 steps at batch 8
+#   Env: PYTHON (default python3) must import torch for the PyTorch parts.
 set -euo pipefail
 bin=$(realpath "${1:?meshcast binary}")
 out=$(mkdir -p "${2:?output dir}" && realpath "$2")
@@ -53,6 +60,33 @@ for part in "${parts[@]}"; do
         "$bin" train-model --device cuda --data "$work/synthetic5.nc" --num-epochs 1 \
           --batch-size 4 --no-progress --overwrite --output-dir "$work/run" $flags
       done
+      ;;
+    step)
+      py=${PYTHON:-python3}
+      "$bin" check-gpu --require-cuda | tee "$out/check-gpu.txt"
+      "$bin" check-gpu --require-cuda --json >"$out/check-gpu.json"
+      for tf32 in "" --tf32; do
+        exp="$work/export${tf32:+-tf32}"
+        "$bin" $tf32 export-reference --device cuda --synthetic-grid 5 --latent-size 64 \
+          --num-gnn-layers 4 --batch-size 2 --out "$exp"
+        # Under TF32 the f32 tolerances are expected to fail: the lines give its errors.
+        "$py" scripts/pytorch_reference.py check "$exp" | tee "$out/pytorch-check${tf32:+-tf32}.txt" \
+          || echo "gpu-measure: the PyTorch check${tf32:+ with TF32} failed (exit $?)"
+      done
+      steps=(--grids 5 --batch-sizes 1,8 --formats csr-shared --precisions off
+        --num-gnn-layers 8 --warmup-steps 3 --timed-steps 10 --forward-repeats 5)
+      "$py" scripts/pytorch_reference.py bench --meshcast "$bin" --out-dir "$out/step" \
+        -- --device cuda --label gpu-step-5 "${steps[@]}" || echo "gpu-measure: bench exit $?"
+      bench --tf32 --label gpu-step-5-tf32 "${steps[@]}"
+      if command -v nsys >/dev/null; then
+        nsys profile --stats=true --force-overwrite true -o "$out/step-b8" "$bin" \
+          benchmark-graph-format --device cuda --no-progress --output-dir "$work" --grids 5 \
+          --batch-sizes 8 --formats csr-shared --precisions off --num-gnn-layers 8 \
+          --warmup-steps 1 --timed-steps 5 --forward-repeats 1 >"$out/nsys-stats.txt" 2>&1 \
+          || echo "gpu-measure: nsys exit $?"
+      else
+        echo "gpu-measure: no nsys here: launches and syncs not counted"
+      fi
       ;;
     *) echo "gpu-measure: unknown part '$part'" >&2; exit 2 ;;
   esac

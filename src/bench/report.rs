@@ -241,6 +241,10 @@ pub struct RunSettings {
     pub atol: f64,
     /// How inputs are made.
     pub data: String,
+    /// f32 matmuls ran on TF32 tensor cores (`--tf32`; f32 cases then verified with
+    /// `verify::tolerance::TF32_TOLERANCES`).
+    #[serde(default)]
+    pub tf32: bool,
 }
 
 /// A whole benchmark run.
@@ -379,6 +383,7 @@ pub mod tests {
                 rtol: 1e-5,
                 atol: 1e-6,
                 data: "uniform".into(),
+                tf32: false,
             },
             cases: vec![CaseResult {
                 config,

@@ -124,6 +124,14 @@ impl DeviceSpec {
     }
 }
 
+/// Whether CUDA f32 matmuls run on TF32 tensor cores (`--tf32` on a CUDA device).
+pub fn tf32_enabled() -> bool {
+    #[cfg(feature = "cuda")]
+    return candle_core::cuda_backend::gemm_reduced_precision_f32();
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
 /// Sets a freshly opened CUDA device up for meshcast's training loop, before it
 /// allocates anything:
 /// - cudarc's event tracking off: it records CUDA events on every allocation and use

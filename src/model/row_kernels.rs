@@ -114,15 +114,17 @@ impl<'a, T> SharedMut<'a, T> {
     /// Elements `from..to`.
     ///
     /// # Safety
-    /// No two live ranges (on any thread) may overlap.
+    /// `from <= to <= len`, and no two live ranges (on any thread) may overlap.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn range(&self, from: usize, to: usize) -> &mut [T] {
-        assert!(
+        // Checked in debug builds (and tests) only: kernels call this once per row.
+        debug_assert!(
             from <= to && to <= self.len,
             "range {from}..{to} of {}",
             self.len
         );
-        // SAFETY: inside the borrowed slice (asserted); disjointness is the caller's.
+        // SAFETY: inside the borrowed slice (the caller's contract); disjointness too.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(from), to - from) }
     }
 }

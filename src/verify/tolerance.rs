@@ -22,6 +22,10 @@ pub fn tolerances(p: MixedPrecision) -> (f64, f64) {
     }
 }
 
+/// Verification tolerances of f32 cases whose matmuls ran on TF32 tensor cores
+/// (`--tf32`: inputs rounded to 10 mantissa bits, about f16's): f16's, normwise.
+pub const TF32_TOLERANCES: (f64, f64) = (1e-2, 1e-6);
+
 /// Elementwise `|a - r| <= atol + rtol |r|`: `(all within, max |a - r|)`; a NaN fails.
 pub fn allclose(a: &[f32], reference: &[f32], rtol: f64, atol: f64) -> (bool, f64) {
     let mut ok = a.len() == reference.len();

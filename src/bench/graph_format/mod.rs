@@ -234,6 +234,7 @@ fn report(
             rtol: RTOL,
             atol: ATOL,
             data: format!("synthetic: {}", crate::predict::synthetic::DESCRIPTION),
+            tf32: crate::device::tf32_enabled(),
         },
         cases,
         patch_boundary,
