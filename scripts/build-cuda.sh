@@ -7,13 +7,15 @@
 #
 # What it does:
 #   1. downloads NVIDIA's CUDA 13.0 wheels from PyPI (nvcc, NVVM, headers, cudart,
-#      NVRTC, cuBLAS, cuRAND) into $WORK (13.0 so the embedded PTX suits driver 580+);
+#      NVRTC, cuBLAS, cuRAND, and CUPTI for the call counter) into $WORK (13.0 so the
+#      embedded PTX suits driver 580+);
 #   2. makes the unversioned .so links the linker wants, and a link-only libcuda.so stub
 #      (every cu* symbol cudarc declares; never shipped: at run time the driver's real
 #      libcuda.so.1 is used);
 #   3. builds with CUDA_COMPUTE_CAP (default 90 = Hopper: H100/H200; use 80 for A100,
 #      89 for RTX 40xx/L4; candle compiles its kernels for one capability per build);
-#   4. prints the shared libraries the binary needs at run time.
+#   4. prints the shared libraries the binary needs at run time;
+#   5. builds the CUPTI call counter scripts/cuda_counts.c (target/cuda/libcuda_counts.so).
 #
 # Usage: scripts/build-cuda.sh [WORK_DIR]   (default: target/cuda-toolkit)
 # Env:   CUDA_COMPUTE_CAP (default 90), JOBS (default 2)
@@ -38,6 +40,12 @@ if [ ! -f "$WORK/.installed-13.0" ]; then
   "$WORK/venv/bin/pip" install -q --no-deps --no-index "$WORK"/wheels/*.whl
   touch "$WORK/.installed-13.0"
 fi
+# CUPTI, for the call counter (scripts/cuda_counts.c) only; its own folder.
+if [ ! -f "$WORK/.installed-cupti-13.0.85" ]; then
+  "$WORK/venv/bin/pip" download -q --no-deps -d "$WORK/wheels-cupti" nvidia-cuda-cupti==13.0.85
+  (mkdir -p "$WORK/cupti" && cd "$WORK/cupti" && python3 -m zipfile -e "$WORK"/wheels-cupti/*.whl .)
+  touch "$WORK/.installed-cupti-13.0.85"
+fi
 CU=$("$WORK/venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')/nvidia/cu13
 [ -x "$CU/bin/nvcc" ] || { echo "build-cuda: nvcc not found under $CU" >&2; exit 1; }
 
@@ -58,6 +66,12 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$WORK/stubs"
 echo "build-cuda: nvcc $("$CU/bin/nvcc" --version | tail -1), compute capability $CAP"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
 nice -n 10 cargo build -j "$JOBS" --release --locked --features cuda
+
+# The CUPTI call counter of scripts/gpu-measure.sh (kernel launches and syncs per step).
+gcc -shared -fPIC -O2 -Wall -I "$WORK/cupti/nvidia/cu13/include" -I "$CU/include" \
+  -o "$CARGO_TARGET_DIR/libcuda_counts.so" scripts/cuda_counts.c \
+  -L "$WORK/cupti/nvidia/cu13/lib" -l:libcupti.so.13
+echo "build-cuda: built $CARGO_TARGET_DIR/libcuda_counts.so (needs libcupti.so.13 at run time)"
 
 BIN=$CARGO_TARGET_DIR/release/meshcast
 echo "build-cuda: built $BIN"

@@ -15,8 +15,8 @@
 #             kernel against candle's composed ops on the CPU, within 1e-6), the
 #             PyTorch check of a GPU-computed step (f32, then --tf32: its errors), the
 #             bars (5 deg, batch 1 and 8, csr-shared, f32) side by side with PyTorch's
-#             step in the same call, the same with --tf32, and, where nsys exists, the
-#             kernel launches and host syncs of 5 steps at batch 8
+#             step in the same call, the same with --tf32, and the CUDA calls of one
+#             step (kernel launches, syncs, copies, allocations; scripts/cuda_counts.c)
 #   Env: PYTHON (default python3) must import torch for the PyTorch parts.
 set -euo pipefail
 bin=$(realpath "${1:?meshcast binary}")
@@ -78,14 +78,44 @@ for part in "${parts[@]}"; do
       "$py" scripts/pytorch_reference.py bench --meshcast "$bin" --out-dir "$out/step" \
         -- --device cuda --label gpu-step-5 "${steps[@]}" || echo "gpu-measure: bench exit $?"
       bench --tf32 --label gpu-step-5-tf32 "${steps[@]}"
-      if command -v nsys >/dev/null; then
-        nsys profile --stats=true --force-overwrite true -o "$out/step-b8" "$bin" \
-          benchmark-graph-format --device cuda --no-progress --output-dir "$work" --grids 5 \
-          --batch-sizes 8 --formats csr-shared --precisions off --num-gnn-layers 8 \
-          --warmup-steps 1 --timed-steps 5 --forward-repeats 1 >"$out/nsys-stats.txt" 2>&1 \
-          || echo "gpu-measure: nsys exit $?"
+      # Calls per training step (CUPTI counter, scripts/cuda_counts.c): runs of 2 and 7
+      # timed steps, so the difference / 5 is one step's calls.
+      counter=${CUDA_COUNTS_LIB:-$(dirname "$bin")/../libcuda_counts.so}
+      counts() {
+        CUDA_INJECTION64_PATH="$counter" CUDA_COUNTS_OUT="$out/counts-b$2-s$1.json" \
+          "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$work" \
+          --grids 5 --batch-sizes "$2" --formats csr-shared --precisions off \
+          --num-gnn-layers 8 --warmup-steps 1 --timed-steps "$1" --forward-repeats 1 \
+          --label counts >/dev/null
+      }
+      if [ -f "$counter" ]; then
+        for b in 1 8; do counts 2 $b && counts 7 $b || echo "gpu-measure: counting failed"; done
+        "$py" - "$out" <<'PY' | tee "$out/calls-per-step.txt"
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+groups = {
+    "kernel launches": lambda k: k.startswith("driver:cuLaunch"),
+    "graph launches": lambda k: k.startswith("driver:cuGraphLaunch"),
+    "host syncs": lambda k: k.startswith("driver:") and "Synchronize" in k,
+    "blocking copies": lambda k: k.startswith("driver:cuMemcpy") and "Async" not in k,
+    "event records": lambda k: k.startswith("driver:cuEventRecord"),
+    "allocations": lambda k: k.startswith("driver:cuMemAlloc"),
+}
+for b in (1, 8):
+    try:
+        a, z = (json.loads((out / f"counts-b{b}-s{s}.json").read_text()) for s in (2, 7))
+    except (OSError, ValueError) as e:
+        print(f"batch {b}: no counts ({e})")
+        continue
+    per = {f"{d}:{k}": (n - a[d].get(k, 0)) / 5 for d in ("driver", "runtime") for k, n in z[d].items()}
+    print(f"batch {b}, per training step: " + ", ".join(
+        f"{g} {sum(v for k, v in per.items() if f(k)):.0f}" for g, f in groups.items()))
+    for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
+        if v:
+            print(f"  {k} {v:.1f}")
+PY
       else
-        echo "gpu-measure: no nsys here: launches and syncs not counted"
+        echo "gpu-measure: no $counter (scripts/build-cuda.sh builds it): calls not counted"
       fi
       ;;
     *) echo "gpu-measure: unknown part '$part'" >&2; exit 2 ;;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub struct MemoryBreakdown {
     /// Parameters (`sum(numel) * dtype size`).
     pub weights: u64,
-    /// The optimizer's arena: f32 master weights and AdamW's two moments per parameter.
+    /// The optimizer's arena: AdamW's two moments per parameter.
     pub optimizer_state: u64,
     /// One gradient per parameter.
     pub gradients: u64,

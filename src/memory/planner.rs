@@ -160,9 +160,9 @@ pub fn parameter_count(config: &ModelConfig) -> usize {
         + mlp(l, config.output_channels, false)
 }
 
-/// The optimizer's arena per parameter: f32 master weights and AdamW's two moments
-/// (the model's own parameters are counted apart).
-pub const OPTIMIZER_ARENA_ROWS: u64 = 3;
+/// The optimizer's arena per parameter: AdamW's two moments (the weights are the
+/// model's own parameters, counted apart).
+pub const OPTIMIZER_ARENA_ROWS: u64 = 2;
 
 /// Predicted peak bytes of one training step of `shape`.
 pub fn predict(shape: &StepShape) -> Prediction {

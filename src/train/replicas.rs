@@ -97,7 +97,7 @@ fn ranks_differing(collective: &dyn Collective, mine: &[u8]) -> anyhow::Result<u
     Ok(differing[0] as usize)
 }
 
-/// FNV-1a over the master weights' f32 bits.
+/// FNV-1a over the weights' f32 bits.
 fn fingerprint(optimizer: &AdamW) -> anyhow::Result<u64> {
     let values = optimizer
         .weights()?

@@ -160,8 +160,8 @@ impl Session {
         )?)
     }
 
-    /// Memory of a training run: parameters, the optimizer's arena (master weights and
-    /// AdamW moments) and gradients (f32), the
+    /// Memory of a training run: parameters, the optimizer's arena (AdamW moments) and
+    /// gradients (f32), the
     /// graph (or patch graphs) on the device, against the measured peak and `baseline`.
     pub fn memory_breakdown(&self, baseline: Option<u64>) -> crate::memory::MemoryBreakdown {
         let params = self.network().parameter_count() as u64 * 4;

@@ -1,8 +1,10 @@
-//! The fused AdamW update: one in-place pass over the optimizer arena (master weights,
-//! first and second moments) with the flat gradients, the clip and loss-scale
-//! multiplier folded in. On the CPU the arena is split into chunks on candle's worker
-//! pool; on CUDA one kernel runs per run of parameters that have a gradient (usually
-//! one). Each element follows candle-nn's composed AdamW operation for operation
+//! The fused AdamW update, in place and in two stages: one pass over the optimizer's
+//! arena (first and second moments) with the flat gradients, the clip and loss-scale
+//! multiplier folded in; then one pass over each parameter's weights (the model's own
+//! variables) with its new moments. On the CPU large ranges are split into chunks on
+//! candle's worker pool; on CUDA the first stage is one kernel per run of parameters
+//! that have a gradient (usually one), the second one kernel per parameter. Each
+//! element follows candle-nn's composed AdamW operation for operation
 //! (`reference::step`), so the CPU result is bit for bit the composed one.
 
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
@@ -30,11 +32,18 @@ pub struct Hyper {
     pub grad_multiplier: Option<f64>,
 }
 
-/// The update of arena `[3, n]` (rows: weights, m, v) with gradients `[n]` over the
-/// `segments` (start, length) of parameters that have a gradient.
-pub struct AdamWUpdate {
+/// Stage 1 of an update: the moments `[2, n]` (rows m, v) of the parameters that have a
+/// gradient (the `segments`: start, length), from the flat gradients `[n]`.
+pub struct MomentsUpdate {
     pub hyper: Hyper,
     pub segments: Vec<(usize, usize)>,
+}
+
+/// Stage 2: one parameter's weights, in place, from its new moments at `offset` in the
+/// arena. The weights stay in the model's own variables (no second copy of them).
+pub struct WeightsUpdate {
+    pub hyper: Hyper,
+    pub offset: usize,
 }
 
 /// The element types of the fused update.
@@ -82,69 +91,135 @@ impl<T: AdamFloat> Scalars<T> {
         }
     }
 
-    /// One element, as the composed ops compute it: every `* s` of a tensor by a
-    /// scalar is candle's affine `x * s + 0`, and `+ eps` is `x * 1 + eps`.
+    // Both stages compute as the composed ops do: every `* s` of a tensor by a scalar
+    // is candle's affine `x * s + 0`, and `+ eps` is `x * 1 + eps`.
+
     #[inline]
-    fn update(&self, w: &mut T, m: &mut T, v: &mut T, g: T) {
+    fn moments(&self, m: &mut T, v: &mut T, g: T) {
         let zero = T::zero();
         let g = match self.mult {
             Some(s) => g * s + zero,
             None => g,
         };
-        let next_m = (*m * self.beta1 + zero) + (g * self.one_minus_beta1 + zero);
-        let next_v = (*v * self.beta2 + zero) + ((g * g) * self.one_minus_beta2 + zero);
-        let m_hat = next_m * self.scale_m + zero;
-        let v_hat = next_v * self.scale_v + zero;
+        *m = (*m * self.beta1 + zero) + (g * self.one_minus_beta1 + zero);
+        *v = (*v * self.beta2 + zero) + ((g * g) * self.one_minus_beta2 + zero);
+    }
+
+    #[inline]
+    fn weight(&self, w: &mut T, m: T, v: T) {
+        let zero = T::zero();
+        let m_hat = m * self.scale_m + zero;
+        let v_hat = v * self.scale_v + zero;
         let theta = *w * self.decay + zero;
         let adjusted = m_hat / (v_hat.sqrt() * T::one() + self.eps);
         *w = theta - (adjusted * self.lr + zero);
-        *m = next_m;
-        *v = next_v;
     }
 }
 
-impl AdamWUpdate {
+/// Calls `run(from, to)` over `start..start + len` in chunks of [`CHUNK`], on the
+/// worker pool when there is more than one.
+fn in_chunks(start: usize, len: usize, run: impl Fn(usize, usize) + Sync) {
+    let chunks = len.div_ceil(CHUNK);
+    let range = |c: std::ops::Range<usize>| {
+        run(
+            start + c.start * CHUNK,
+            (start + c.end * CHUNK).min(start + len),
+        )
+    };
+    if chunks > 1 {
+        candle_core::utils::barrier_pool().execute_chunked(chunks, range);
+    } else {
+        range(0..chunks);
+    }
+}
+
+impl MomentsUpdate {
     fn cpu<T: AdamFloat>(&self, state: &mut [T], grads: &[T]) -> Result<()> {
         let n = grads.len();
-        if state.len() != 3 * n {
+        if state.len() != 2 * n {
             bail!(
-                "fused AdamW: an arena of {} values for {n} gradients",
+                "fused AdamW: moments of {} values for {n} gradients",
                 state.len()
             )
         }
         let s = Scalars::<T>::new(&self.hyper);
-        let (w, rest) = state.split_at_mut(n);
-        let (m, v) = rest.split_at_mut(n);
-        let (w, m, v) = (SharedMut::new(w), SharedMut::new(m), SharedMut::new(v));
+        let (m, v) = state.split_at_mut(n);
+        let (m, v) = (SharedMut::new(m), SharedMut::new(v));
         for &(start, len) in &self.segments {
             if start + len > n {
                 bail!("fused AdamW: segment {start}+{len} beyond {n} values")
             }
-            let run = |chunks: std::ops::Range<usize>| {
-                let from = start + chunks.start * CHUNK;
-                let to = (start + chunks.end * CHUNK).min(start + len);
-                // SAFETY: chunk ranges of one segment are disjoint, segments do not
-                // overlap, and all lie inside the arena (checked above).
-                let (w, m, v) =
-                    unsafe { (w.range(from, to), m.range(from, to), v.range(from, to)) };
+            in_chunks(start, len, |from, to| {
+                // SAFETY: chunks of one segment are disjoint, segments do not overlap,
+                // and all lie inside the arena (checked above).
+                let (m, v) = unsafe { (m.range(from, to), v.range(from, to)) };
                 for (i, g) in grads[from..to].iter().enumerate() {
-                    s.update(&mut w[i], &mut m[i], &mut v[i], *g);
+                    s.moments(&mut m[i], &mut v[i], *g);
                 }
-            };
-            let chunks = len.div_ceil(CHUNK);
-            if chunks > 1 {
-                candle_core::utils::barrier_pool().execute_chunked(chunks, run);
-            } else {
-                run(0..chunks);
-            }
+            });
         }
         Ok(())
     }
 }
 
-impl InplaceOp2 for AdamWUpdate {
+impl WeightsUpdate {
+    fn cpu<T: AdamFloat>(&self, weights: &mut [T], state: &[T]) -> Result<()> {
+        let (n, len) = (state.len() / 2, weights.len());
+        if self.offset + len > n {
+            bail!(
+                "fused AdamW: weights at {}+{len} beyond {n} moments",
+                self.offset
+            )
+        }
+        let s = Scalars::<T>::new(&self.hyper);
+        let m = &state[self.offset..self.offset + len];
+        let v = &state[n + self.offset..n + self.offset + len];
+        let w = SharedMut::new(weights);
+        in_chunks(0, len, |from, to| {
+            // SAFETY: disjoint chunks inside `weights`.
+            let w = unsafe { w.range(from, to) };
+            for (i, w) in w.iter_mut().enumerate() {
+                s.weight(w, m[from + i], v[from + i]);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The values of a contiguous in-place operand.
+fn contiguous_mut<'a, T: candle_core::WithDType>(
+    values: &'a mut [T],
+    layout: &Layout,
+) -> Result<&'a mut [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut values[start..end]),
+        None => bail!("fused AdamW: needs contiguous tensors"),
+    }
+}
+
+/// The two stages share their dispatch: `dst` mutable, `src` read, both f32 or f64.
+macro_rules! cpu_dispatch {
+    ($self:ident, $dst:ident, $dst_l:ident, $src:ident, $src_l:ident) => {
+        match $dst {
+            CpuStorage::F32(d) => $self.cpu(
+                contiguous_mut(d, $dst_l)?,
+                contiguous_values::<f32>($src, $src_l, "fused AdamW")?,
+            ),
+            CpuStorage::F64(d) => $self.cpu(
+                contiguous_mut(d, $dst_l)?,
+                contiguous_values::<f64>($src, $src_l, "fused AdamW")?,
+            ),
+            other => bail!(
+                "fused AdamW: {:?} values",
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
+        }
+    };
+}
+
+impl InplaceOp2 for MomentsUpdate {
     fn name(&self) -> &'static str {
-        "meshcast-fused-adamw"
+        "meshcast-adamw-moments"
     }
 
     fn cpu_fwd(
@@ -154,23 +229,7 @@ impl InplaceOp2 for AdamWUpdate {
         grads: &CpuStorage,
         grads_l: &Layout,
     ) -> Result<()> {
-        if !dst_l.is_contiguous() || dst_l.start_offset() != 0 {
-            bail!("fused AdamW: the arena must be a whole contiguous tensor")
-        }
-        match dst {
-            CpuStorage::F32(state) => self.cpu(
-                state,
-                contiguous_values::<f32>(grads, grads_l, "fused AdamW")?,
-            ),
-            CpuStorage::F64(state) => self.cpu(
-                state,
-                contiguous_values::<f64>(grads, grads_l, "fused AdamW")?,
-            ),
-            other => bail!(
-                "fused AdamW: an arena of {:?}",
-                candle_core::backend::BackendStorage::dtype(other)
-            ),
-        }
+        cpu_dispatch!(self, dst, dst_l, grads, grads_l)
     }
 
     #[cfg(feature = "cuda")]
@@ -181,10 +240,34 @@ impl InplaceOp2 for AdamWUpdate {
         grads: &candle_core::CudaStorage,
         grads_l: &Layout,
     ) -> Result<()> {
-        if !dst_l.is_contiguous() || dst_l.start_offset() != 0 {
-            bail!("fused AdamW: the arena must be a whole contiguous tensor")
-        }
-        cuda::update(self, dst, (grads, grads_l))
+        cuda::moments(self, (dst, dst_l), (grads, grads_l))
+    }
+}
+
+impl InplaceOp2 for WeightsUpdate {
+    fn name(&self) -> &'static str {
+        "meshcast-adamw-weights"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        state: &CpuStorage,
+        state_l: &Layout,
+    ) -> Result<()> {
+        cpu_dispatch!(self, dst, dst_l, state, state_l)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        state: &candle_core::CudaStorage,
+        state_l: &Layout,
+    ) -> Result<()> {
+        cuda::weights(self, (dst, dst_l), (state, state_l))
     }
 }
 
@@ -241,59 +324,63 @@ fn chunked_sum(n: usize, term: impl Fn(usize) -> f64 + Sync) -> f64 {
     partial.iter().sum()
 }
 
-/// The CUDA kernel (src/model/kernels/adamw.cu), compiled to PTX by build.rs.
+/// The CUDA kernels (src/model/kernels/adamw.cu), compiled to PTX by build.rs.
 #[cfg(feature = "cuda")]
 mod cuda {
+    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
+    use candle_core::{bail, CudaStorage, DType, Layout, Result};
 
-    use super::AdamWUpdate;
+    use super::{MomentsUpdate, WeightsUpdate};
     use crate::model::row_kernels::launch_config;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
     const THREADS: u32 = 256;
 
-    pub fn update(
-        op: &AdamWUpdate,
-        dst: &mut CudaStorage,
+    fn whole(layout: &Layout) -> Result<(usize, usize)> {
+        match layout.contiguous_offsets() {
+            Some(range) => Ok(range),
+            None => bail!("fused AdamW: needs contiguous tensors"),
+        }
+    }
+
+    /// One launch per segment of parameters with a gradient.
+    pub fn moments(
+        op: &MomentsUpdate,
+        (dst, dst_l): (&mut CudaStorage, &Layout),
         (grads, grads_l): (&CudaStorage, &Layout),
     ) -> Result<()> {
         let h = op.hyper;
         let dev = dst.device.clone();
-        let g_start = grads_l.start_offset();
+        let ((d0, d1), (g0, g1)) = (whole(dst_l)?, whole(grads_l)?);
+        let n = g1 - g0;
+        if d1 - d0 != 2 * n {
+            bail!(
+                "fused AdamW: moments of {} values for {n} gradients",
+                d1 - d0
+            )
+        }
         macro_rules! launch {
             ($t:ty, $kernel:literal) => {{
                 let g = grads.as_cuda_slice::<$t>()?;
-                let n = grads_l.shape().elem_count();
                 let state = dst.as_cuda_slice_mut::<$t>()?;
-                if state.len() != 3 * n {
-                    bail!(
-                        "fused AdamW: an arena of {} values for {n} gradients",
-                        state.len()
-                    )
-                }
+                let mut state = state.slice_mut(d0..d1);
                 let func = dev.get_or_load_custom_func($kernel, "meshcast_adamw", PTX)?;
-                let scalars: [$t; 10] = [
-                    h.grad_multiplier.unwrap_or(1.0) as $t,
-                    h.beta1 as $t,
-                    (1.0 - h.beta1) as $t,
-                    h.beta2 as $t,
-                    (1.0 - h.beta2) as $t,
-                    h.scale_m as $t,
-                    h.scale_v as $t,
-                    h.decay as $t,
-                    h.lr as $t,
-                    h.eps as $t,
-                ];
+                let scalars = [
+                    h.grad_multiplier.unwrap_or(1.0),
+                    h.beta1,
+                    1.0 - h.beta1,
+                    h.beta2,
+                    1.0 - h.beta2,
+                ]
+                .map(|v| v as $t);
                 let scaled = h.grad_multiplier.is_some() as i32;
-                let n64 = n as u64;
                 for &(start, len) in &op.segments {
-                    let g = g.slice(g_start + start..g_start + start + len);
-                    let (start64, len64) = (start as u64, len as u64);
-                    let config = launch_config(len.div_ceil(THREADS as usize), THREADS);
+                    let g = g.slice(g0 + start..g0 + start + len);
+                    let (n64, start64, len64) = (n as u64, start as u64, len as u64);
                     let mut launch = func.builder();
-                    launch.arg(&mut *state);
+                    launch.arg(&mut state);
                     launch.arg(&g);
                     launch.arg(&n64);
                     launch.arg(&start64);
@@ -302,17 +389,65 @@ mod cuda {
                     for s in &scalars {
                         launch.arg(s);
                     }
+                    let config = launch_config(len.div_ceil(THREADS as usize), THREADS);
                     // SAFETY: argument types and order match the kernel's signature;
-                    // the segment lies inside the arena (len of state is 3n).
+                    // the segment lies inside the arena (2n values).
                     unsafe { launch.launch(config) }.w()?;
                 }
                 Ok(())
             }};
         }
         match (dst.dtype(), grads.dtype()) {
-            (DType::F32, DType::F32) => launch!(f32, "adamw_f32"),
-            (DType::F64, DType::F64) => launch!(f64, "adamw_f64"),
-            (a, g) => bail!("fused AdamW: an arena of {a:?} with {g:?} gradients"),
+            (DType::F32, DType::F32) => launch!(f32, "adamw_moments_f32"),
+            (DType::F64, DType::F64) => launch!(f64, "adamw_moments_f64"),
+            (a, g) => bail!("fused AdamW: {a:?} moments with {g:?} gradients"),
+        }
+    }
+
+    /// One launch for one parameter.
+    pub fn weights(
+        op: &WeightsUpdate,
+        (dst, dst_l): (&mut CudaStorage, &Layout),
+        (state, state_l): (&CudaStorage, &Layout),
+    ) -> Result<()> {
+        let h = op.hyper;
+        let dev = dst.device.clone();
+        let ((w0, w1), (s0, s1)) = (whole(dst_l)?, whole(state_l)?);
+        let (n, len) = ((s1 - s0) / 2, w1 - w0);
+        if op.offset + len > n {
+            bail!(
+                "fused AdamW: weights at {}+{len} beyond {n} moments",
+                op.offset
+            )
+        }
+        macro_rules! launch {
+            ($t:ty, $kernel:literal) => {{
+                let moments = state.as_cuda_slice::<$t>()?.slice(s0..s1);
+                let w = dst.as_cuda_slice_mut::<$t>()?;
+                let mut w = w.slice_mut(w0..w1);
+                let func = dev.get_or_load_custom_func($kernel, "meshcast_adamw", PTX)?;
+                let scalars = [h.scale_m, h.scale_v, h.decay, h.lr, h.eps].map(|v| v as $t);
+                let (n64, offset64, len64) = (n as u64, op.offset as u64, len as u64);
+                let mut launch = func.builder();
+                launch.arg(&mut w);
+                launch.arg(&moments);
+                launch.arg(&n64);
+                launch.arg(&offset64);
+                launch.arg(&len64);
+                for s in &scalars {
+                    launch.arg(s);
+                }
+                let config = launch_config(len.div_ceil(THREADS as usize), THREADS);
+                // SAFETY: argument types and order match the kernel's signature; the
+                // parameter's moments lie inside the arena (checked above).
+                unsafe { launch.launch(config) }.w()?;
+                Ok(())
+            }};
+        }
+        match (dst.dtype(), state.dtype()) {
+            (DType::F32, DType::F32) => launch!(f32, "adamw_weights_f32"),
+            (DType::F64, DType::F64) => launch!(f64, "adamw_weights_f64"),
+            (w, m) => bail!("fused AdamW: {w:?} weights with {m:?} moments"),
         }
     }
 }

@@ -1,10 +1,10 @@
-//! AdamW over one flat arena: the f32 master weights and both moments of every
-//! parameter live in one `[3, n]` tensor, the gradients of a step in one `[n]` tensor,
-//! so that the update, the global norm, checkpoints, the replicas' exchange and their
-//! fingerprint each touch one buffer. The update is one fused in-place pass
-//! ([`fused::AdamWUpdate`]) equal bit for bit, on the CPU, to candle-nn's composed
-//! `AdamW` ([`reference`]); the model's parameters (candle `Var`s, which cannot be views
-//! of another tensor) take their new values from the arena after each update.
+//! AdamW over one flat arena: both moments of every parameter live in one `[2, n]`
+//! tensor, the gradients of a step in one `[n]` tensor, so that the moments' update,
+//! the global norm, checkpoints and the replicas' exchange each touch one buffer. The
+//! weights stay in the model's f32 variables (candle `Var`s cannot be views of another
+//! tensor, and a master copy would cost memory): the second stage of the fused update
+//! writes them in place, one pass per parameter. Both stages ([`fused`]) equal, bit for
+//! bit on the CPU, candle-nn's composed `AdamW` ([`reference`]).
 
 pub mod fused;
 pub mod reference;
@@ -74,13 +74,13 @@ pub struct AdamW {
     pub params: AdamWParams,
     /// Number of updates applied so far.
     pub step_t: usize,
-    /// `[3, n]`: master weights, first moments, second moments.
+    /// `[2, n]`: first moments, second moments.
     state: Tensor,
 }
 
 impl AdamW {
-    /// `vars` in a fixed order (sorted by name), so checkpoints line up; the master
-    /// weights start as the variables' values, the moments at zero.
+    /// `vars` in a fixed order (sorted by name), so checkpoints line up; the moments
+    /// start at zero.
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<AdamW> {
         let mut offset = 0;
         let slots: Vec<Slot> = vars
@@ -95,18 +95,11 @@ impl AdamW {
             Some(s) => (s.var.dtype(), s.var.device().clone()),
             None => (DType::F32, Device::Cpu),
         };
-        let weights = flat(
-            slots.iter().map(|s| s.var.as_tensor().clone()),
-            dtype,
-            &device,
-        )?;
-        let zeros = weights.zeros_like()?;
-        let state = Tensor::stack(&[&weights, &zeros, &zeros], 0)?;
         Ok(AdamW {
             slots,
             params,
             step_t: 0,
-            state,
+            state: Tensor::zeros((2, offset), dtype, &device)?,
         })
     }
 
@@ -119,9 +112,10 @@ impl AdamW {
         self.len() == 0
     }
 
-    /// The flat master weights `[n]`.
+    /// Every parameter's weights, flat `[n]` (a copy).
     pub fn weights(&self) -> Result<Tensor> {
-        self.state.i(0)
+        let vars = self.slots.iter().map(|s| s.var.as_tensor().clone());
+        flat(vars, self.state.dtype(), self.state.device())
     }
 
     /// Slot `i`'s first and second moments, shaped as its parameter (views of the arena).
@@ -133,41 +127,42 @@ impl AdamW {
                 .narrow(0, s.offset, s.len())?
                 .reshape(s.var.shape())
         };
-        Ok((view(1)?, view(2)?))
+        Ok((view(0)?, view(1)?))
     }
 
-    /// The whole arena as f32 values (weights, then m, then v), to send to other ranks.
+    /// The weights, then the moments, as f32 values: what rank 0 sends the others.
     pub fn state_values(&self) -> Result<Vec<f32>> {
-        self.state.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+        let all = Tensor::cat(&[&self.weights()?, &self.state.flatten_all()?], 0)?;
+        all.to_dtype(DType::F32)?.to_vec1()
     }
 
-    /// Takes `values` (as [`Self::state_values`] gives them) as the arena and the
-    /// parameters.
+    /// Takes `values` (as [`Self::state_values`] gives them) as the weights and moments.
     pub fn set_state_values(&mut self, values: Vec<f32>) -> Result<()> {
-        let t = Tensor::from_vec(values, self.state.shape(), self.state.device())?;
-        self.state = t.to_dtype(self.state.dtype())?;
-        self.write_parameters(|_| true)
+        let n = self.len();
+        let device = self.state.device().clone();
+        let all = Tensor::from_vec(values, 3 * n, &device)?.to_dtype(self.state.dtype())?;
+        for s in &self.slots {
+            s.var
+                .set(&all.narrow(0, s.offset, s.len())?.reshape(s.var.shape())?)?;
+        }
+        self.state = all.narrow(0, n, 2 * n)?.reshape((2, n))?;
+        Ok(())
     }
 
-    /// Takes the parameters' current values as the master weights and `moments` (m and
-    /// v for each slot, in order) as the moments: how a checkpoint is restored.
+    /// Takes `moments` (m and v for each slot, in order) as the moments: how a
+    /// checkpoint is restored (its weights go into the variables).
     pub fn load(&mut self, moments: Vec<(Tensor, Tensor)>) -> Result<()> {
         let (dtype, device) = (self.state.dtype(), self.state.device().clone());
-        let weights = flat(
-            self.slots.iter().map(|s| s.var.as_tensor().clone()),
-            dtype,
-            &device,
-        )?;
         let (m, v): (Vec<Tensor>, Vec<Tensor>) = moments.into_iter().unzip();
         let (m, v) = (flat(m, dtype, &device)?, flat(v, dtype, &device)?);
-        if m.dims() != weights.dims() || v.dims() != weights.dims() {
+        if m.dims() != [self.len()] || v.dims() != [self.len()] {
             candle_core::bail!(
-                "optimizer moments of {:?} values for {:?} parameters",
+                "optimizer moments of {:?} values for {} parameters",
                 m.dims(),
-                weights.dims()
+                self.len()
             )
         }
-        self.state = Tensor::stack(&[&weights, &m, &v], 0)?;
+        self.state = Tensor::stack(&[&m, &v], 0)?;
         Ok(())
     }
 
@@ -194,7 +189,7 @@ impl AdamW {
 
     /// Applies one update at `lr` with each gradient multiplied by `grad_multiplier`
     /// first (clipping and loss-scale corrections; 1: none): one fused pass over the
-    /// arena, then the parameters take their new values.
+    /// moments, then one over the weights of each parameter with a gradient.
     pub fn step(&mut self, grads: &FlatGrads, lr: f64, grad_multiplier: f64) -> Result<()> {
         self.step_t += 1;
         let p = self.params;
@@ -208,14 +203,20 @@ impl AdamW {
             scale_v: 1f64 / (1f64 - p.beta2.powi(self.step_t as i32)),
             grad_multiplier: (grad_multiplier != 1.0).then_some(grad_multiplier),
         };
-        let update = fused::AdamWUpdate {
-            hyper,
-            segments: self.present_segments(&grads.present),
-        };
-        if !self.is_empty() {
-            self.state.inplace_op2(&grads.values, &update)?;
+        if self.is_empty() {
+            return Ok(());
         }
-        self.write_parameters(|i| grads.present[i])
+        let segments = self.present_segments(&grads.present);
+        let moments = fused::MomentsUpdate { hyper, segments };
+        self.state.inplace_op2(&grads.values, &moments)?;
+        for (s, _) in self.slots.iter().zip(&grads.present).filter(|(_, &p)| p) {
+            let weights = fused::WeightsUpdate {
+                hyper,
+                offset: s.offset,
+            };
+            s.var.as_tensor().inplace_op2(&self.state, &weights)?;
+        }
+        Ok(())
     }
 
     /// (start, length) of each run of consecutive slots with a gradient.
@@ -228,18 +229,6 @@ impl AdamW {
             }
         }
         segments
-    }
-
-    /// Copies the master weights of the slots `which` selects into their variables.
-    fn write_parameters(&self, which: impl Fn(usize) -> bool) -> Result<()> {
-        let weights = self.weights()?;
-        for (_, s) in self.slots.iter().enumerate().filter(|(i, _)| which(*i)) {
-            let value = weights
-                .narrow(0, s.offset, s.len())?
-                .reshape(s.var.shape())?;
-            s.var.set(&value)?;
-        }
-        Ok(())
     }
 }
 
