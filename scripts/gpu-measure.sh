@@ -17,7 +17,8 @@
 #             bars (5 deg, batch 1 and 8, csr-shared, f32) side by side with PyTorch's
 #             step in the same call, the same with --tf32, and the CUDA calls of one
 #             step (kernel launches, syncs, copies, allocations; scripts/cuda_counts.c)
-#   Env: PYTHON (default python3) must import torch for the PyTorch parts.
+#   Env: PYTHON (default python3) must import torch for the PyTorch parts;
+#   CUDA_COUNTS_LIB (default target/cuda/libcuda_counts.so, from the repository root).
 set -euo pipefail
 bin=$(realpath "${1:?meshcast binary}")
 out=$(mkdir -p "${2:?output dir}" && realpath "$2")
@@ -80,7 +81,7 @@ for part in "${parts[@]}"; do
       bench --tf32 --label gpu-step-5-tf32 "${steps[@]}"
       # Calls per training step (CUPTI counter, scripts/cuda_counts.c): runs of 2 and 7
       # timed steps, so the difference / 5 is one step's calls.
-      counter=${CUDA_COUNTS_LIB:-$(dirname "$bin")/../libcuda_counts.so}
+      counter=$(realpath "${CUDA_COUNTS_LIB:-target/cuda/libcuda_counts.so}")
       counts() {
         CUDA_INJECTION64_PATH="$counter" CUDA_COUNTS_OUT="$out/counts-b$2-s$1.json" \
           "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$work" \
