@@ -226,10 +226,17 @@ fn check_gpu_on_a_cpu_build() {
     assert!(fits[0]["batch_size"].as_u64().unwrap() >= fits[2]["batch_size"].as_u64().unwrap());
     assert!(v["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
     let kernels = v["checks"][0]["kernels"].as_array().unwrap();
-    assert_eq!(kernels.len(), 3);
-    assert!(kernels
+    assert_eq!(kernels.len(), 4);
+    assert!(kernels[..3]
         .iter()
         .all(|k| k["ok"] == true && k["gflops"].as_f64().unwrap() > 0.0));
+    let adamw = &kernels[3];
+    assert!(adamw["name"].as_str().unwrap().contains("AdamW"), "{adamw}");
+    assert_eq!(adamw["ok"], true);
+    assert_eq!(
+        adamw["max_rel_diff"], 0.0,
+        "bit for bit on the CPU: {adamw}"
+    );
 }
 
 #[test]
