@@ -156,7 +156,27 @@ fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
     // validates every sample on their nodes.
     for ranks in [2, 3] {
         let run = dir.path().join(format!("np{ranks}"));
-        succeeded(&train_tiny_by(mpirun(ranks), &data, &run, &args));
+        // As train_tiny_by, with rank 0's log: it reads only the rows its patches need.
+        let mut cmd = mpirun(ranks);
+        cmd.arg("train-model")
+            .arg(&data)
+            .arg("--output-dir")
+            .arg(&run);
+        let out = cmd.args(common::TINY).args(&args).output().unwrap();
+        succeeded(&out);
+        let log = String::from_utf8_lossy(&out.stderr);
+        let band = log
+            .split("this rank's patches need latitude rows ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no band logged: {log}"));
+        let (rows, nlat) = band.split_once(" of ").unwrap();
+        let nlat: usize = nlat.split(':').next().unwrap().parse().unwrap();
+        let (first, end) = rows.split_once("..").unwrap();
+        let (first, end): (usize, usize) = (first.parse().unwrap(), end.parse().unwrap());
+        assert!(
+            first == 0 && end < nlat,
+            "rank 0 reads rows {first}..{end} of {nlat}"
+        );
         assert_eq!(
             common::last_meta(&run)["step"],
             common::last_meta(&one)["step"]

@@ -194,6 +194,25 @@ fn an_era5_style_forecast_keeps_names_order_range_levels_and_attributes() {
     assert_bad_input(&o, &["forecast with lead times on 'prediction_timedelta'"]);
 }
 
+/// A patch-parallel rank's band of rows reads the right rows of a file stored north to
+/// south, with levels.
+#[test]
+fn a_latitude_band_of_a_north_to_south_file_reads_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("era5.nc");
+    write_era5_style(&path, 6);
+    let whole = meshcast::data::Dataset::open(&meshcast::data::DataSpec {
+        files: vec![path],
+        levels: Some("all".parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(whole.num_channels() > 2, "levels are channels");
+    for rows in [0..5, 7..12, 14..NLAT] {
+        assert_band_reads_rows(&whole, &whole.latitude_band(rows.clone()), rows);
+    }
+}
+
 #[test]
 fn a_region_across_the_prime_meridian_keeps_the_files_longitudes() {
     let dir = tempfile::tempdir().unwrap();

@@ -180,3 +180,37 @@ fn loader_errors_reach_the_consumer_with_context_and_dropping_stops_the_thread()
     );
     assert!(loader.next().is_none(), "the loader stops after an error");
 }
+
+/// A patch-parallel rank reads a band of latitude rows: the band's states and batches
+/// are the whole grid's on those rows, whatever order the file stores latitudes in.
+#[test]
+fn a_latitude_band_reads_the_whole_grids_values_on_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = WindowSpec::lead_spaced(2, 1);
+    let (ds, _, stats) = setup(regional(dir.path()), window);
+    let (nlon, rows) = (ds.grid.nlon(), 3..9);
+    let band = Arc::new(ds.latitude_band(rows.clone()));
+    assert_eq!(band.grid.nlat(), rows.len());
+    assert_eq!(band.grid.lat, ds.grid.lat[rows.clone()]);
+    assert_band_reads_rows(&ds, &band, rows.clone());
+    let cells = rows.start * nlon..rows.end * nlon;
+    let batch = |data: Arc<Dataset>| {
+        let order = [5, 9, 12];
+        let mut loader =
+            BatchLoader::new(data, stats.clone(), (window, 2), &order, 3, Prefetch::Off).unwrap();
+        loader.next().unwrap().unwrap()
+    };
+    let (whole, part) = (batch(ds.clone()), batch(band));
+    let feats = whole.input_features();
+    for i in 0..3 {
+        let at = |b: &meshcast::data::Batch, first: usize, n: usize| {
+            (i * b.nodes + first) * n..(i * b.nodes + first + cells.len()) * n
+        };
+        let (w, p) = (at(&whole, cells.start, feats), at(&part, 0, feats));
+        assert_eq!(part.inputs[p.clone()], whole.inputs[w.clone()]);
+        assert_eq!(part.input_valid[p], whole.input_valid[w]);
+        let ch = whole.channels;
+        let (w, p) = (at(&whole, cells.start, ch), at(&part, 0, ch));
+        assert_eq!(part.targets[p], whole.targets[w]);
+    }
+}

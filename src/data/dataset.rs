@@ -146,6 +146,30 @@ impl Dataset {
         self.channels.len()
     }
 
+    /// The same data on latitude rows `rows` of the grid only (all longitudes): its
+    /// batches read and hold that band's cells, numbered from the band's first row. A
+    /// patch-parallel rank reads only the band its patches need.
+    pub fn latitude_band(&self, rows: std::ops::Range<usize>) -> Dataset {
+        let width = self.statics.width();
+        let cells = rows.start * self.grid.nlon()..rows.end * self.grid.nlon();
+        Dataset {
+            grid: Grid {
+                lat: self.grid.lat[rows.clone()].to_vec(),
+                ..self.grid.clone()
+            },
+            sources: (self.sources.iter())
+                .map(|s| s.latitude_band(rows.clone()))
+                .collect(),
+            statics: StaticFields {
+                names: self.statics.names.clone(),
+                features: self.statics.features[cells.start * width..cells.end * width].to_vec(),
+            },
+            time: self.time.clone(),
+            channels: self.channels.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
     /// Cells valid in at least one time step of `steps` for at least one channel: the
     /// grid nodes the graph keeps (a cell masked in every sample is left out).
     pub fn ever_valid(&self, steps: std::ops::Range<usize>) -> anyhow::Result<Vec<bool>> {

@@ -29,7 +29,7 @@ pub use build::{build, MAX_MESH_LEVEL, MIN_VALID_NODES};
 pub use cache::{clear as clear_cache, default_cache_dir, load_or_build, CacheOutcome};
 pub use formats::{Coo, Csc, Csr, FormatBytes};
 pub use grouping::CsrIndex;
-pub use patches::{split_into_patches, Patch, PatchOptions};
+pub use patches::{split_into_patches, Patch, PatchOptions, RowWindow};
 pub use sets::{EdgeSet, NodeSet, EDGE_FEATURES, NODE_FEATURES};
 pub use summary::{DegreeStats, EdgeSetSummary, GraphSummary, PatchSummary};
 

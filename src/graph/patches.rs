@@ -96,6 +96,50 @@ impl Patch {
     }
 }
 
+/// The latitude rows some patches need (their owned and halo grid nodes, from the
+/// first node's row to the last's) and the graph's grid nodes on those rows: one range,
+/// as grid nodes ascend by cell. What a patch-parallel rank reads and holds of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowWindow {
+    pub rows: Range<usize>,
+    pub nodes: Range<usize>,
+}
+
+impl RowWindow {
+    /// Every row of `grid` and every grid node of `graph`.
+    pub fn all(graph: &WeatherGraph, grid: &Grid) -> RowWindow {
+        RowWindow {
+            rows: 0..grid.nlat(),
+            nodes: 0..graph.grid_map.n_nodes(),
+        }
+    }
+
+    /// The rows that `patches` (of `graph` over `grid`) need.
+    pub fn covering(patches: &[Patch], graph: &WeatherGraph, grid: &Grid) -> RowWindow {
+        let cells = graph.grid_map.cells();
+        let first = patches.iter().filter_map(|p| p.grid_nodes.first()).min();
+        let last = patches.iter().filter_map(|p| p.grid_nodes.last()).max();
+        let (Some(&first), Some(&last)) = (first, last) else {
+            return RowWindow {
+                rows: 0..0,
+                nodes: 0..0,
+            };
+        };
+        let nlon = grid.nlon();
+        let rows = cells[first as usize] as usize / nlon..cells[last as usize] as usize / nlon + 1;
+        let node_at = |row: usize| cells.partition_point(|&c| (c as usize) < row * nlon);
+        RowWindow {
+            nodes: node_at(rows.start)..node_at(rows.end),
+            rows,
+        }
+    }
+
+    /// The window's first cell on the grid (the band's cells are numbered from it).
+    pub fn first_cell(&self, grid: &Grid) -> usize {
+        self.rows.start * grid.nlon()
+    }
+}
+
 /// Splits `graph` (built for `grid`) into `options.n_patches` patches.
 pub fn split_into_patches(
     graph: &WeatherGraph,
@@ -324,6 +368,26 @@ mod tests {
         }
     }
 
+    /// Each patch's window holds its rows and grid nodes, and exactly the grid nodes on
+    /// its rows; all patches' window is the whole grid's.
+    fn check_windows(graph: &WeatherGraph, grid: &Grid, patches: &[Patch]) {
+        assert_eq!(
+            RowWindow::covering(patches, graph, grid),
+            RowWindow::all(graph, grid)
+        );
+        let cells = graph.grid_map.cells();
+        for p in patches {
+            let w = RowWindow::covering(std::slice::from_ref(p), graph, grid);
+            assert!(w.rows.start <= p.rows.start && p.rows.end <= w.rows.end);
+            assert!(p
+                .grid_nodes
+                .iter()
+                .all(|&g| w.nodes.contains(&(g as usize))));
+            let on_rows = |n: usize| w.rows.contains(&(cells[n] as usize / grid.nlon()));
+            assert!((0..cells.len()).all(|n| on_rows(n) == w.nodes.contains(&n)));
+        }
+    }
+
     #[test]
     fn global_bands_partition_and_halo() {
         let grid = Grid::global_cell_centred(5.0);
@@ -346,6 +410,7 @@ mod tests {
         assert!(patches.iter().all(|p| p.cols == (0..72)));
         assert_eq!(patches.iter().map(|p| p.rows.len()).sum::<usize>(), 36);
         check_patches(&graph, &patches, opts.halo_deg);
+        check_windows(&graph, &grid, &patches);
         let summary = graph.summary().with_patches(&patches, &opts);
         assert_eq!(summary.patches.as_ref().unwrap().count, 5);
         let whole = split_into_patches(
@@ -391,6 +456,7 @@ mod tests {
             ]
         );
         check_patches(&graph, &patches, opts.halo_deg);
+        check_windows(&graph, &grid, &patches);
         assert!(patches.iter().all(|p| p.n_halo() > 0));
     }
 

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::gradients::step_gradients;
 use super::{Network, Objective, Predictor, StepGradients};
 use crate::data::Grid;
-use crate::graph::{split_into_patches, Patch, PatchOptions, WeatherGraph};
+use crate::graph::{split_into_patches, Patch, PatchOptions, RowWindow, WeatherGraph};
 use crate::model::GraphTensors;
 use crate::predict::loss::ObjectiveScalar;
 
@@ -20,23 +20,32 @@ use crate::predict::loss::ObjectiveScalar;
 /// holds, and which of those it owns (loss and outputs come from owned nodes only).
 pub struct PatchTensors {
     pub graph: GraphTensors,
-    /// Full-graph grid-node ids of the patch's grid nodes (u32).
+    /// The patch's grid nodes among the inputs' nodes (u32): full-graph ids less the
+    /// inputs' first node (0 unless the inputs are a patch-parallel rank's rows).
     pub nodes: Tensor,
     /// `[1, nodes, 1]`: 1 for owned nodes, 0 for halo.
     pub owned: Tensor,
-    /// Owned nodes: local ids and full-graph ids (u32).
+    /// Owned nodes: local ids and ids among the inputs' nodes (u32).
     pub owned_local: Tensor,
     pub owned_full: Tensor,
 }
 
 impl PatchTensors {
-    /// A patch's tensors on `device` (its subgraph of `full`, node maps and owned mask).
-    pub fn new(patch: &Patch, full: &WeatherGraph, device: &Device) -> Result<PatchTensors> {
+    /// A patch's tensors on `device` (its subgraph of `full`, node maps and owned mask)
+    /// for inputs whose first node is full-graph grid node `first_node`.
+    pub fn new(
+        patch: &Patch,
+        full: &WeatherGraph,
+        first_node: usize,
+        device: &Device,
+    ) -> Result<PatchTensors> {
         let n = patch.grid_nodes.len();
+        let first = first_node as u32;
+        let input_nodes: Vec<u32> = patch.grid_nodes.iter().map(|&g| g - first).collect();
         let owned_local: Vec<u32> = (0..n as u32).filter(|&k| patch.owned[k as usize]).collect();
         let owned_full: Vec<u32> = owned_local
             .iter()
-            .map(|&k| patch.grid_nodes[k as usize])
+            .map(|&k| input_nodes[k as usize])
             .collect();
         let mask: Vec<f32> = patch
             .owned
@@ -46,7 +55,7 @@ impl PatchTensors {
         let owned = owned_local.len();
         Ok(PatchTensors {
             graph: GraphTensors::new(&patch.subgraph(full), device, DType::F32)?,
-            nodes: Tensor::from_vec(patch.grid_nodes.clone(), n, device)?,
+            nodes: Tensor::from_vec(input_nodes, n, device)?,
             owned: Tensor::from_vec(mask, (1, n, 1), device)?,
             owned_local: Tensor::from_vec(owned_local, owned, device)?,
             owned_full: Tensor::from_vec(owned_full, owned, device)?,
@@ -71,18 +80,20 @@ impl Patched {
         options: &PatchOptions,
         device: &Device,
     ) -> anyhow::Result<Vec<PatchTensors>> {
-        Patched::split_share(graph, grid, options, (0, 1), device)
+        Ok(Patched::split_share(graph, grid, options, (0, 1), device)?.0)
     }
 
     /// [`Patched::split`], keeping only `rank`'s share of the patches (patch-parallel
-    /// training over `ranks`): the others' subgraphs are never placed on the device.
+    /// training over `ranks`): the others' subgraphs are never placed on the device,
+    /// and the patches take inputs on the rows they need only (the window returned;
+    /// all rows for one rank).
     pub fn split_share(
         graph: &WeatherGraph,
         grid: &Grid,
         options: &PatchOptions,
         (rank, ranks): (usize, usize),
         device: &Device,
-    ) -> anyhow::Result<Vec<PatchTensors>> {
+    ) -> anyhow::Result<(Vec<PatchTensors>, RowWindow)> {
         let patches = split_into_patches(graph, grid, options)?;
         let sizes = patches.iter().map(|p| p.grid_nodes.len());
         tracing::info!(
@@ -92,12 +103,16 @@ impl Patched {
             sizes.clone().min().unwrap_or(0),
             sizes.max().unwrap_or(0)
         );
-        Ok(
-            patches[crate::distributed::shard(patches.len(), rank, ranks)]
-                .iter()
-                .map(|p| PatchTensors::new(p, graph, device))
-                .collect::<Result<_>>()?,
-        )
+        let mine = &patches[crate::distributed::shard(patches.len(), rank, ranks)];
+        let window = match ranks {
+            1 => RowWindow::all(graph, grid),
+            _ => RowWindow::covering(mine, graph, grid),
+        };
+        let tensors = mine
+            .iter()
+            .map(|p| PatchTensors::new(p, graph, window.nodes.start, device))
+            .collect::<Result<_>>()?;
+        Ok((tensors, window))
     }
 
     /// `net` runs on `patches` (from [`Patched::split`]).
@@ -110,9 +125,9 @@ impl Patched {
         }
     }
 
-    /// Marks the patches as one rank's share of all (of a graph of `grid_nodes`): its
-    /// forward passes give the nodes they own, and its gradients add up with the other
-    /// ranks' to those of all patches.
+    /// Marks the patches as one rank's share of all, taking inputs of `grid_nodes`
+    /// nodes (its window's): its forward passes give the nodes they own, and its
+    /// gradients add up with the other ranks' to those of all patches.
     pub fn partial(self, grid_nodes: usize) -> Result<Patched> {
         let mut owned = vec![false; grid_nodes];
         for p in &self.patches {

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::RunConfig;
 use crate::data::time::Instant;
-use crate::data::{Batch, Dataset, NormStats, Splits};
-use crate::graph::{load_or_build, WeatherGraph};
+use crate::data::{Batch, Dataset, Grid, NormStats, Splits};
+use crate::graph::{load_or_build, RowWindow, WeatherGraph};
 use crate::model::GraphTensors;
 use crate::predict::unroll::RolloutBatch;
 use crate::predict::{
@@ -23,9 +23,16 @@ pub struct Session {
     /// How the run executes the model, and the model over the graph run that way.
     pub execution: Execution,
     pub predictor: Box<dyn Predictor>,
-    /// Forcings and static fields of the graph's grid nodes, as the model takes them.
+    /// Forcings and static fields of the window's grid nodes, as the model takes them.
     pub extras: NodeExtras,
     pub device: Device,
+    /// The rows and grid nodes this process's batches cover: all of them, or a
+    /// patch-parallel rank's band (what its patches need).
+    pub window: RowWindow,
+    /// The data batches are read from: `dataset`, or its band of `window.rows`.
+    pub batch_data: Arc<Dataset>,
+    /// The cell of each of the window's grid nodes in `batch_data`'s grid.
+    batch_cells: Vec<u32>,
 }
 
 impl Session {
@@ -71,22 +78,25 @@ impl Session {
         graph: WeatherGraph,
         device: &Device,
     ) -> anyhow::Result<Session> {
-        let precision = execution.precision;
-        let predictor: Box<dyn Predictor> = if let Some(options) = &execution.patches {
-            let share = execution.patch_share;
-            let patches = Patched::split_share(&graph, &dataset.grid, options, share, device)?;
-            let net = Network::new(run.model.clone(), precision, &patches[0].graph)?;
-            let patched = Patched::new(Arc::new(net), patches);
-            match share.1 > 1 {
-                true => Box::new(patched.partial(graph.grid_nodes.len())?),
-                false => Box::new(patched),
+        let (predictor, window) = predictor(run, &execution, (&dataset.grid, &graph), device)?;
+        let cells = &graph.grid_map.cells()[window.nodes.clone()];
+        let extras = node_extras(run, &dataset, cells)?;
+        let first_cell = window.first_cell(&dataset.grid) as u32;
+        let batch_cells = cells.iter().map(|&c| c - first_cell).collect();
+        let batch_data = match window.rows == (0..dataset.grid.nlat()) {
+            true => dataset.clone(),
+            false => {
+                tracing::info!(
+                    "this rank's patches need latitude rows {}..{} of {}: its batches hold {} of {} grid nodes",
+                    window.rows.start,
+                    window.rows.end,
+                    dataset.grid.nlat(),
+                    window.nodes.len(),
+                    graph.grid_nodes.len()
+                );
+                Arc::new(dataset.latitude_band(window.rows.clone()))
             }
-        } else {
-            let tensors = GraphTensors::new(&graph, device, DType::F32)?;
-            let net = Network::new(run.model.clone(), precision, &tensors)?;
-            Box::new(WholeGraph::new(Arc::new(net), tensors))
         };
-        let extras = node_extras(run, &dataset, &graph)?;
         Ok(Session {
             dataset,
             splits,
@@ -95,6 +105,9 @@ impl Session {
             predictor,
             extras,
             device: device.clone(),
+            window,
+            batch_data,
+            batch_cells,
         })
     }
 
@@ -111,15 +124,25 @@ impl Session {
         lat_w: &[f32],
         var_w: &[f32],
     ) -> anyhow::Result<(Tensor, LossTarget, Vec<bool>)> {
-        let cells = self.graph.grid_map.cells();
         let extras = self.extras.for_windows(&self.rollout_times(&batch.t0, 0));
-        Ok(inputs::batch_target(
+        let (x, target, valid) = inputs::batch_target(
             batch,
-            (cells, &extras),
+            (&self.batch_cells, &extras),
             lat_w,
             var_w,
             &self.device,
-        )?)
+        )?;
+        let Some(owned) = self.predictor.owned_nodes() else {
+            return Ok((x, target, valid));
+        };
+        // A patch-parallel rank counts the entries of the nodes it owns: the ranks'
+        // counts add up to the batch's, and its loss is its share of the batch's.
+        let per_node = valid.len() / (batch.len() * owned.len()).max(1);
+        let entries = (valid.chunks(per_node.max(1)).enumerate())
+            .filter(|(row, _)| owned[row % owned.len()])
+            .map(|(_, entries)| entries.iter().filter(|&&v| v).count())
+            .sum();
+        Ok((x, LossTarget::new(target.y, target.w, entries), valid))
     }
 
     /// The times of rollout step `k`'s window (its inputs, then its target) from each
@@ -150,10 +173,9 @@ impl Session {
         let extras: Vec<Vec<f32>> = (0..batch.rollout_steps)
             .map(|k| self.extras.for_windows(&self.rollout_times(&batch.t0, k)))
             .collect();
-        let cells = self.graph.grid_map.cells();
         Ok(RolloutBatch::new(
             batch,
-            (cells, &extras),
+            (&self.batch_cells, &extras),
             weights,
             stats,
             &self.device,
@@ -171,19 +193,42 @@ impl Session {
         crate::memory::MemoryBreakdown::new(params, arena, params, graph, baseline, peak)
     }
 
-    /// Latitude weights of the graph's grid nodes (cos lat, mean 1 over them).
+    /// Latitude weights of the window's grid nodes (cos lat, mean 1 over all the
+    /// graph's grid nodes, so that a rank's share weighs as in the whole).
     pub fn node_latitude_weights(&self) -> Vec<f32> {
-        self.graph.grid_map.latitude_weights(&self.dataset.grid)
+        let all = self.graph.grid_map.latitude_weights(&self.dataset.grid);
+        all[self.window.nodes.clone()].to_vec()
     }
 }
 
-/// The extra inputs of `run`'s model on `graph`'s grid nodes; refuses static fields
-/// other than the model's.
-fn node_extras(
+/// The model for `run` over `graph` (on `grid`), executed as `execution` says, and the
+/// window of rows its inputs cover.
+fn predictor(
     run: &RunConfig,
-    dataset: &Dataset,
-    graph: &WeatherGraph,
-) -> anyhow::Result<NodeExtras> {
+    execution: &Execution,
+    (grid, graph): (&Grid, &WeatherGraph),
+    device: &Device,
+) -> anyhow::Result<(Box<dyn Predictor>, RowWindow)> {
+    let precision = execution.precision;
+    let Some(options) = &execution.patches else {
+        let tensors = GraphTensors::new(graph, device, DType::F32)?;
+        let net = Network::new(run.model.clone(), precision, &tensors)?;
+        let whole = WholeGraph::new(Arc::new(net), tensors);
+        return Ok((Box::new(whole), RowWindow::all(graph, grid)));
+    };
+    let share = execution.patch_share;
+    let (patches, window) = Patched::split_share(graph, grid, options, share, device)?;
+    let net = Network::new(run.model.clone(), precision, &patches[0].graph)?;
+    let patched = Patched::new(Arc::new(net), patches);
+    Ok(match share.1 > 1 {
+        true => (Box::new(patched.partial(window.nodes.len())?), window),
+        false => (Box::new(patched), window),
+    })
+}
+
+/// The extra inputs of `run`'s model on the grid nodes of `cells`; refuses static
+/// fields other than the model's.
+fn node_extras(run: &RunConfig, dataset: &Dataset, cells: &[u32]) -> anyhow::Result<NodeExtras> {
     let statics = &dataset.statics;
     if statics.width() != run.model.static_inputs {
         crate::bail_input!(
@@ -195,7 +240,6 @@ fn node_extras(
         );
     }
     let step = dataset.time.step_seconds().unwrap_or(0) * run.window.lead_steps as i64;
-    let cells = graph.grid_map.cells();
     let lat_lon = cells
         .iter()
         .map(|&c| dataset.grid.node_lat_lon(c as usize))

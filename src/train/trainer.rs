@@ -641,7 +641,7 @@ impl<'a> Trainer<'a> {
             tracing::info!("epoch {}: rollout of {rollout} steps", epoch + 1);
         }
         let loader = BatchLoader::from_chunks(
-            self.session.dataset.clone(),
+            self.session.batch_data.clone(),
             self.stats.clone(),
             (run.window, rollout),
             shares,
@@ -759,10 +759,8 @@ impl<'a> Trainer<'a> {
         for (count, t) in counts.iter_mut().zip(targets.iter()) {
             *count = t.entries as f64;
         }
-        // Patch-parallel ranks hold the same batch: its count is theirs already.
-        if !patch_parallel(self.run, self.opts) {
-            self.opts.collective.all_reduce_f64(&mut counts)?;
-        }
+        // Data-parallel ranks count their samples, patch-parallel ones their nodes.
+        self.opts.collective.all_reduce_f64(&mut counts)?;
         for (t, count) in targets.iter_mut().zip(counts) {
             t.count_globally(count as usize);
             t.denominator *= scale;

@@ -64,7 +64,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         None => &set.samples[shard(set.samples.len(), rank, size)],
     };
     let loader = BatchLoader::new(
-        session.dataset.clone(),
+        session.batch_data.clone(),
         set.stats.clone(),
         (set.window, set.rollout_steps),
         share,

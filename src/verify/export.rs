@@ -301,7 +301,7 @@ fn first_batch(
         .unwrap_or(run.train.batch_size)
         .clamp(1, samples.len());
     BatchLoader::new(
-        session.dataset.clone(),
+        session.batch_data.clone(),
         Arc::new(stats.clone()),
         (run.window, 1),
         &samples[..size],

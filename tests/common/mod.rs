@@ -282,3 +282,34 @@ pub fn dim_names(file: &netcdf::File, var: &str) -> Vec<String> {
     let v = file.variable(var).unwrap();
     v.dimensions().iter().map(|d| d.name()).collect()
 }
+
+/// `band` (`whole.latitude_band(rows)`) reads, at a few time steps, the values and
+/// validity of `whole` on `rows`.
+pub fn assert_band_reads_rows(
+    whole: &meshcast::data::Dataset,
+    band: &meshcast::data::Dataset,
+    rows: std::ops::Range<usize>,
+) {
+    let nlon = whole.grid.nlon();
+    let cells = rows.start * nlon..rows.end * nlon;
+    let mut reader = meshcast::data::StepReader::default();
+    let last = whole.time.len() - 1;
+    for t in [0, last / 2, last] {
+        let (all, part) = (
+            reader.read(whole, t).unwrap(),
+            reader.read(band, t).unwrap(),
+        );
+        let channels = whole.num_channels();
+        assert_eq!(part.values.len(), channels * cells.len());
+        for c in 0..channels {
+            let on_rows = c * whole.grid.len() + cells.start..c * whole.grid.len() + cells.end;
+            let mine = c * cells.len()..(c + 1) * cells.len();
+            assert_eq!(
+                part.values[mine.clone()],
+                all.values[on_rows.clone()],
+                "t {t}"
+            );
+            assert_eq!(part.valid[mine], all.valid[on_rows], "t {t}");
+        }
+    }
+}

@@ -84,6 +84,17 @@ pub struct SourceVariable {
 }
 
 impl SourceVariable {
+    /// The variable on latitude rows `rows` of its canonical grid only.
+    pub fn latitude_band(&self, rows: std::ops::Range<usize>) -> SourceVariable {
+        SourceVariable {
+            lat: crate::data::grid::AxisMap {
+                values: self.lat.values[rows.clone()].to_vec(),
+                file_index: self.lat.file_index[rows].to_vec(),
+            },
+            ..self.clone()
+        }
+    }
+
     /// Channel names: the variable's name, or `name<level>` per selected level.
     pub fn channel_names(&self) -> Vec<String> {
         match self.layout.level_dim {

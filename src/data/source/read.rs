@@ -43,6 +43,10 @@ impl SourceVariable {
         }
         let level_stride = self.layout.level_dim.map_or(0, |d| strides[d]);
         let (s_lat, s_lon) = (strides[self.layout.lat_dim], strides[self.layout.lon_dim]);
+        let (lat0, lon0) = (
+            ranges[self.layout.lat_dim].start,
+            ranges[self.layout.lon_dim].start,
+        );
         let cells = self.lat.file_index.len() * self.lon.file_index.len();
         let offsets: Vec<usize> = match levels.is_empty() {
             true => vec![0],
@@ -59,7 +63,7 @@ impl SourceVariable {
                 self.lon
                     .file_index
                     .iter()
-                    .map(move |&fj| raw[offset + fi * s_lat + fj * s_lon])
+                    .map(move |&fj| raw[offset + (fi - lat0) * s_lat + (fj - lon0) * s_lon])
             });
             for ((v, m), x) in out_v.iter_mut().zip(out_m.iter_mut()).zip(cell_values) {
                 let decoded = self.packing.decode(x);
@@ -71,14 +75,22 @@ impl SourceVariable {
     }
 
     /// The part of dimension `d` that time step `t` needs: the step, the span of the
-    /// selected levels, the whole grid, and the single index of any other dimension.
+    /// selected levels, the span of the file's rows and columns the grid takes (a
+    /// region, or a patch-parallel rank's band, reads only its part), and the single
+    /// index of any other dimension.
     fn range_of(&self, d: usize, t: usize, level_span: &Range<usize>) -> Range<usize> {
+        let span = |index: &[usize]| match (index.iter().min(), index.iter().max()) {
+            (Some(&lo), Some(&hi)) => lo..hi + 1,
+            _ => 0..0,
+        };
         if Some(d) == self.layout.time_dim {
             t..t + 1
         } else if Some(d) == self.layout.level_dim {
             level_span.clone()
-        } else if d == self.layout.lat_dim || d == self.layout.lon_dim {
-            0..self.dims[d].1
+        } else if d == self.layout.lat_dim {
+            span(&self.lat.file_index)
+        } else if d == self.layout.lon_dim {
+            span(&self.lon.file_index)
         } else {
             0..1
         }
