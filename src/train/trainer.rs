@@ -572,7 +572,7 @@ impl<'a> Trainer<'a> {
         if patch_parallel(self.run, self.opts) {
             let share = crate::distributed::shard(train.patches, c.rank(), ranks);
             return Some(format!(
-                "patch parallelism: {ranks} ranks ({}), each the whole batch of {global}; rank {} takes patches {}..{} of {}",
+                "patch parallelism: {ranks} ranks ({}), each every sample of the batch of {global} on its patches' rows; rank {} takes patches {}..{} of {}",
                 c.transport(),
                 c.rank(),
                 share.start + 1,
