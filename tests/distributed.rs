@@ -104,6 +104,20 @@ fn ranks_end_on_the_weights_of_one_process_with_their_combined_batch() {
         );
         let diff = largest_difference(&one, &run);
         assert!(diff < 1e-5, "{ranks} ranks: parameters differ by {diff}");
+        // The ranks summed their shares of the training block: one process's statistics
+        // (the sums' order differs; the std's cancellation, mean^2 against the mean
+        // square, makes that ~1e-12 relative).
+        let stats = |run: &Path| common::read_json(&run.join("stats.json"));
+        for key in ["mean", "std", "diff_std"] {
+            let (a, b) = (stats(&one)[key].clone(), stats(&run)[key].clone());
+            for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                    "{key}: {x} vs {y}"
+                );
+            }
+        }
         // Only rank 0 wrote, and its metrics are the whole batch's.
         let (m1, mn) = (common::metrics(&one), common::metrics(&run));
         let loss = |m: &[serde_json::Value]| m[0]["loss"].as_f64().unwrap();

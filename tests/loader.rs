@@ -214,3 +214,43 @@ fn a_latitude_band_reads_the_whole_grids_values_on_its_rows() {
         assert_eq!(part.targets[p], whole.targets[w]);
     }
 }
+
+/// Ranks sum their parts of the training block: the parts' sums, added, give the
+/// whole block's statistics (lead 1 and 2; parts of every size, empty ones too).
+#[test]
+fn statistics_from_parts_of_the_training_block_equal_the_whole_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = regional(dir.path());
+    for lead in [1, 2] {
+        let (ds, splits, whole) = setup(path.clone(), WindowSpec::lead_spaced(2, lead));
+        let train = splits.train.clone();
+        for ranks in [1, 2, 3, train.len() + 2] {
+            let mut total: Vec<f64> = Vec::new();
+            for rank in 0..ranks {
+                let part = meshcast::distributed::shard(train.len(), rank, ranks);
+                let steps = train.start + part.start..train.start + part.end;
+                let sums = meshcast::data::StatsSums::over(&ds, &splits, steps).unwrap();
+                let flat = sums.to_vec();
+                total.resize(flat.len(), 0.0);
+                total.iter_mut().zip(flat).for_each(|(t, v)| *t += v);
+            }
+            let sums = meshcast::data::StatsSums::from_vec(&total);
+            let parts = NormStats::from_sums(&ds, &splits, &sums).unwrap();
+            // The sums' order differs; the std's cancellation amplifies that to ~1e-12.
+            let close = |a: &[f64], b: &[f64]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-9 * y.abs().max(1.0))
+            };
+            assert!(
+                close(&parts.mean, &whole.mean),
+                "lead {lead}, {ranks} parts"
+            );
+            assert!(close(&parts.std, &whole.std), "lead {lead}, {ranks} parts");
+            assert!(
+                close(&parts.diff_std, &whole.diff_std),
+                "lead {lead}, {ranks} parts"
+            );
+        }
+    }
+}

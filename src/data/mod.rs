@@ -26,4 +26,4 @@ pub use loader::{BatchLoader, Prefetch};
 pub use named_grids::{named_grid, storm1996_grid};
 pub use samples::{Split, SplitFractions, Splits, WindowSpec};
 pub use spec::{DataSpec, VarPick};
-pub use stats::NormStats;
+pub use stats::{NormStats, StatsSums};

@@ -1,6 +1,7 @@
 //! Normalisation statistics, computed on the training block only and saved so that
 //! later runs and checkpoints reuse exactly the same numbers.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::Context;
@@ -27,47 +28,26 @@ pub struct NormStats {
 impl NormStats {
     /// One pass over the training block, holding `lead_steps + 1` states at a time.
     pub fn compute(ds: &Dataset, splits: &Splits) -> anyhow::Result<NormStats> {
-        let lead = splits.window.lead_steps;
-        let (cells, n) = (ds.grid.len(), ds.num_channels());
-        let mut states = StateSums::new(n);
-        let mut diffs = StateSums::new(n);
-        let mut recent: std::collections::VecDeque<super::State> = Default::default();
-        let mut reader = StepReader::default();
-        let bar = crate::util::progress_bar(true, splits.train.len(), "statistics: time steps");
-        for t in splits.train.clone() {
-            bar.inc(1);
-            let s = reader.read(ds, t)?;
-            for c in 0..n {
-                for k in c * cells..(c + 1) * cells {
-                    if s.valid[k] {
-                        states.add(c, s.values[k] as f64);
-                    }
-                }
-            }
-            if recent.len() == lead {
-                let old = recent.pop_front().expect("lead states held");
-                for c in 0..n {
-                    for k in c * cells..(c + 1) * cells {
-                        if s.valid[k] && old.valid[k] {
-                            diffs.add(c, (s.values[k] - old.values[k]) as f64);
-                        }
-                    }
-                }
-            }
-            recent.push_back(s);
-        }
+        let sums = StatsSums::over(ds, splits, splits.train.clone())?;
+        NormStats::from_sums(ds, splits, &sums)
+    }
+
+    /// The statistics of the sums over the whole training block (of one process, or
+    /// added over the processes that each summed their part).
+    pub fn from_sums(ds: &Dataset, splits: &Splits, sums: &StatsSums) -> anyhow::Result<NormStats> {
+        let n = ds.num_channels();
         let mut out = NormStats {
             channels: ds.channel_names(),
             mean: vec![0.0; n],
             std: vec![1.0; n],
             diff_std: vec![1.0; n],
-            lead_steps: lead,
+            lead_steps: splits.window.lead_steps,
             train_steps: (splits.train.start, splits.train.end),
             dataset_fingerprint: ds.fingerprint.clone(),
         };
         for c in 0..n {
             let name = &out.channels[c];
-            let Some((mean, std)) = states.mean_std(c) else {
+            let Some((mean, std)) = sums.states.mean_std(c) else {
                 return Err(InputError(format!(
                     "variable '{name}' has no valid value in the training period (steps {}..{})",
                     splits.train.start, splits.train.end
@@ -77,7 +57,7 @@ impl NormStats {
             out.mean[c] = mean;
             out.std[c] = positive_or_one(std, name, "values");
             out.diff_std[c] = positive_or_one(
-                diffs.mean_std(c).map_or(0.0, |(_, s)| s),
+                sums.diffs.mean_std(c).map_or(0.0, |(_, s)| s),
                 name,
                 "time differences",
             );
@@ -168,6 +148,82 @@ fn positive_or_one(std: f64, name: &str, what: &str) -> f64 {
 }
 
 /// Running sums per channel (f64; the values are already f32).
+/// What the statistics are made of: per channel, the count, sum and sum of squares of
+/// the valid values, and of the valid `lead_steps` differences. Sums over parts of the
+/// training block add up to the block's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSums {
+    states: StateSums,
+    diffs: StateSums,
+}
+
+impl StatsSums {
+    /// The sums of the training steps `steps` (part of `splits.train`): each step's
+    /// values, and its difference from the step `lead_steps` before where that step is
+    /// in the training block too.
+    pub fn over(ds: &Dataset, splits: &Splits, steps: Range<usize>) -> anyhow::Result<StatsSums> {
+        let lead = splits.window.lead_steps;
+        let (cells, n) = (ds.grid.len(), ds.num_channels());
+        let mut sums = StatsSums {
+            states: StateSums::new(n),
+            diffs: StateSums::new(n),
+        };
+        if steps.is_empty() {
+            return Ok(sums);
+        }
+        let first = steps.start.saturating_sub(lead).max(splits.train.start);
+        let mut recent: std::collections::VecDeque<super::State> = Default::default();
+        let mut reader = StepReader::default();
+        let bar = crate::util::progress_bar(true, steps.end - first, "statistics: time steps");
+        for t in first..steps.end {
+            bar.inc(1);
+            let s = reader.read(ds, t)?;
+            if t >= steps.start {
+                sums.states.add_valid(&s, cells);
+            }
+            if recent.len() == lead {
+                let old = recent.pop_front().expect("lead states held");
+                if t >= steps.start {
+                    sums.diffs.add_differences((&s, &old), cells);
+                }
+            }
+            recent.push_back(s);
+        }
+        Ok(sums)
+    }
+
+    /// The sums as one flat buffer (for adding over processes), and back.
+    pub fn to_vec(&self) -> Vec<f64> {
+        [&self.states, &self.diffs]
+            .iter()
+            .flat_map(|s| {
+                s.count
+                    .iter()
+                    .map(|&k| k as f64)
+                    .chain(s.sum.clone())
+                    .chain(s.sumsq.clone())
+            })
+            .collect()
+    }
+
+    pub fn from_vec(flat: &[f64]) -> StatsSums {
+        let n = flat.len() / 6;
+        let part = |k: usize| StateSums {
+            count: flat[k * 3 * n..(k * 3 + 1) * n]
+                .iter()
+                .map(|&v| v as u64)
+                .collect(),
+            sum: flat[(k * 3 + 1) * n..(k * 3 + 2) * n].to_vec(),
+            sumsq: flat[(k * 3 + 2) * n..(k * 3 + 3) * n].to_vec(),
+        };
+        StatsSums {
+            states: part(0),
+            diffs: part(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 struct StateSums {
     count: Vec<u64>,
     sum: Vec<f64>,
@@ -187,6 +243,28 @@ impl StateSums {
         self.count[c] += 1;
         self.sum[c] += v;
         self.sumsq[c] += v * v;
+    }
+
+    /// Every valid value of state `s` (`cells` per channel).
+    fn add_valid(&mut self, s: &super::State, cells: usize) {
+        for c in 0..self.count.len() {
+            for k in c * cells..(c + 1) * cells {
+                if s.valid[k] {
+                    self.add(c, s.values[k] as f64);
+                }
+            }
+        }
+    }
+
+    /// Every difference `now - before` where both are valid.
+    fn add_differences(&mut self, (now, before): (&super::State, &super::State), cells: usize) {
+        for c in 0..self.count.len() {
+            for k in c * cells..(c + 1) * cells {
+                if now.valid[k] && before.valid[k] {
+                    self.add(c, (now.values[k] - before.values[k]) as f64);
+                }
+            }
+        }
     }
 
     fn mean_std(&self, c: usize) -> Option<(f64, f64)> {

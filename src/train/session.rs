@@ -56,10 +56,21 @@ impl Session {
         dataset: &Dataset,
         graph_cache: Option<&Path>,
     ) -> anyhow::Result<(Splits, WeatherGraph)> {
+        let valid = dataset.ever_valid(0..dataset.time.len())?;
+        Session::graph_on(run, dataset, &valid, graph_cache)
+    }
+
+    /// [`Session::graph`] on the cells `valid` in some time step, found before (by
+    /// several processes, each reading its share of the steps).
+    pub fn graph_on(
+        run: &RunConfig,
+        dataset: &Dataset,
+        valid: &[bool],
+        graph_cache: Option<&Path>,
+    ) -> anyhow::Result<(Splits, WeatherGraph)> {
         let splits = Splits::new(dataset.time.len(), run.split, run.window)
             .map_err(|e| crate::error::InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
-        let valid = dataset.ever_valid(0..dataset.time.len())?;
-        let (graph, outcome, secs) = load_or_build(&dataset.grid, &valid, &run.graph, graph_cache)?;
+        let (graph, outcome, secs) = load_or_build(&dataset.grid, valid, &run.graph, graph_cache)?;
         tracing::info!(
             "graph: {} grid nodes, {} mesh nodes, {} mesh edges ({outcome}, {secs:.2} s)",
             graph.grid_nodes.len(),

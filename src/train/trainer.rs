@@ -29,7 +29,7 @@ use super::schedule::LrSchedule;
 use super::session::{variable_weights, Session};
 use super::step::{apply_gradients, Applied};
 use super::validation::{validate, Validation, ValidationSet};
-use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split};
+use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split, StatsSums};
 use crate::distributed::{shard, Collective};
 use crate::error::InputError;
 use crate::predict::unroll::rollout_gradients;
@@ -136,7 +136,8 @@ fn checked_session(
     check_patch_parallel(run, opts)?;
     // Rank 0 builds (and caches) the graph first; the others then load it.
     let c = opts.collective.as_ref();
-    let graph = || Session::graph(run, &dataset, opts.graph_cache.as_deref());
+    let valid = valid_cells(&dataset, c)?;
+    let graph = || Session::graph_on(run, &dataset, &valid, opts.graph_cache.as_deref());
     let (splits, graph) = match c.rank() {
         0 => graph().inspect(|_| c.barrier())?,
         _ => {
@@ -350,23 +351,45 @@ fn init_checkpoint(
     Ok(Some(ck))
 }
 
-/// The normalisation: a resumed or initialising checkpoint's (the weights were
-/// trained with it), else the training block's (saved as stats.json).
+/// The run's normalisation: the checkpoint's when it starts from one (every rank loaded
+/// it); else computed from the training block, each of several ranks summing its share
+/// of the steps. Rank 0 saves it as stats.json.
 fn run_stats(
     from: Option<&Checkpoint>,
     opts: &TrainOptions,
     session: &Session,
 ) -> anyhow::Result<NormStats> {
     let path = opts.output_dir.join("stats.json");
-    match from {
-        Some(ck) => {
-            if !opts.resume {
-                ck.meta.stats.save(&path)?;
-            }
-            Ok(ck.meta.stats.clone())
+    let c = opts.collective.as_ref();
+    let (dataset, splits) = (session.dataset.as_ref(), &session.splits);
+    let stats = match from {
+        Some(ck) if opts.resume => return Ok(ck.meta.stats.clone()),
+        Some(ck) => ck.meta.stats.clone(),
+        None if c.size() == 1 => return NormStats::load_or_compute(&path, dataset, splits),
+        None => {
+            let share = shard(splits.train.len(), c.rank(), c.size());
+            let steps = splits.train.start + share.start..splits.train.start + share.end;
+            let mut sums = StatsSums::over(dataset, splits, steps)?.to_vec();
+            c.all_reduce_f64(&mut sums)?;
+            NormStats::from_sums(dataset, splits, &StatsSums::from_vec(&sums))?
         }
-        None => NormStats::load_or_compute(&path, &session.dataset, &session.splits),
+    };
+    if c.rank() == 0 {
+        stats.save(&path)?;
     }
+    Ok(stats)
+}
+
+/// The cells valid in some time step (the grid nodes of the graph), each of several
+/// ranks reading its share of the steps.
+fn valid_cells(dataset: &Dataset, c: &dyn Collective) -> anyhow::Result<Vec<bool>> {
+    let mine = dataset.ever_valid(shard(dataset.time.len(), c.rank(), c.size()))?;
+    if c.size() == 1 {
+        return Ok(mine);
+    }
+    let mut counts: Vec<f64> = mine.iter().map(|&v| f64::from(u8::from(v))).collect();
+    c.all_reduce_f64(&mut counts)?;
+    Ok(counts.iter().map(|&n| n > 0.0).collect())
 }
 
 /// The training samples: windows that hold the run's longest rollout (refused when
@@ -397,24 +420,6 @@ fn writerrun_dir(opts: &TrainOptions) -> anyhow::Result<Option<RunDir>> {
     let run_dir = RunDir::lock(&opts.output_dir)?;
     run_dir.check_start(opts.resume, opts.overwrite)?;
     Ok(Some(run_dir))
-}
-
-/// The normalisation `compute` gives on rank 0, sent to every other rank (which then
-/// neither reads the training block nor writes stats.json).
-fn shared_stats(
-    opts: &TrainOptions,
-    compute: impl FnOnce() -> anyhow::Result<NormStats>,
-) -> anyhow::Result<NormStats> {
-    let collective = opts.collective.as_ref();
-    if collective.size() == 1 {
-        return compute();
-    }
-    let mut bytes = match collective.rank() {
-        0 => serde_json::to_vec(&compute()?)?,
-        _ => Vec::new(),
-    };
-    collective.broadcast_bytes(&mut bytes)?;
-    Ok(serde_json::from_slice(&bytes)?)
 }
 
 struct Trainer<'a> {
@@ -472,9 +477,8 @@ impl<'a> Trainer<'a> {
         if let Some(dir) = &run_dir {
             dir.start(run, opts.overwrite && !opts.resume)?;
         }
-        let stats = Arc::new(shared_stats(opts, || {
-            run_stats(resumed.as_ref().or(init.as_ref()), opts, &session)
-        })?);
+        let from = resumed.as_ref().or(init.as_ref());
+        let stats = Arc::new(run_stats(from, opts, &session)?);
         let rollout = run.train.max_rollout_steps();
         let micro_per_epoch = train_samples.len().div_ceil(run.train.global_batch());
         if let Some(ck) = &resumed {
