@@ -15,7 +15,9 @@
 #   3. builds with CUDA_COMPUTE_CAP (default 90 = Hopper: H100/H200; use 80 for A100,
 #      89 for RTX 40xx/L4; candle compiles its kernels for one capability per build);
 #   4. prints the shared libraries the binary needs at run time;
-#   5. builds the CUPTI call counter scripts/cuda_counts.c (target/cuda/libcuda_counts.so).
+#   5. builds the library's tests with `cuda` (target/cuda/meshcast-cuda-tests, debug info
+#      stripped) and the CUPTI call counter scripts/cuda_counts.c
+#      (target/cuda/libcuda_counts.so).
 #
 # Usage: scripts/build-cuda.sh [WORK_DIR]   (default: target/cuda-toolkit)
 # Env:   CUDA_COMPUTE_CAP (default 90), JOBS (default 2)
@@ -66,6 +68,14 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$WORK/stubs"
 echo "build-cuda: nvcc $("$CU/bin/nvcc" --version | tail -1), compute capability $CAP"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
 nice -n 10 cargo build -j "$JOBS" --release --locked --features cuda
+
+# The library's unit tests with `cuda`: their test_device! tests run each custom op's
+# test body on GPU 0 too (scripts/gpu-measure.sh ops). Debug info stripped, so that it
+# travels to a GPU machine beside the binary.
+tests=$(nice -n 10 cargo test -j "$JOBS" --release --locked --features cuda --lib --no-run \
+  --message-format json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+strip --strip-debug -o "$CARGO_TARGET_DIR/meshcast-cuda-tests" "$tests"
+echo "build-cuda: built $CARGO_TARGET_DIR/meshcast-cuda-tests (the library's tests, CUDA halves included)"
 
 # The CUPTI call counter of scripts/gpu-measure.sh (kernel launches and syncs per step).
 gcc -shared -fPIC -O2 -Wall -I "$WORK/cupti/nvidia/cu13/include" -I "$CU/include" \

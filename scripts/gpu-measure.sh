@@ -17,8 +17,12 @@
 #             bars (5 deg, batch 1 and 8, csr-shared, f32) side by side with PyTorch's
 #             step in the same call, the same with --tf32, and the CUDA calls of one
 #             step (kernel launches, syncs, copies, allocations; scripts/cuda_counts.c)
+#   ops       every custom op's test_device! test on the GPU (forward and backward
+#             against the CPU reference: CSR segment sum, gather-sum, LayerNorm, fused
+#             AdamW), from the test binary build-cuda.sh makes; a missing GPU fails
 #   Env: PYTHON (default python3) must import torch for the PyTorch parts;
-#   CUDA_COUNTS_LIB (default target/cuda/libcuda_counts.so, from the repository root).
+#   CUDA_COUNTS_LIB (default target/cuda/libcuda_counts.so) and CUDA_TESTS (default
+#   target/cuda/meshcast-cuda-tests), from the repository root.
 set -euo pipefail
 bin=$(realpath "${1:?meshcast binary}")
 out=$(mkdir -p "${2:?output dir}" && realpath "$2")
@@ -38,6 +42,10 @@ bench() { "$bin" benchmark-graph-format --device cuda --no-progress --output-dir
 for part in "${parts[@]}"; do
   echo "=== $part"
   case $part in
+    ops)
+      MESHCAST_REQUIRE_GPU=1 "$(realpath "${CUDA_TESTS:-target/cuda/meshcast-cuda-tests}")" \
+        _cuda --test-threads 1 2>&1 | tee "$out/ops-tests.txt"
+      ;;
     check)
       "$bin" check-gpu --require-cuda --json >"$out/check-gpu.json"
       "$bin" check-gpu --require-cuda

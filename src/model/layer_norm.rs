@@ -504,7 +504,7 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{check_gradients, random_tensor};
+    use crate::model::testing::{check_gradients, random_tensor, test_device};
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
@@ -538,10 +538,10 @@ mod tests {
             .broadcast_add(&b.to_dtype(DType::F64)?)
     }
 
-    #[test]
-    fn every_dtype_matches_the_definition_and_its_gradients() -> Result<()> {
-        // Enough rows (> 2^15 values) for the parallel path; f32 master weights for
-        // low-precision inputs, as under mixed precision.
+    /// The op on `device` against the f64 definition and its autograd on the CPU.
+    fn every_dtype_matches_the_definition_and_its_gradients(device: &Device) -> Result<()> {
+        // Enough rows (> 2^15 values) for the CPU's parallel path; f32 master weights
+        // for low-precision inputs, as under mixed precision.
         let w = random_tensor(&[64], DType::F32, 3)?;
         let b = random_tensor(&[64], DType::F32, 4)?;
         let x64 = random_tensor(&[2, 300, 64], DType::F64, 5)?;
@@ -550,14 +550,12 @@ mod tests {
                 .map(|i| ((i % 7) as f64 - 3.0) / 3.0)
                 .collect::<Vec<_>>(),
             (2, 300, 64),
-            &Device::Cpu,
+            device,
         )?;
+        let on_device = |t: &Tensor| candle_core::Var::from_tensor(&t.to_device(device)?);
         for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2), (DType::F16, 2e-3)] {
-            let x = candle_core::Var::from_tensor(&x64.to_dtype(dtype)?)?;
-            let (wv, bv) = (
-                candle_core::Var::from_tensor(&w)?,
-                candle_core::Var::from_tensor(&b)?,
-            );
+            let x_cpu = x64.to_dtype(dtype)?;
+            let (x, wv, bv) = (on_device(&x_cpu)?, on_device(&w)?, on_device(&b)?);
             let op = LayerNormOp {
                 eps: LAYER_NORM_EPS,
             };
@@ -565,9 +563,9 @@ mod tests {
                 .as_tensor()
                 .apply_op3(wv.as_tensor(), bv.as_tensor(), op)?;
             assert_eq!(y.dtype(), dtype);
-            let expected = reference(x.as_tensor(), &w, &b)?;
+            let expected = reference(&x_cpu, &w, &b)?;
             let rel = |a: &Tensor, e: &Tensor| -> Result<f64> {
-                let a = a.to_dtype(DType::F64)?;
+                let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
                 let d = (a - e)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
                 Ok(d / e.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?)
             };
@@ -575,10 +573,11 @@ mod tests {
             // Gradients against autograd through the f64 definition.
             let g = (y.to_dtype(DType::F64)? * &r)?.sum_all()?.backward()?;
             let (x_ref, w_ref, b_ref) = (
-                candle_core::Var::from_tensor(&x.as_tensor().to_dtype(DType::F64)?)?,
+                candle_core::Var::from_tensor(&x_cpu.to_dtype(DType::F64)?)?,
                 candle_core::Var::from_tensor(&w.to_dtype(DType::F64)?)?,
                 candle_core::Var::from_tensor(&b.to_dtype(DType::F64)?)?,
             );
+            let r = r.to_device(&Device::Cpu)?;
             let g_ref = (reference(x_ref.as_tensor(), w_ref.as_tensor(), b_ref.as_tensor())? * &r)?
                 .sum_all()?
                 .backward()?;
@@ -593,6 +592,12 @@ mod tests {
         }
         Ok(())
     }
+
+    test_device!(
+        every_dtype_matches_the_definition_and_its_gradients,
+        every_dtype_matches_the_definition_and_its_gradients_cpu,
+        every_dtype_matches_the_definition_and_its_gradients_cuda
+    );
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {

@@ -102,3 +102,40 @@ where
     }
     Ok(())
 }
+
+/// One test body per device, as candle's `test_device!`: `$cpu` runs it on the CPU;
+/// in a `cuda` build `$cuda` runs the same body on GPU 0 (see [`test_gpu`]). The body
+/// takes the device its op runs on and compares with references on the CPU.
+macro_rules! test_device {
+    ($body:ident, $cpu:ident, $cuda:ident) => {
+        #[test]
+        fn $cpu() -> candle_core::Result<()> {
+            $body(&candle_core::Device::Cpu)
+        }
+
+        #[cfg(feature = "cuda")]
+        #[test]
+        fn $cuda() -> candle_core::Result<()> {
+            match crate::model::testing::test_gpu()? {
+                Some(device) => $body(&device),
+                None => Ok(()),
+            }
+        }
+    };
+}
+pub(crate) use test_device;
+
+/// GPU 0 for the CUDA half of a [`test_device!`] test. Without a GPU the test passes
+/// with a note, so a `cuda` build's tests run anywhere, unless `MESHCAST_REQUIRE_GPU`
+/// is set (scripts/gpu-measure.sh sets it): then a missing GPU fails the test.
+#[cfg(feature = "cuda")]
+pub fn test_gpu() -> Result<Option<Device>> {
+    match Device::new_cuda(0) {
+        Ok(device) => Ok(Some(device)),
+        Err(e) if std::env::var_os("MESHCAST_REQUIRE_GPU").is_some() => Err(e),
+        Err(_) => {
+            eprintln!("no GPU: the CUDA half of this test did not run");
+            Ok(None)
+        }
+    }
+}

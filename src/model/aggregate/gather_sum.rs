@@ -274,33 +274,53 @@ mod tests {
     use crate::model::aggregate::tests::random_edges;
     use crate::model::aggregate::{gather_sum, Aggregation};
     use crate::model::graph_tensors::EdgeTensors;
-    use crate::model::testing::random_tensor;
-    use candle_core::{DType, Result, Var};
+    use crate::model::testing::{random_tensor, test_device};
+    use candle_core::{DType, Device, Result, Tensor, Var};
 
-    #[test]
-    fn gather_sum_equals_the_gathers_and_adds() -> Result<()> {
-        let csr = random_edges(30, 40, 200, 3)?;
-        let mut index_add = csr.clone();
+    /// The output and the three inputs' gradients of `gather_sum` over `edges` (on
+    /// their device), as f64 vectors.
+    fn outputs_and_gradients(
+        edges: &EdgeTensors,
+        inputs: [&Tensor; 3],
+        w: &Tensor,
+    ) -> Result<Vec<Vec<f64>>> {
+        let device = edges.senders.device();
+        let vars = inputs.map(|t| t.to_device(device).and_then(|t| Var::from_tensor(&t)));
+        let [e, s, r] = vars.map(|v| v.expect("an input on the device"));
+        let out = gather_sum(edges, e.as_tensor(), s.as_tensor(), r.as_tensor())?;
+        let g = (out.broadcast_mul(&w.to_device(device)?)?)
+            .sum_all()?
+            .backward()?;
+        let flat = |t: &Tensor| {
+            t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1()
+        };
+        let mut all = vec![flat(&out)?];
+        for v in [&e, &s, &r] {
+            let grad = g.get(v.as_tensor()).expect("a gradient");
+            assert_eq!(grad.dims(), v.dims());
+            assert!(!grad.track_op());
+            all.push(flat(grad)?);
+        }
+        Ok(all)
+    }
+
+    /// The fused gather-sum (CSR) on `device` against the gathers and `index_add` on
+    /// the CPU, for every batch layout; half precision added in f32 and rounded once.
+    fn gather_sum_equals_the_gathers_and_adds(device: &Device) -> Result<()> {
+        let csr = random_edges((30, 40, 200), 3, device)?;
+        let mut index_add = random_edges((30, 40, 200), 3, &Device::Cpu)?;
         index_add.aggregation = Aggregation::IndexAdd;
         // Every batch layout: each input either per sample or broadcast.
         for (be, bs, br) in [(2, 2, 2), (1, 2, 1), (2, 1, 2), (1, 1, 2)] {
-            let e = Var::from_tensor(&random_tensor(&[be, 200, 3], DType::F64, 4)?)?;
-            let s = Var::from_tensor(&random_tensor(&[bs, 30, 3], DType::F64, 5)?)?;
-            let r = Var::from_tensor(&random_tensor(&[br, 40, 3], DType::F64, 6)?)?;
+            let e = random_tensor(&[be, 200, 3], DType::F64, 4)?;
+            let s = random_tensor(&[bs, 30, 3], DType::F64, 5)?;
+            let r = random_tensor(&[br, 40, 3], DType::F64, 6)?;
             let w = random_tensor(&[2, 200, 3], DType::F64, 7)?;
-            let run = |edges: &EdgeTensors| -> Result<Vec<Vec<f64>>> {
-                let out = gather_sum(edges, e.as_tensor(), s.as_tensor(), r.as_tensor())?;
-                let g = (out.broadcast_mul(&w)?).sum_all()?.backward()?;
-                let mut all = vec![out.flatten_all()?.to_vec1()?];
-                for v in [&e, &s, &r] {
-                    let grad = g.get(v.as_tensor()).expect("a gradient");
-                    assert_eq!(grad.dims(), v.dims());
-                    assert!(!grad.track_op());
-                    all.push(grad.flatten_all()?.to_vec1()?);
-                }
-                Ok(all)
-            };
-            let (a, b) = (run(&csr)?, run(&index_add)?);
+            let a = outputs_and_gradients(&csr, [&e, &s, &r], &w)?;
+            let b = outputs_and_gradients(&index_add, [&e, &s, &r], &w)?;
             for (x, y) in a.iter().zip(&b) {
                 let diff = x
                     .iter()
@@ -310,20 +330,21 @@ mod tests {
                 assert!(diff < 1e-12, "batches {be}/{bs}/{br}: {diff}");
             }
         }
-        // Half precision is added in f32 and rounded once.
         let e = random_tensor(&[2, 200, 3], DType::F32, 8)?;
         let s = random_tensor(&[2, 30, 3], DType::F32, 9)?;
         let r = random_tensor(&[1, 40, 3], DType::F32, 10)?;
         let exact = gather_sum(&index_add, &e, &s, &r)?;
-        let half = gather_sum(
-            &csr,
-            &e.to_dtype(DType::BF16)?,
-            &s.to_dtype(DType::BF16)?,
-            &r.to_dtype(DType::BF16)?,
-        )?;
-        let diff = (half.to_dtype(DType::F32)? - &exact)?.abs()?.max_all()?;
+        let half = |t: &Tensor| t.to_dtype(DType::BF16)?.to_device(device);
+        let half = gather_sum(&csr, &half(&e)?, &half(&s)?, &half(&r)?)?;
+        let half = half.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let diff = (half - &exact)?.abs()?.max_all()?;
         let scale = exact.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff.to_scalar::<f32>()? < 2e-2 * scale);
         Ok(())
     }
+    test_device!(
+        gather_sum_equals_the_gathers_and_adds,
+        gather_sum_equals_the_gathers_and_adds_cpu,
+        gather_sum_equals_the_gathers_and_adds_cuda
+    );
 }

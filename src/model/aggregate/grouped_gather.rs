@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn csr_gather_backward_equals_index_add() -> Result<()> {
-        let csr = random_edges(30, 40, 200, 3)?;
+        let csr = random_edges((30, 40, 200), 3, &candle_core::Device::Cpu)?;
         let mut index_add = csr.clone();
         index_add.aggregation = Aggregation::IndexAdd;
         type Grid3 = Vec<Vec<Vec<f64>>>;

@@ -176,12 +176,11 @@ mod tests {
         Ok(())
     }
 
-    /// A random graph with `n` receivers (some without edges) and `e` edges.
+    /// A random graph with `n` receivers (some without edges) and `e` edges, on `device`.
     pub(super) fn random_edges(
-        n_senders: usize,
-        n: usize,
-        e: usize,
+        (n_senders, n, e): (usize, usize, usize),
         seed: u64,
+        device: &Device,
     ) -> Result<EdgeTensors> {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -194,7 +193,7 @@ mod tests {
             // Receivers 0..n-3 only: the last two have no incoming edge.
             receivers: (0..e).map(|_| rng.random_range(0..n as u32 - 2)).collect(),
         };
-        let features = Tensor::zeros((e, EDGE_FEATURES), DType::F32, &Device::Cpu)?;
+        let features = Tensor::zeros((e, EDGE_FEATURES), DType::F32, device)?;
         let mut edges = EdgeTensors::from_coo(&coo, features)?;
         edges.aggregation = Aggregation::Csr;
         Ok(edges)

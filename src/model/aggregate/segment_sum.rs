@@ -209,48 +209,80 @@ mod cuda {
 mod tests {
     use crate::model::aggregate::tests::random_edges;
     use crate::model::aggregate::{csr_segment_sum, index_add_sum};
-    use crate::model::testing::random_tensor;
-    use candle_core::{DType, Result, Var};
+    use crate::model::graph_tensors::EdgeTensors;
+    use crate::model::testing::{random_tensor, test_device};
+    use candle_core::{DType, Device, Result, Tensor, Var};
 
-    #[test]
-    fn csr_forward_equals_index_add() -> Result<()> {
-        // Enough values (3 x 4000 x 8 > 2^15) that the parallel path runs.
-        let e = random_edges(300, 500, 4000, 7)?;
+    /// The largest difference of two tensors (on any devices), in f64.
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        let (a, b) = (a.to_device(&Device::Cpu)?, b.to_device(&Device::Cpu)?);
+        let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
+        d.abs()?.max_all()?.to_scalar::<f64>()
+    }
+
+    /// The CSR sum on `device` against `index_add` on the CPU.
+    fn csr_forward_equals_index_add(device: &Device) -> Result<()> {
+        // Enough values (3 x 4000 x 8 > 2^15) that the CPU's parallel path runs.
+        let (sizes, seed) = ((300, 500, 4000), 7);
+        let (e, on_cpu) = (
+            random_edges(sizes, seed, device)?,
+            random_edges(sizes, seed, &Device::Cpu)?,
+        );
         for dtype in [DType::F64, DType::F32] {
             let m = random_tensor(&[3, 4000, 8], dtype, 8)?;
-            let a = index_add_sum(&e, &m)?.to_dtype(DType::F64)?;
-            let c = csr_segment_sum(&e, &m)?.to_dtype(DType::F64)?;
+            let a = index_add_sum(&on_cpu, &m)?;
+            let c = csr_segment_sum(&e, &m.to_device(device)?)?;
             assert_eq!(c.dims(), &[3, 500, 8]);
-            let diff = (&a - &c)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            let scale = a.abs()?.max_all()?.to_scalar::<f64>()?;
+            let scale = a
+                .to_dtype(DType::F64)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
+            let diff = max_diff(&a, &c)?;
             assert!(diff <= tol * scale, "{dtype:?}: {diff} vs scale {scale}");
             // Receivers without edges are zero.
-            let last = c.narrow(1, 498, 2)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert_eq!(last, 0.0);
+            let last = c.narrow(1, 498, 2)?;
+            assert_eq!(max_diff(&last, &last.zeros_like()?)?, 0.0);
         }
         // A non-contiguous input (a transposed view) gives the same sum.
         let t = random_tensor(&[3, 8, 4000], DType::F64, 9)?.transpose(1, 2)?;
-        let a = index_add_sum(&e, &t)?;
-        let c = csr_segment_sum(&e, &t)?;
-        assert!((a - c)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+        let a = index_add_sum(&on_cpu, &t)?;
+        let c = csr_segment_sum(&e, &t.to_device(device)?)?;
+        assert!(max_diff(&a, &c)? < 1e-12);
         Ok(())
     }
+    test_device!(
+        csr_forward_equals_index_add,
+        csr_forward_equals_index_add_cpu,
+        csr_forward_equals_index_add_cuda
+    );
 
-    #[test]
-    fn csr_backward_is_the_receiver_gather() -> Result<()> {
-        let e = random_edges(30, 40, 200, 3)?;
-        let m = Var::from_tensor(&random_tensor(&[2, 200, 3], DType::F64, 4)?)?;
+    /// The CSR sum's gradient on `device` (the receivers' gather) against `index_add`'s
+    /// on the CPU: the same values.
+    fn csr_backward_is_the_receiver_gather(device: &Device) -> Result<()> {
+        let (sizes, seed) = ((30, 40, 200), 3);
+        let (e, on_cpu) = (
+            random_edges(sizes, seed, device)?,
+            random_edges(sizes, seed, &Device::Cpu)?,
+        );
+        let m = random_tensor(&[2, 200, 3], DType::F64, 4)?;
         let r = random_tensor(&[2, 40, 3], DType::F64, 5)?;
-        let g_csr = (csr_segment_sum(&e, m.as_tensor())? * &r)?
-            .sum_all()?
-            .backward()?;
-        let g_add = (index_add_sum(&e, m.as_tensor())? * &r)?
-            .sum_all()?
-            .backward()?;
-        let a = g_csr.get(m.as_tensor()).unwrap();
-        let b = g_add.get(m.as_tensor()).unwrap();
-        assert_eq!(a.to_vec3::<f64>()?, b.to_vec3::<f64>()?);
+        type Sum = fn(&EdgeTensors, &Tensor) -> Result<Tensor>;
+        let gradient = |edges: &EdgeTensors, m: &Tensor, sum: Sum| -> Result<Tensor> {
+            let m = Var::from_tensor(m)?;
+            let r = r.to_device(m.device())?;
+            let g = (sum(edges, m.as_tensor())? * r)?.sum_all()?.backward()?;
+            Ok(g.get(m.as_tensor()).expect("a gradient").clone())
+        };
+        let a = gradient(&e, &m.to_device(device)?, csr_segment_sum)?;
+        let b = gradient(&on_cpu, &m, index_add_sum)?;
+        assert_eq!(max_diff(&a, &b)?, 0.0);
         Ok(())
     }
+    test_device!(
+        csr_backward_is_the_receiver_gather,
+        csr_backward_is_the_receiver_gather_cpu,
+        csr_backward_is_the_receiver_gather_cuda
+    );
 }
