@@ -59,11 +59,7 @@ fn optimizer(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
     let mut states: Vec<reference::ParamState> = vars
         .iter()
-        .map(|(_, v)| reference::ParamState {
-            weight: v.as_tensor().copy().unwrap(),
-            m: v.zeros_like().unwrap(),
-            v: v.zeros_like().unwrap(),
-        })
+        .map(|(_, v)| reference::ParamState::new(v.as_tensor()).unwrap())
         .collect();
     let mut t = 0;
     group.bench_function("composed/5deg_latent128_layers8", |b| {

@@ -362,11 +362,7 @@ fn adamw_check(device: &Device) -> KernelCheck {
             opt.step(&flat, lr, multiplier)?;
             Ok(var.as_tensor().clone())
         })?;
-        let mut states = vec![reference::ParamState {
-            m: w.zeros_like()?,
-            v: w.zeros_like()?,
-            weight: w,
-        }];
+        let mut states = vec![reference::ParamState::new(&w)?];
         let scaled = [Some((g * multiplier)?)];
         for t in 1..=ADAMW_STEPS {
             reference::step(&mut states, &scaled, params, t, lr)?;

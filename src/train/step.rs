@@ -78,11 +78,7 @@ mod tests {
         for clip in [0.0, 1e-3, 1e6] {
             let var = Var::from_tensor(&random_tensor(&[50, 40], DType::F32, 1)?)?;
             let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWParams::default())?;
-            let mut state = vec![reference::ParamState {
-                weight: var.as_tensor().copy()?,
-                m: var.zeros_like()?,
-                v: var.zeros_like()?,
-            }];
+            let mut state = vec![reference::ParamState::new(var.as_tensor())?];
             for t in 1..=4 {
                 let g = vec![Some(random_tensor(&[50, 40], DType::F32, 10 + t)?)];
                 let flat = opt.pack(&g)?;

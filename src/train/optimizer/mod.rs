@@ -339,14 +339,9 @@ mod tests {
                 }
             };
             let (vars, on_cpu) = (parameters(dtype, device), parameters(dtype, &Device::Cpu));
-            let mut states: Vec<reference::ParamState> = on_cpu
-                .iter()
-                .map(|(_, v)| reference::ParamState {
-                    weight: v.as_tensor().copy().unwrap(),
-                    m: v.zeros_like().unwrap(),
-                    v: v.zeros_like().unwrap(),
-                })
-                .collect();
+            let mut states: Vec<reference::ParamState> = (on_cpu.iter())
+                .map(|(_, v)| reference::ParamState::new(v.as_tensor()))
+                .collect::<Result<_>>()?;
             let params = AdamWParams::default();
             let mut fused = AdamW::new(vars.clone(), params)?;
             for step in 1..=5 {

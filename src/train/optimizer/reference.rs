@@ -14,6 +14,17 @@ pub struct ParamState {
     pub v: Tensor,
 }
 
+impl ParamState {
+    /// A parameter before its first step: a copy of `weight`, zero moments.
+    pub fn new(weight: &Tensor) -> Result<ParamState> {
+        Ok(ParamState {
+            weight: weight.copy()?,
+            m: weight.zeros_like()?,
+            v: weight.zeros_like()?,
+        })
+    }
+}
+
 /// AdamW update number `t` (from 1) at `lr` with `grads[i]` for `states[i]` (None:
 /// parameter untouched).
 pub fn step(
