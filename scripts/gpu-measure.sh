@@ -17,14 +17,27 @@
 #             bars (5 deg, batch 1 and 8, csr-shared, f32) side by side with PyTorch's
 #             step in the same call, the same with --tf32, and the CUDA calls of one
 #             step (kernel launches, syncs, copies, allocations; scripts/cuda_counts.c)
+#   nccl      the NCCL gradient sum (FEATURES=nccl build, NCCL_BIN): one rank, and two MPI
+#             ranks sharing the GPU, against one process
 #   ops       every custom op's test_device! test on the GPU (forward and backward
 #             against the CPU reference: CSR segment sum, gather-sum, LayerNorm, fused
 #             AdamW), from the test binary build-cuda.sh makes; a missing GPU fails
 #   Env: PYTHON (default python3) must import torch for the PyTorch parts;
-#   CUDA_COUNTS_LIB (default target/cuda/libcuda_counts.so) and CUDA_TESTS (default
-#   target/cuda/meshcast-cuda-tests), from the repository root.
+#   CUDA_COUNTS_LIB (default target/cuda/carry/libcuda_counts.so) and CUDA_TESTS
+#   (default target/cuda/carry/meshcast-cuda-tests.xz), from the repository root.
+#   MESHCAST_BINARY may be build-cuda.sh's target/cuda/carry/meshcast.xz (unpacked here).
 set -euo pipefail
-bin=$(realpath "${1:?meshcast binary}")
+work=$(mktemp -d)
+# A binary carried xz-compressed (scripts/build-cuda.sh's target/cuda/carry) is unpacked.
+unpack() {
+  case $1 in
+    *.xz) local to=$work/$(basename "${1%.xz}")
+          python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' "$1" "$to"
+          chmod +x "$to"; echo "$to" ;;
+    *) realpath "$1" ;;
+  esac
+}
+bin=$(unpack "${1:?meshcast binary}")
 out=$(mkdir -p "${2:?output dir}" && realpath "$2")
 shift 2
 parts=("${@:-check formats}")
@@ -36,14 +49,13 @@ if ! ldconfig -p | grep -q libcublas.so.13 && [ -z "${LD_LIBRARY_PATH:-}" ]; the
   echo "gpu-measure: CUDA libraries from ${LD_LIBRARY_PATH:-nowhere}"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-work=$(mktemp -d)
 bench() { "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$out" "$@"; }
 
 for part in "${parts[@]}"; do
   echo "=== $part"
   case $part in
     ops)
-      MESHCAST_REQUIRE_GPU=1 "$(realpath "${CUDA_TESTS:-target/cuda/meshcast-cuda-tests}")" \
+      MESHCAST_REQUIRE_GPU=1 "$(unpack "${CUDA_TESTS:-target/cuda/carry/meshcast-cuda-tests.xz}")" \
         _cuda --test-threads 1 2>&1 | tee "$out/ops-tests.txt"
       ;;
     check)
@@ -70,6 +82,22 @@ for part in "${parts[@]}"; do
           --batch-size 4 --no-progress --overwrite --output-dir "$work/run" $flags
       done
       ;;
+    nccl)
+      # Issue #17: the NCCL gradient sum with one rank, and two ranks sharing the GPU
+      # through the MPI path (NCCL refuses two ranks on one GPU), against one process
+      # alone with the same global batch: the last metrics lines should agree. Needs
+      # build-cuda.sh's FEATURES=nccl binary, libnccl.so.2 (PyTorch's) and Open MPI.
+      nbin=$(unpack "${NCCL_BIN:-target/cuda/carry-nccl/meshcast.xz}")
+      "$nbin" generate-data --resolution 10 --steps 40 --output "$work/g10.nc"
+      tiny=(--data "$work/g10.nc" --latent-size 16 --num-gnn-layers 2 --mesh-level 2
+        --num-epochs 2 --seed 5 --no-progress --no-graph-cache --device cuda)
+      "$nbin" train-model "${tiny[@]}" --output-dir "$work/alone" --batch-size 4 --distributed off
+      mpirun --allow-run-as-root -np 1 "$nbin" train-model "${tiny[@]}" --output-dir "$work/nccl1" \
+        --batch-size 4 --distributed nccl
+      mpirun --allow-run-as-root --oversubscribe -np 2 "$nbin" train-model "${tiny[@]}" \
+        --output-dir "$work/mpi2" --batch-size 2 --distributed mpi
+      for r in alone nccl1 mpi2; do tail -1 "$work/$r/metrics.jsonl" | tee "$out/nccl-$r.json"; done
+      ;;
     step)
       py=${PYTHON:-python3}
       "$bin" check-gpu --require-cuda | tee "$out/check-gpu.txt"
@@ -89,7 +117,7 @@ for part in "${parts[@]}"; do
       bench --tf32 --label gpu-step-5-tf32 "${steps[@]}"
       # Calls per training step (CUPTI counter, scripts/cuda_counts.c): runs of 2 and 7
       # timed steps, so the difference / 5 is one step's calls.
-      counter=$(realpath "${CUDA_COUNTS_LIB:-target/cuda/libcuda_counts.so}")
+      counter=$(realpath "${CUDA_COUNTS_LIB:-target/cuda/carry/libcuda_counts.so}")
       counts() {
         CUDA_INJECTION64_PATH="$counter" CUDA_COUNTS_OUT="$out/counts-b$2-s$1.json" \
           "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$work" \

@@ -378,6 +378,23 @@ fn a_subcommand_that_runs_alone_refuses_to_be_one_of_several() {
     common::assert_bad_input(&out, &["one of 2 processes", "alone"]);
 }
 
+/// `--distributed nccl` in a build without NCCL (this one; NCCL needs the CUDA build):
+/// every rank refuses with one line saying how to rebuild, before any work.
+#[test]
+fn nccl_without_the_feature_is_refused_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let run = dir.path().join("run");
+    let out = train_tiny_by(mpirun(2), &data, &run, &["--distributed", "nccl"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("built without NCCL").count(), 2, "{stderr}");
+    assert!(stderr.contains("--features nccl"), "{stderr}");
+    assert!(!run.exists(), "nothing written");
+    let alone = train_tiny_by(meshcast(), &data, &run, &["--distributed", "nccl"]);
+    common::assert_bad_input(&alone, &["built without NCCL", "--distributed mpi"]);
+}
+
 #[test]
 fn ranks_started_with_other_settings_refuse_together() {
     let dir = tempfile::tempdir().unwrap();

@@ -132,6 +132,11 @@ pub fn main() -> ExitCode {
     // Opened once here so a device that cannot be had fails before any work.
     let result = cli.device.open(cli.tf32).and_then(|device| {
         tracing::debug!("device: {device:?}");
+        if collective.transport() == "nccl" && device.is_cpu() {
+            crate::bail_input!(
+                "--distributed nccl sums the gradients on GPUs: it needs --device cuda"
+            );
+        }
         dispatch(cli.command, device, collective.clone())
     });
     match result {

@@ -3,15 +3,20 @@
 //! rank 0's bytes on every rank, a barrier, and ending every rank when one fails.
 //!
 //! One process: [`Single`], every collective a no-op. Several, launched by `mpirun` or
-//! `srun`: the system MPI through rsmpi (`mpi.rs`, cargo feature `mpi`). What the
-//! trainer exchanges over them (gradients, parameters) is `train::replicas`; how a
-//! global batch is split over the ranks, [`shard`].
+//! `srun`: the system MPI through rsmpi (`mpi.rs`, cargo feature `mpi`), and for the
+//! gradients on GPUs optionally NCCL (`nccl.rs`, feature `nccl`). What the trainer
+//! exchanges over them (gradients, parameters) is `train::replicas`; how a global
+//! batch is split over the ranks, [`shard`].
 
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 use std::rc::Rc;
 use std::str::FromStr;
+
+use candle_core::{DType, Tensor};
 
 /// The collectives of a group of processes. Every rank must call the same collectives
 /// in the same order; results are identical on every rank.
@@ -23,6 +28,16 @@ pub trait Collective {
     fn all_reduce_f32(&self, buf: &mut [f32]) -> anyhow::Result<()>;
     /// Element-wise sum over the ranks, in place.
     fn all_reduce_f64(&self, buf: &mut [f64]) -> anyhow::Result<()>;
+    /// The element-wise sum over the ranks of a flat tensor (the gradients), on its
+    /// device: through host memory and [`Collective::all_reduce_f32`], unless the
+    /// transport sums on the devices themselves (NCCL).
+    fn all_reduce_tensor(&self, t: &Tensor) -> anyhow::Result<Tensor> {
+        let (dtype, device) = (t.dtype(), t.device().clone());
+        let mut flat = t.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.all_reduce_f32(&mut flat)?;
+        let n = flat.len();
+        Ok(Tensor::from_vec(flat, n, &device)?.to_dtype(dtype)?)
+    }
     /// Rank 0's bytes replace every other rank's.
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> anyhow::Result<()>;
     fn barrier(&self);
@@ -68,12 +83,14 @@ pub enum Distributed {
     /// process.
     Auto,
     Mpi,
+    /// MPI for the processes, NCCL for the gradients' sum on the GPUs.
+    Nccl,
     /// One process, whatever launched it.
     Off,
 }
 
 impl Distributed {
-    pub const NAMES: &'static [&'static str] = &["auto", "mpi", "off"];
+    pub const NAMES: &'static [&'static str] = &["auto", "mpi", "nccl", "off"];
 }
 
 impl FromStr for Distributed {
@@ -82,8 +99,11 @@ impl FromStr for Distributed {
         match s {
             "auto" => Ok(Distributed::Auto),
             "mpi" => Ok(Distributed::Mpi),
+            "nccl" => Ok(Distributed::Nccl),
             "off" => Ok(Distributed::Off),
-            other => Err(format!("unknown --distributed '{other}' (auto, mpi, off)")),
+            other => Err(format!(
+                "unknown --distributed '{other}' (auto, mpi, nccl, off)"
+            )),
         }
     }
 }
@@ -93,6 +113,7 @@ impl std::fmt::Display for Distributed {
         f.write_str(match self {
             Distributed::Auto => "auto",
             Distributed::Mpi => "mpi",
+            Distributed::Nccl => "nccl",
             Distributed::Off => "off",
         })
     }
@@ -132,7 +153,25 @@ pub fn connect(choice: Distributed) -> anyhow::Result<Rc<dyn Collective>> {
         Distributed::Off => Ok(Rc::new(Single)),
         Distributed::Auto if launched <= 1 => Ok(Rc::new(Single)),
         Distributed::Auto | Distributed::Mpi => connect_mpi(launched),
+        Distributed::Nccl => connect_nccl(),
     }
+}
+
+#[cfg(feature = "nccl")]
+fn connect_nccl() -> anyhow::Result<Rc<dyn Collective>> {
+    Ok(Rc::new(nccl::NcclCollective::init()?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn connect_nccl() -> anyhow::Result<Rc<dyn Collective>> {
+    Err(crate::error::InputError(
+        "--distributed nccl, but this meshcast was built without NCCL: rebuild with \
+         `cargo build --release --features nccl` (needs the CUDA toolkit, NCCL and MPI; \
+         scripts/build-cuda.sh with FEATURES=nccl), or pass --distributed mpi (gradients \
+         through host memory)"
+            .into(),
+    )
+    .into())
 }
 
 /// One process, for a subcommand that does not run over several: refused when an MPI

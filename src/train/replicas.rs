@@ -3,7 +3,7 @@
 //! the start and at resume), so that every replica starts equal; and a fingerprint of
 //! the parameters that proves they still are.
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 
 use super::optimizer::{AdamW, FlatGrads};
 use crate::distributed::Collective;
@@ -17,11 +17,7 @@ pub fn sum_gradients(collective: &dyn Collective, grads: &mut FlatGrads) -> anyh
     }
     let mut present: Vec<f64> = grads.present.iter().map(|&p| p as u8 as f64).collect();
     collective.all_reduce_f64(&mut present)?;
-    let (dtype, device) = (grads.values.dtype(), grads.values.device().clone());
-    let mut flat = grads.values.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    collective.all_reduce_f32(&mut flat)?;
-    let total = flat.len();
-    grads.values = Tensor::from_vec(flat, total, &device)?.to_dtype(dtype)?;
+    grads.values = collective.all_reduce_tensor(&grads.values)?;
     grads.present = present.iter().map(|&p| p > 0.0).collect();
     Ok(())
 }

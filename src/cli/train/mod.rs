@@ -162,7 +162,8 @@ pub struct TrainArgs {
     pub log_every: usize,
     /// Data parallelism: `auto` joins the other processes when mpirun or srun started
     /// several (each takes --batch-size samples of every global batch, gradients summed
-    /// over MPI; rank 0 writes the run); `mpi` always initialises MPI; `off` trains alone.
+    /// over MPI; rank 0 writes the run); `mpi` always initialises MPI; `nccl` (a build
+    /// with the `nccl` feature, on GPUs) sums the gradients GPU to GPU; `off` trains alone.
     #[arg(long, default_value = "auto", value_parser = choice::<crate::distributed::Distributed>())]
     pub distributed: crate::distributed::Distributed,
 }
