@@ -285,6 +285,9 @@ fn quick_benchmark_writes_a_verified_report() {
         let t = &c["timings"];
         assert!(t["step"]["median_s"].as_f64().unwrap() > 0.0);
         assert!(t["samples_per_s"].as_f64().unwrap() > 0.0);
+        // On the CPU the optimizer's part of each step is timed, and is a part.
+        let optimizer = t["optimizer"]["max_s"].as_f64().unwrap();
+        assert!(optimizer > 0.0 && optimizer < t["step"]["max_s"].as_f64().unwrap());
         // The binary counts allocations: peak and activations are measured.
         let m = &c["memory"];
         assert!(m["peak"].as_u64().unwrap() > m["baseline"].as_u64().unwrap());

@@ -176,6 +176,11 @@ pub struct Timings {
     pub forward: Summary,
     /// Forward, loss, backward, gradient clipping and the AdamW update.
     pub step: Summary,
+    /// The optimizer's part of each timed step (packing the gradients, their norm, the
+    /// fused AdamW), on the CPU only: on a GPU the host clock would also count the
+    /// backward's queued kernels, and a device timer would add syncs to the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<Summary>,
     pub warmup_steps: usize,
     /// `batch_size / median step`.
     pub samples_per_s: f64,
@@ -417,6 +422,7 @@ pub mod tests {
                 timings: Some(Timings {
                     forward: summary(&[step_s / 3.0, step_s / 2.9, step_s / 3.1]),
                     step: summary(&[step_s, step_s * 1.02, step_s * 0.98]),
+                    optimizer: Some(summary(&[step_s / 20.0, step_s / 19.0, step_s / 21.0])),
                     warmup_steps: 1,
                     samples_per_s: 2.0 / step_s,
                     edges_per_s: 2.0 * 12696.0 / step_s,

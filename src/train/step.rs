@@ -43,7 +43,19 @@ pub fn apply_gradients(
     Ok(Applied::Updated { norm })
 }
 
-/// One whole step on one batch: returns the loss and the gradients' global norm.
+/// What one whole step gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    pub loss: f64,
+    /// The gradients' global norm before clipping.
+    pub norm: f64,
+    /// Host seconds from the gradients to the update's return: packing, the norm, the
+    /// fused AdamW. On a GPU the norm's sync also waits for the backward's queued
+    /// kernels, so this is the optimizer's time on the CPU only.
+    pub optimizer_seconds: f64,
+}
+
+/// One whole step on one batch.
 pub fn train_step(
     predictor: &dyn Predictor,
     optimizer: &mut AdamW,
@@ -51,12 +63,17 @@ pub fn train_step(
     checkpoint_every: Option<usize>,
     grad_clip: f64,
     lr: f64,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<StepOutcome> {
     let step = predictor.gradients(x, Objective::Loss(target), checkpoint_every)?;
+    let started = std::time::Instant::now();
     let grads = optimizer.pack(&step.grads)?;
     drop(step.grads);
     match apply_gradients(optimizer, &grads, 1.0, grad_clip, lr)? {
-        Applied::Updated { norm } => Ok((step.loss, norm)),
+        Applied::Updated { norm } => Ok(StepOutcome {
+            loss: step.loss,
+            norm,
+            optimizer_seconds: started.elapsed().as_secs_f64(),
+        }),
         Applied::NotFinite => anyhow::bail!(
             "the gradients are not finite (loss {}): try a lower learning rate",
             step.loss

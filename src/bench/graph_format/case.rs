@@ -238,17 +238,21 @@ fn measure_case(
         .map(|(p, b)| p.saturating_sub(b) as u64);
     // The peak of the training steps only, from the level the case holds now.
     memory::reset_peak_on(device);
-    let (step_times, final_loss) = time_steps(&predictor, cfg, plan, inputs.batch)?;
+    let times = time_steps(&predictor, cfg, plan, inputs.batch)?;
     let peak = memory::peak_on(device);
-    let step = Summary::of(&step_times).expect("at least one timed step");
+    let step = Summary::of(&times.steps).expect("at least one timed step");
     let edges = edge_updates_per_sample(&result.graph, cfg.num_gnn_layers);
     result.timings = Some(Timings {
         forward: Summary::of(&forward_times).expect("at least one forward"),
         samples_per_s: cfg.batch_size as f64 / step.median_s,
         edges_per_s: (cfg.batch_size * edges) as f64 / step.median_s,
         step,
+        optimizer: device
+            .is_cpu()
+            .then(|| Summary::of(&times.optimizer))
+            .flatten(),
         warmup_steps: plan.warmup_steps,
-        final_loss,
+        final_loss: times.final_loss,
     });
     result.memory = Some(MemoryBreakdown::new(
         param_bytes,
@@ -310,20 +314,27 @@ fn case_graph_bytes(predictor: &WholeGraph, cfg: &CaseConfig) -> anyhow::Result<
     Ok(bytes)
 }
 
-/// `warmup_steps` untimed training steps, then the timed ones: their times and the
+/// The timed steps of a case: each step's time, the optimizer's part of each, and the
 /// last loss.
+struct StepTimes {
+    steps: Vec<f64>,
+    optimizer: Vec<f64>,
+    final_loss: f64,
+}
+
+/// `warmup_steps` untimed training steps, then the timed ones.
 fn time_steps(
     predictor: &dyn Predictor,
     cfg: &CaseConfig,
     plan: &BenchPlan,
     batch: &SyntheticBatch,
-) -> anyhow::Result<(Vec<f64>, f64)> {
+) -> anyhow::Result<StepTimes> {
     let mut optimizer = AdamW::new(predictor.network().vars().to_vec(), AdamWParams::default())?;
-    let mut last_loss = f64::NAN;
+    let (mut last_loss, mut optimizer_times) = (f64::NAN, Vec::new());
     let checkpoint_every = cfg.checkpointing.then_some(1);
     let mut step = || -> anyhow::Result<()> {
         let data = (&batch.x, &batch.target);
-        let (loss, _) = train_step(
+        let outcome = train_step(
             predictor,
             &mut optimizer,
             data,
@@ -331,7 +342,8 @@ fn time_steps(
             1.0,
             LEARNING_RATE,
         )?;
-        last_loss = loss;
+        last_loss = outcome.loss;
+        optimizer_times.push(outcome.optimizer_seconds);
         Ok(())
     };
     for _ in 0..plan.warmup_steps {
@@ -342,8 +354,13 @@ fn time_steps(
         .get(&plan_grid_key(plan, cfg))
         .and_then(|o| o.timed_steps)
         .unwrap_or(plan.timed_steps);
-    let times = time_repeats(steps, &mut step)?;
-    Ok((times, last_loss))
+    let steps = time_repeats(steps, &mut step)?;
+    let timed = optimizer_times.split_off(optimizer_times.len() - steps.len());
+    Ok(StepTimes {
+        steps,
+        optimizer: timed,
+        final_loss: last_loss,
+    })
 }
 
 /// The planner's prediction for a case (its batch was allocated before the baseline).
