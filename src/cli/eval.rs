@@ -33,8 +33,13 @@ pub struct CheckpointArgs {
 }
 
 impl CheckpointArgs {
-    /// The checkpoint's model on its data, for `batch_size` initial times at once.
-    fn load(&self, batch_size: usize, device: &candle_core::Device) -> anyhow::Result<Loaded> {
+    /// The checkpoint's model on its data, for `batch_size` initial times at once, on
+    /// `device`, set up together with the other ranks of `collective`.
+    fn load(
+        &self,
+        batch_size: usize,
+        on: (&candle_core::Device, &dyn crate::distributed::Collective),
+    ) -> anyhow::Result<Loaded> {
         let data = self.data.to_spec()?;
         let patches = self.patches.map(|n| crate::graph::PatchOptions {
             n_patches: n,
@@ -46,10 +51,9 @@ impl CheckpointArgs {
             &self.checkpoint,
             &self.which,
             (!data.is_empty()).then_some(data),
-            patches,
-            self.graph.cache_dir().as_deref(),
+            (patches, self.graph.cache_dir().as_deref()),
             batch_size,
-            device,
+            on,
         )
     }
 }
@@ -104,7 +108,9 @@ pub fn run_eval(
     if let Some(path) = &args.output {
         crate::util::check_output_path(path)?;
     }
-    let loaded = args.checkpoint.load(args.batch_size, &device)?;
+    let loaded = args
+        .checkpoint
+        .load(args.batch_size, (&device, collective))?;
     let picture = scores_picture(&loaded.checkpoint, args.split);
     if args.plots {
         crate::util::check_output_path(&picture)?;
@@ -195,7 +201,9 @@ pub fn run_forecast(args: ForecastArgs, device: candle_core::Device) -> anyhow::
         crate::bail_input!("--steps must be at least 1");
     }
     crate::util::check_output_path(&args.output)?;
-    let loaded = args.checkpoint.load(1, &device)?;
+    let loaded = args
+        .checkpoint
+        .load(1, (&device, &crate::distributed::Single))?;
     let request = ForecastRequest {
         inits: find_times(&loaded.session.dataset, &args.init_times)?,
         steps: args.steps,

@@ -43,15 +43,16 @@ pub struct Loaded {
 /// Loads checkpoint `name` found at `path`; `data` (if given) replaces the checkpoint's
 /// data, which must then have the same channels and grid. Inference runs on the whole
 /// grid in the run's precision, or patch by patch with `patches`, whatever the run
-/// trained with (a patched run's halo may be shorter than the receptive field).
+/// trained with (a patched run's halo may be shorter than the receptive field). The
+/// ranks of `collective` find the data's valid cells together, each reading its share
+/// of the time steps.
 pub fn load(
     path: &Path,
     name: &str,
     data: Option<DataSpec>,
-    patches: Option<PatchOptions>,
-    graph_cache: Option<&Path>,
+    (patches, graph_cache): (Option<PatchOptions>, Option<&Path>),
     batch_size: usize,
-    device: &Device,
+    (device, collective): (&Device, &dyn Collective),
 ) -> anyhow::Result<Loaded> {
     let (dir, name) = checkpoint::locate(path, name)?;
     let ck = checkpoint::load(&dir, &name, device)?;
@@ -78,7 +79,8 @@ pub fn load(
     if let Some(options) = patches {
         execution = execution.with_patches(options);
     }
-    let (splits, graph) = Session::graph(&run, &dataset, graph_cache)?;
+    let valid = crate::train::session::valid_cells(&dataset, collective)?;
+    let (splits, graph) = Session::graph_on(&run, &dataset, &valid, graph_cache)?;
     if let Some(available) = crate::memory::available_on(device) {
         check_inference_fits(
             &run,

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::RunConfig;
 use crate::data::time::Instant;
 use crate::data::{Batch, Dataset, Grid, NormStats, Splits};
+use crate::distributed::{shard, Collective};
 use crate::graph::{load_or_build, RowWindow, WeatherGraph};
 use crate::model::GraphTensors;
 use crate::predict::unroll::RolloutBatch;
@@ -210,6 +211,18 @@ impl Session {
         let all = self.graph.grid_map.latitude_weights(&self.dataset.grid);
         all[self.window.nodes.clone()].to_vec()
     }
+}
+
+/// The cells valid in some time step (the grid nodes of the graph), each of several
+/// ranks reading its share of the steps.
+pub fn valid_cells(dataset: &Dataset, c: &dyn Collective) -> anyhow::Result<Vec<bool>> {
+    let mine = dataset.ever_valid(shard(dataset.time.len(), c.rank(), c.size()))?;
+    if c.size() == 1 {
+        return Ok(mine);
+    }
+    let mut counts: Vec<f64> = mine.iter().map(|&v| f64::from(u8::from(v))).collect();
+    c.all_reduce_f64(&mut counts)?;
+    Ok(counts.iter().map(|&n| n > 0.0).collect())
 }
 
 /// The model for `run` over `graph` (on `grid`), executed as `execution` says, and the

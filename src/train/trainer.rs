@@ -26,7 +26,7 @@ use super::optimizer::{AdamW, AdamWParams, FlatGrads};
 use super::replicas;
 use super::run_dir::RunDir;
 use super::schedule::LrSchedule;
-use super::session::{variable_weights, Session};
+use super::session::{valid_cells, variable_weights, Session};
 use super::step::{apply_gradients, Applied};
 use super::validation::{validate, Validation, ValidationSet};
 use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split, StatsSums};
@@ -378,18 +378,6 @@ fn run_stats(
         stats.save(&path)?;
     }
     Ok(stats)
-}
-
-/// The cells valid in some time step (the grid nodes of the graph), each of several
-/// ranks reading its share of the steps.
-fn valid_cells(dataset: &Dataset, c: &dyn Collective) -> anyhow::Result<Vec<bool>> {
-    let mine = dataset.ever_valid(shard(dataset.time.len(), c.rank(), c.size()))?;
-    if c.size() == 1 {
-        return Ok(mine);
-    }
-    let mut counts: Vec<f64> = mine.iter().map(|&v| f64::from(u8::from(v))).collect();
-    c.all_reduce_f64(&mut counts)?;
-    Ok(counts.iter().map(|&n| n > 0.0).collect())
 }
 
 /// The training samples: windows that hold the run's longest rollout (refused when
