@@ -92,6 +92,9 @@ pub struct StepShape {
     pub batch_size: usize,
     /// The graph a step runs on: the whole grid, or the largest patch.
     pub step_graph: GraphSizes,
+    /// Grid nodes a batch holds: all the graph's, or the rows a patch-parallel rank's
+    /// patches need (the largest such window over the ranks).
+    pub batch_nodes: usize,
     /// Bytes of every graph tensor resident on the device (whole graph and patches).
     pub graph_bytes: u64,
     pub techniques: Techniques,
@@ -212,7 +215,7 @@ pub fn predict(shape: &StepShape) -> Prediction {
         _ => 4.0 * LOW_PRECISION_FACTOR,
     };
     let activations = (bytes_per_value * latent * vectors + FIXED) as u64;
-    let batch = batch_bytes(shape, b * grid);
+    let batch = batch_bytes(shape, b * shape.batch_nodes as f64);
     // Saturating: an absurd shape predicts "more than any machine", never wraps around.
     let total = [
         params,
@@ -378,6 +381,7 @@ impl StepSetting<'_> {
             )
         };
         let mut step_graph = GraphSizes::of(graph);
+        let mut batch_nodes = graph.grid_nodes.len();
         let graph_bytes = if techniques.patches > 1 {
             let options = crate::graph::PatchOptions {
                 n_patches: techniques.patches,
@@ -385,7 +389,8 @@ impl StepSetting<'_> {
             };
             let mut largest: Option<GraphSizes> = None;
             let mut each = Vec::new();
-            for patch in crate::graph::split_into_patches(graph, self.grid, &options)? {
+            let patches = crate::graph::split_into_patches(graph, self.grid, &options)?;
+            for patch in &patches {
                 let sub = patch.subgraph(graph);
                 each.push(bytes(&sub)?);
                 let sizes = GraphSizes::of(&sub);
@@ -396,12 +401,16 @@ impl StepSetting<'_> {
             }
             step_graph = largest.unwrap_or(step_graph);
             let ranks = self.patch_ranks.max(1);
-            let share = |r| {
-                each[crate::distributed::shard(each.len(), r, ranks)]
-                    .iter()
-                    .sum()
-            };
-            (0..ranks).map(share).max().unwrap_or(0)
+            let mine = |r| crate::distributed::shard(each.len(), r, ranks);
+            if ranks > 1 {
+                let window =
+                    |r| crate::graph::RowWindow::covering(&patches[mine(r)], graph, self.grid);
+                batch_nodes = (0..ranks).map(|r| window(r).nodes.len()).max().unwrap_or(0);
+            }
+            (0..ranks)
+                .map(|r| each[mine(r)].iter().sum())
+                .max()
+                .unwrap_or(0)
         } else {
             bytes(graph)?
         };
@@ -409,6 +418,7 @@ impl StepSetting<'_> {
             model: model.clone(),
             batch_size: self.batch_size,
             step_graph,
+            batch_nodes,
             graph_bytes,
             techniques,
             on_cpu: self.on_cpu,
@@ -561,6 +571,45 @@ mod tests {
         Ok(())
     }
 
+    /// A patch-parallel rank's batch holds its window's grid nodes: fewer with more
+    /// ranks, all of them in one process, with or without patches.
+    #[test]
+    fn a_patch_parallel_ranks_batch_holds_its_rows() -> anyhow::Result<()> {
+        let grid = crate::data::Grid::global_cell_centred(5.0);
+        let options = crate::graph::GraphOptions {
+            mesh_level: 2,
+            ..Default::default()
+        };
+        let graph = crate::graph::build(&grid, &vec![true; grid.len()], &options)?;
+        let model = ModelConfig {
+            grid_input_features: 20,
+            output_channels: 5,
+            ..Default::default()
+        };
+        let setting = |patch_ranks| StepSetting {
+            graph: &graph,
+            grid: &grid,
+            model: &model,
+            batch_size: 2,
+            patch_halo: 10.0,
+            on_cpu: true,
+            rollout_steps: 1,
+            patch_ranks,
+        };
+        let t = |patches| Techniques {
+            patches,
+            checkpointing: false,
+            precision: MixedPrecision::Off,
+        };
+        let all = graph.grid_nodes.len();
+        assert_eq!(setting(1).shape(t(1))?.batch_nodes, all);
+        assert_eq!(setting(1).shape(t(8))?.batch_nodes, all);
+        let (two, four) = (setting(2).shape(t(8))?, setting(4).shape(t(8))?);
+        assert!(four.batch_nodes < two.batch_nodes && two.batch_nodes < all);
+        assert!(predict(&four).batch < predict(&two).batch);
+        Ok(())
+    }
+
     #[test]
     fn sizes_parse() {
         assert_eq!(parse_bytes("4GB"), Ok(4_000_000_000));
@@ -589,6 +638,7 @@ mod tests {
                 mesh_edges: 327660 / t.patches,
                 mesh2grid_edges: 194400 / t.patches,
             },
+            batch_nodes: 64800,
             graph_bytes: 50_000_000,
             techniques: t,
             // On a GPU, where low precision runs the same (composed) ops as f32.

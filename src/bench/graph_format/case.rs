@@ -380,6 +380,7 @@ fn predicted_peak(
             mesh_edges: g.mesh_edges,
             mesh2grid_edges: g.mesh2grid_edges,
         },
+        batch_nodes: g.grid_nodes,
         graph_bytes: g.case_bytes as u64,
         techniques: Techniques {
             patches: cfg.patches,
