@@ -147,7 +147,6 @@ fn positive_or_one(std: f64, name: &str, what: &str) -> f64 {
     }
 }
 
-/// Running sums per channel (f64; the values are already f32).
 /// What the statistics are made of: per channel, the count, sum and sum of squares of
 /// the valid values, and of the valid `lead_steps` differences. Sums over parts of the
 /// training block add up to the block's.
@@ -223,6 +222,7 @@ impl StatsSums {
     }
 }
 
+/// Running sums per channel (f64; the values are already f32).
 #[derive(Debug, Clone, PartialEq)]
 struct StateSums {
     count: Vec<u64>,

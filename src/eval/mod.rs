@@ -80,7 +80,7 @@ pub fn load(
         execution = execution.with_patches(options);
     }
     let valid = crate::train::session::valid_cells(&dataset, collective)?;
-    let (splits, graph) = Session::graph_on(&run, &dataset, &valid, graph_cache)?;
+    let (splits, graph) = Session::graph(&run, &dataset, &valid, graph_cache)?;
     if let Some(available) = crate::memory::available_on(device) {
         check_inference_fits(
             &run,

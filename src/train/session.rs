@@ -29,7 +29,7 @@ pub struct Session {
     pub device: Device,
     /// The rows and grid nodes this process's batches cover: all of them, or a
     /// patch-parallel rank's band (what its patches need).
-    pub window: RowWindow,
+    window: RowWindow,
     /// The data batches are read from: `dataset`, or its band of `window.rows`.
     pub batch_data: Arc<Dataset>,
     /// The cell of each of the window's grid nodes in `batch_data`'s grid.
@@ -46,24 +46,15 @@ impl Session {
         graph_cache: Option<&Path>,
         device: &Device,
     ) -> anyhow::Result<Session> {
-        let (splits, graph) = Session::graph(run, &dataset, graph_cache)?;
+        let valid = valid_cells(&dataset, &crate::distributed::Single)?;
+        let (splits, graph) = Session::graph(run, &dataset, &valid, graph_cache)?;
         Session::with_graph(run, execution, dataset, splits, graph, device)
     }
 
-    /// The run's splits and its graph, built once (or loaded from the cache): what a
-    /// memory check needs before any model tensor exists.
+    /// The run's splits and its graph over the cells `valid` in some time step
+    /// ([`valid_cells`]), built once (or loaded from the cache): what a memory check
+    /// needs before any model tensor exists.
     pub fn graph(
-        run: &RunConfig,
-        dataset: &Dataset,
-        graph_cache: Option<&Path>,
-    ) -> anyhow::Result<(Splits, WeatherGraph)> {
-        let valid = dataset.ever_valid(0..dataset.time.len())?;
-        Session::graph_on(run, dataset, &valid, graph_cache)
-    }
-
-    /// [`Session::graph`] on the cells `valid` in some time step, found before (by
-    /// several processes, each reading its share of the steps).
-    pub fn graph_on(
         run: &RunConfig,
         dataset: &Dataset,
         valid: &[bool],

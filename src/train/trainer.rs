@@ -137,7 +137,7 @@ fn checked_session(
     // Rank 0 builds (and caches) the graph first; the others then load it.
     let c = opts.collective.as_ref();
     let valid = valid_cells(&dataset, c)?;
-    let graph = || Session::graph_on(run, &dataset, &valid, opts.graph_cache.as_deref());
+    let graph = || Session::graph(run, &dataset, &valid, opts.graph_cache.as_deref());
     let (splits, graph) = match c.rank() {
         0 => graph().inspect(|_| c.barrier())?,
         _ => {

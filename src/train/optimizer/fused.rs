@@ -9,7 +9,7 @@
 
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
 
-use crate::model::row_kernels::{contiguous_values, SharedMut};
+use crate::model::row_kernels::{contiguous_values, fill_rows, SharedMut};
 
 /// Elements per task on the worker pool.
 const CHUNK: usize = 1 << 14;
@@ -278,12 +278,12 @@ impl InplaceOp2 for WeightsUpdate {
 pub fn sum_of_squares(values: &Tensor) -> Result<f64> {
     let (storage, layout) = values.storage_and_layout();
     match &*storage {
-        Storage::Cpu(CpuStorage::F32(_)) => {
-            let v = contiguous_values::<f32>(cpu(&storage)?, layout, "sum of squares")?;
+        Storage::Cpu(cpu @ CpuStorage::F32(_)) => {
+            let v = contiguous_values::<f32>(cpu, layout, "sum of squares")?;
             Ok(chunked_sum(v.len(), |i| v[i] as f64 * v[i] as f64))
         }
-        Storage::Cpu(CpuStorage::F64(_)) => {
-            let v = contiguous_values::<f64>(cpu(&storage)?, layout, "sum of squares")?;
+        Storage::Cpu(cpu @ CpuStorage::F64(_)) => {
+            let v = contiguous_values::<f64>(cpu, layout, "sum of squares")?;
             Ok(chunked_sum(v.len(), |i| v[i] * v[i]))
         }
         _ => {
@@ -297,30 +297,13 @@ pub fn sum_of_squares(values: &Tensor) -> Result<f64> {
     }
 }
 
-fn cpu(storage: &Storage) -> Result<&CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Ok(s),
-        _ => bail!("expected a CPU tensor"),
-    }
-}
-
-/// `sum(term(i))` for i in 0..n, per fixed chunk on the worker pool, chunks in order.
+/// `sum(term(i))` for i in 0..n, per fixed chunk (on the worker pool when large),
+/// the chunks' sums added in order.
 fn chunked_sum(n: usize, term: impl Fn(usize) -> f64 + Sync) -> f64 {
-    let chunks = n.div_ceil(CHUNK);
-    let mut partial = vec![0f64; chunks];
-    let out = SharedMut::new(&mut partial);
-    let run = |range: std::ops::Range<usize>| {
-        for c in range {
-            let sum = (c * CHUNK..((c + 1) * CHUNK).min(n)).map(&term).sum();
-            // SAFETY: each chunk index reaches exactly one call.
-            unsafe { out.range(c, c + 1)[0] = sum };
-        }
-    };
-    if chunks > 1 {
-        candle_core::utils::barrier_pool().execute_chunked(chunks, run);
-    } else {
-        run(0..chunks);
-    }
+    let mut partial = vec![0f64; n.div_ceil(CHUNK)];
+    fill_rows(&mut partial, 1, n, |c, sum| {
+        sum[0] = (c * CHUNK..((c + 1) * CHUNK).min(n)).map(&term).sum();
+    });
     partial.iter().sum()
 }
 
