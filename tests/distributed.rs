@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
-use common::{generate, meshcast, succeeded, train_tiny_by};
+use common::{checkpoint_dtype, generate, largest_difference, meshcast, succeeded, train_tiny_by};
 
 /// `mpirun -np RANKS meshcast` with the test's environment, one compute thread per
 /// rank (as each would have on a core of its own).
@@ -36,34 +36,6 @@ fn alone() -> Command {
     cmd
 }
 
-/// Every parameter of the run's `last` checkpoint, by name.
-fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let dir = run.join("checkpoints");
-    let meta = common::read_json(&dir.join("last.json"));
-    let file = dir.join(meta["weights_file"].as_str().unwrap());
-    let mut tensors: Vec<_> = candle_core::safetensors::load(file, &candle_core::Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-}
-
-/// The largest difference between two runs' parameters.
-fn largest_difference(a: &Path, b: &Path) -> f32 {
-    let (wa, wb) = (weights(a), weights(b));
-    assert_eq!(wa.len(), wb.len());
-    let mut worst = 0f32;
-    for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
-        assert_eq!(na, nb);
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    worst
-}
-
 /// 10-degree synthetic data, 40 steps.
 fn data(dir: &Path) -> PathBuf {
     generate(dir, "g.nc", &["--resolution", "10", "--steps", "40"])
@@ -78,80 +50,105 @@ const RUN: &[&str] = &[
     "3e-3",
 ];
 
+/// The bars of equality with one process: f32 within 1e-5, f64 within 1e-12 (what
+/// remains there is the order of the sums over ranks).
+const PRECISIONS: [(&str, f64); 2] = [("off", 1e-5), ("f64", 1e-12)];
+
 #[test]
 fn ranks_end_on_the_weights_of_one_process_with_their_combined_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
-    let one = dir.path().join("one");
-    succeeded(&train_tiny_by(
-        alone(),
-        &data,
-        &one,
-        &[RUN, &["--batch-size", "4"]].concat(),
-    ));
-    for (ranks, batch) in [(2, "2"), (4, "1")] {
-        let run = dir.path().join(format!("np{ranks}"));
-        let out = train_tiny_by(
-            mpirun(ranks),
+    for (precision, tolerance) in PRECISIONS {
+        let run = [RUN, &["--mixed-precision", precision]].concat();
+        let one = dir.path().join(format!("one-{precision}"));
+        succeeded(&train_tiny_by(
+            alone(),
             &data,
-            &run,
-            &[RUN, &["--batch-size", batch]].concat(),
-        );
-        succeeded(&out);
-        assert_eq!(
-            common::last_meta(&run)["step"],
-            common::last_meta(&one)["step"]
-        );
-        let diff = largest_difference(&one, &run);
-        assert!(diff < 1e-5, "{ranks} ranks: parameters differ by {diff}");
-        // The ranks summed their shares of the training block: one process's statistics
-        // (the sums' order differs; the std's cancellation, mean^2 against the mean
-        // square, makes that ~1e-12 relative).
-        let stats = |run: &Path| common::read_json(&run.join("stats.json"));
-        for key in ["mean", "std", "diff_std"] {
-            let (a, b) = (stats(&one)[key].clone(), stats(&run)[key].clone());
-            for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
-                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-                assert!(
-                    (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                    "{key}: {x} vs {y}"
-                );
-            }
+            &one,
+            &[&run[..], &["--batch-size", "4"]].concat(),
+        ));
+        for (ranks, batch) in [(2, "2"), (4, "1")] {
+            let many = dir.path().join(format!("np{ranks}-{precision}"));
+            let out = train_tiny_by(
+                mpirun(ranks),
+                &data,
+                &many,
+                &[&run[..], &["--batch-size", batch]].concat(),
+            );
+            succeeded(&out);
+            assert_eq!(
+                common::last_meta(&many)["step"],
+                common::last_meta(&one)["step"]
+            );
+            let diff = largest_difference(&one, &many);
+            assert!(
+                diff < tolerance,
+                "{precision}, {ranks} ranks: parameters differ by {diff}"
+            );
+            same_statistics_and_metrics(&one, &many, ranks);
+            let dtype = match precision {
+                "f64" => candle_core::DType::F64,
+                _ => candle_core::DType::F32,
+            };
+            assert_eq!(checkpoint_dtype(&many), dtype);
         }
-        // Only rank 0 wrote, and its metrics are the whole batch's.
-        let (m1, mn) = (common::metrics(&one), common::metrics(&run));
-        let loss = |m: &[serde_json::Value]| m[0]["loss"].as_f64().unwrap();
-        assert!((loss(&m1) - loss(&mn)).abs() < 1e-5 * loss(&m1));
-        let summary = mn.iter().rfind(|r| r["kind"] == "summary").unwrap();
-        assert_eq!(summary["ranks"], ranks);
-        assert!(summary["exchange_seconds"].as_f64().unwrap() > 0.0);
     }
+}
+
+/// The ranks summed their shares of the training block: one process's statistics (the
+/// sums' order differs; the std's cancellation, mean^2 against the mean square, makes
+/// that ~1e-12 relative). Only rank 0 wrote, and its metrics are the whole batch's.
+fn same_statistics_and_metrics(one: &Path, many: &Path, ranks: usize) {
+    let stats = |run: &Path| common::read_json(&run.join("stats.json"));
+    for key in ["mean", "std", "diff_std"] {
+        let (a, b) = (stats(one)[key].clone(), stats(many)[key].clone());
+        for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                "{key}: {x} vs {y}"
+            );
+        }
+    }
+    let (m1, mn) = (common::metrics(one), common::metrics(many));
+    let loss = |m: &[serde_json::Value]| m[0]["loss"].as_f64().unwrap();
+    assert!((loss(&m1) - loss(&mn)).abs() < 1e-5 * loss(&m1));
+    let summary = mn.iter().rfind(|r| r["kind"] == "summary").unwrap();
+    assert_eq!(summary["ranks"], ranks);
+    assert!(summary["exchange_seconds"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
 fn accumulation_and_rollouts_compose_with_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path());
-    let args = ["--grad-accum-steps", "2", "--rollout-steps", "2"];
-    let one = dir.path().join("one");
-    succeeded(&train_tiny_by(
-        alone(),
-        &data,
-        &one,
-        &[RUN, &args, &["--batch-size", "6"]].concat(),
-    ));
-    // 26 samples: four global batches of 6, then one of 2 (shares of 1 and 1), which
-    // is also a short accumulation.
-    let two = dir.path().join("two");
-    let out = train_tiny_by(
-        mpirun(2),
-        &data,
-        &two,
-        &[RUN, &args, &["--batch-size", "3"]].concat(),
-    );
-    succeeded(&out);
-    let diff = largest_difference(&one, &two);
-    assert!(diff < 1e-5, "parameters differ by {diff}");
+    for (precision, tolerance) in PRECISIONS {
+        let args = [
+            RUN,
+            &["--grad-accum-steps", "2", "--rollout-steps", "2"],
+            &["--mixed-precision", precision],
+        ]
+        .concat();
+        let one = dir.path().join(format!("one-{precision}"));
+        succeeded(&train_tiny_by(
+            alone(),
+            &data,
+            &one,
+            &[&args[..], &["--batch-size", "6"]].concat(),
+        ));
+        // 26 samples: four global batches of 6, then one of 2 (shares of 1 and 1),
+        // which is also a short accumulation.
+        let two = dir.path().join(format!("two-{precision}"));
+        let out = train_tiny_by(
+            mpirun(2),
+            &data,
+            &two,
+            &[&args[..], &["--batch-size", "3"]].concat(),
+        );
+        succeeded(&out);
+        let diff = largest_difference(&one, &two);
+        assert!(diff < tolerance, "{precision}: parameters differ by {diff}");
+    }
 }
 
 #[test]
@@ -200,6 +197,19 @@ fn patch_parallel_ranks_end_on_the_weights_of_one_patched_process() {
         for (a, b) in val_losses(&one).iter().zip(val_losses(&run)) {
             assert!((a - b).abs() < 1e-5 * a, "validation loss {a} vs {b}");
         }
+    }
+    let (precision, tolerance) = PRECISIONS[1];
+    let args = [&args[..], &["--mixed-precision", precision]].concat();
+    let one = dir.path().join(format!("one-{precision}"));
+    succeeded(&train_tiny_by(alone(), &data, &one, &args));
+    for ranks in [2, 3] {
+        let run = dir.path().join(format!("np{ranks}-{precision}"));
+        succeeded(&train_tiny_by(mpirun(ranks), &data, &run, &args));
+        let diff = largest_difference(&one, &run);
+        assert!(
+            diff < tolerance,
+            "{precision}, {ranks} ranks: differ by {diff}"
+        );
     }
     let without_patch = train_tiny_by(mpirun(5), &data, &dir.path().join("np5"), &args);
     assert!(!without_patch.status.success());

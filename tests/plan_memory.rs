@@ -58,6 +58,7 @@ fn predictions_land_within_15_percent_of_measured_peaks() {
         ("plain", &[][..]),
         ("checkpointing", &["--checkpointing"][..]),
         ("bf16", &["--mixed-precision", "bf16"][..]),
+        ("f64", &["--mixed-precision", "f64"][..]),
         ("patches", &["--patches", "4"][..]),
     ] {
         let predicted = plan_json(&data, flags)["chosen"]["prediction"]["total"]
@@ -135,6 +136,17 @@ fn an_impossible_budget_is_refused_plainly() {
         .output()
         .unwrap();
     assert_bad_input(&out, &["--memory-budget", "no configuration fits"]);
+    assert!(!dir.path().join("never").join("run.json").exists());
+    // The budget chooses the precision: it cannot keep f64.
+    let out = meshcast()
+        .args(["-q", "train-model", "--data", data.to_str().unwrap()])
+        .args(MEMORY_MODEL)
+        .args(["--memory-budget", "100GB", "--mixed-precision", "f64"])
+        .arg("--output-dir")
+        .arg(dir.path().join("never"))
+        .output()
+        .unwrap();
+    assert_bad_input(&out, &["--memory-budget", "--mixed-precision f64"]);
     assert!(!dir.path().join("never").join("run.json").exists());
     let out = plan(&data, &["--memory-budget", "four gigs"]);
     assert_eq!(out.status.code(), Some(2));

@@ -754,6 +754,45 @@ fn bf16_loss_tracks_f32_over_50_steps() {
     assert!(gaps.iter().any(|&g| g > 0.0), "bf16 ran in f32");
 }
 
+/// `--mixed-precision f64` trains the same model as f32, in float64: its weights (kept
+/// as f64) end within f32's rounding of the f32 run's, not on them, and eval reads
+/// them.
+#[test]
+fn an_f64_run_trains_the_f32_model_in_float64() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "40"]);
+    let run = |precision: &str| {
+        let out = dir.path().join(precision);
+        let args = [
+            "--num-epochs",
+            "2",
+            "--seed",
+            "5",
+            "--mixed-precision",
+            precision,
+        ];
+        succeeded(&train_tiny(&data, &out, &args));
+        out
+    };
+    let (f32_run, f64_run) = (run("off"), run("f64"));
+    assert_eq!(checkpoint_dtype(&f32_run), candle_core::DType::F32);
+    assert_eq!(checkpoint_dtype(&f64_run), candle_core::DType::F64);
+    let diff = largest_difference(&f32_run, &f64_run);
+    assert!(
+        diff > 0.0 && diff < 1e-3,
+        "f32 and f64 weights differ by {diff}"
+    );
+    let model_rmse = |run: &Path| {
+        let report = eval_last(run, &[]);
+        let want = [("system", "model".into()), ("metric", "rmse".into())];
+        score_record(&report, &want).unwrap()["value"]
+            .as_f64()
+            .unwrap()
+    };
+    let (a, b) = (model_rmse(&f32_run), model_rmse(&f64_run));
+    assert!((a - b).abs() < 1e-3 * a, "eval RMSE: f32 {a}, f64 {b}");
+}
+
 /// A loss scale far too large overflows every f16 backward pass: each step is skipped
 /// (logged in metrics.jsonl, scale halved) and nothing reaches the weights, so two and
 /// four such epochs leave identical weights at step 0.

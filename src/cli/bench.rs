@@ -29,8 +29,8 @@ pub struct BenchmarkGraphFormatArgs {
     /// Gradient checkpointing off and/or on, comma-separated: false, true [default: false].
     #[arg(long, value_delimiter = ',')]
     pub checkpointing: Option<Vec<bool>>,
-    /// Precisions, comma-separated: off (f32), bf16, f16 (f16 here without loss scaling)
-    /// [default: off].
+    /// Precisions, comma-separated: off (f32), bf16, f16 (f16 here without loss scaling),
+    /// f64 [default: off].
     #[arg(long, value_delimiter = ',', value_parser = super::choices::choice::<crate::model::MixedPrecision>())]
     pub precisions: Option<Vec<crate::model::MixedPrecision>>,
     /// Latent width [default: 128].

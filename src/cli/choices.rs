@@ -63,6 +63,7 @@ mod tests {
     fn names_and_aliases_parse() {
         assert_eq!(parse::<MixedPrecision>("off").unwrap(), MixedPrecision::Off);
         assert_eq!(parse::<MixedPrecision>("f32").unwrap(), MixedPrecision::Off);
+        assert_eq!(parse::<MixedPrecision>("f64").unwrap(), MixedPrecision::F64);
         assert_eq!(
             parse::<Aggregation>("indexadd").unwrap(),
             Aggregation::IndexAdd

@@ -29,13 +29,18 @@ pub trait Collective {
     /// Element-wise sum over the ranks, in place.
     fn all_reduce_f64(&self, buf: &mut [f64]) -> anyhow::Result<()>;
     /// The element-wise sum over the ranks of a flat tensor (the gradients), on its
-    /// device: through host memory and [`Collective::all_reduce_f32`], unless the
-    /// transport sums on the devices themselves (NCCL).
+    /// device: through host memory and [`Collective::all_reduce_f32`] (f64 tensors
+    /// through [`Collective::all_reduce_f64`]), unless the transport sums on the
+    /// devices themselves (NCCL).
     fn all_reduce_tensor(&self, t: &Tensor) -> anyhow::Result<Tensor> {
-        let (dtype, device) = (t.dtype(), t.device().clone());
-        let mut flat = t.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let (dtype, device, n) = (t.dtype(), t.device().clone(), t.elem_count());
+        if dtype == DType::F64 {
+            let mut flat = t.flatten_all()?.to_vec1::<f64>()?;
+            self.all_reduce_f64(&mut flat)?;
+            return Ok(Tensor::from_vec(flat, n, &device)?);
+        }
+        let mut flat = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         self.all_reduce_f32(&mut flat)?;
-        let n = flat.len();
         Ok(Tensor::from_vec(flat, n, &device)?.to_dtype(dtype)?)
     }
     /// Rank 0's bytes replace every other rank's.

@@ -63,7 +63,7 @@ impl NcclCollective {
     }
 }
 
-/// Sums an f32 tensor over the ranks in place.
+/// Sums an f32 or f64 tensor over the ranks in place.
 struct SumOverRanks<'a>(&'a Comm);
 
 impl InplaceOp1 for SumOverRanks<'_> {
@@ -79,9 +79,19 @@ impl InplaceOp1 for SumOverRanks<'_> {
         let Some((from, to)) = l.contiguous_offsets() else {
             bail!("NCCL all-reduce: the tensor is not contiguous")
         };
-        let slice = s.as_cuda_slice_mut::<f32>()?;
-        let mut part = slice.slice_mut(from..to);
-        if let Err(e) = self.0.all_reduce_in_place(&mut part, &ReduceOp::Sum) {
+        let done = match s.dtype() {
+            DType::F64 => {
+                let slice = s.as_cuda_slice_mut::<f64>()?;
+                self.0
+                    .all_reduce_in_place(&mut slice.slice_mut(from..to), &ReduceOp::Sum)
+            }
+            _ => {
+                let slice = s.as_cuda_slice_mut::<f32>()?;
+                self.0
+                    .all_reduce_in_place(&mut slice.slice_mut(from..to), &ReduceOp::Sum)
+            }
+        };
+        if let Err(e) = done {
             bail!("NCCL all-reduce: {e:?}")
         }
         Ok(())
@@ -106,7 +116,11 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_tensor(&self, t: &Tensor) -> anyhow::Result<Tensor> {
-        let sum = t.to_dtype(DType::F32)?.contiguous()?.copy()?;
+        let wide = match t.dtype() {
+            DType::F64 => DType::F64,
+            _ => DType::F32,
+        };
+        let sum = t.to_dtype(wide)?.contiguous()?.copy()?;
         sum.inplace_op1(&SumOverRanks(self.comm(t.device())?))?;
         Ok(sum.to_dtype(t.dtype())?)
     }

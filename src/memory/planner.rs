@@ -133,7 +133,7 @@ pub struct Prediction {
     /// Gradients (and their sum over patches).
     pub gradients: u64,
     pub graph: u64,
-    /// The batch's inputs, targets and loss weights (f32).
+    /// The batch's inputs, targets and loss weights (in the master dtype).
     pub batch: u64,
     pub activations: u64,
     pub total: u64,
@@ -170,7 +170,8 @@ pub const OPTIMIZER_ARENA_ROWS: u64 = 2;
 /// Predicted peak bytes of one training step of `shape`.
 pub fn predict(shape: &StepShape) -> Prediction {
     let t = shape.techniques;
-    let params = parameter_count(&shape.model) as u64 * 4;
+    let master_bytes = t.precision.master_dtype().size_in_bytes() as u64;
+    let params = parameter_count(&shape.model) as u64 * master_bytes;
     let gradients = if t.patches > 1 { 2 * params } else { params };
     let optimizer_state = OPTIMIZER_ARENA_ROWS * params;
     let g = shape.step_graph;
@@ -212,7 +213,8 @@ pub fn predict(shape: &StepShape) -> Prediction {
     };
     let bytes_per_value = match t.precision {
         MixedPrecision::Off => 4.0,
-        _ => 4.0 * LOW_PRECISION_FACTOR,
+        MixedPrecision::F64 => 8.0,
+        MixedPrecision::Bf16 | MixedPrecision::F16 => 4.0 * LOW_PRECISION_FACTOR,
     };
     let activations = (bytes_per_value * latent * vectors + FIXED) as u64;
     let batch = batch_bytes(shape, b * shape.batch_nodes as f64);
@@ -251,7 +253,8 @@ fn batch_bytes(shape: &StepShape, rows: f64) -> u64 {
         0 | 1 => inputs + 2.0 * channels,
         k => k as f64 * (2.0 * inputs + 4.0 * channels),
     };
-    (4.0 * rows * per_row) as u64
+    let bytes = shape.techniques.precision.master_dtype().size_in_bytes() as f64;
+    (bytes * rows * per_row) as u64
 }
 
 /// A lower bound of the peak of one forward pass on the inference view (eval,
@@ -271,10 +274,11 @@ pub fn inference_floor(shape: &StepShape) -> u64 {
     .into_iter()
     .max()
     .unwrap_or(0) as f64;
-    let bytes_per_value = match shape.techniques.precision {
-        MixedPrecision::Off => 4.0,
-        _ => 2.0,
-    };
+    let bytes_per_value = shape
+        .techniques
+        .precision
+        .compute_dtype(DType::F32)
+        .size_in_bytes() as f64;
     let latents =
         (shape.batch_size as f64 * rows * shape.model.latent_size as f64 * bytes_per_value) as u64;
     let p = predict(shape);
@@ -375,7 +379,7 @@ impl StepSetting<'_> {
         let cpu = candle_core::Device::Cpu;
         let bytes = |g: &crate::graph::WeatherGraph| -> anyhow::Result<u64> {
             Ok(
-                crate::model::GraphTensors::new(g, &cpu, candle_core::DType::F32)?
+                crate::model::GraphTensors::new(g, &cpu, techniques.precision.master_dtype())?
                     .with_aggregation(model.aggregation)
                     .bytes() as u64,
             )

@@ -285,6 +285,11 @@ impl GraphCast {
         Ok(model)
     }
 
+    /// The parameters' dtype: the dtype of every prediction.
+    pub fn master_dtype(&self) -> DType {
+        self.master_dtype
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

@@ -1,6 +1,8 @@
-//! Mixed precision: which dtype the activations, matmuls and message passing run in.
+//! Precision: which dtype the parameters (the master dtype) and the activations,
+//! matmuls and message passing run in.
 //!
-//! The parameters (and the optimizer's state) stay in the master dtype (f32); every
+//! Under mixed precision the parameters (and the optimizer's state) stay in the master
+//! dtype (f32); every
 //! linear layer casts its weights to the dtype of its input, so the casts' backward
 //! brings the gradients home in f32. LayerNorm statistics and the loss are computed in
 //! the master dtype. `f16` needs a dynamic loss scaler (see `train::loss_scale`).
@@ -19,6 +21,10 @@ pub enum MixedPrecision {
     /// float16 activations: 11 bits of mantissa but a range of 6e-5..65504, so the
     /// loss is scaled up (dynamically) to keep small gradients from flushing to zero.
     F16,
+    /// Everything in float64, parameters and optimizer state too: a reference run to
+    /// hold a float32 one (or a change of summation order) against, on the CPU (slow;
+    /// 2x the memory).
+    F64,
 }
 
 impl MixedPrecision {
@@ -28,12 +34,21 @@ impl MixedPrecision {
             MixedPrecision::Off => master,
             MixedPrecision::Bf16 => DType::BF16,
             MixedPrecision::F16 => DType::F16,
+            MixedPrecision::F64 => DType::F64,
+        }
+    }
+
+    /// The dtype of the parameters, the optimizer's state and the loss.
+    pub fn master_dtype(self) -> DType {
+        match self {
+            MixedPrecision::F64 => DType::F64,
+            _ => DType::F32,
         }
     }
 
     /// The spellings of flags, configs and JSON, in declaration order (`f32` is read
     /// as `off` too).
-    pub const NAMES: &'static [&'static str] = &["off", "bf16", "f16"];
+    pub const NAMES: &'static [&'static str] = &["off", "bf16", "f16", "f64"];
 
     pub fn name(self) -> &'static str {
         MixedPrecision::NAMES[self as usize]
@@ -59,8 +74,9 @@ impl std::str::FromStr for MixedPrecision {
             "off" | "f32" => Ok(MixedPrecision::Off),
             "bf16" => Ok(MixedPrecision::Bf16),
             "f16" => Ok(MixedPrecision::F16),
+            "f64" => Ok(MixedPrecision::F64),
             other => Err(format!(
-                "unknown precision '{other}' (expected off, bf16 or f16)"
+                "unknown precision '{other}' (expected off, bf16, f16 or f64)"
             )),
         }
     }

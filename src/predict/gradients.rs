@@ -17,6 +17,7 @@ use std::ops::Range;
 use candle_core::{Result, Tensor, Var};
 
 use crate::model::{GraphCast, GraphTensors, Latents};
+use crate::predict::loss::scalar;
 
 /// Loss value and one gradient per parameter (in `vars` order; None: untouched), and
 /// the gradient for the inputs when it was asked for.
@@ -85,7 +86,7 @@ pub fn step_gradients(
         let store = loss.backward()?;
         add_grads(&mut grads, vars, &store)?;
         return Ok(StepGradients {
-            loss: loss.to_scalar::<f32>()? as f64,
+            loss: scalar(&loss)?,
             grads,
             input_grad: grad_of_inputs(&store),
         });
@@ -112,7 +113,7 @@ pub fn step_gradients(
     add_grads(&mut grads, vars, &store)?;
     let grad_out = grads_of(&last_vars, &store);
     // The decoder's graph is done with: free it before the segments are recomputed.
-    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let loss_value = scalar(&loss)?;
     drop((store, loss, pred, last));
     let store = run.backward(&inputs, &segments, &boundaries, grad_out, &mut grads)?;
     Ok(StepGradients {

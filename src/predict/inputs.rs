@@ -3,7 +3,7 @@
 //! (forcings and static fields, `predict::extras`). The one encoder of this layout,
 //! used by training batches, rollouts and synthetic benchmark batches.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::LossTarget;
 use crate::data::Batch;
@@ -70,17 +70,19 @@ fn batch_tensors(
 
 /// Inputs and loss target of a data batch (`extras`: its windows' extra inputs): the
 /// latitude weights `lat_w` of the grid nodes and the variable weights `var_w` make
-/// the loss weights; the denominator is the count of valid target entries.
+/// the loss weights; the denominator is the count of valid target entries. All three
+/// tensors on `device` in `dtype`, the model's master dtype.
 pub fn batch_target(
     batch: &Batch,
     (cells, extras): (&[u32], &[f32]),
     lat_w: &[f32],
     var_w: &[f32],
-    device: &Device,
+    (device, dtype): (&Device, DType),
 ) -> Result<(Tensor, LossTarget, Vec<bool>)> {
     let (x, y, valid) = batch_tensors(batch, cells, extras, device)?;
     let (w, entries) = loss_weights(&valid, lat_w, var_w, y.dims3()?, device)?;
-    Ok((x, LossTarget::new(y, w, entries), valid))
+    let target = LossTarget::new(y.to_dtype(dtype)?, w.to_dtype(dtype)?, entries);
+    Ok((x.to_dtype(dtype)?, target, valid))
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ impl ObjectiveScalar {
     pub fn of(&self, pred: &Tensor) -> Result<Tensor> {
         match self {
             ObjectiveScalar::Mse { y, w, denominator } => weighted_mse(pred, y, w, *denominator),
-            ObjectiveScalar::Dot { g } => (pred.to_dtype(DType::F32)? * g)?.sum_all(),
+            ObjectiveScalar::Dot { g } => (pred.to_dtype(g.dtype())? * g)?.sum_all(),
         }
     }
 }
@@ -68,8 +68,8 @@ pub fn loss_weights(
     Ok((Tensor::from_vec(w, (b, n, c), device)?, count))
 }
 
-/// `sum(w * (pred - target)^2) / denominator`, reduced in f32 whatever the prediction's
-/// dtype. The denominator is the count of valid entries (at least 1), possibly divided
+/// `sum(w * (pred - target)^2) / denominator`, reduced in the target's dtype (the
+/// master dtype: f32 under mixed precision) whatever the prediction's. The denominator is the count of valid entries (at least 1), possibly divided
 /// by a loss scale or multiplied by accumulation steps, so it may be below 1.
 pub fn weighted_mse(
     pred: &Tensor,
@@ -77,9 +77,14 @@ pub fn weighted_mse(
     weights: &Tensor,
     denominator: f64,
 ) -> Result<Tensor> {
-    let diff = (pred.to_dtype(DType::F32)? - target)?;
+    let diff = (pred.to_dtype(target.dtype())? - target)?;
     let total = (diff.sqr()? * weights)?.sum_all()?;
     total / denominator
+}
+
+/// A loss's value on the host, whatever its dtype.
+pub fn scalar(loss: &Tensor) -> Result<f64> {
+    loss.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
 #[cfg(test)]

@@ -19,15 +19,15 @@ pub struct Network {
 }
 
 impl Network {
-    /// A model of `config` with f32 master parameters (zero until initialised or
-    /// restored) on `graph`'s device, its activations in `precision`.
+    /// A model of `config` with parameters in `precision`'s master dtype (zero until
+    /// initialised or restored) on `graph`'s device, its activations in `precision`.
     pub fn new(
         config: ModelConfig,
         precision: MixedPrecision,
         graph: &GraphTensors,
     ) -> Result<Network> {
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, graph.device());
+        let vb = VarBuilder::from_varmap(&varmap, precision.master_dtype(), graph.device());
         let mut model = GraphCast::new(config, graph, vb)?;
         model.set_precision(precision);
         let vars = crate::model::named_parameters(&varmap);
@@ -72,6 +72,11 @@ impl Network {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The parameters' dtype, which predictions and the loss come in.
+    pub fn dtype(&self) -> DType {
+        self.model.master_dtype()
     }
 
     pub fn parameter_count(&self) -> usize {

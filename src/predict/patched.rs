@@ -23,7 +23,7 @@ pub struct PatchTensors {
     /// The patch's grid nodes among the inputs' nodes (u32): full-graph ids less the
     /// inputs' first node (0 unless the inputs are a patch-parallel rank's rows).
     pub nodes: Tensor,
-    /// `[1, nodes, 1]`: 1 for owned nodes, 0 for halo.
+    /// `[1, nodes, 1]`: 1 for owned nodes, 0 for halo (in the model's dtype).
     pub owned: Tensor,
     /// Owned nodes: local ids and ids among the inputs' nodes (u32).
     pub owned_local: Tensor,
@@ -31,13 +31,13 @@ pub struct PatchTensors {
 }
 
 impl PatchTensors {
-    /// A patch's tensors on `device` (its subgraph of `full`, node maps and owned mask)
-    /// for inputs whose first node is full-graph grid node `first_node`.
+    /// A patch's tensors on `device` (its subgraph of `full` in `dtype`, node maps and
+    /// owned mask) for inputs whose first node is full-graph grid node `first_node`.
     pub fn new(
         patch: &Patch,
         full: &WeatherGraph,
         first_node: usize,
-        device: &Device,
+        (device, dtype): (&Device, DType),
     ) -> Result<PatchTensors> {
         let n = patch.grid_nodes.len();
         let first = first_node as u32;
@@ -54,9 +54,9 @@ impl PatchTensors {
             .collect();
         let owned = owned_local.len();
         Ok(PatchTensors {
-            graph: GraphTensors::new(&patch.subgraph(full), device, DType::F32)?,
+            graph: GraphTensors::new(&patch.subgraph(full), device, dtype)?,
             nodes: Tensor::from_vec(input_nodes, n, device)?,
-            owned: Tensor::from_vec(mask, (1, n, 1), device)?,
+            owned: Tensor::from_vec(mask, (1, n, 1), device)?.to_dtype(dtype)?,
             owned_local: Tensor::from_vec(owned_local, owned, device)?,
             owned_full: Tensor::from_vec(owned_full, owned, device)?,
         })
@@ -73,14 +73,15 @@ pub struct Patched {
 }
 
 impl Patched {
-    /// Cuts `graph` (over `grid`) into patches and places them on `device`.
+    /// Cuts `graph` (over `grid`) into patches and places them on `device`, in the
+    /// model's `dtype`.
     pub fn split(
         graph: &WeatherGraph,
         grid: &Grid,
         options: &PatchOptions,
-        device: &Device,
+        place: (&Device, DType),
     ) -> anyhow::Result<Vec<PatchTensors>> {
-        Ok(Patched::split_share(graph, grid, options, (0, 1), device)?.0)
+        Ok(Patched::split_share(graph, grid, options, (0, 1), place)?.0)
     }
 
     /// [`Patched::split`], keeping only `rank`'s share of the patches (patch-parallel
@@ -92,7 +93,7 @@ impl Patched {
         grid: &Grid,
         options: &PatchOptions,
         (rank, ranks): (usize, usize),
-        device: &Device,
+        place: (&Device, DType),
     ) -> anyhow::Result<(Vec<PatchTensors>, RowWindow)> {
         let patches = split_into_patches(graph, grid, options)?;
         let sizes = patches.iter().map(|p| p.grid_nodes.len());
@@ -110,7 +111,7 @@ impl Patched {
         };
         let tensors = mine
             .iter()
-            .map(|p| PatchTensors::new(p, graph, window.nodes.start, device))
+            .map(|p| PatchTensors::new(p, graph, window.nodes.start, place))
             .collect::<Result<_>>()?;
         Ok((tensors, window))
     }
@@ -154,7 +155,7 @@ impl Predictor for Patched {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let channels = self.net.config().output_channels;
-        let mut out = Tensor::zeros((b, n, channels), DType::F32, x.device())?;
+        let mut out = Tensor::zeros((b, n, channels), self.net.dtype(), x.device())?;
         for (k, p) in self.patches.iter().enumerate() {
             let nodes = p.graph.grid_nodes.count;
             tracing::debug!(
@@ -167,7 +168,7 @@ impl Predictor for Patched {
                 .net
                 .inference()
                 .forward(&p.graph, &x.index_select(&p.nodes, 1)?)?;
-            let owned = pred.to_dtype(DType::F32)?.index_select(&p.owned_local, 1)?;
+            let owned = pred.index_select(&p.owned_local, 1)?;
             out = out.index_add(&p.owned_full, &owned, 1)?;
         }
         Ok(out)

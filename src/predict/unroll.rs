@@ -20,7 +20,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::gradients::accumulate;
-use super::loss::{loss_weights, weighted_mse};
+use super::loss::{loss_weights, scalar, weighted_mse};
 use super::{inputs, LossTarget, Objective, Predictor, StepGradients};
 use crate::data::{Batch, NormStats};
 
@@ -44,28 +44,32 @@ pub struct RolloutBatch {
 
 impl RolloutBatch {
     /// From a batch with K targets on `cells`; `extras[k]` are step k's extra inputs
-    /// (`[B, nodes, E]`, host), the loss weighted by `lat_w` and `var_w`.
+    /// (`[B, nodes, E]`, host), the loss weighted by `lat_w` and `var_w`. Its tensors
+    /// on `device` in the model's master `dtype`.
     pub fn new(
         batch: &Batch,
         (cells, extras): (&[u32], &[Vec<f32>]),
         (lat_w, var_w): (&[f32], &[f32]),
         stats: &NormStats,
-        device: &Device,
+        (device, dtype): (&Device, DType),
     ) -> Result<RolloutBatch> {
         let k_steps = batch.rollout_steps;
         let (b, n, c) = (batch.len(), cells.len(), batch.channels);
+        let place = (device, dtype);
         let (x, first, first_valid) =
-            inputs::batch_target(batch, (cells, &extras[0]), lat_w, var_w, device)?;
+            inputs::batch_target(batch, (cells, &extras[0]), lat_w, var_w, place)?;
         let mut targets = vec![first];
         for k in 1..k_steps {
-            targets.push(step_target(batch, k, cells, (lat_w, var_w), device)?);
+            targets.push(step_target(batch, k, cells, (lat_w, var_w), place)?);
         }
         for t in &mut targets {
             t.denominator *= k_steps as f64;
         }
         let extras = extras
             .iter()
-            .map(|e| Tensor::from_slice(e, (b, n, e.len() / (b * n).max(1)), device))
+            .map(|e| {
+                Tensor::from_slice(e, (b, n, e.len() / (b * n).max(1)), device)?.to_dtype(dtype)
+            })
             .collect::<Result<_>>()?;
         let scale: Vec<f32> = (0..c)
             .map(|ch| (stats.diff_std[ch] / stats.std[ch]) as f32)
@@ -74,7 +78,7 @@ impl RolloutBatch {
             x,
             targets,
             extras,
-            residual_scale: Tensor::from_vec(scale, c, device)?,
+            residual_scale: Tensor::from_vec(scale, c, device)?.to_dtype(dtype)?,
             first_valid,
             input_steps: batch.input_steps,
             channels: c,
@@ -118,7 +122,7 @@ fn step_target(
     k: usize,
     cells: &[u32],
     (lat_w, var_w): (&[f32], &[f32]),
-    device: &Device,
+    (device, dtype): (&Device, DType),
 ) -> Result<LossTarget> {
     let (b, n, c) = (batch.len(), cells.len(), batch.channels);
     let mut y = Vec::with_capacity(b * n * c);
@@ -132,14 +136,19 @@ fn step_target(
     }
     let (w, entries) = loss_weights(&valid, lat_w, var_w, (b, n, c), device)?;
     let y = Tensor::from_vec(y, (b, n, c), device)?;
-    Ok(LossTarget::new(y, w, entries))
+    Ok(LossTarget::new(
+        y.to_dtype(dtype)?,
+        w.to_dtype(dtype)?,
+        entries,
+    ))
 }
 
 /// A rollout run forward on the inference view: what its backward pass needs.
 pub struct RolloutForward {
     /// Each step's inputs.
     pub inputs: Vec<Tensor>,
-    /// `S_k`, each step's residual sum from the current state `[B, nodes, C]` (f32).
+    /// `S_k`, each step's residual sum from the current state `[B, nodes, C]` (in the
+    /// master dtype).
     pub sums: Vec<Tensor>,
     /// The loss: the mean over the steps.
     pub loss: f64,
@@ -155,13 +164,13 @@ pub fn rollout_forward(predictor: &dyn Predictor, batch: &RolloutBatch) -> Resul
     };
     for k in 0..k_steps {
         let x = batch.step_inputs(k, &out.sums)?;
-        let r = predictor.forward(&x)?.to_dtype(DType::F32)?;
+        let r = predictor.forward(&x)?;
         let sum = match out.sums.last() {
             Some(prev) => (prev + r)?,
             None => r,
         };
         let t = &batch.targets[k];
-        out.loss += weighted_mse(&sum, &t.y, &t.w, t.denominator)?.to_scalar::<f32>()? as f64;
+        out.loss += scalar(&weighted_mse(&sum, &t.y, &t.w, t.denominator)?)?;
         out.inputs.push(x);
         out.sums.push(sum);
     }
@@ -341,7 +350,7 @@ mod tests {
             (&cells, &extras),
             (&lat_w, &[1.0, 0.5]),
             &stats(),
-            &Device::Cpu,
+            (&Device::Cpu, model.network().dtype()),
         )
         .unwrap()
     }
@@ -371,7 +380,7 @@ mod tests {
             halo_deg: 180.0,
         };
         let grid = crate::data::Grid::global_cell_centred(30.0);
-        let patches = Patched::split(&graph, &grid, &options, &Device::Cpu).unwrap();
+        let patches = Patched::split(&graph, &grid, &options, (&Device::Cpu, DType::F32)).unwrap();
         let patched = Patched::new(model.shared_network(), patches);
         assert_close(
             &reference,

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 use super::gradients::step_gradients;
 use super::{Network, Objective, Predictor, StepGradients};
@@ -35,7 +35,7 @@ impl WholeGraph {
         seed: u64,
         device: &Device,
     ) -> anyhow::Result<WholeGraph> {
-        let tensors = GraphTensors::new(graph, device, DType::F32)?;
+        let tensors = GraphTensors::new(graph, device, precision.master_dtype())?;
         let net = Network::initialised(config, precision, &tensors, seed)?;
         Ok(WholeGraph::new(Arc::new(net), tensors))
     }

@@ -41,7 +41,8 @@ pub struct TrainConfig {
     pub patches: usize,
     /// Halo around each patch, degrees of great-circle distance.
     pub patch_halo: f64,
-    /// Activations, matmuls and message passing in bf16 or f16 (f32 master weights).
+    /// Activations, matmuls and message passing in bf16 or f16 (f32 master weights), or
+    /// everything in f64.
     pub mixed_precision: MixedPrecision,
     /// f16: the dynamic loss scaler's first scale, and clean steps before it doubles.
     pub initial_loss_scale: f64,

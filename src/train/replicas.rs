@@ -35,16 +35,16 @@ pub fn broadcast_state(collective: &dyn Collective, optimizer: &mut AdamW) -> an
         bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     }
     collective.broadcast_bytes(&mut bytes)?;
-    let expected = 8 + 12 * optimizer.len();
+    let expected = 8 + 24 * optimizer.len();
     anyhow::ensure!(
         bytes.len() == expected,
         "rank 0 sent {} bytes of model state, this rank's model needs {expected}: the ranks built different models",
         bytes.len()
     );
     optimizer.step_t = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
-    let values: Vec<f32> = bytes[8..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    let values: Vec<f64> = bytes[8..]
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
         .collect();
     optimizer.set_state_values(values)?;
     Ok(())
@@ -93,12 +93,12 @@ fn ranks_differing(collective: &dyn Collective, mine: &[u8]) -> anyhow::Result<u
     Ok(differing[0] as usize)
 }
 
-/// FNV-1a over the weights' f32 bits.
+/// FNV-1a over the weights' bits (as f64: exact for f32 weights).
 fn fingerprint(optimizer: &AdamW) -> anyhow::Result<u64> {
     let values = optimizer
         .weights()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for byte in values.iter().flat_map(|v| v.to_bits().to_le_bytes()) {
         hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);

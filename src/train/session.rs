@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::config::RunConfig;
 use crate::data::time::Instant;
@@ -133,7 +133,7 @@ impl Session {
             (&self.batch_cells, &extras),
             lat_w,
             var_w,
-            &self.device,
+            (&self.device, self.network().dtype()),
         )?;
         let Some(owned) = self.predictor.owned_nodes() else {
             return Ok((x, target, valid));
@@ -181,15 +181,16 @@ impl Session {
             (&self.batch_cells, &extras),
             weights,
             stats,
-            &self.device,
+            (&self.device, self.network().dtype()),
         )?)
     }
 
     /// Memory of a training run: parameters, the optimizer's arena (AdamW moments) and
-    /// gradients (f32), the
-    /// graph (or patch graphs) on the device, against the measured peak and `baseline`.
+    /// gradients (in the master dtype), the graph (or patch graphs) on the device,
+    /// against the measured peak and `baseline`.
     pub fn memory_breakdown(&self, baseline: Option<u64>) -> crate::memory::MemoryBreakdown {
-        let params = self.network().parameter_count() as u64 * 4;
+        let net = self.network();
+        let params = (net.parameter_count() * net.dtype().size_in_bytes()) as u64;
         let graph = self.predictor.graph_bytes() as u64;
         let peak = crate::memory::peak_on(&self.device).map(|p| p as u64);
         let arena = crate::memory::planner::OPTIMIZER_ARENA_ROWS * params;
@@ -226,13 +227,14 @@ fn predictor(
 ) -> anyhow::Result<(Box<dyn Predictor>, RowWindow)> {
     let precision = execution.precision;
     let Some(options) = &execution.patches else {
-        let tensors = GraphTensors::new(graph, device, DType::F32)?;
+        let tensors = GraphTensors::new(graph, device, precision.master_dtype())?;
         let net = Network::new(run.model.clone(), precision, &tensors)?;
         let whole = WholeGraph::new(Arc::new(net), tensors);
         return Ok((Box::new(whole), RowWindow::all(graph, grid)));
     };
     let share = execution.patch_share;
-    let (patches, window) = Patched::split_share(graph, grid, options, share, device)?;
+    let place = (device, precision.master_dtype());
+    let (patches, window) = Patched::split_share(graph, grid, options, share, place)?;
     let net = Network::new(run.model.clone(), precision, &patches[0].graph)?;
     let patched = Patched::new(Arc::new(net), patches);
     Ok(match share.1 > 1 {

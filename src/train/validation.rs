@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor};
 
 use crate::data::{Batch, BatchLoader, NormStats, Prefetch, WindowSpec};
 use crate::distributed::{shard, Collective};
-use crate::predict::loss::weighted_mse;
+use crate::predict::loss::{scalar, weighted_mse};
 use crate::predict::unroll::rollout_forward;
 use crate::predict::LossTarget;
 
@@ -153,7 +153,7 @@ fn batch_errors(
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
     };
     let squared = |pred: &Tensor, t: &LossTarget| -> candle_core::Result<(f64, f64)> {
-        let sum = weighted_mse(pred, &t.y, &t.w, 1.0)?.to_scalar::<f32>()? as f64;
+        let sum = scalar(&weighted_mse(pred, &t.y, &t.w, 1.0)?)?;
         Ok((sum, t.entries as f64))
     };
     if batch.rollout_steps > 1 {

@@ -11,12 +11,12 @@ pub const RTOL: f64 = 1e-5;
 pub const ATOL: f64 = 1e-5;
 
 /// Verification tolerances against the f32 reference, `(rtol, atol)` with `atol` a
-/// fraction of the largest reference output: f32 cases must agree to rounding, element
+/// fraction of the largest reference output: f32 (and f64) cases must agree to f32 rounding, element
 /// by element; low-precision cases within their mantissa's reach (bf16 8 bits, f16 11
 /// bits) of the largest reference output.
 pub fn tolerances(p: MixedPrecision) -> (f64, f64) {
     match p {
-        MixedPrecision::Off => (RTOL, ATOL),
+        MixedPrecision::Off | MixedPrecision::F64 => (RTOL, ATOL),
         MixedPrecision::Bf16 => (5e-2, 1e-6),
         MixedPrecision::F16 => (1e-2, 1e-6),
     }

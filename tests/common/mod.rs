@@ -313,3 +313,43 @@ pub fn assert_band_reads_rows(
         }
     }
 }
+
+/// Every parameter of the run's `last` checkpoint, by name (as f64: f32 runs' exactly).
+pub fn checkpoint_weights(run: &Path) -> Vec<(String, Vec<f64>)> {
+    let dir = run.join("checkpoints");
+    let meta = read_json(&dir.join("last.json"));
+    let file = dir.join(meta["weights_file"].as_str().unwrap());
+    let mut tensors: Vec<_> = candle_core::safetensors::load(file, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let t = t.flatten_all().unwrap().to_dtype(candle_core::DType::F64);
+            (name, t.unwrap().to_vec1::<f64>().unwrap())
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+/// The dtype of the run's `last` checkpoint's parameters.
+pub fn checkpoint_dtype(run: &Path) -> candle_core::DType {
+    let dir = run.join("checkpoints");
+    let meta = read_json(&dir.join("last.json"));
+    let file = dir.join(meta["weights_file"].as_str().unwrap());
+    let tensors = candle_core::safetensors::load(file, &candle_core::Device::Cpu).unwrap();
+    tensors.values().next().unwrap().dtype()
+}
+
+/// The largest difference between two runs' parameters.
+pub fn largest_difference(a: &Path, b: &Path) -> f64 {
+    let (wa, wb) = (checkpoint_weights(a), checkpoint_weights(b));
+    assert_eq!(wa.len(), wb.len());
+    let mut worst = 0f64;
+    for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}

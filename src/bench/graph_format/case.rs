@@ -1,7 +1,7 @@
 //! One case: its model built from the seed, verified against the reference format on
 //! the inference view, then timed (forward passes and training steps) with its memory.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::plan::{plan_grid_key, precision_name, BenchPlan};
 use super::LEARNING_RATE;
@@ -204,7 +204,7 @@ fn measure_case(
 ) -> anyhow::Result<()> {
     let predictor = build_model(inputs.graph, cfg, plan.seed, device)?;
     let net = predictor.network();
-    let param_bytes = net.parameter_count() * DType::F32.size_in_bytes();
+    let param_bytes = net.parameter_count() * net.dtype().size_in_bytes();
     result.model = ModelSize {
         parameters: net.parameter_count(),
         bytes: param_bytes,
@@ -417,7 +417,12 @@ pub(super) fn patch_boundary_errors(
             n_patches: plan.boundary_patches,
             halo_deg,
         };
-        let patches = Patched::split(graph, grid, &options, device)?;
+        let patches = Patched::split(
+            graph,
+            grid,
+            &options,
+            (device, whole_graph.network().dtype()),
+        )?;
         let largest = patches
             .iter()
             .map(|p| p.graph.grid_nodes.count)

@@ -18,6 +18,11 @@ pub(super) fn fit_budget(
     on_cpu: bool,
 ) -> anyhow::Result<()> {
     use crate::memory::planner::{fit_budget, human_bytes, StepSetting};
+    if train_cfg.mixed_precision == crate::model::MixedPrecision::F64 {
+        crate::bail_input!(
+            "--memory-budget chooses the precision (f32 or bf16): it cannot keep --mixed-precision f64"
+        );
+    }
     let valid = dataset.ever_valid(0..dataset.time.len())?;
     let (graph, _, _) = crate::graph::load_or_build(
         &dataset.grid,

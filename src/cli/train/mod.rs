@@ -98,7 +98,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub patch_halo: Option<f64>,
     /// Run activations, matmuls and message passing in bf16 or f16 (weights and optimizer
-    /// stay f32; f16 scales the loss dynamically and skips steps whose gradients overflow).
+    /// stay f32; f16 scales the loss dynamically and skips steps whose gradients overflow);
+    /// f64: everything, weights and optimizer too, in float64 (a reference run; slow).
     #[arg(long, value_parser = choice::<crate::model::MixedPrecision>())]
     pub mixed_precision: Option<crate::model::MixedPrecision>,
     /// f16: the loss scaler's starting scale (halved on overflow, doubled after

@@ -130,14 +130,15 @@ impl AdamW {
         Ok((view(0)?, view(1)?))
     }
 
-    /// The weights, then the moments, as f32 values: what rank 0 sends the others.
-    pub fn state_values(&self) -> Result<Vec<f32>> {
+    /// The weights, then the moments, as f64 values (exact for f32 state): what rank 0
+    /// sends the others.
+    pub fn state_values(&self) -> Result<Vec<f64>> {
         let all = Tensor::cat(&[&self.weights()?, &self.state.flatten_all()?], 0)?;
-        all.to_dtype(DType::F32)?.to_vec1()
+        all.to_dtype(DType::F64)?.to_vec1()
     }
 
     /// Takes `values` (as [`Self::state_values`] gives them) as the weights and moments.
-    pub fn set_state_values(&mut self, values: Vec<f32>) -> Result<()> {
+    pub fn set_state_values(&mut self, values: Vec<f64>) -> Result<()> {
         let n = self.len();
         let device = self.state.device().clone();
         let all = Tensor::from_vec(values, 3 * n, &device)?.to_dtype(self.state.dtype())?;
