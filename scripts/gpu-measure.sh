@@ -21,7 +21,13 @@
 #             ranks sharing the GPU, against one process
 #   ops       every custom op's test_device! test on the GPU (forward and backward
 #             against the CPU reference: CSR segment sum, gather-sum, LayerNorm, fused
-#             AdamW), from the test binary build-cuda.sh makes; a missing GPU fails
+#             AdamW, the dense op, residual + LayerNorm, the LayerNorm backward kernel),
+#             from the test binary build-cuda.sh makes; a missing GPU fails
+#   fused     issue #16: the fused ops on CUDA (--cuda-fused-ops) against the composed
+#             ops: the PyTorch check of a GPU-computed step with them, the bars side by
+#             side with PyTorch (5 deg batch 8, 2.5 deg batch 4, csr-shared, f32 and
+#             bf16, latent 128, 8 layers), composed then fused, and the 1-degree peaks
+#             (batch 1, 16 layers, checkpointing, f32 and bf16) both ways
 #   Env: PYTHON (default python3) must import torch for the PyTorch parts;
 #   CUDA_COUNTS_LIB (default target/cuda/carry/libcuda_counts.so) and CUDA_TESTS
 #   (default target/cuda/carry/meshcast-cuda-tests.xz), from the repository root.
@@ -154,6 +160,26 @@ PY
       else
         echo "gpu-measure: no $counter (scripts/build-cuda.sh builds it): calls not counted"
       fi
+      ;;
+    fused)
+      py=${PYTHON:-python3}
+      exp="$work/export-fused"
+      MESHCAST_CUDA_FUSED_OPS=1 "$bin" export-reference --device cuda --synthetic-grid 5 --latent-size 64 \
+        --num-gnn-layers 4 --batch-size 2 --out "$exp"
+      "$py" scripts/pytorch_reference.py check "$exp" | tee "$out/pytorch-check-fused.txt" \
+        || echo "gpu-measure: the PyTorch check with the fused ops failed (exit $?)"
+      for case in "5 8" "2.5 4"; do
+        read -r grid batch <<<"$case"
+        steps=(--grids "$grid" --batch-sizes "$batch" --formats csr-shared --precisions off,bf16
+          --num-gnn-layers 8 --warmup-steps 3 --timed-steps 10 --forward-repeats 3)
+        "$py" scripts/pytorch_reference.py bench --meshcast "$bin" --out-dir "$out/fused-$grid" \
+          -- --device cuda --label "gpu-composed-$grid" "${steps[@]}" || echo "gpu-measure: bench exit $?"
+        MESHCAST_CUDA_FUSED_OPS=1 bench --label "gpu-fused-$grid" "${steps[@]}"
+      done
+      peaks=(--grids 1 --batch-sizes 1 --formats csr-shared --precisions off,bf16 --checkpointing true
+        --num-gnn-layers 16 --warmup-steps 1 --timed-steps 3 --forward-repeats 1)
+      bench --label gpu-peaks-1-composed "${peaks[@]}"
+      MESHCAST_CUDA_FUSED_OPS=1 bench --label gpu-peaks-1-fused "${peaks[@]}"
       ;;
     *) echo "gpu-measure: unknown part '$part'" >&2; exit 2 ;;
   esac

@@ -328,3 +328,36 @@ fn cuda_device_on_a_cpu_build() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The CUDA options on the CPU: one line naming them, as flags or from the environment
+/// (`1`, `true`, `on` set them; `0` does not).
+#[test]
+fn cuda_options_on_the_cpu() {
+    let describe = [
+        "-q",
+        "describe-graph",
+        "--global-grid",
+        "10",
+        "--no-graph-cache",
+    ];
+    let out = meshcast()
+        .args(["--tf32", "--cuda-fused-ops"])
+        .args(describe)
+        .output()
+        .unwrap();
+    assert_bad_input(&out, &["--tf32 and --cuda-fused-ops need --device cuda"]);
+    for on in ["1", "true", "on"] {
+        let out = meshcast()
+            .env("MESHCAST_CUDA_FUSED_OPS", on)
+            .args(describe)
+            .output()
+            .unwrap();
+        assert_bad_input(&out, &["--cuda-fused-ops needs --device cuda"]);
+    }
+    let off = meshcast()
+        .env("MESHCAST_TF32", "0")
+        .args(describe)
+        .output()
+        .unwrap();
+    succeeded(&off);
+}

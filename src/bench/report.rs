@@ -250,6 +250,9 @@ pub struct RunSettings {
     /// `verify::tolerance::TF32_TOLERANCES`).
     #[serde(default)]
     pub tf32: bool,
+    /// CUDA ran meshcast's fused ops (`--cuda-fused-ops`), not the composed candle ops.
+    #[serde(default)]
+    pub cuda_fused_ops: bool,
 }
 
 /// A whole benchmark run.
@@ -389,6 +392,7 @@ pub mod tests {
                 atol: 1e-6,
                 data: "uniform".into(),
                 tf32: false,
+                cuda_fused_ops: false,
             },
             cases: vec![CaseResult {
                 config,

@@ -18,6 +18,7 @@ mod train;
 use std::process::ExitCode;
 use std::rc::Rc;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 
 use crate::device::DeviceSpec;
@@ -49,8 +50,13 @@ pub struct Cli {
     /// Let CUDA run f32 matmuls on TF32 tensor cores (10-bit mantissa inputs, f32
     /// accumulation): faster, about 1e-3 relative error per product. Off by default, as
     /// in PyTorch.
-    #[arg(long, global = true, env = "MESHCAST_TF32")]
+    #[arg(long, global = true, env = "MESHCAST_TF32", value_parser = BoolishValueParser::new())]
     pub tf32: bool,
+    /// Run meshcast's fused ops on CUDA (the dense layer and residual + LayerNorm keep
+    /// only their inputs for the backward pass: less activation memory). Off by default
+    /// until a GPU run has verified them; the CPU always runs its fused kernels.
+    #[arg(long, global = true, env = "MESHCAST_CUDA_FUSED_OPS", value_parser = BoolishValueParser::new())]
+    pub cuda_fused_ops: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,7 +136,11 @@ pub fn main() -> ExitCode {
     let _rank = (collective.size() > 1)
         .then(|| tracing::info_span!("rank", r = collective.rank()).entered());
     // Opened once here so a device that cannot be had fails before any work.
-    let result = cli.device.open(cli.tf32).and_then(|device| {
+    let cuda = crate::device::CudaOptions {
+        tf32: cli.tf32,
+        fused_ops: cli.cuda_fused_ops,
+    };
+    let result = cli.device.open(cuda).and_then(|device| {
         tracing::debug!("device: {device:?}");
         if collective.transport() == "nccl" && device.is_cpu() {
             crate::bail_input!(

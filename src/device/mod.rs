@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
 
@@ -56,25 +57,61 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// How a CUDA device computes (the flags `--tf32` and `--cuda-fused-ops`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// f32 matmuls on TF32 tensor cores.
+    pub tf32: bool,
+    /// meshcast's fused ops on CUDA (see [`cuda_fused_ops`]).
+    pub fused_ops: bool,
+}
+
+impl CudaOptions {
+    /// The flags set, as the user spelled them.
+    fn flags(self) -> Vec<&'static str> {
+        [(self.tf32, "--tf32"), (self.fused_ops, "--cuda-fused-ops")]
+            .into_iter()
+            .filter_map(|(on, flag)| on.then_some(flag))
+            .collect()
+    }
+}
+
+/// Set when a CUDA device opens with [`CudaOptions::fused_ops`].
+static CUDA_FUSED_OPS: AtomicBool = AtomicBool::new(false);
+
+/// Whether CUDA runs meshcast's fused ops (the dense layer and residual + LayerNorm,
+/// each keeping only its inputs for the backward pass) instead of the composed candle
+/// ops. Off by default until a GPU run has verified them against the composed ops
+/// (`scripts/gpu-measure.sh ... fused`); the CPU always runs its own fused kernels.
+pub fn cuda_fused_ops() -> bool {
+    CUDA_FUSED_OPS.load(Ordering::Relaxed)
+}
+
 impl DeviceSpec {
-    /// Opens the device; `tf32` lets CUDA run f32 matmuls on TF32 tensor cores. An
-    /// explicit `cuda` request on a binary without CUDA, or on a machine without a GPU,
-    /// is an input error, as is `--tf32` on the CPU; `auto` falls back to the CPU.
-    pub fn open(self, tf32: bool) -> anyhow::Result<Device> {
-        if self == DeviceSpec::Cpu && tf32 {
-            return Err(InputError(
-                "--tf32 needs --device cuda: TF32 is a tensor-core format of NVIDIA GPUs, the CPU computes f32 in full"
-                    .into(),
-            )
+    /// Opens the device with `options` for CUDA. An explicit `cuda` request on a
+    /// binary without CUDA, or on a machine without a GPU, is an input error, as is a
+    /// CUDA option on the CPU; `auto` falls back to the CPU (with a warning).
+    pub fn open(self, options: CudaOptions) -> anyhow::Result<Device> {
+        let flags = options.flags();
+        if self == DeviceSpec::Cpu && !flags.is_empty() {
+            return Err(InputError(format!(
+                "{} {} --device cuda: TF32 and the CUDA fused ops are for NVIDIA GPUs (the CPU computes f32 in full and always runs its own fused kernels)",
+                flags.join(" and "),
+                if flags.len() > 1 { "need" } else { "needs" }
+            ))
             .into());
         }
         let device = self.open_plain()?;
         match &device {
-            Device::Cpu if tf32 => {
-                tracing::warn!("--tf32: no GPU answered, so f32 matmuls run in full on the CPU")
-            }
+            Device::Cpu if !flags.is_empty() => tracing::warn!(
+                "{}: no GPU answered, so the CPU computes as it always does",
+                flags.join(" and ")
+            ),
             #[cfg(feature = "cuda")]
-            Device::Cuda(cuda) => prepare_cuda(cuda, self.ordinal(), tf32)?,
+            Device::Cuda(cuda) => {
+                prepare_cuda(cuda, self.ordinal(), options.tf32)?;
+                CUDA_FUSED_OPS.store(options.fused_ops, Ordering::Relaxed);
+            }
             _ => {}
         }
         Ok(device)
@@ -186,10 +223,26 @@ mod tests {
     #[test]
     fn auto_falls_back_to_cpu_without_cuda() {
         if !candle_core::utils::cuda_is_available() {
-            assert!(DeviceSpec::Auto.open(false).unwrap().is_cpu());
-            assert!(DeviceSpec::Auto.open(true).unwrap().is_cpu());
-            assert!(DeviceSpec::Cuda(0).open(false).is_err());
+            let tf32 = CudaOptions {
+                tf32: true,
+                ..CudaOptions::default()
+            };
+            assert!(DeviceSpec::Auto
+                .open(CudaOptions::default())
+                .unwrap()
+                .is_cpu());
+            assert!(DeviceSpec::Auto.open(tf32).unwrap().is_cpu());
+            assert!(DeviceSpec::Cuda(0).open(CudaOptions::default()).is_err());
         }
-        assert!(DeviceSpec::Cpu.open(true).is_err());
+        let fused = CudaOptions {
+            fused_ops: true,
+            ..CudaOptions::default()
+        };
+        let refused = DeviceSpec::Cpu.open(fused).unwrap_err().to_string();
+        assert!(
+            refused.starts_with("--cuda-fused-ops needs --device cuda"),
+            "{refused}"
+        );
+        assert!(!cuda_fused_ops());
     }
 }

@@ -106,7 +106,9 @@ pub struct StepShape {
 
 impl StepShape {
     /// Whether the step runs the fused CPU kernels: the model's rule for its activations
-    /// (f32 master weights in the precision's compute dtype).
+    /// (f32 master weights in the precision's compute dtype). On CUDA the composed ops'
+    /// coefficients apply even under `--cuda-fused-ops`, whose peaks no GPU run has
+    /// measured yet (they keep less: the prediction is an upper bound there).
     pub fn fused_kernels(&self) -> bool {
         fused_kernels_run(
             self.on_cpu,

@@ -9,10 +9,14 @@
 //! the `gemm` crate that candle's own CPU matmul uses, starting from the bias, so the
 //! bias costs no extra pass either.
 //!
-//! The fused path is for f32 and f64 on the CPU; elsewhere (CUDA, half precision)
-//! [`dense`] composes the same function from candle ops.
+//! The fused path is for f32 and f64 on the CPU, and for every float dtype on CUDA
+//! under `--cuda-fused-ops` ([`crate::device::cuda_fused_ops`]), where the forward pass
+//! is composed from the backend's own kernels (SiLU, cuBLAS, a broadcast add) with
+//! every temporary freed on return. Elsewhere [`dense`] composes the same function
+//! from candle ops.
 
 use candle_core::backend::BackendStorage;
+use candle_core::op::{Add, Silu};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Linear, Module};
 
@@ -31,10 +35,22 @@ pub fn runs_fused(x: &Tensor, others: &[&Tensor]) -> bool {
         && others.iter().all(|t| t.dtype() == x.dtype())
 }
 
+/// Whether `x` is on a CUDA device that runs meshcast's fused ops (`--cuda-fused-ops`).
+pub fn cuda_runs_fused(x: &Tensor) -> bool {
+    x.device().is_cuda() && crate::device::cuda_fused_ops()
+}
+
+/// Whether [`dense`] runs [`DenseOp`] on `x` with `others` (of its dtype): the CPU
+/// kernels, or CUDA's with `--cuda-fused-ops`. The MLP's choice between one product
+/// over its concatenated inputs and one per part follows it too.
+pub fn dense_runs_fused(x: &Tensor, others: &[&Tensor]) -> bool {
+    runs_fused(x, others) || (cuda_runs_fused(x) && others.iter().all(|t| t.dtype() == x.dtype()))
+}
+
 /// `act(x) W^T + b` for `x` `[.., in]`, `weight` `[out, in]` and `bias` `[out]`, where
 /// `act` is SiLU when `silu_input` and the identity otherwise.
 pub fn dense(x: &Tensor, weight: &Tensor, bias: &Tensor, silu_input: bool) -> Result<Tensor> {
-    if runs_fused(x, &[weight, bias]) {
+    if dense_runs_fused(x, &[weight, bias]) {
         return x
             .contiguous()?
             .apply_op3(&weight.contiguous()?, bias, DenseOp { silu_input });
@@ -43,12 +59,82 @@ pub fn dense(x: &Tensor, weight: &Tensor, bias: &Tensor, silu_input: bool) -> Re
     Linear::new(weight.clone(), Some(bias.clone())).forward(&x)
 }
 
-/// The op behind [`dense`] (CPU, f32 and f64, contiguous operands).
+/// The op behind [`dense`] (CPU: f32 and f64; CUDA: any float dtype; contiguous
+/// operands).
 pub struct DenseOp {
     pub silu_input: bool,
 }
 
 impl DenseOp {
+    /// The output's dims and `(rows, inputs, outputs)`, or an error for operands that
+    /// do not fit together.
+    fn check(
+        x: &Layout,
+        weight: &Layout,
+        bias: &Layout,
+    ) -> Result<(Vec<usize>, (usize, usize, usize))> {
+        let (outputs, inputs) = weight.shape().dims2()?;
+        let dims = x.shape().dims();
+        if dims.last() != Some(&inputs) || bias.shape().dims() != [outputs] {
+            bail!(
+                "dense: input {:?}, weight {:?}, bias {:?}",
+                dims,
+                weight.shape().dims(),
+                bias.shape().dims()
+            );
+        }
+        let rows = x.shape().elem_count() / inputs.max(1);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked above") = outputs;
+        Ok((out_dims, (rows, inputs, outputs)))
+    }
+
+    /// The forward pass from the backend's own kernels (CUDA's; tested on the CPU's):
+    /// SiLU, one product with `W^T` read in place, and the bias broadcast over the
+    /// rows. The activated input and the product are freed on return, so autograd
+    /// keeps only the op's operands and output.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn storage_forward<S: BackendStorage>(
+        &self,
+        (x, x_layout): (&S, &Layout),
+        (weight, weight_layout): (&S, &Layout),
+        (bias, bias_layout): (&S, &Layout),
+    ) -> Result<(S, Shape)> {
+        let (out_dims, (rows, inputs, outputs)) =
+            Self::check(x_layout, weight_layout, bias_layout)?;
+        if !(x_layout.is_contiguous()
+            && weight_layout.is_contiguous()
+            && bias_layout.is_contiguous())
+        {
+            bail!("dense: contiguous operands only")
+        }
+        let lhs_layout = Layout::contiguous_with_offset((rows, inputs), x_layout.start_offset());
+        let activated = match self.silu_input {
+            true => Some(x.unary_impl::<Silu>(&lhs_layout)?),
+            false => None,
+        };
+        let (lhs, lhs_layout) = match &activated {
+            Some(a) => (a, Layout::contiguous((rows, inputs))),
+            None => (x, lhs_layout),
+        };
+        // W^T: the weight `[outputs, inputs]` read column by column.
+        let transposed = Layout::new(
+            Shape::from((inputs, outputs)),
+            vec![1, inputs],
+            weight_layout.start_offset(),
+        );
+        let product = lhs.matmul(weight, (1, rows, outputs, inputs), &lhs_layout, &transposed)?;
+        drop(activated);
+        let over_rows = Layout::new(
+            Shape::from((rows, outputs)),
+            vec![0, 1],
+            bias_layout.start_offset(),
+        );
+        let out =
+            product.binary_impl::<Add>(bias, &Layout::contiguous((rows, outputs)), &over_rows)?;
+        Ok((out, Shape::from(out_dims)))
+    }
+
     fn forward<T: KernelFloat>(
         &self,
         x: &[T],
@@ -144,6 +230,15 @@ fn silu_backward<T: KernelFloat>(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, x.shape(), x.device())
 }
 
+/// `grad * silu'(x)` from candle ops (CUDA; the CPU has [`silu_backward`]), with
+/// `silu'(x) = s (1 + x (1 - s))` for `s = sigmoid(x)`: transient tensors of the
+/// backward pass only.
+fn silu_backward_composed(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let s = candle_nn::ops::sigmoid(x)?;
+    let derivative = ((x * (1.0 - &s)?)? + 1.0)?.mul(&s)?;
+    grad.mul(&derivative)
+}
+
 impl CustomOp3 for DenseOp {
     fn name(&self) -> &'static str {
         "meshcast-dense"
@@ -158,18 +253,7 @@ impl CustomOp3 for DenseOp {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (outputs, inputs) = weight_layout.shape().dims2()?;
-        let dims = x_layout.shape().dims();
-        if dims.last() != Some(&inputs) || bias_layout.shape().dims() != [outputs] {
-            bail!(
-                "dense: input {:?}, weight {:?}, bias {:?}",
-                dims,
-                weight_layout.shape().dims(),
-                bias_layout.shape().dims()
-            );
-        }
-        let rows = x_layout.shape().elem_count() / inputs.max(1);
-        let sizes = (rows, inputs, outputs);
+        let (out_dims, sizes) = Self::check(x_layout, weight_layout, bias_layout)?;
         macro_rules! run {
             ($t:ty, $variant:ident) => {
                 CpuStorage::$variant(self.forward::<$t>(
@@ -185,9 +269,20 @@ impl CustomOp3 for DenseOp {
             DType::F64 => run!(f64, F64),
             other => bail!("dense: f32 or f64, got {other:?}"),
         };
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("checked above") = outputs;
         Ok((out, Shape::from(out_dims)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        weight: &candle_core::CudaStorage,
+        weight_layout: &Layout,
+        bias: &candle_core::CudaStorage,
+        bias_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.storage_forward((x, x_layout), (weight, weight_layout), (bias, bias_layout))
     }
 
     fn bwd(
@@ -214,11 +309,11 @@ impl CustomOp3 for DenseOp {
         drop(activated);
         let dbias = grad.sum(0)?;
         let dactivated = grad.matmul(&weight)?;
-        let dx = match (self.silu_input, x.dtype()) {
-            (false, _) => dactivated,
-            (true, DType::F32) => silu_backward::<f32>(&dactivated, &x)?,
-            (true, DType::F64) => silu_backward::<f64>(&dactivated, &x)?,
-            (true, other) => bail!("dense: f32 or f64, got {other:?}"),
+        let dx = match (self.silu_input, x.device().is_cpu(), x.dtype()) {
+            (false, _, _) => dactivated,
+            (true, true, DType::F32) => silu_backward::<f32>(&dactivated, &x)?,
+            (true, true, DType::F64) => silu_backward::<f64>(&dactivated, &x)?,
+            (true, _, _) => silu_backward_composed(&dactivated, &x)?,
         };
         Ok((Some(dx.reshape(x_shape)?), Some(dweight), Some(dbias)))
     }
@@ -227,8 +322,8 @@ impl CustomOp3 for DenseOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{check_gradients, random_tensor};
-    use candle_core::{Device, Var};
+    use crate::model::testing::{check_gradients, random_tensor, test_device};
+    use candle_core::{Device, Storage, Var};
     use candle_nn::{VarBuilder, VarMap};
 
     fn composed(x: &Tensor, w: &Tensor, b: &Tensor, silu: bool) -> Result<Tensor> {
@@ -298,4 +393,90 @@ mod tests {
         }
         Ok(())
     }
+
+    /// The backend-kernel forward pass (what CUDA runs) on the CPU's kernels equals the
+    /// CPU's fused kernel, with an offset input and both activations.
+    #[test]
+    fn the_backend_forward_equals_the_cpu_kernel() -> Result<()> {
+        let x = random_tensor(&[3, 2, 50, 24], DType::F32, 1)?.get(1)?;
+        let w = random_tensor(&[2, 40, 24], DType::F32, 2)?.get(1)?;
+        let b = random_tensor(&[3, 40], DType::F32, 3)?.get(2)?;
+        for silu_input in [false, true] {
+            let op = DenseOp { silu_input };
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let (bs, bl) = b.storage_and_layout();
+            let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(bs)) = (&*xs, &*ws, &*bs) else {
+                unreachable!("CPU tensors")
+            };
+            let (out, shape) = op.storage_forward((xs, xl), (ws, wl), (bs, bl))?;
+            assert_eq!(shape.dims(), &[2, 50, 40]);
+            let kernel = x.apply_op3(&w, &b, DenseOp { silu_input })?;
+            let backend = Tensor::from_vec(out.as_slice::<f32>()?.to_vec(), shape, &Device::Cpu)?;
+            assert!(max_relative(&backend, &kernel)? < 1e-6, "silu {silu_input}");
+        }
+        Ok(())
+    }
+
+    /// The backward pass's SiLU derivative from candle ops (CUDA's) equals the CPU's kernel.
+    #[test]
+    fn the_composed_silu_derivative_equals_the_kernel() -> Result<()> {
+        let x = (random_tensor(&[30, 70], DType::F64, 4)? * 6.0)?;
+        let g = random_tensor(&[30, 70], DType::F64, 5)?;
+        let composed = silu_backward_composed(&g, &x)?;
+        let kernel = silu_backward::<f64>(&g, &x)?;
+        assert!(max_relative(&composed, &kernel)? < 1e-12);
+        Ok(())
+    }
+
+    /// [`DenseOp`] on `device` (its CUDA kernels run whatever `--cuda-fused-ops` says),
+    /// outputs and gradients against candle's composed ops on the CPU in f64.
+    fn the_op_matches_the_composed_layer_in_every_dtype(device: &Device) -> Result<()> {
+        let dtypes: &[(DType, f64)] = match device.is_cpu() {
+            true => &[(DType::F32, 1e-5), (DType::F64, 1e-12)],
+            false => &[(DType::F32, 1e-5), (DType::BF16, 3e-2), (DType::F16, 5e-3)],
+        };
+        let x64 = random_tensor(&[2, 300, 48], DType::F64, 6)?;
+        let w64 = random_tensor(&[40, 48], DType::F64, 7)?;
+        let b64 = random_tensor(&[40], DType::F64, 8)?;
+        let r64 = random_tensor(&[2, 300, 40], DType::F64, 9)?;
+        for &(dtype, tol) in dtypes {
+            for silu_input in [false, true] {
+                let here = |t: &Tensor| Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?);
+                let (x, w, b) = (here(&x64)?, here(&w64)?, here(&b64)?);
+                let y = x.apply_op3(&w, &b, DenseOp { silu_input })?;
+                let r = r64.to_dtype(dtype)?.to_device(device)?;
+                let grads = (&y * &r)?.sum_all()?.backward()?;
+                // The reference: the operands as the device saw them, in f64.
+                let exact =
+                    |v: &Var| Var::from_tensor(&v.to_device(&Device::Cpu)?.to_dtype(DType::F64)?);
+                let (xe, we, be) = (exact(&x)?, exact(&w)?, exact(&b)?);
+                let expected = composed(&xe, &we, &be, silu_input)?;
+                let on_cpu = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F64);
+                let case = format!("{dtype:?}, silu {silu_input}");
+                assert!(
+                    max_relative(&on_cpu(&y)?, &expected)? < tol,
+                    "{case}: forward"
+                );
+                let expected_grads = (expected * &r64)?.sum_all()?.backward()?;
+                for (mine, theirs) in [(&x, &xe), (&w, &we), (&b, &be)] {
+                    let g = grads.get(mine.as_tensor()).expect("a gradient");
+                    assert_eq!(g.dtype(), dtype);
+                    assert!(!g.track_op(), "{case}: the gradient holds the graph");
+                    let e = expected_grads.get(theirs.as_tensor()).expect("a gradient");
+                    assert!(
+                        max_relative(&on_cpu(g)?, e)? < 4.0 * tol,
+                        "{case}: gradient"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    test_device!(
+        the_op_matches_the_composed_layer_in_every_dtype,
+        the_op_matches_the_composed_layer_in_every_dtype_cpu,
+        the_op_matches_the_composed_layer_in_every_dtype_cuda
+    );
 }

@@ -13,7 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, Context, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::{Init, Module, VarBuilder};
 
-use super::dense::runs_fused;
+use super::dense::{cuda_runs_fused, runs_fused};
 use super::row_kernels::{cpu_values, fill_rows, KernelFloat};
 
 /// Added to the variance before the square root, as in PyTorch's default.
@@ -39,15 +39,19 @@ impl LayerNorm {
 
 impl LayerNorm {
     /// `residual + LayerNorm(x)`, with `residual` of `x`'s shape or broadcasting over
-    /// `x`'s first dimension. On the CPU in f32 and f64 one op ([`ResidualLayerNormOp`]):
-    /// the normalised rows are never kept, only `x` and the sum.
+    /// `x`'s first dimension. On the CPU in f32 and f64, and on CUDA under
+    /// `--cuda-fused-ops`, one op ([`ResidualLayerNormOp`]): the normalised rows are
+    /// never kept, only `x` and the sum.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let broadcasts = residual.rank() == dims.len()
             && residual.dims().first() == Some(&1)
             && residual.dims()[1..] == dims[1..];
-        let fused =
-            runs_fused(x, &[residual, &self.weight]) && (residual.dims() == dims || broadcasts);
+        let on_cuda = cuda_runs_fused(x)
+            && residual.dtype() == x.dtype()
+            && cuda_norm_dtypes(x.dtype(), self.weight.dtype());
+        let fused = (runs_fused(x, &[residual, &self.weight]) || on_cuda)
+            && (residual.dims() == dims || broadcasts);
         if !fused {
             return residual.broadcast_add(&self.forward(x)?);
         }
@@ -179,11 +183,61 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
-/// `residual + LayerNorm(x)` on the CPU (f32, f64), with `affine` the stacked
-/// `[weight, bias]` (`[2, dim]`, the dtype of `x`) and `residual`'s rows repeating when
-/// it has fewer (a first dimension of 1).
+/// The dtypes of input and weights CUDA's LayerNorm kernel takes: one dtype, or half
+/// precision inputs with f32 weights (mixed precision).
+fn cuda_norm_dtypes(x: DType, weight: DType) -> bool {
+    matches!(
+        (x, weight),
+        (DType::F32, DType::F32)
+            | (DType::F64, DType::F64)
+            | (DType::BF16, DType::F32)
+            | (DType::F16, DType::F32)
+    )
+}
+
+/// `residual + LayerNorm(x)`, with `affine` the stacked `[weight, bias]` (`[2, dim]`)
+/// and `residual`'s rows repeating when it has fewer (a first dimension of 1). CPU:
+/// f32 and f64, `affine` in the dtype of `x`; CUDA: the dtypes of [`LayerNormOp`].
 pub struct ResidualLayerNormOp {
     pub eps: f64,
+}
+
+impl ResidualLayerNormOp {
+    /// The width of a row, or an error for operands that do not fit together.
+    fn check(x: &Layout, residual: &Layout, affine: &Layout) -> Result<usize> {
+        let cols = x.shape().dims().last().copied().unwrap_or(0);
+        let residual_values = residual.shape().elem_count();
+        if affine.shape().dims() != [2, cols]
+            || residual_values == 0
+            || !x.shape().elem_count().is_multiple_of(residual_values)
+            || !residual_values.is_multiple_of(cols.max(1))
+        {
+            bail!(
+                "residual layer norm: input {:?}, residual {:?}, affine {:?}",
+                x.shape().dims(),
+                residual.shape().dims(),
+                affine.shape().dims()
+            );
+        }
+        Ok(cols)
+    }
+}
+
+/// `normed + residual` (`residual`'s rows repeating over `shape`'s first dimension
+/// when it has one row block) from the backend's own broadcast add.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn add_residual<S: BackendStorage>(
+    normed: &S,
+    shape: &Shape,
+    (residual, residual_layout): (&S, &Layout),
+) -> Result<(S, Shape)> {
+    let repeated = residual_layout.broadcast_as(shape.clone())?;
+    let sum = normed.binary_impl::<candle_core::op::Add>(
+        residual,
+        &Layout::contiguous(shape),
+        &repeated,
+    )?;
+    Ok((sum, shape.clone()))
 }
 
 impl CustomOp3 for ResidualLayerNormOp {
@@ -200,23 +254,7 @@ impl CustomOp3 for ResidualLayerNormOp {
         affine: &CpuStorage,
         affine_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let cols = x_layout.shape().dims().last().copied().unwrap_or(0);
-        let residual_values = residual_layout.shape().elem_count();
-        if affine_layout.shape().dims() != [2, cols]
-            || residual_values == 0
-            || !x_layout
-                .shape()
-                .elem_count()
-                .is_multiple_of(residual_values)
-            || !residual_values.is_multiple_of(cols.max(1))
-        {
-            bail!(
-                "residual layer norm: input {:?}, residual {:?}, affine {:?}",
-                x_layout.shape().dims(),
-                residual_layout.shape().dims(),
-                affine_layout.shape().dims()
-            );
-        }
+        let cols = Self::check(x_layout, residual_layout, affine_layout)?;
         let range = |l: &Layout| {
             l.contiguous_offsets()
                 .context("residual layer norm needs contiguous operands")
@@ -258,6 +296,37 @@ impl CustomOp3 for ResidualLayerNormOp {
         Ok((out, x_layout.shape().clone()))
     }
 
+    /// CUDA's LayerNorm kernel, then the residual added by the backend: the normalised
+    /// rows live only until the sum is made.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        residual: &candle_core::CudaStorage,
+        residual_layout: &Layout,
+        affine: &candle_core::CudaStorage,
+        affine_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let cols = Self::check(x_layout, residual_layout, affine_layout)?;
+        let (start, _) = affine_layout
+            .contiguous_offsets()
+            .context("residual layer norm: strided weights")?;
+        let weight = Layout::contiguous_with_offset(cols, start);
+        let bias = Layout::contiguous_with_offset(cols, start + cols);
+        let rows = x_layout.shape().elem_count() / cols.max(1);
+        let (normed, shape) = cuda::layer_norm(
+            x,
+            x_layout,
+            (affine, &weight),
+            (affine, &bias),
+            rows,
+            cols,
+            self.eps,
+        )?;
+        add_residual(&normed, &shape, (residual, residual_layout))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -292,6 +361,22 @@ fn backward(
             _ => {}
         }
     }
+    #[cfg(feature = "cuda")]
+    if crate::model::dense::cuda_runs_fused(x) {
+        if let Some(grads) = cuda::backward(x, weight, grad, eps)? {
+            return Ok(grads);
+        }
+    }
+    composed_backward(x, weight, grad, eps)
+}
+
+/// [`backward`] from candle ops, on any device.
+fn composed_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     // With xhat = (x - mean) * rstd and g = grad * weight:
     //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
     //   dweight = sum over rows of grad * xhat, dbias = sum over rows of grad.
@@ -443,7 +528,9 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{bail, Context, CudaStorage, DType, Layout, Result, Shape};
+    use candle_core::{
+        bail, Context, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    };
 
     use crate::model::row_kernels::launch_config;
 
@@ -499,6 +586,138 @@ mod cuda {
         };
         Ok((out, x_layout.shape().clone()))
     }
+
+    /// Columns the backward kernel takes (`LAYER_NORM_BACKWARD_MAX_COLS`).
+    const BACKWARD_MAX_COLS: usize = 512;
+    /// Blocks of the backward kernel at most: its partial column sums are
+    /// `8 x blocks x 2 x cols` values, summed on the host side by one reduction.
+    const BACKWARD_MAX_BLOCKS: usize = 1024;
+
+    /// The LayerNorm's `(dx, dweight, dbias)` from one kernel (dx and each warp's
+    /// partial column sums) and one sum over the warps, or None for rows too wide for
+    /// the kernel or dtypes it does not take.
+    pub fn backward(
+        x: &Tensor,
+        weight: &Tensor,
+        grad: &Tensor,
+        eps: f64,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        let cols = weight.elem_count();
+        let fits = super::cuda_norm_dtypes(x.dtype(), weight.dtype()) && grad.dtype() == x.dtype();
+        if cols == 0 || cols > BACKWARD_MAX_COLS || !fits || grad.dims() != x.dims() {
+            return Ok(None);
+        }
+        let rows = x.elem_count() / cols;
+        let blocks = rows
+            .div_ceil((THREADS / 32) as usize)
+            .clamp(1, BACKWARD_MAX_BLOCKS);
+        let (x, weight, grad) = (
+            x.detach().contiguous()?,
+            weight.detach().contiguous()?,
+            grad.detach().contiguous()?,
+        );
+        let packed = x.apply_op3_no_bwd(&weight, &grad, &BackwardOp { eps, blocks })?;
+        let dx = packed
+            .narrow(0, 0, rows * cols)?
+            .reshape(x.shape())?
+            .to_dtype(x.dtype())?;
+        let warps = blocks * (THREADS / 32) as usize;
+        let sums = packed
+            .narrow(0, rows * cols, warps * 2 * cols)?
+            .reshape((warps, 2, cols))?
+            .sum(0)?;
+        Ok(Some((dx, sums.get(0)?, sums.get(1)?)))
+    }
+
+    /// The kernel behind [`backward`]: `(x, weight, grad)` in, dx then the warps'
+    /// partial sums out, flat, in the weights' dtype.
+    struct BackwardOp {
+        eps: f64,
+        blocks: usize,
+    }
+
+    impl CustomOp3 for BackwardOp {
+        fn name(&self) -> &'static str {
+            "meshcast-layer-norm-backward"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("the LayerNorm backward kernel is CUDA's (the CPU has its own)")
+        }
+
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            x_layout: &Layout,
+            weight: &CudaStorage,
+            weight_layout: &Layout,
+            grad: &CudaStorage,
+            grad_layout: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let span = |l: &Layout| {
+                l.contiguous_offsets()
+                    .context("layer norm backward: contiguous operands")
+            };
+            let ((xs, xe), (ws, we), (gs, ge)) =
+                (span(x_layout)?, span(weight_layout)?, span(grad_layout)?);
+            let cols = we - ws;
+            let rows = (xe - xs) / cols.max(1);
+            let warps = self.blocks * (THREADS / 32) as usize;
+            let len = rows * cols + warps * 2 * cols;
+            let dev = &x.device;
+            let (rows32, cols32) = (rows as u32, cols as u32);
+            macro_rules! launch {
+                ($t:ty, $acc:ty, $kernel:literal) => {{
+                    let src = x.as_cuda_slice::<$t>()?.slice(xs..xe);
+                    let w = weight.as_cuda_slice::<$acc>()?.slice(ws..we);
+                    let g = grad.as_cuda_slice::<$t>()?.slice(gs..ge);
+                    // SAFETY: the kernel writes dx for every row and the partial sums of
+                    // every warp of the launch (blocks x 8), all `len` values.
+                    let out = unsafe { dev.alloc::<$acc>(len)? };
+                    let func = dev.get_or_load_custom_func($kernel, "meshcast_layer_norm", PTX)?;
+                    let eps = self.eps as $acc;
+                    let mut launch = func.builder();
+                    launch.arg(&src);
+                    launch.arg(&w);
+                    launch.arg(&g);
+                    launch.arg(&out);
+                    launch.arg(&rows32);
+                    launch.arg(&cols32);
+                    launch.arg(&eps);
+                    let config = launch_config(self.blocks, THREADS);
+                    // SAFETY: argument types and order match the kernel's signature.
+                    unsafe { launch.launch(config) }.w()?;
+                    CudaStorage::wrap_cuda_slice(out, dev.clone())
+                }};
+            }
+            let out = match (x.dtype(), weight.dtype(), grad.dtype()) {
+                (DType::F32, DType::F32, DType::F32) => {
+                    launch!(f32, f32, "layer_norm_backward_f32")
+                }
+                (DType::F64, DType::F64, DType::F64) => {
+                    launch!(f64, f64, "layer_norm_backward_f64")
+                }
+                (DType::BF16, DType::F32, DType::BF16) => {
+                    launch!(half::bf16, f32, "layer_norm_backward_bf16")
+                }
+                (DType::F16, DType::F32, DType::F16) => {
+                    launch!(half::f16, f32, "layer_norm_backward_f16")
+                }
+                (x, w, g) => {
+                    bail!("layer norm backward of {x:?} with {w:?} weights and {g:?} gradients")
+                }
+            };
+            Ok((out, Shape::from(len)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -538,6 +757,13 @@ mod tests {
             .broadcast_add(&b.to_dtype(DType::F64)?)
     }
 
+    /// `|a - e| / |e|` (2-norms) for `a` on any device and dtype, `e` on the CPU in f64.
+    fn normwise_error(a: &Tensor, e: &Tensor) -> Result<f64> {
+        let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+        let d = (a - e)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        Ok(d / e.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?)
+    }
+
     /// The op on `device` against the f64 definition and its autograd on the CPU.
     fn every_dtype_matches_the_definition_and_its_gradients(device: &Device) -> Result<()> {
         // Enough rows (> 2^15 values) for the CPU's parallel path; f32 master weights
@@ -564,12 +790,7 @@ mod tests {
                 .apply_op3(wv.as_tensor(), bv.as_tensor(), op)?;
             assert_eq!(y.dtype(), dtype);
             let expected = reference(&x_cpu, &w, &b)?;
-            let rel = |a: &Tensor, e: &Tensor| -> Result<f64> {
-                let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-                let d = (a - e)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
-                Ok(d / e.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?)
-            };
-            assert!(rel(&y, &expected)? < tol, "{dtype:?} forward");
+            assert!(normwise_error(&y, &expected)? < tol, "{dtype:?} forward");
             // Gradients against autograd through the f64 definition.
             let g = (y.to_dtype(DType::F64)? * &r)?.sum_all()?.backward()?;
             let (x_ref, w_ref, b_ref) = (
@@ -587,7 +808,7 @@ mod tests {
                 // A gradient that tracks its inputs would keep the step's graph alive.
                 assert!(!a.track_op(), "{dtype:?}: the gradient holds the graph");
                 let e = g_ref.get(theirs.as_tensor()).expect("a gradient");
-                assert!(rel(a, e)? < 2.0 * tol, "{dtype:?} gradient");
+                assert!(normwise_error(a, e)? < 2.0 * tol, "{dtype:?} gradient");
             }
         }
         Ok(())
@@ -654,6 +875,138 @@ mod tests {
                 let d = (mine - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(d <= 1e-5 * scale, "gradient {d} of {scale}");
+            }
+        }
+        Ok(())
+    }
+
+    /// [`ResidualLayerNormOp`] on `device` (its CUDA path runs whatever
+    /// `--cuda-fused-ops` says), with a residual of x's shape and one broadcasting over
+    /// the batch: outputs and gradients against `residual + LayerNorm(x)` through the
+    /// f64 definition on the CPU.
+    fn the_residual_op_matches_the_definition(device: &Device) -> Result<()> {
+        use candle_core::Var;
+        let cases: &[(DType, DType, f64)] = match device.is_cpu() {
+            true => &[
+                (DType::F32, DType::F32, 1e-5),
+                (DType::F64, DType::F64, 1e-12),
+            ],
+            false => &[
+                (DType::F32, DType::F32, 1e-5),
+                (DType::BF16, DType::F32, 2e-2),
+                (DType::F16, DType::F32, 2e-3),
+            ],
+        };
+        let x64 = random_tensor(&[3, 300, 64], DType::F64, 1)?;
+        let (w64, b64) = (
+            random_tensor(&[64], DType::F64, 3)?,
+            random_tensor(&[64], DType::F64, 4)?,
+        );
+        let r64 = random_tensor(&[3, 300, 64], DType::F64, 5)?;
+        let here = |t: &Tensor, d: DType| Var::from_tensor(&t.to_dtype(d)?.to_device(device)?);
+        let exact = |v: &Var| Var::from_tensor(&v.to_device(&Device::Cpu)?.to_dtype(DType::F64)?);
+        for &(dtype, weight_dtype, tol) in cases {
+            for residual_batch in [3, 1] {
+                let res64 = random_tensor(&[residual_batch, 300, 64], DType::F64, 2)?;
+                let (x, residual) = (here(&x64, dtype)?, here(&res64, dtype)?);
+                let (w, b) = (here(&w64, weight_dtype)?, here(&b64, weight_dtype)?);
+                let affine = Tensor::stack(&[w.as_tensor(), b.as_tensor()], 0)?;
+                let op = ResidualLayerNormOp {
+                    eps: LAYER_NORM_EPS,
+                };
+                let y = x.apply_op3(&residual, &affine, op)?;
+                assert_eq!(y.dtype(), dtype);
+                let r = r64.to_dtype(dtype)?.to_device(device)?;
+                let grads = (&y * &r)?.sum_all()?.backward()?;
+                let (xe, re, we, be) = (exact(&x)?, exact(&residual)?, exact(&w)?, exact(&b)?);
+                let expected = re.broadcast_add(&reference(&xe, &we, &be)?)?;
+                let case = format!("{dtype:?}, residual batch {residual_batch}");
+                assert!(normwise_error(&y, &expected)? < tol, "{case}: forward");
+                let expected_grads = (expected * &r64)?.sum_all()?.backward()?;
+                for (mine, theirs) in [(&x, &xe), (&residual, &re), (&w, &we), (&b, &be)] {
+                    let g = grads.get(mine.as_tensor()).expect("a gradient");
+                    assert_eq!((g.dtype(), g.dims()), (mine.dtype(), mine.dims()));
+                    assert!(!g.track_op(), "{case}: the gradient holds the graph");
+                    let e = expected_grads.get(theirs.as_tensor()).expect("a gradient");
+                    assert!(normwise_error(g, e)? < 2.0 * tol, "{case}: gradient");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    test_device!(
+        the_residual_op_matches_the_definition,
+        the_residual_op_matches_the_definition_cpu,
+        the_residual_op_matches_the_definition_cuda
+    );
+
+    /// The backend's broadcast add (what CUDA runs after its LayerNorm kernel), on the
+    /// CPU's kernels, equals candle's broadcast add for both residual shapes.
+    #[test]
+    fn the_backend_residual_add_equals_a_broadcast_add() -> Result<()> {
+        use candle_core::Storage;
+        let normed = random_tensor(&[3, 20, 8], DType::F32, 1)?;
+        for residual_batch in [3, 1] {
+            let residual = random_tensor(&[2, residual_batch, 20, 8], DType::F32, 2)?.get(1)?;
+            let (ns, _) = normed.storage_and_layout();
+            let (rs, rl) = residual.storage_and_layout();
+            let (Storage::Cpu(ns), Storage::Cpu(rs)) = (&*ns, &*rs) else {
+                unreachable!("CPU tensors")
+            };
+            let (sum, shape) = add_residual(ns, normed.shape(), (rs, rl))?;
+            let sum = Tensor::from_vec(sum.as_slice::<f32>()?.to_vec(), shape, &Device::Cpu)?;
+            let expected = residual.broadcast_add(&normed)?;
+            let diff = (sum - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "residual batch {residual_batch}");
+        }
+        Ok(())
+    }
+
+    /// The backward kernel (`--cuda-fused-ops`) against the composed backward on the
+    /// same GPU: more rows than the kernel has warps (its grid-stride loop), and rows
+    /// of a width that is not a multiple of the warp.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_backward_kernel_equals_the_composed_backward_cuda() -> Result<()> {
+        let Some(device) = crate::model::testing::test_gpu()? else {
+            return Ok(());
+        };
+        let on_cpu = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F64);
+        for (dtype, weight_dtype, tol) in [
+            (DType::F32, DType::F32, 1e-5),
+            (DType::F64, DType::F64, 1e-12),
+            (DType::BF16, DType::F32, 1e-2),
+            (DType::F16, DType::F32, 2e-3),
+        ] {
+            for (rows, cols) in [(9000, 128), (300, 100)] {
+                let here = |d: DType, shape: &[usize], seed| {
+                    random_tensor(shape, DType::F64, seed)?
+                        .to_dtype(d)?
+                        .to_device(&device)
+                };
+                let x = here(dtype, &[rows, cols], 1)?;
+                let g = here(dtype, &[rows, cols], 2)?;
+                let w = here(weight_dtype, &[cols], 3)?;
+                let kernel = super::cuda::backward(&x, &w, &g, LAYER_NORM_EPS)?
+                    .expect("the kernel takes these");
+                let composed = composed_backward(&x, &w, &g, LAYER_NORM_EPS)?;
+                for (name, mine, theirs) in [
+                    ("dx", &kernel.0, &composed.0),
+                    ("dweight", &kernel.1, &composed.1),
+                    ("dbias", &kernel.2, &composed.2),
+                ] {
+                    assert_eq!(
+                        (mine.dtype(), mine.dims()),
+                        (theirs.dtype(), theirs.dims()),
+                        "{name}"
+                    );
+                    let error = normwise_error(mine, &on_cpu(theirs)?)?;
+                    assert!(
+                        error < tol,
+                        "{dtype:?}, {rows} x {cols}: {name} differs by {error}"
+                    );
+                }
             }
         }
         Ok(())

@@ -20,7 +20,7 @@
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 
-use super::dense::{dense, runs_fused};
+use super::dense::{dense, dense_runs_fused};
 use super::layer_norm::LayerNorm;
 
 /// `in -> hidden (x hidden_layers, SiLU after each) -> out`, then an optional LayerNorm.
@@ -141,8 +141,9 @@ impl Mlp {
 
     /// The MLP on input parts given separately, each `[batch, rows, width_part]`
     /// with batch dimensions that broadcast against each other, plus `residual` when
-    /// given. On the CPU in f32/f64 the parts are concatenated (see the comment inside);
-    /// elsewhere each is projected on its own and no concatenation is formed.
+    /// given. Where the dense op is fused ([`dense_runs_fused`]: the CPU in f32/f64,
+    /// CUDA under `--cuda-fused-ops`) the parts are concatenated (see the comment
+    /// inside); elsewhere each is projected on its own and no concatenation is formed.
     pub fn forward_parts(&self, parts: &[&Tensor], residual: Option<&Tensor>) -> Result<Tensor> {
         assert_eq!(
             parts.len(),
@@ -150,7 +151,7 @@ impl Mlp {
             "one tensor per input part"
         );
         let x0 = parts[0];
-        if runs_fused(x0, &[]) {
+        if dense_runs_fused(x0, &[]) {
             // With the fused dense op, one product over the concatenation keeps less
             // than the split: the concatenation (inputs' width) instead of each part's
             // projection and their sums (the hidden width each).

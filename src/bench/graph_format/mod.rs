@@ -235,6 +235,7 @@ fn report(
             atol: ATOL,
             data: format!("synthetic: {}", crate::predict::synthetic::DESCRIPTION),
             tf32: crate::device::tf32_enabled(),
+            cuda_fused_ops: crate::device::cuda_fused_ops(),
         },
         cases,
         patch_boundary,
