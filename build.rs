@@ -33,7 +33,8 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        for kernel in ["segment_sum", "gather_sum", "layer_norm", "adamw"] {
+        println!("cargo:rerun-if-changed=src/model/kernels/float_acc.cuh");
+        for kernel in ["segment_sum", "gather_sum", "layer_norm", "adamw", "dense"] {
             compile_kernel(kernel);
         }
     }

@@ -12,15 +12,16 @@
 //! The fused path is for f32 and f64 on the CPU, and for every float dtype on CUDA
 //! under `--cuda-fused-ops` ([`crate::device::cuda_fused_ops`]), where the forward pass
 //! is composed from the backend's own kernels (SiLU, cuBLAS, a broadcast add) with
-//! every temporary freed on return. Elsewhere [`dense`] composes the same function
-//! from candle ops.
+//! every temporary freed on return, and the backward through SiLU is one kernel
+//! (src/model/kernels/dense.cu). Elsewhere [`dense`] composes the same function from
+//! candle ops.
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::{Add, Silu};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Linear, Module};
 
-use super::row_kernels::{contiguous_values, cpu_values, fill_rows, KernelFloat};
+use super::row_kernels::{contiguous_values, fill_rows, KernelFloat};
 
 /// Whether meshcast's fused CPU kernels run on activations of `dtype`: on the CPU, in
 /// f32 or f64 (elsewhere the composed candle ops run). The one rule, so that the memory
@@ -213,30 +214,136 @@ pub(crate) fn gemm_accumulate<T: KernelFloat>(
     }
 }
 
-/// `grad * silu'(x)`, one pass.
-fn silu_backward<T: KernelFloat>(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let cols = x.dim(candle_core::D::Minus1)?;
-    let (xs, xl) = x.storage_and_layout();
-    let (gs, gl) = grad.storage_and_layout();
-    let xv = cpu_values::<T>(&xs, xl, "dense backward")?;
-    let gv = cpu_values::<T>(&gs, gl, "dense backward")?;
-    let mut out = vec![T::zero(); xv.len()];
-    fill_rows(&mut out, cols, xv.len(), |r, row| {
-        let span = r * cols..(r + 1) * cols;
-        for ((o, &v), &d) in row.iter_mut().zip(&xv[span.clone()]).zip(&gv[span]) {
-            *o = d * v.silu_derivative();
-        }
-    });
-    Tensor::from_vec(out, x.shape(), x.device())
+/// `grad * silu'(x)` in one pass ([`SiluBackwardOp`]): the dense op's backward
+/// through SiLU.
+fn silu_backward(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &SiluBackwardOp)
 }
 
-/// `grad * silu'(x)` from candle ops (CUDA; the CPU has [`silu_backward`]), with
-/// `silu'(x) = s (1 + x (1 - s))` for `s = sigmoid(x)`: transient tensors of the
-/// backward pass only.
-fn silu_backward_composed(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let s = candle_nn::ops::sigmoid(x)?;
-    let derivative = ((x * (1.0 - &s)?)? + 1.0)?.mul(&s)?;
-    grad.mul(&derivative)
+/// `(x, grad) -> grad * silu'(x)`. CPU: f32 and f64, rows on the worker pool; CUDA:
+/// src/model/kernels/dense.cu, every float dtype.
+struct SiluBackwardOp;
+
+impl candle_core::CustomOp2 for SiluBackwardOp {
+    fn name(&self) -> &'static str {
+        "meshcast-silu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if x_layout.shape() != grad_layout.shape() {
+            bail!(
+                "silu backward: input {:?}, gradient {:?}",
+                x_layout.dims(),
+                grad_layout.dims()
+            )
+        }
+        fn run<T: KernelFloat>(x: &[T], grad: &[T], cols: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            fill_rows(&mut out, cols, x.len(), |r, row| {
+                let span = r * cols..(r + 1) * cols;
+                for ((o, &v), &d) in row.iter_mut().zip(&x[span.clone()]).zip(&grad[span]) {
+                    *o = d * v.silu_derivative();
+                }
+            });
+            out
+        }
+        let cols = x_layout.dims().last().copied().unwrap_or(1).max(1);
+        macro_rules! run {
+            ($t:ty, $variant:ident) => {
+                CpuStorage::$variant(run::<$t>(
+                    contiguous_values(x, x_layout, "silu backward")?,
+                    contiguous_values(grad, grad_layout, "silu backward")?,
+                    cols,
+                ))
+            };
+        }
+        let out = match x.dtype() {
+            DType::F32 => run!(f32, F32),
+            DType::F64 => run!(f64, F64),
+            other => bail!("silu backward on the CPU: f32 or f64, got {other:?}"),
+        };
+        Ok((out, x_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::silu_backward((x, x_layout), (grad, grad_layout))
+    }
+}
+
+/// The CUDA side of [`SiluBackwardOp`]: src/model/kernels/dense.cu, compiled to PTX by
+/// build.rs.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{bail, Context, CudaStorage, DType, Layout, Result, Shape};
+
+    use crate::model::row_kernels::launch_config;
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dense.ptx"));
+    const THREADS: u32 = 256;
+
+    pub fn silu_backward(
+        (x, x_layout): (&CudaStorage, &Layout),
+        (grad, grad_layout): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let span = |l: &Layout| {
+            l.contiguous_offsets()
+                .context("silu backward: contiguous operands")
+        };
+        let ((xs, xe), (gs, ge)) = (span(x_layout)?, span(grad_layout)?);
+        if xe - xs != ge - gs {
+            bail!(
+                "silu backward: input {:?}, gradient {:?}",
+                x_layout.dims(),
+                grad_layout.dims()
+            )
+        }
+        let n = xe - xs;
+        let dev = &x.device;
+        macro_rules! launch {
+            ($t:ty, $kernel:literal) => {{
+                let src = x.as_cuda_slice::<$t>()?.slice(xs..xe);
+                let g = grad.as_cuda_slice::<$t>()?.slice(gs..ge);
+                // SAFETY: the kernel writes all n values.
+                let out = unsafe { dev.alloc::<$t>(n)? };
+                let func = dev.get_or_load_custom_func($kernel, "meshcast_dense", PTX)?;
+                let n64 = n as u64;
+                let mut launch = func.builder();
+                launch.arg(&src);
+                launch.arg(&g);
+                launch.arg(&out);
+                launch.arg(&n64);
+                let config = launch_config(n.div_ceil(THREADS as usize), THREADS);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { launch.launch(config) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let out = match (x.dtype(), grad.dtype()) {
+            (DType::F32, DType::F32) => launch!(f32, "silu_backward_f32"),
+            (DType::F64, DType::F64) => launch!(f64, "silu_backward_f64"),
+            (DType::BF16, DType::BF16) => launch!(half::bf16, "silu_backward_bf16"),
+            (DType::F16, DType::F16) => launch!(half::f16, "silu_backward_f16"),
+            (x, g) => bail!("silu backward of {x:?} with {g:?} gradients"),
+        };
+        Ok((out, x_layout.shape().clone()))
+    }
 }
 
 impl CustomOp3 for DenseOp {
@@ -309,11 +416,9 @@ impl CustomOp3 for DenseOp {
         drop(activated);
         let dbias = grad.sum(0)?;
         let dactivated = grad.matmul(&weight)?;
-        let dx = match (self.silu_input, x.device().is_cpu(), x.dtype()) {
-            (false, _, _) => dactivated,
-            (true, true, DType::F32) => silu_backward::<f32>(&dactivated, &x)?,
-            (true, true, DType::F64) => silu_backward::<f64>(&dactivated, &x)?,
-            (true, _, _) => silu_backward_composed(&dactivated, &x)?,
+        let dx = match self.silu_input {
+            false => dactivated,
+            true => silu_backward(&dactivated, &x)?,
         };
         Ok((Some(dx.reshape(x_shape)?), Some(dweight), Some(dbias)))
     }
@@ -418,16 +523,42 @@ mod tests {
         Ok(())
     }
 
-    /// The backward pass's SiLU derivative from candle ops (CUDA's) equals the CPU's kernel.
-    #[test]
-    fn the_composed_silu_derivative_equals_the_kernel() -> Result<()> {
-        let x = (random_tensor(&[30, 70], DType::F64, 4)? * 6.0)?;
-        let g = random_tensor(&[30, 70], DType::F64, 5)?;
-        let composed = silu_backward_composed(&g, &x)?;
-        let kernel = silu_backward::<f64>(&g, &x)?;
-        assert!(max_relative(&composed, &kernel)? < 1e-12);
+    /// The backward pass's SiLU derivative ([`SiluBackwardOp`]) on `device` against
+    /// candle's sigmoid on the CPU in f64: `grad * s (1 + x (1 - s))`.
+    fn the_silu_derivative_matches_sigmoid_s(device: &Device) -> Result<()> {
+        let x64 = (random_tensor(&[30, 70], DType::F64, 4)? * 6.0)?;
+        let g64 = random_tensor(&[30, 70], DType::F64, 5)?;
+        let dtypes: &[(DType, f64)] = match device.is_cpu() {
+            true => &[(DType::F32, 1e-6), (DType::F64, 1e-12)],
+            false => &[
+                (DType::F32, 1e-6),
+                (DType::F64, 1e-12),
+                (DType::BF16, 1e-2),
+                (DType::F16, 2e-3),
+            ],
+        };
+        for &(dtype, tol) in dtypes {
+            let here = |t: &Tensor| t.to_dtype(dtype)?.to_device(device);
+            let (x, g) = (here(&x64)?, here(&g64)?);
+            let dx = silu_backward(&g, &x)?;
+            assert_eq!(dx.dtype(), dtype);
+            let (xe, ge) = (
+                x.to_device(&Device::Cpu)?.to_dtype(DType::F64)?,
+                g.to_device(&Device::Cpu)?.to_dtype(DType::F64)?,
+            );
+            let s = candle_nn::ops::sigmoid(&xe)?;
+            let expected = (ge * ((&xe * (1.0 - &s)?)? + 1.0)?.mul(&s)?)?;
+            let dx = dx.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+            assert!(max_relative(&dx, &expected)? < tol, "{dtype:?}");
+        }
         Ok(())
     }
+
+    test_device!(
+        the_silu_derivative_matches_sigmoid_s,
+        the_silu_derivative_matches_sigmoid_s_cpu,
+        the_silu_derivative_matches_sigmoid_s_cuda
+    );
 
     /// [`DenseOp`] on `device` (its CUDA kernels run whatever `--cuda-fused-ops` says),
     /// outputs and gradients against candle's composed ops on the CPU in f64.

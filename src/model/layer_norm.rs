@@ -162,10 +162,10 @@ impl CustomOp3 for LayerNormOp {
         cuda::layer_norm(
             x,
             x_layout,
+            None,
             (weight, weight_layout),
             (bias, bias_layout),
-            rows,
-            cols,
+            (rows, cols),
             self.eps,
         )
     }
@@ -221,23 +221,6 @@ impl ResidualLayerNormOp {
         }
         Ok(cols)
     }
-}
-
-/// `normed + residual` (`residual`'s rows repeating over `shape`'s first dimension
-/// when it has one row block) from the backend's own broadcast add.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn add_residual<S: BackendStorage>(
-    normed: &S,
-    shape: &Shape,
-    (residual, residual_layout): (&S, &Layout),
-) -> Result<(S, Shape)> {
-    let repeated = residual_layout.broadcast_as(shape.clone())?;
-    let sum = normed.binary_impl::<candle_core::op::Add>(
-        residual,
-        &Layout::contiguous(shape),
-        &repeated,
-    )?;
-    Ok((sum, shape.clone()))
 }
 
 impl CustomOp3 for ResidualLayerNormOp {
@@ -296,8 +279,7 @@ impl CustomOp3 for ResidualLayerNormOp {
         Ok((out, x_layout.shape().clone()))
     }
 
-    /// CUDA's LayerNorm kernel, then the residual added by the backend: the normalised
-    /// rows live only until the sum is made.
+    /// CUDA's LayerNorm kernel with the residual added to each row as it is written.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -315,16 +297,15 @@ impl CustomOp3 for ResidualLayerNormOp {
         let weight = Layout::contiguous_with_offset(cols, start);
         let bias = Layout::contiguous_with_offset(cols, start + cols);
         let rows = x_layout.shape().elem_count() / cols.max(1);
-        let (normed, shape) = cuda::layer_norm(
+        cuda::layer_norm(
             x,
             x_layout,
+            Some((residual, residual_layout)),
             (affine, &weight),
             (affine, &bias),
-            rows,
-            cols,
+            (rows, cols),
             self.eps,
-        )?;
-        add_residual(&normed, &shape, (residual, residual_layout))
+        )
     }
 
     fn bwd(
@@ -538,50 +519,75 @@ mod cuda {
     /// Threads per block: 8 warps, one row each.
     const THREADS: u32 = 256;
 
+    /// `LayerNorm(x)`, plus `residual` (contiguous, its rows repeating when it has
+    /// fewer) when given, in one kernel.
     pub fn layer_norm(
         x: &CudaStorage,
         x_layout: &Layout,
+        residual: Option<(&CudaStorage, &Layout)>,
         (weight, weight_layout): (&CudaStorage, &Layout),
         (bias, bias_layout): (&CudaStorage, &Layout),
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
         eps: f64,
     ) -> Result<(CudaStorage, Shape)> {
         let (start, end) = x_layout
             .contiguous_offsets()
             .context("layer norm needs a contiguous input")?;
+        let residual = match residual {
+            Some((r, l)) => Some((
+                r,
+                l.contiguous_offsets()
+                    .context("layer norm: strided residual")?,
+            )),
+            None => None,
+        };
+        let residual_rows = residual.map_or(1, |(_, (s, e))| ((e - s) / cols.max(1)) as u32);
+        let kernel = |suffix: &str| match residual {
+            Some(_) => format!("residual_layer_norm_{suffix}"),
+            None => format!("layer_norm_{suffix}"),
+        };
         let dev = &x.device;
         let config = launch_config(rows.div_ceil((THREADS / 32) as usize), THREADS);
         let (rows32, cols32) = (rows as u32, cols as u32);
         macro_rules! launch {
-            ($t:ty, $acc:ty, $kernel:literal) => {{
+            ($t:ty, $acc:ty, $suffix:literal) => {{
                 let src = x.as_cuda_slice::<$t>()?.slice(start..end);
                 let w = weight.as_cuda_slice::<$acc>()?;
                 let w = w.slice(weight_layout.start_offset()..);
                 let b = bias.as_cuda_slice::<$acc>()?;
                 let b = b.slice(bias_layout.start_offset()..);
+                let r = match residual {
+                    Some((r, (s, e))) => Some(r.as_cuda_slice::<$t>()?.slice(s..e)),
+                    None => None,
+                };
                 // SAFETY: the kernel writes every one of the rows * cols values.
                 let out = unsafe { dev.alloc::<$t>(rows * cols)? };
-                let func = dev.get_or_load_custom_func($kernel, "meshcast_layer_norm", PTX)?;
                 let eps = eps as $acc;
+                let func =
+                    dev.get_or_load_custom_func(&kernel($suffix), "meshcast_layer_norm", PTX)?;
                 let mut launch = func.builder();
                 launch.arg(&src);
+                if let Some(r) = &r {
+                    launch.arg(r);
+                    launch.arg(&residual_rows);
+                }
                 launch.arg(&w);
                 launch.arg(&b);
                 launch.arg(&out);
                 launch.arg(&rows32);
                 launch.arg(&cols32);
                 launch.arg(&eps);
-                // SAFETY: argument types and order match the kernel's signature.
+                // SAFETY: argument types and order match the kernel's signature (the
+                // residual kernel's two more after the input).
                 unsafe { launch.launch(config) }.w()?;
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             }};
         }
         let out = match (x.dtype(), weight.dtype(), bias.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => launch!(f32, f32, "layer_norm_f32"),
-            (DType::F64, DType::F64, DType::F64) => launch!(f64, f64, "layer_norm_f64"),
-            (DType::BF16, DType::F32, DType::F32) => launch!(half::bf16, f32, "layer_norm_bf16"),
-            (DType::F16, DType::F32, DType::F32) => launch!(half::f16, f32, "layer_norm_f16"),
+            (DType::F32, DType::F32, DType::F32) => launch!(f32, f32, "f32"),
+            (DType::F64, DType::F64, DType::F64) => launch!(f64, f64, "f64"),
+            (DType::BF16, DType::F32, DType::F32) => launch!(half::bf16, f32, "bf16"),
+            (DType::F16, DType::F32, DType::F32) => launch!(half::f16, f32, "f16"),
             (x, w, _) => bail!("layer norm of {x:?} with {w:?} weights"),
         };
         Ok((out, x_layout.shape().clone()))
@@ -940,28 +946,6 @@ mod tests {
         the_residual_op_matches_the_definition_cpu,
         the_residual_op_matches_the_definition_cuda
     );
-
-    /// The backend's broadcast add (what CUDA runs after its LayerNorm kernel), on the
-    /// CPU's kernels, equals candle's broadcast add for both residual shapes.
-    #[test]
-    fn the_backend_residual_add_equals_a_broadcast_add() -> Result<()> {
-        use candle_core::Storage;
-        let normed = random_tensor(&[3, 20, 8], DType::F32, 1)?;
-        for residual_batch in [3, 1] {
-            let residual = random_tensor(&[2, residual_batch, 20, 8], DType::F32, 2)?.get(1)?;
-            let (ns, _) = normed.storage_and_layout();
-            let (rs, rl) = residual.storage_and_layout();
-            let (Storage::Cpu(ns), Storage::Cpu(rs)) = (&*ns, &*rs) else {
-                unreachable!("CPU tensors")
-            };
-            let (sum, shape) = add_residual(ns, normed.shape(), (rs, rl))?;
-            let sum = Tensor::from_vec(sum.as_slice::<f32>()?.to_vec(), shape, &Device::Cpu)?;
-            let expected = residual.broadcast_add(&normed)?;
-            let diff = (sum - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert_eq!(diff, 0.0, "residual batch {residual_batch}");
-        }
-        Ok(())
-    }
 
     /// The backward kernel (`--cuda-fused-ops`) against the composed backward on the
     /// same GPU: more rows than the kernel has warps (its grid-stride loop), and rows
