@@ -34,7 +34,14 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rerun-if-changed=src/model/kernels/float_acc.cuh");
-        for kernel in ["segment_sum", "gather_sum", "layer_norm", "adamw", "dense"] {
+        for kernel in [
+            "segment_sum",
+            "gather_sum",
+            "layer_norm",
+            "adamw",
+            "dense",
+            "edge_input",
+        ] {
             compile_kernel(kernel);
         }
     }

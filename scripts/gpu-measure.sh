@@ -21,7 +21,8 @@
 #             ranks sharing the GPU, against one process
 #   ops       every custom op's test_device! test on the GPU (forward and backward
 #             against the CPU reference: CSR segment sum, gather-sum, LayerNorm, fused
-#             AdamW, the dense op, residual + LayerNorm, the LayerNorm backward kernel),
+#             AdamW, the dense op and its SiLU backward, residual + LayerNorm, the
+#             LayerNorm backward kernel, the edge MLP's first layer),
 #             from the test binary build-cuda.sh makes; a missing GPU fails
 #   fused     issue #16: the fused ops on CUDA (--cuda-fused-ops) against the composed
 #             ops: the PyTorch check of a GPU-computed step with them, the bars side by

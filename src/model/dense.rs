@@ -118,13 +118,11 @@ impl DenseOp {
             Some(a) => (a, Layout::contiguous((rows, inputs))),
             None => (x, lhs_layout),
         };
-        // W^T: the weight `[outputs, inputs]` read column by column.
-        let transposed = Layout::new(
-            Shape::from((inputs, outputs)),
-            vec![1, inputs],
-            weight_layout.start_offset(),
-        );
-        let product = lhs.matmul(weight, (1, rows, outputs, inputs), &lhs_layout, &transposed)?;
+        let product = backend_product(
+            (lhs, &lhs_layout),
+            (weight, weight_layout),
+            (rows, inputs, outputs),
+        )?;
         drop(activated);
         let over_rows = Layout::new(
             Shape::from((rows, outputs)),
@@ -212,6 +210,23 @@ pub(crate) fn gemm_accumulate<T: KernelFloat>(
             parallelism,
         )
     }
+}
+
+/// `lhs W^T` from the backend's own matmul (cuBLAS on CUDA) for `lhs` `[rows, inputs]`
+/// and `weight` `[outputs, inputs]`, both contiguous at their layouts' offsets, W^T
+/// read in place (column by column): `[rows, outputs]`, contiguous.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn backend_product<S: BackendStorage>(
+    (lhs, lhs_layout): (&S, &Layout),
+    (weight, weight_layout): (&S, &Layout),
+    (rows, inputs, outputs): (usize, usize, usize),
+) -> Result<S> {
+    let transposed = Layout::new(
+        Shape::from((inputs, outputs)),
+        vec![1, inputs],
+        weight_layout.start_offset(),
+    );
+    lhs.matmul(weight, (1, rows, outputs, inputs), lhs_layout, &transposed)
 }
 
 /// `grad * silu'(x)` in one pass ([`SiluBackwardOp`]): the dense op's backward

@@ -8,7 +8,9 @@
 //! onto them by `gemm`), keeps `e` (the previous block's output, alive anyway) and
 //! recomputes nothing: its backward needs only `e`, `W_e` and the output gradient.
 //!
-//! The fused op is for f32 and f64 on the CPU with the csr aggregation; elsewhere
+//! The fused op is for f32 and f64 on the CPU with the csr aggregation, and for every
+//! float dtype on CUDA under `--cuda-fused-ops` (the product from cuBLAS, then one
+//! kernel adds the gathered node rows, src/model/kernels/edge_input.cu); elsewhere
 //! [`edge_input`] composes the product and [`gather_sum`].
 
 use candle_core::backend::BackendStorage;
@@ -16,7 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use candle_nn::{Linear, Module};
 
 use super::aggregate::{gather_sum, host_index, segment_sum, Aggregation};
-use super::dense::{gemm_accumulate, runs_fused};
+use super::dense::{dense_runs_fused, gemm_accumulate};
 use super::graph_tensors::EdgeTensors;
 use super::row_kernels::{contiguous_values, fill_rows, KernelFloat};
 
@@ -35,6 +37,16 @@ pub fn edge_input(
         let projected = Linear::new(weight.clone(), None).forward(e)?;
         return gather_sum(edges, &projected, s, r);
     }
+    fused_edge_input(edges, e, weight, (s, r))
+}
+
+/// [`edge_input`] as [`EdgeInputOp`], on any device that runs it.
+fn fused_edge_input(
+    edges: &EdgeTensors,
+    e: &Tensor,
+    weight: &Tensor,
+    (s, r): (&Tensor, &Tensor),
+) -> Result<Tensor> {
     // Sender and receiver projections stacked on the node axis, at one batch size.
     let batch = s.dim(0)?.max(r.dim(0)?);
     let nodes = Tensor::cat(
@@ -70,9 +82,10 @@ pub fn edge_input_same_nodes(
     apply(edges, e, weight, &sr.contiguous()?, NodeLayout::SideBySide)
 }
 
-/// Whether the fused op applies: csr, on the CPU, f32 or f64 throughout.
+/// Whether the fused op applies: csr, with the dense op's rule (the CPU in f32 or
+/// f64, CUDA under `--cuda-fused-ops`), one dtype throughout.
 fn fused(edges: &EdgeTensors, e: &Tensor, others: &[&Tensor]) -> bool {
-    edges.aggregation == Aggregation::Csr && runs_fused(e, others)
+    edges.aggregation == Aggregation::Csr && dense_runs_fused(e, others)
 }
 
 fn apply(
@@ -230,6 +243,33 @@ impl CustomOp3 for EdgeInputOp {
         Ok((out, Shape::from((z.batch, z.edges, z.outputs))))
     }
 
+    /// The edge product from cuBLAS, then one kernel that adds the gathered node rows
+    /// into the output; the product is freed on return.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        e: &candle_core::CudaStorage,
+        e_layout: &Layout,
+        weight: &candle_core::CudaStorage,
+        weight_layout: &Layout,
+        nodes: &candle_core::CudaStorage,
+        nodes_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let z = self.sizes(e_layout, weight_layout, nodes_layout)?;
+        if !(e_layout.is_contiguous() && weight_layout.is_contiguous()) {
+            bail!("edge input: contiguous operands only")
+        }
+        let e_rows = e_layout.shape().elem_count() / z.inputs.max(1);
+        let e_layout = Layout::contiguous_with_offset((e_rows, z.inputs), e_layout.start_offset());
+        let product = super::dense::backend_product(
+            (e, &e_layout),
+            (weight, weight_layout),
+            (e_rows, z.inputs, z.outputs),
+        )?;
+        let out = cuda::gather(self, &z, &product, (nodes, nodes_layout))?;
+        Ok((out, Shape::from((z.batch, z.edges, z.outputs))))
+    }
+
     fn bwd(
         &self,
         e: &Tensor,
@@ -265,76 +305,231 @@ impl CustomOp3 for EdgeInputOp {
     }
 }
 
+/// The CUDA side of [`EdgeInputOp`]: src/model/kernels/edge_input.cu, compiled to PTX by
+/// build.rs.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{bail, Context, CudaStorage, DType, Layout, Result};
+
+    use super::{EdgeInputOp, NodeLayout, Sizes};
+    use crate::model::row_kernels::launch_config;
+
+    const THREADS: u32 = 256;
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/edge_input.ptx"));
+
+    /// `product` (`[B|1 x E, out]`, contiguous) plus the gathered rows of `nodes`, as
+    /// [`EdgeInputOp`]'s CPU forward adds them: `[B, E, out]`.
+    pub(super) fn gather(
+        op: &EdgeInputOp,
+        z: &Sizes,
+        product: &CudaStorage,
+        (nodes, nodes_layout): (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let (n0, n1) = nodes_layout
+            .contiguous_offsets()
+            .context("edge input needs contiguous node projections")?;
+        let (receiver_row, receiver_col) = match op.layout {
+            NodeLayout::Stacked => (op.edges.n_senders, 0),
+            NodeLayout::SideBySide => (0, z.outputs),
+        };
+        let dims = [
+            z.batch,
+            z.edges,
+            z.outputs,
+            z.e_batched as usize,
+            z.nodes_batched as usize,
+            z.node_rows,
+            z.node_width,
+            receiver_row,
+            receiver_col,
+        ]
+        .map(|d| d as u32);
+        let total = z.batch * z.edges * z.outputs;
+        let dev = &product.device;
+        macro_rules! launch {
+            ($t:ty, $kernel:literal) => {{
+                let p = product.as_cuda_slice::<$t>()?;
+                let n = nodes.as_cuda_slice::<$t>()?.slice(n0..n1);
+                // SAFETY: the kernel writes every one of the `total` values.
+                let out = unsafe { dev.alloc::<$t>(total)? };
+                let func = dev.get_or_load_custom_func($kernel, "meshcast_edge_input", PTX)?;
+                op.edges
+                    .with_cuda_indices("edge input", |senders, receivers| {
+                        let mut launch = func.builder();
+                        launch.arg(p);
+                        launch.arg(&n);
+                        launch.arg(senders);
+                        launch.arg(receivers);
+                        launch.arg(&out);
+                        for d in &dims {
+                            launch.arg(d);
+                        }
+                        let config = launch_config(total.div_ceil(THREADS as usize), THREADS);
+                        // SAFETY: argument types and order match the kernel's signature.
+                        unsafe { launch.launch(config) }.w()
+                    })?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        Ok(match product.dtype() {
+            DType::F32 => launch!(f32, "edge_input_gather_f32"),
+            DType::F64 => launch!(f64, "edge_input_gather_f64"),
+            DType::BF16 => launch!(half::bf16, "edge_input_gather_bf16"),
+            DType::F16 => launch!(half::f16, "edge_input_gather_f16"),
+            other => bail!("edge input of {other:?}"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::graph_tensors::GraphTensors;
-    use crate::model::testing::{random_tensor, tiny_graph};
+    use crate::model::testing::{random_tensor, test_device, tiny_graph};
     use candle_core::{Device, Var};
+
+    /// The op on `device` in its dtypes (CPU: f64; CUDA: f32 and bf16), with the
+    /// composed product and gather-sum on the CPU in f64 of the same values as the
+    /// reference.
+    fn device_cases(device: &Device) -> Vec<(DType, f64)> {
+        match device.is_cpu() {
+            true => vec![(DType::F64, 1e-12)],
+            false => vec![(DType::F32, 1e-5), (DType::BF16, 2e-2)],
+        }
+    }
+
+    /// The largest difference relative to the largest reference value.
+    fn relative(mine: &Tensor, reference: &Tensor) -> Result<f64> {
+        let mine = mine.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+        let d = (mine - reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        Ok(d / reference.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-300))
+    }
+
+    /// Runs `fused` on `device` and the composed layer on the CPU in f64 over `inputs`
+    /// (made in f64, rounded to the device's dtype, the reference taking the rounded
+    /// values), comparing the outputs and every input's gradient.
+    fn check_against_composed(
+        device: &Device,
+        inputs: &[Tensor],
+        fused: impl Fn(&GraphTensors, &[Tensor]) -> Result<Tensor>,
+        composed: impl Fn(&GraphTensors, &[Tensor]) -> Result<Tensor>,
+        case: &str,
+    ) -> Result<()> {
+        let graph_cpu = GraphTensors::new(&tiny_graph(2), &Device::Cpu, DType::F64)?
+            .with_aggregation(Aggregation::Csr);
+        for (dtype, tol) in device_cases(device) {
+            let graph = GraphTensors::new(&tiny_graph(2), device, dtype)?
+                .with_aggregation(Aggregation::Csr);
+            let mine: Vec<Var> = inputs
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?))
+                .collect::<Result<_>>()?;
+            let exact: Vec<Var> = mine
+                .iter()
+                .map(|v| Var::from_tensor(&v.to_device(&Device::Cpu)?.to_dtype(DType::F64)?))
+                .collect::<Result<_>>()?;
+            let as_tensors = |vars: &[Var]| {
+                vars.iter()
+                    .map(|v| v.as_tensor().clone())
+                    .collect::<Vec<_>>()
+            };
+            let out = fused(&graph, &as_tensors(&mine))?;
+            let expected = composed(&graph_cpu, &as_tensors(&exact))?;
+            assert_eq!(out.dims(), expected.dims(), "{case}");
+            assert!(
+                relative(&out, &expected)? < tol,
+                "{case}, {dtype:?}: forward"
+            );
+            let weights = random_tensor(expected.dims(), DType::F64, 5)?;
+            let g = (&out * weights.to_dtype(dtype)?.to_device(device)?)?
+                .sum_all()?
+                .backward()?;
+            let g_ref = (expected * &weights)?.sum_all()?.backward()?;
+            for (v, e) in mine.iter().zip(&exact) {
+                let grad = g.get(v.as_tensor()).expect("a gradient");
+                assert!(!grad.track_op(), "{case}: the gradient holds the graph");
+                assert_eq!(grad.dims(), v.dims());
+                let expected = g_ref.get(e.as_tensor()).expect("a gradient");
+                assert!(
+                    relative(grad, expected)? < 4.0 * tol,
+                    "{case}, {dtype:?}: gradient"
+                );
+            }
+        }
+        Ok(())
+    }
 
     /// The fused op against the composed product and gather-sum, forward and every
     /// gradient, for edge latents that broadcast over the batch and ones that do not,
     /// and node projections of batch 1 and 3.
-    #[test]
-    fn equals_the_composed_layer_with_gradients() -> Result<()> {
-        let graph = GraphTensors::new(&tiny_graph(2), &Device::Cpu, DType::F64)?
-            .with_aggregation(Aggregation::Csr);
-        let edges = &graph.mesh;
-        let n = graph.mesh_nodes.count;
+    fn equals_the_composed_layer_with_gradients(device: &Device) -> Result<()> {
+        let graph = tiny_graph(2);
+        let (edges, n) = (graph.mesh.len(), graph.mesh_nodes.len());
         for (be, bs, br) in [(1, 3, 3), (3, 3, 1), (3, 1, 1)] {
-            let e = Var::from_tensor(&random_tensor(&[be, edges.len(), 5], DType::F64, 1)?)?;
-            let w = Var::from_tensor(&random_tensor(&[6, 5], DType::F64, 2)?)?;
-            let s = Var::from_tensor(&random_tensor(&[bs, n, 6], DType::F64, 3)?)?;
-            let r = Var::from_tensor(&random_tensor(&[br, n, 6], DType::F64, 4)?)?;
-            let fused = edge_input(edges, &e, &w, &s, &r)?;
-            let projected = Linear::new(w.as_tensor().clone(), None).forward(&e)?;
-            let composed = gather_sum(edges, &projected, &s, &r)?;
-            assert_eq!(fused.dims(), &[3, edges.len(), 6]);
-            let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert!(diff < 1e-12, "forward {diff}");
-            let weights = random_tensor(fused.dims(), DType::F64, 5)?;
-            let g = (fused * &weights)?.sum_all()?.backward()?;
-            let g_ref = (composed * &weights)?.sum_all()?.backward()?;
-            for v in [&e, &w, &s, &r] {
-                let mine = g.get(v.as_tensor()).expect("a gradient");
-                assert!(!mine.track_op(), "the gradient holds the graph");
-                assert_eq!(mine.dims(), v.dims());
-                let theirs = g_ref.get(v.as_tensor()).expect("a gradient");
-                let d = (mine - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
-                assert!(d < 1e-12, "({be}, {bs}, {br}): gradient {d}");
-            }
+            let inputs = [
+                random_tensor(&[be, edges, 5], DType::F64, 1)?,
+                random_tensor(&[6, 5], DType::F64, 2)?,
+                random_tensor(&[bs, n, 6], DType::F64, 3)?,
+                random_tensor(&[br, n, 6], DType::F64, 4)?,
+            ];
+            check_against_composed(
+                device,
+                &inputs,
+                |g, t| fused_edge_input(&g.mesh, &t[0], &t[1], (&t[2], &t[3])),
+                |g, t| {
+                    let projected = Linear::new(t[1].clone(), None).forward(&t[0])?;
+                    gather_sum(&g.mesh, &projected, &t[2], &t[3])
+                },
+                &format!("stacked ({be}, {bs}, {br})"),
+            )?;
         }
         Ok(())
     }
 
     /// The side-by-side layout of one node set against the composed layer.
-    #[test]
-    fn same_nodes_equals_the_composed_layer_with_gradients() -> Result<()> {
-        let graph = GraphTensors::new(&tiny_graph(2), &Device::Cpu, DType::F64)?
-            .with_aggregation(Aggregation::Csr);
-        let edges = &graph.mesh;
-        let n = graph.mesh_nodes.count;
+    fn same_nodes_equals_the_composed_layer_with_gradients(device: &Device) -> Result<()> {
+        let graph = tiny_graph(2);
+        let (edges, n) = (graph.mesh.len(), graph.mesh_nodes.len());
         for (be, bn) in [(1, 3), (3, 3), (3, 1)] {
-            let e = Var::from_tensor(&random_tensor(&[be, edges.len(), 5], DType::F64, 1)?)?;
-            let w = Var::from_tensor(&random_tensor(&[6, 5], DType::F64, 2)?)?;
-            let sr = Var::from_tensor(&random_tensor(&[bn, n, 12], DType::F64, 3)?)?;
-            let fused = edge_input_same_nodes(edges, &e, &w, &sr)?;
-            let projected = Linear::new(w.as_tensor().clone(), None).forward(&e)?;
-            let (s, r) = (sr.narrow(2, 0, 6)?, sr.narrow(2, 6, 6)?);
-            let composed = gather_sum(edges, &projected, &s, &r)?;
-            let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert!(diff < 1e-12, "forward {diff}");
-            let weights = random_tensor(fused.dims(), DType::F64, 5)?;
-            let g = (fused * &weights)?.sum_all()?.backward()?;
-            let g_ref = (composed * &weights)?.sum_all()?.backward()?;
-            for v in [&e, &w, &sr] {
-                let mine = g.get(v.as_tensor()).expect("a gradient");
-                assert_eq!(mine.dims(), v.dims());
-                let theirs = g_ref.get(v.as_tensor()).expect("a gradient");
-                let d = (mine - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
-                assert!(d < 1e-12, "({be}, {bn}): gradient {d}");
-            }
+            let inputs = [
+                random_tensor(&[be, edges, 5], DType::F64, 1)?,
+                random_tensor(&[6, 5], DType::F64, 2)?,
+                random_tensor(&[bn, n, 12], DType::F64, 3)?,
+            ];
+            check_against_composed(
+                device,
+                &inputs,
+                |g, t| {
+                    apply(
+                        &g.mesh,
+                        &t[0],
+                        &t[1],
+                        &t[2].contiguous()?,
+                        NodeLayout::SideBySide,
+                    )
+                },
+                |g, t| {
+                    let projected = Linear::new(t[1].clone(), None).forward(&t[0])?;
+                    let (s, r) = (t[2].narrow(2, 0, 6)?, t[2].narrow(2, 6, 6)?);
+                    gather_sum(&g.mesh, &projected, &s, &r)
+                },
+                &format!("side by side ({be}, {bn})"),
+            )?;
         }
         Ok(())
     }
+
+    test_device!(
+        equals_the_composed_layer_with_gradients,
+        equals_the_composed_layer_with_gradients_cpu,
+        equals_the_composed_layer_with_gradients_cuda
+    );
+    test_device!(
+        same_nodes_equals_the_composed_layer_with_gradients,
+        same_nodes_equals_the_composed_layer_with_gradients_cpu,
+        same_nodes_equals_the_composed_layer_with_gradients_cuda
+    );
 }

@@ -170,6 +170,33 @@ impl NodeTensors {
 }
 
 impl EdgeTensors {
+    /// Runs `f` on the sender and receiver indices as CUDA views, their storage locked
+    /// for reading until `f` returns (a kernel launch that reads them); `what` names the
+    /// op in the error for indices that are not on a GPU.
+    #[cfg(feature = "cuda")]
+    pub fn with_cuda_indices<R>(
+        &self,
+        what: &str,
+        f: impl FnOnce(
+            &candle_core::cuda_backend::cudarc::driver::CudaView<u32>,
+            &candle_core::cuda_backend::cudarc::driver::CudaView<u32>,
+        ) -> Result<R>,
+    ) -> Result<R> {
+        let (senders_storage, senders_layout) = self.senders.storage_and_layout();
+        let (receivers_storage, receivers_layout) = self.receivers.storage_and_layout();
+        let (candle_core::Storage::Cuda(senders), candle_core::Storage::Cuda(receivers)) =
+            (&*senders_storage, &*receivers_storage)
+        else {
+            candle_core::bail!("{what}: the graph's indices are not on the GPU");
+        };
+        let senders = senders.as_cuda_slice::<u32>()?;
+        let receivers = receivers.as_cuda_slice::<u32>()?;
+        f(
+            &senders.slice(senders_layout.start_offset()..),
+            &receivers.slice(receivers_layout.start_offset()..),
+        )
+    }
+
     fn new(edges: &EdgeSet, device: &Device, dtype: DType) -> Result<EdgeTensors> {
         let features = Tensor::from_slice(&edges.features, (edges.len(), EDGE_FEATURES), device)?
             .to_dtype(dtype)?;

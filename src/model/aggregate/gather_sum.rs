@@ -204,20 +204,6 @@ mod cuda {
         edges: &crate::model::graph_tensors::EdgeTensors,
         shape: &super::GatherSumShape,
     ) -> Result<CudaStorage> {
-        // The index tensors' storage stays locked for reading until the launch.
-        let (senders_storage, senders_layout) = edges.senders.storage_and_layout();
-        let (receivers_storage, receivers_layout) = edges.receivers.storage_and_layout();
-        let (candle_core::Storage::Cuda(senders), candle_core::Storage::Cuda(receivers)) =
-            (&*senders_storage, &*receivers_storage)
-        else {
-            bail!("gather-sum: the graph's indices are not on the GPU");
-        };
-        let senders = senders
-            .as_cuda_slice::<u32>()?
-            .slice(senders_layout.start_offset()..);
-        let receivers = receivers
-            .as_cuda_slice::<u32>()?
-            .slice(receivers_layout.start_offset()..);
         let offsets = |l: &Layout| {
             l.contiguous_offsets()
                 .context("gather-sum needs contiguous inputs")
@@ -244,18 +230,20 @@ mod cuda {
                 // SAFETY: the kernel writes every one of the `total` values.
                 let out = unsafe { dev.alloc::<$t>(total)? };
                 let func = dev.get_or_load_custom_func($kernel, "meshcast_gather_sum", PTX)?;
-                let mut launch = func.builder();
-                launch.arg(&e);
-                launch.arg(&s);
-                launch.arg(&r);
-                launch.arg(&senders);
-                launch.arg(&receivers);
-                launch.arg(&out);
-                for d in &dims {
-                    launch.arg(d);
-                }
-                // SAFETY: argument types and order match the kernel's signature.
-                unsafe { launch.launch(config) }.w()?;
+                edges.with_cuda_indices("gather-sum", |senders, receivers| {
+                    let mut launch = func.builder();
+                    launch.arg(&e);
+                    launch.arg(&s);
+                    launch.arg(&r);
+                    launch.arg(senders);
+                    launch.arg(receivers);
+                    launch.arg(&out);
+                    for d in &dims {
+                        launch.arg(d);
+                    }
+                    // SAFETY: argument types and order match the kernel's signature.
+                    unsafe { launch.launch(config) }.w()
+                })?;
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             }};
         }
