@@ -87,7 +87,8 @@ nice -n 10 cargo build -j "$JOBS" --release --locked --features "$FEATURES"
 tests=$(nice -n 10 cargo test -j "$JOBS" --release --locked --features "$FEATURES" --lib --no-run \
   --message-format json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 
-# The CUPTI call counter of scripts/gpu-measure.sh (kernel launches and syncs per step).
+# The CUPTI call counter of scripts/gpu-measure.sh (kernel launches and syncs per step,
+# and each kernel's GPU time).
 gcc -shared -fPIC -O2 -Wall -I "$WORK/cupti/nvidia/cu13/include" -I "$CU/include" \
   -o "$CARGO_TARGET_DIR/libcuda_counts.so" scripts/cuda_counts.c \
   -L "$WORK/cupti/nvidia/cu13/lib" -l:libcupti.so.13

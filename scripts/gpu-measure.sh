@@ -16,7 +16,8 @@
 #             PyTorch check of a GPU-computed step (f32, then --tf32: its errors), the
 #             bars (5 deg, batch 1 and 8, csr-shared, f32) side by side with PyTorch's
 #             step in the same call, the same with --tf32, and the CUDA calls of one
-#             step (kernel launches, syncs, copies, allocations; scripts/cuda_counts.c)
+#             step (kernel launches, syncs, copies, allocations) and the GPU time of
+#             each kernel per step (scripts/cuda_counts.c)
 #   nccl      the NCCL gradient sum (FEATURES=nccl build, NCCL_BIN): one rank, and two MPI
 #             ranks sharing the GPU, against one process
 #   ops       every custom op's test_device! test on the GPU (forward and backward
@@ -28,7 +29,8 @@
 #             ops: the PyTorch check of a GPU-computed step with them, the bars side by
 #             side with PyTorch (5 deg batch 8, 2.5 deg batch 4, csr-shared, f32 and
 #             bf16, latent 128, 8 layers), composed then fused, and the 1-degree peaks
-#             (batch 1, 16 layers, checkpointing, f32 and bf16) both ways
+#             (batch 1, 16 layers, checkpointing, f32 and bf16) both ways, and the
+#             fused step's calls and kernel times (as in part step)
 #   Env: PYTHON (default python3) must import torch for the PyTorch parts;
 #   CUDA_COUNTS_LIB (default target/cuda/carry/libcuda_counts.so) and CUDA_TESTS
 #   (default target/cuda/carry/meshcast-cuda-tests.xz), from the repository root.
@@ -57,6 +59,62 @@ if ! ldconfig -p | grep -q libcublas.so.13 && [ -z "${LD_LIBRARY_PATH:-}" ]; the
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 bench() { "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$out" "$@"; }
+
+# Calls and kernel time per training step (CUPTI counter, scripts/cuda_counts.c, with
+# kernel timing): runs of 2 and 7 timed steps at 5 deg, batch 1 and 8, csr-shared, f32,
+# so the difference / 5 is one step's. $1 labels the files (the environment picks the
+# ops, e.g. MESHCAST_CUDA_FUSED_OPS=1).
+calls_per_step() {
+  local label=$1 py=${PYTHON:-python3}
+  local counter
+  counter=$(realpath "${CUDA_COUNTS_LIB:-target/cuda/carry/libcuda_counts.so}")
+  if [ ! -f "$counter" ]; then
+    echo "gpu-measure: no $counter (scripts/build-cuda.sh builds it): calls not counted"
+    return
+  fi
+  for b in 1 8; do
+    for steps in 2 7; do
+      CUDA_INJECTION64_PATH="$counter" CUDA_COUNTS_KERNELS=1 \
+        CUDA_COUNTS_OUT="$out/counts-$label-b$b-s$steps.json" \
+        "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$work" \
+        --grids 5 --batch-sizes "$b" --formats csr-shared --precisions off \
+        --num-gnn-layers 8 --warmup-steps 1 --timed-steps "$steps" --forward-repeats 1 \
+        --label counts >/dev/null || echo "gpu-measure: counting failed (batch $b, $steps steps)"
+    done
+  done
+  "$py" - "$out" "$label" <<'PY' | tee "$out/calls-per-step-$label.txt"
+import json, pathlib, sys
+out, label = pathlib.Path(sys.argv[1]), sys.argv[2]
+groups = {
+    "kernel launches": lambda k: k.startswith("driver:cuLaunch"),
+    "graph launches": lambda k: k.startswith("driver:cuGraphLaunch"),
+    "host syncs": lambda k: k.startswith("driver:") and "Synchronize" in k,
+    "blocking copies": lambda k: k.startswith("driver:cuMemcpy") and "Async" not in k,
+    "event records": lambda k: k.startswith("driver:cuEventRecord"),
+    "allocations": lambda k: k.startswith("driver:cuMemAlloc"),
+}
+for b in (1, 8):
+    try:
+        a, z = (json.loads((out / f"counts-{label}-b{b}-s{s}.json").read_text()) for s in (2, 7))
+    except (OSError, ValueError) as e:
+        print(f"batch {b}: no counts ({e})")
+        continue
+    per = {f"{d}:{k}": (n - a[d].get(k, 0)) / 5 for d in ("driver", "runtime") for k, n in z[d].items()}
+    print(f"{label}, batch {b}, per training step: " + ", ".join(
+        f"{g} {sum(v for k, v in per.items() if f(k)):.0f}" for g, f in groups.items()))
+    for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
+        if v:
+            print(f"  {k} {v:.1f}")
+    kernels = {k: ((c - a.get("kernels", {}).get(k, [0, 0])[0]) / 5,
+                   (ns - a.get("kernels", {}).get(k, [0, 0])[1]) / 5e6)
+               for k, (c, ns) in z.get("kernels", {}).items()}
+    total = sum(ms for _, ms in kernels.values())
+    print(f"  GPU kernel time per step: {total:.2f} ms in {sum(c for c, _ in kernels.values()):.0f} kernels"
+          " (against the step's wall time in the bench report: the rest is the GPU waiting for the host)")
+    for k, (c, ms) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:30]:
+        print(f"  {ms:8.3f} ms {c:6.0f}x  {k[:110]}")
+PY
+}
 
 for part in "${parts[@]}"; do
   echo "=== $part"
@@ -122,45 +180,7 @@ for part in "${parts[@]}"; do
       "$py" scripts/pytorch_reference.py bench --meshcast "$bin" --out-dir "$out/step" \
         -- --device cuda --label gpu-step-5 "${steps[@]}" || echo "gpu-measure: bench exit $?"
       bench --tf32 --label gpu-step-5-tf32 "${steps[@]}"
-      # Calls per training step (CUPTI counter, scripts/cuda_counts.c): runs of 2 and 7
-      # timed steps, so the difference / 5 is one step's calls.
-      counter=$(realpath "${CUDA_COUNTS_LIB:-target/cuda/carry/libcuda_counts.so}")
-      counts() {
-        CUDA_INJECTION64_PATH="$counter" CUDA_COUNTS_OUT="$out/counts-b$2-s$1.json" \
-          "$bin" benchmark-graph-format --device cuda --no-progress --output-dir "$work" \
-          --grids 5 --batch-sizes "$2" --formats csr-shared --precisions off \
-          --num-gnn-layers 8 --warmup-steps 1 --timed-steps "$1" --forward-repeats 1 \
-          --label counts >/dev/null
-      }
-      if [ -f "$counter" ]; then
-        for b in 1 8; do counts 2 $b && counts 7 $b || echo "gpu-measure: counting failed"; done
-        "$py" - "$out" <<'PY' | tee "$out/calls-per-step.txt"
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-groups = {
-    "kernel launches": lambda k: k.startswith("driver:cuLaunch"),
-    "graph launches": lambda k: k.startswith("driver:cuGraphLaunch"),
-    "host syncs": lambda k: k.startswith("driver:") and "Synchronize" in k,
-    "blocking copies": lambda k: k.startswith("driver:cuMemcpy") and "Async" not in k,
-    "event records": lambda k: k.startswith("driver:cuEventRecord"),
-    "allocations": lambda k: k.startswith("driver:cuMemAlloc"),
-}
-for b in (1, 8):
-    try:
-        a, z = (json.loads((out / f"counts-b{b}-s{s}.json").read_text()) for s in (2, 7))
-    except (OSError, ValueError) as e:
-        print(f"batch {b}: no counts ({e})")
-        continue
-    per = {f"{d}:{k}": (n - a[d].get(k, 0)) / 5 for d in ("driver", "runtime") for k, n in z[d].items()}
-    print(f"batch {b}, per training step: " + ", ".join(
-        f"{g} {sum(v for k, v in per.items() if f(k)):.0f}" for g, f in groups.items()))
-    for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
-        if v:
-            print(f"  {k} {v:.1f}")
-PY
-      else
-        echo "gpu-measure: no $counter (scripts/build-cuda.sh builds it): calls not counted"
-      fi
+      calls_per_step composed
       ;;
     fused)
       py=${PYTHON:-python3}
@@ -181,6 +201,7 @@ PY
         --num-gnn-layers 16 --warmup-steps 1 --timed-steps 3 --forward-repeats 1)
       bench --label gpu-peaks-1-composed "${peaks[@]}"
       MESHCAST_CUDA_FUSED_OPS=1 bench --label gpu-peaks-1-fused "${peaks[@]}"
+      MESHCAST_CUDA_FUSED_OPS=1 calls_per_step fused
       ;;
     *) echo "gpu-measure: unknown part '$part'" >&2; exit 2 ;;
   esac
