@@ -226,7 +226,7 @@ fn check_gpu_on_a_cpu_build() {
     assert!(fits[0]["batch_size"].as_u64().unwrap() >= fits[2]["batch_size"].as_u64().unwrap());
     assert!(v["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
     let kernels = v["checks"][0]["kernels"].as_array().unwrap();
-    assert_eq!(kernels.len(), 4);
+    assert_eq!(kernels.len(), 5);
     assert!(kernels[..3]
         .iter()
         .all(|k| k["ok"] == true && k["gflops"].as_f64().unwrap() > 0.0));
@@ -237,6 +237,13 @@ fn check_gpu_on_a_cpu_build() {
         adamw["max_rel_diff"], 0.0,
         "bit for bit on the CPU: {adamw}"
     );
+    let fused = &kernels[4];
+    assert!(
+        fused["name"].as_str().unwrap().contains("fused ops"),
+        "{fused}"
+    );
+    assert_eq!(fused["ok"], true, "{fused}");
+    assert!(fused["max_rel_diff"].as_f64().unwrap() < 1e-4, "{fused}");
 }
 
 #[test]

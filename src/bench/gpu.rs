@@ -166,7 +166,7 @@ fn planned_fit(deg: f64, budget: u64, on_cpu: bool) -> anyhow::Result<PlannedFit
     Ok(best)
 }
 
-fn max_rel(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
+pub(super) fn max_rel(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
     let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
@@ -174,14 +174,14 @@ fn max_rel(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
     Ok(diff / scale)
 }
 
-fn random(dims: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+pub(super) fn random(dims: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n = dims.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     Tensor::from_vec(v, dims, device)
 }
 
-fn median_time(
+pub(super) fn median_time(
     repeats: usize,
     mut f: impl FnMut() -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<(f64, Tensor)> {
@@ -199,9 +199,9 @@ fn median_time(
 }
 
 const MATMUL_N: usize = 512;
-const MP_NODES: usize = 10_242;
-const MP_DEGREE: usize = 6;
-const MP_FEATURES: usize = 128;
+pub(super) const MP_NODES: usize = 10_242;
+pub(super) const MP_DEGREE: usize = 6;
+pub(super) const MP_FEATURES: usize = 128;
 /// Relative tolerance against the CPU: f32 sums in different orders (and TF32 on GPUs).
 const TOLERANCE: f64 = 1e-2;
 
@@ -256,7 +256,10 @@ fn matmul_check(device: &Device) -> KernelCheck {
 }
 
 /// A random graph of MP_NODES nodes and MP_DEGREE incoming edges per node on `device`.
-fn mp_edges(device: &Device, aggregation: Aggregation) -> candle_core::Result<EdgeTensors> {
+pub(super) fn mp_edges(
+    device: &Device,
+    aggregation: Aggregation,
+) -> candle_core::Result<EdgeTensors> {
     let e = MP_NODES * MP_DEGREE;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let coo = crate::graph::Coo {
@@ -395,6 +398,7 @@ pub fn check() -> CheckGpuReport {
             message_passing_check(&Device::Cpu, Aggregation::IndexAdd),
             message_passing_check(&Device::Cpu, Aggregation::Csr),
             adamw_check(&Device::Cpu),
+            super::fused_check::fused_ops_check(&Device::Cpu),
         ],
     }];
     let mut cuda_usable = false;
@@ -410,6 +414,7 @@ pub fn check() -> CheckGpuReport {
                         message_passing_check(&dev, Aggregation::IndexAdd),
                         message_passing_check(&dev, Aggregation::Csr),
                         adamw_check(&dev),
+                        super::fused_check::fused_ops_check(&dev),
                     ],
                 });
             }

@@ -6,6 +6,7 @@
 //! verified against the reference format, and its timings and measured memory.
 
 pub mod compare;
+mod fused_check;
 pub mod gpu;
 pub mod graph_format;
 pub mod report;

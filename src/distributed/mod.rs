@@ -33,15 +33,15 @@ pub trait Collective {
     /// through [`Collective::all_reduce_f64`]), unless the transport sums on the
     /// devices themselves (NCCL).
     fn all_reduce_tensor(&self, t: &Tensor) -> anyhow::Result<Tensor> {
-        let (dtype, device, n) = (t.dtype(), t.device().clone(), t.elem_count());
+        let (dtype, device, shape) = (t.dtype(), t.device().clone(), t.shape().clone());
         if dtype == DType::F64 {
             let mut flat = t.flatten_all()?.to_vec1::<f64>()?;
             self.all_reduce_f64(&mut flat)?;
-            return Ok(Tensor::from_vec(flat, n, &device)?);
+            return Ok(Tensor::from_vec(flat, shape, &device)?);
         }
         let mut flat = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         self.all_reduce_f32(&mut flat)?;
-        Ok(Tensor::from_vec(flat, n, &device)?.to_dtype(dtype)?)
+        Ok(Tensor::from_vec(flat, shape, &device)?.to_dtype(dtype)?)
     }
     /// Rank 0's bytes replace every other rank's.
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> anyhow::Result<()>;

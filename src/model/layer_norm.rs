@@ -593,6 +593,10 @@ mod cuda {
         Ok((out, x_layout.shape().clone()))
     }
 
+    /// Rows each warp of the backward kernel takes at least: its partial sums (2 rows of
+    /// `cols` per warp) are then at most a quarter of dx, which keeps them alive (dx is
+    /// a view of the kernel's one output in f32 and f64).
+    const BACKWARD_ROWS_PER_WARP: usize = 8;
     /// Columns the backward kernel takes (`LAYER_NORM_BACKWARD_MAX_COLS`).
     const BACKWARD_MAX_COLS: usize = 512;
     /// Blocks of the backward kernel at most: its partial column sums are
@@ -614,9 +618,8 @@ mod cuda {
             return Ok(None);
         }
         let rows = x.elem_count() / cols;
-        let blocks = rows
-            .div_ceil((THREADS / 32) as usize)
-            .clamp(1, BACKWARD_MAX_BLOCKS);
+        let warp_rows = (THREADS / 32) as usize * BACKWARD_ROWS_PER_WARP;
+        let blocks = rows.div_ceil(warp_rows).clamp(1, BACKWARD_MAX_BLOCKS);
         let (x, weight, grad) = (
             x.detach().contiguous()?,
             weight.detach().contiguous()?,

@@ -29,7 +29,7 @@ __device__ void edge_input_gather(const T* p, const T* nodes, const unsigned int
     const unsigned long long r0 = (base + receiver_row + receivers[k]) * node_width + receiver_col;
     const auto sum = to_acc(p[(pb * edges + k) * features + f]) + to_acc(nodes[s0 + f]) +
                      to_acc(nodes[r0 + f]);
-    out[i] = from_acc<T, decltype(sum)>(sum);
+    out[i] = from_acc<T>(sum);
   }
 }
 
