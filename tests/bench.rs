@@ -382,3 +382,57 @@ fn a_case_that_cannot_fit_is_skipped_with_its_reason() {
     );
     assert!(case["timings"].is_null());
 }
+
+/// An f64 case runs and verifies against the f32 reference format, elementwise.
+#[test]
+fn an_f64_case_verifies_against_the_f32_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = meshcast()
+        .args([
+            "-q",
+            "benchmark-graph-format",
+            "--grids",
+            "10",
+            "--batch-sizes",
+            "1",
+        ])
+        .args([
+            "--formats",
+            "csr-shared",
+            "--precisions",
+            "f64",
+            "--latent-size",
+            "16",
+        ])
+        .args([
+            "--num-gnn-layers",
+            "2",
+            "--mesh-level",
+            "2",
+            "--warmup-steps",
+            "1",
+        ])
+        .args([
+            "--timed-steps",
+            "1",
+            "--forward-repeats",
+            "1",
+            "--no-progress",
+        ])
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let case = &v["cases"][0];
+    assert_eq!(case["config"]["precision"], "f64");
+    assert_eq!(case["verification"]["verified"], true, "{case}");
+    assert!(case["verification"]["max_output_diff"].as_f64().unwrap() > 0.0);
+}

@@ -1,7 +1,7 @@
 //! One case: its model built from the seed, verified against the reference format on
 //! the inference view, then timed (forward passes and training steps) with its memory.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::plan::{plan_grid_key, precision_name, BenchPlan};
 use super::LEARNING_RATE;
@@ -13,7 +13,7 @@ use crate::data::Grid;
 use crate::graph::WeatherGraph;
 use crate::memory::{self, MemoryBreakdown};
 use crate::model::{MixedPrecision, ModelConfig};
-use crate::predict::loss::weighted_mse;
+use crate::predict::loss::{scalar, weighted_mse};
 use crate::predict::{synthetic, LossTarget, Patched, Predictor, WholeGraph};
 use crate::train::optimizer::{AdamW, AdamWParams};
 use crate::train::step::train_step;
@@ -230,7 +230,7 @@ fn measure_case(
     }
     let forward_times = time_repeats(plan.forward_repeats, || {
         let (_, loss) = forward_loss(&predictor, inputs.batch)?;
-        loss.to_scalar::<f32>()?;
+        scalar(&loss)?;
         Ok(())
     })?;
     result.inference_peak = memory::peak_on(device)
@@ -272,8 +272,8 @@ fn verify(
     inputs: &CaseInputs,
 ) -> anyhow::Result<Verification> {
     let (pred, loss) = forward_loss(predictor, inputs.batch)?;
-    let out: Vec<f32> = pred.flatten_all()?.to_vec1()?;
-    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let out: Vec<f32> = pred.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let loss_value = scalar(&loss)?;
     let reference = inputs.reference;
     let precision = case_precision(cfg)?;
     let tf32 = crate::device::tf32_enabled() && precision == MixedPrecision::Off;
@@ -287,7 +287,7 @@ fn verify(
         .fold(0.0f64, |m, v| m.max(v.abs() as f64));
     let atol = atol_fraction * scale.max(f64::MIN_POSITIVE);
     let (mut out_ok, max_diff) = allclose(&out, &reference.output, rtol, atol);
-    if precision != MixedPrecision::Off || tf32 {
+    if !matches!(precision, MixedPrecision::Off | MixedPrecision::F64) || tf32 {
         // Low precision: normwise, against the largest reference output.
         out_ok = out.len() == reference.output.len() && max_diff <= atol + rtol * scale;
     }
@@ -430,17 +430,17 @@ pub(super) fn patch_boundary_errors(
             .unwrap_or(0);
         let n_patches = patches.len();
         let patched = Patched::new(whole_graph.shared_network(), patches).forward(&x)?;
-        let scalar = |t: Tensor| -> anyhow::Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
         let diff = (&patched - &whole)?;
-        let max_abs_error = scalar(diff.abs()?.max_all()?)?;
-        let rms = |t: &Tensor| -> anyhow::Result<f64> { Ok(scalar(t.sqr()?.mean_all()?)?.sqrt()) };
+        let max_abs_error = scalar(&diff.abs()?.max_all()?)?;
+        let rms = |t: &Tensor| -> anyhow::Result<f64> { Ok(scalar(&t.sqr()?.mean_all()?)?.sqrt()) };
         out.push(PatchBoundaryError {
             grid: cfg.grid.clone(),
             patches: n_patches,
             halo_deg,
             largest_patch_nodes: largest,
             max_abs_error,
-            relative_error: max_abs_error / scalar(whole.abs()?.max_all()?)?.max(f64::MIN_POSITIVE),
+            relative_error: max_abs_error
+                / scalar(&whole.abs()?.max_all()?)?.max(f64::MIN_POSITIVE),
             relative_rms_error: rms(&diff)? / rms(&whole)?.max(f64::MIN_POSITIVE),
         });
     }
