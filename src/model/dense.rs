@@ -299,16 +299,120 @@ impl candle_core::CustomOp2 for SiluBackwardOp {
     }
 }
 
-/// The CUDA side of [`SiluBackwardOp`]: src/model/kernels/dense.cu, compiled to PTX by
-/// build.rs.
+/// The CUDA side of [`SiluBackwardOp`] (src/model/kernels/dense.cu, compiled to PTX by
+/// build.rs) and of [`DenseOp`]'s forward through cuBLASLt.
 #[cfg(feature = "cuda")]
 mod cuda {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
+    use candle_core::op::Silu;
     use candle_core::{bail, Context, CudaStorage, DType, Layout, Result, Shape};
 
+    use super::DenseOp;
     use crate::model::row_kernels::launch_config;
+
+    /// One cuBLASLt handle per device, with its workspace (32 MiB on Hopper), made at
+    /// first use on the device's stream.
+    fn blas_lt(dev: &CudaDevice) -> Result<Arc<CudaBlasLT>> {
+        static HANDLES: OnceLock<Mutex<HashMap<DeviceId, Arc<CudaBlasLT>>>> = OnceLock::new();
+        let mut handles = HANDLES
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("cuBLASLt handles: a poisoned lock".into()))?;
+        if let Some(handle) = handles.get(&dev.id()) {
+            return Ok(handle.clone());
+        }
+        let handle = CudaBlasLT::new(dev.cuda_stream())
+            .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt: no handle ({e:?})")))?;
+        let handle = Arc::new(handle);
+        handles.insert(dev.id(), handle.clone());
+        Ok(handle)
+    }
+
+    type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// `act(x) W^T + b` as one cuBLASLt GEMM with the bias added in its epilogue (after
+    /// the backend's SiLU), for bf16 and f16, and for f32 under `--tf32` only: cudarc's
+    /// f32 cuBLASLt GEMM computes in TF32. None for the other cases.
+    pub fn dense_lt(
+        op: &DenseOp,
+        ((x, x_layout), (weight, weight_layout), (bias, bias_layout)): (Operand, Operand, Operand),
+    ) -> Result<Option<(CudaStorage, Shape)>> {
+        let (out_dims, (rows, inputs, outputs)) =
+            DenseOp::check(x_layout, weight_layout, bias_layout)?;
+        let takes = match x.dtype() {
+            DType::BF16 | DType::F16 => true,
+            DType::F32 => crate::device::tf32_enabled(),
+            _ => false,
+        };
+        let contiguous = [x_layout, weight_layout, bias_layout]
+            .iter()
+            .all(|l| l.is_contiguous());
+        if !takes || !contiguous || rows == 0 || inputs == 0 || outputs == 0 {
+            return Ok(None);
+        }
+        let x_rows = Layout::contiguous_with_offset((rows, inputs), x_layout.start_offset());
+        let activated = match op.silu_input {
+            true => Some(x.unary_impl::<Silu>(&x_rows)?),
+            false => None,
+        };
+        let (lhs, lhs_start) = match &activated {
+            Some(a) => (a, 0),
+            None => (x, x_layout.start_offset()),
+        };
+        let dev = x.device.clone();
+        let blas = blas_lt(&dev)?;
+        // Column-major, as cuBLAS sees row-major buffers: out^T (outputs x rows) =
+        // W (the weight buffer read transposed) times act(x)^T, the bias per output.
+        let config = MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: outputs as u64,
+            n: rows as u64,
+            k: inputs as u64,
+            alpha: 1.0,
+            lda: inputs as i64,
+            ldb: inputs as i64,
+            beta: 0.0,
+            ldc: outputs as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        let (w0, b0) = (weight_layout.start_offset(), bias_layout.start_offset());
+        macro_rules! run {
+            ($t:ty) => {{
+                let a = weight
+                    .as_cuda_slice::<$t>()?
+                    .slice(w0..w0 + outputs * inputs);
+                let b = lhs
+                    .as_cuda_slice::<$t>()?
+                    .slice(lhs_start..lhs_start + rows * inputs);
+                let bias = bias.as_cuda_slice::<$t>()?.slice(b0..b0 + outputs);
+                // SAFETY: cuBLASLt writes all rows x outputs values.
+                let mut out = unsafe { dev.alloc::<$t>(rows * outputs)? };
+                // SAFETY: the views hold exactly the matrices the configuration
+                // describes (sizes checked above), on the device's stream.
+                unsafe { blas.matmul(config, &a, &b, &mut out, Some(&bias), None) }
+                    .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt: {e:?}")))?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let out = match x.dtype() {
+            DType::BF16 => run!(half::bf16),
+            DType::F16 => run!(half::f16),
+            _ => run!(f32),
+        };
+        Ok(Some((out, Shape::from(out_dims))))
+    }
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dense.ptx"));
     const THREADS: u32 = 256;
@@ -404,7 +508,15 @@ impl CustomOp3 for DenseOp {
         bias: &candle_core::CudaStorage,
         bias_layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.storage_forward((x, x_layout), (weight, weight_layout), (bias, bias_layout))
+        let operands = ((x, x_layout), (weight, weight_layout), (bias, bias_layout));
+        match cuda::dense_lt(self, operands) {
+            Ok(Some(out)) => return Ok(out),
+            Ok(None) => {}
+            // cuBLASLt found no algorithm (e.g. for a misaligned bias): the same numbers
+            // from the backend's product and add.
+            Err(e) => tracing::debug!("dense: cuBLASLt declined ({e}); product and add instead"),
+        }
+        self.storage_forward(operands.0, operands.1, operands.2)
     }
 
     fn bwd(
