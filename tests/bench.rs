@@ -71,6 +71,17 @@ fn compare(a: &Path, b: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The first (in the tests, the only) report a benchmark wrote into `dir`, parsed.
+fn only_report(dir: &Path) -> Value {
+    let file = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -368,13 +379,7 @@ fn a_case_that_cannot_fit_is_skipped_with_its_reason() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let report = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    let v = only_report(dir.path());
     let case = &v["cases"][0];
     assert!(
         case["skipped"].as_str().unwrap().contains("predicted peak"),
@@ -424,13 +429,7 @@ fn an_f64_case_verifies_against_the_f32_reference() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let file = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let v = only_report(dir.path());
     let case = &v["cases"][0];
     assert_eq!(case["config"]["precision"], "f64");
     assert_eq!(case["verification"]["verified"], true, "{case}");

@@ -45,57 +45,56 @@ fn operands(edges: usize) -> candle_core::Result<Vec<Tensor>> {
 
 /// The fused ops on `edges`' device: the output, then every operand's gradient, flat.
 fn fused_chain(edges: &EdgeTensors, ops: &[Tensor]) -> candle_core::Result<Tensor> {
-    let vars = ops[..7]
-        .iter()
-        .map(Var::from_tensor)
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let [e, w1, s, r, w2, b2, affine] = [0, 1, 2, 3, 4, 5, 6].map(|i| vars[i].as_tensor());
-    let nodes = Tensor::cat(&[s, r], 1)?;
-    let edge_op = EdgeInputOp {
-        edges: edges.clone(),
-        layout: NodeLayout::Stacked,
-    };
-    let h = e.apply_op3(w1, &nodes, edge_op)?;
-    let y = h.apply_op3(w2, b2, DenseOp { silu_input: true })?;
-    let norm = ResidualLayerNormOp {
-        eps: LAYER_NORM_EPS,
-    };
-    let out = y.apply_op3(e, affine, norm)?;
-    flat_with_gradients(&out, &vars, &ops[7])
+    with_gradients(ops, |[e, w1, s, r, w2, b2, affine]| {
+        let nodes = Tensor::cat(&[s, r], 1)?;
+        let edge_op = EdgeInputOp {
+            edges: edges.clone(),
+            layout: NodeLayout::Stacked,
+        };
+        let h = e.apply_op3(w1, &nodes, edge_op)?;
+        let y = h.apply_op3(w2, b2, DenseOp { silu_input: true })?;
+        let norm = ResidualLayerNormOp {
+            eps: LAYER_NORM_EPS,
+        };
+        y.apply_op3(e, affine, norm)
+    })
 }
 
 /// The same function from plain candle ops (index_select, matmul, SiLU, the
 /// LayerNorm's definition), in whatever dtype and on whatever device `ops` are.
 fn composed_chain(edges: &EdgeTensors, ops: &[Tensor]) -> candle_core::Result<Tensor> {
+    with_gradients(ops, |[e, w1, s, r, w2, b2, affine]| {
+        let gathered =
+            (s.index_select(&edges.senders, 1)? + r.index_select(&edges.receivers, 1)?)?;
+        let h = (e.broadcast_matmul(&w1.t()?)? + gathered)?;
+        let y = h.silu()?.broadcast_matmul(&w2.t()?)?.broadcast_add(b2)?;
+        let centred = y.broadcast_sub(&y.mean_keepdim(D::Minus1)?)?;
+        let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + LAYER_NORM_EPS)?
+            .sqrt()?
+            .recip()?;
+        let normed = centred.broadcast_mul(&rstd)?;
+        let affine_out = normed
+            .broadcast_mul(&affine.get(0)?)?
+            .broadcast_add(&affine.get(1)?)?;
+        e + affine_out
+    })
+}
+
+/// `chain` of the first seven operands (as variables), then the gradients of
+/// `sum(out * weights)` (`weights` the eighth operand) for them, flattened after the
+/// output into one tensor.
+fn with_gradients(
+    ops: &[Tensor],
+    chain: impl Fn([&Tensor; 7]) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     let vars = ops[..7]
         .iter()
         .map(Var::from_tensor)
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let [e, w1, s, r, w2, b2, affine] = [0, 1, 2, 3, 4, 5, 6].map(|i| vars[i].as_tensor());
-    let gathered = (s.index_select(&edges.senders, 1)? + r.index_select(&edges.receivers, 1)?)?;
-    let h = (e.broadcast_matmul(&w1.t()?)? + gathered)?;
-    let y = h.silu()?.broadcast_matmul(&w2.t()?)?.broadcast_add(b2)?;
-    let centred = y.broadcast_sub(&y.mean_keepdim(D::Minus1)?)?;
-    let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + LAYER_NORM_EPS)?
-        .sqrt()?
-        .recip()?;
-    let normed = centred.broadcast_mul(&rstd)?;
-    let affine_out = normed
-        .broadcast_mul(&affine.get(0)?)?
-        .broadcast_add(&affine.get(1)?)?;
-    let out = (e + affine_out)?;
-    flat_with_gradients(&out, &vars, &ops[7])
-}
-
-/// `out` and the gradients of `sum(out * weights)` for `vars`, flattened into one tensor.
-fn flat_with_gradients(
-    out: &Tensor,
-    vars: &[Var],
-    weights: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let grads = (out * weights)?.sum_all()?.backward()?;
+    let out = chain([0, 1, 2, 3, 4, 5, 6].map(|i| vars[i].as_tensor()))?;
+    let grads = (&out * &ops[7])?.sum_all()?.backward()?;
     let mut parts = vec![out.flatten_all()?];
-    for v in vars {
+    for v in &vars {
         let g = grads
             .get(v.as_tensor())
             .ok_or_else(|| candle_core::Error::Msg("an operand without a gradient".into()))?;

@@ -135,6 +135,16 @@ struct Sizes {
 }
 
 impl EdgeInputOp {
+    /// Where receiver k's projection starts in the node operand, `(row, column)` before
+    /// k's own row: after the senders' rows (stacked) or after the sender projection's
+    /// `outputs` columns (side by side).
+    fn receiver_offset(&self, outputs: usize) -> (usize, usize) {
+        match self.layout {
+            NodeLayout::Stacked => (self.edges.n_senders, 0),
+            NodeLayout::SideBySide => (0, outputs),
+        }
+    }
+
     fn sizes(&self, e: &Layout, weight: &Layout, nodes: &Layout) -> Result<Sizes> {
         let (be, n_e, inputs) = e.shape().dims3()?;
         let (outputs, w_in) = weight.shape().dims2()?;
@@ -181,12 +191,7 @@ impl EdgeInputOp {
         let senders = host_index(&self.edges.senders)?;
         let receivers = host_index(&self.edges.receivers)?;
         let f = z.outputs;
-        // Receiver k's projection: rows after the senders' (stacked) or columns after
-        // the sender projection (side by side).
-        let (receiver_row, receiver_col) = match self.layout {
-            NodeLayout::Stacked => (self.edges.n_senders, 0),
-            NodeLayout::SideBySide => (0, f),
-        };
+        let (receiver_row, receiver_col) = self.receiver_offset(f);
         let width = z.node_width;
         let len = z.batch * z.edges * f;
         let mut out = vec![T::zero(); len];
@@ -314,7 +319,7 @@ mod cuda {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{bail, Context, CudaStorage, DType, Layout, Result};
 
-    use super::{EdgeInputOp, NodeLayout, Sizes};
+    use super::{EdgeInputOp, Sizes};
     use crate::model::row_kernels::launch_config;
 
     const THREADS: u32 = 256;
@@ -331,10 +336,7 @@ mod cuda {
         let (n0, n1) = nodes_layout
             .contiguous_offsets()
             .context("edge input needs contiguous node projections")?;
-        let (receiver_row, receiver_col) = match op.layout {
-            NodeLayout::Stacked => (op.edges.n_senders, 0),
-            NodeLayout::SideBySide => (0, z.outputs),
-        };
+        let (receiver_row, receiver_col) = op.receiver_offset(z.outputs);
         let dims = [
             z.batch,
             z.edges,

@@ -69,8 +69,9 @@ pub fn loss_weights(
 }
 
 /// `sum(w * (pred - target)^2) / denominator`, reduced in the target's dtype (the
-/// master dtype: f32 under mixed precision) whatever the prediction's. The denominator is the count of valid entries (at least 1), possibly divided
-/// by a loss scale or multiplied by accumulation steps, so it may be below 1.
+/// master dtype: f32 under mixed precision) whatever the prediction's. The
+/// denominator is the count of valid entries (at least 1), possibly divided by a loss
+/// scale or multiplied by accumulation steps, so it may be below 1.
 pub fn weighted_mse(
     pred: &Tensor,
     target: &Tensor,
