@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshcast::data::generate::{generate, GenerateOptions, NcFormat};
 use meshcast::data::{
-    BatchLoader, DataSpec, Dataset, NormStats, Prefetch, Split, SplitFractions, Splits, WindowSpec,
+    BatchLoader, DataSpec, Dataset, NormStats, Prefetch, Split, SplitSpec, Splits, WindowSpec,
 };
 
 const BATCH: usize = 2;
@@ -111,10 +111,11 @@ fn bench_prefetch(c: &mut Criterion) {
     );
     let window = WindowSpec::lead_spaced(2, 1);
     let splits = Splits::new(
-        ds.time.len(),
-        SplitFractions {
+        &ds.time,
+        &SplitSpec {
             train: 1.0,
             validation: 0.0,
+            periods: None,
         },
         window,
     )

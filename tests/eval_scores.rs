@@ -155,3 +155,90 @@ fn the_climatology_is_seasonal_when_the_training_block_spans_a_year() {
     let description = report["climatology"].as_str().unwrap();
     assert!(description.contains("shorter than a year"), "{description}");
 }
+
+/// Splits by date: training on both sides of a held-out test period (blocked
+/// cross-validation). run.json records the periods, inspect-data and the statistics
+/// see two training ranges, and eval scores forecasts inside the test period only.
+/// A period that holds no data is refused with one line before an old run is touched.
+#[test]
+fn a_test_period_held_out_of_the_middle_is_what_eval_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 degrees, 6-hourly from 2000-01-01 00:00, 40 steps: to 2000-01-10 18:00.
+    let data = generate(dir.path(), "g.nc", &["--resolution", "10", "--steps", "40"]);
+    let periods = [
+        "--train-period",
+        "2000-01-01..2000-01-03",
+        "--train-period",
+        "2000-01-07..2000-01-10 18:00",
+        "--validation-period",
+        "2000-01-06",
+        "--test-period",
+        "2000-01-04..2000-01-05",
+    ]
+    .map(String::from);
+    let run = dir.path().join("run");
+    succeeded(&train_tiny(&data, &run, &["--num-epochs", "1"]));
+    let before = std::fs::read(run.join("run.json")).unwrap();
+    let args = |p: &[String]| -> Vec<String> {
+        [
+            &["--num-epochs", "1", "--overwrite"].map(String::from)[..],
+            p,
+        ]
+        .concat()
+    };
+    let train = |p: &[String]| {
+        let a = args(p);
+        train_tiny(
+            &data,
+            &run,
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    // "2000-01-06" alone is no period: refused, one line.
+    assert_bad_input(
+        &train(&periods),
+        &["validation period '2000-01-06'", "START..END"],
+    );
+    let mut good = periods.clone();
+    good[5] = "2000-01-06..2000-01-06 18:00".into();
+    let mut outside = good.clone();
+    outside[7] = "2001-01-01..2001-01-02".into();
+    assert_bad_input(
+        &train(&outside),
+        &["test period", "holds no time step", "2000-01-10 18:00"],
+    );
+    assert_eq!(
+        std::fs::read(run.join("run.json")).unwrap(),
+        before,
+        "the old run is kept"
+    );
+    succeeded(&train(&good));
+    let recorded = read_json(&run.join("run.json"));
+    assert_eq!(
+        recorded["split"]["periods"]["train"][1],
+        "2000-01-07..2000-01-10 18:00"
+    );
+    let stats = read_json(&run.join("stats.json"));
+    assert_eq!(stats["train_steps"], serde_json::json!([[0, 12], [24, 40]]));
+    let inspect = inspect_json(&[&[data.display().to_string()][..], &good].concat());
+    assert_eq!(
+        inspect["samples"]["train"]["steps"],
+        serde_json::json!([[0, 12], [24, 40]])
+    );
+    assert_eq!(inspect["samples"]["train"]["samples"], 10 + 14);
+    assert_eq!(
+        inspect["samples"]["test"]["steps"],
+        serde_json::json!([[12, 20]])
+    );
+    // Two inputs and two leads inside 2000-01-04 00:00 .. 2000-01-05 18:00.
+    let report = eval_last(&run, &[]);
+    let first_last = |t: &[String]| (t[0].clone(), t[t.len() - 1].clone());
+    assert_eq!(
+        first_last(&initial_times(&report)),
+        (
+            "2000-01-04 06:00".to_string(),
+            "2000-01-05 06:00".to_string()
+        )
+    );
+    assert_eq!(initial_times(&report).len(), 5);
+}

@@ -1,6 +1,8 @@
 //! Batches, normalisation and the prefetching loader, through the library API on
 //! generated files (with masked corners, like real regional data).
 
+#![allow(clippy::single_range_in_vec_init)] // a split of one range reads best as vec![a..b]
+
 mod common;
 
 use std::path::PathBuf;
@@ -8,8 +10,8 @@ use std::sync::Arc;
 
 use common::*;
 use meshcast::data::{
-    BatchLoader, DataSpec, Dataset, NormStats, Prefetch, Split, SplitFractions, Splits, StepReader,
-    WindowSpec,
+    BatchLoader, DataSpec, Dataset, NormStats, Prefetch, Split, SplitPeriods, SplitSpec, Splits,
+    StepReader, WindowSpec,
 };
 
 fn regional(dir: &std::path::Path) -> PathBuf {
@@ -37,7 +39,7 @@ fn setup(path: PathBuf, window: WindowSpec) -> (Arc<Dataset>, Splits, Arc<NormSt
         })
         .unwrap(),
     );
-    let splits = Splits::new(ds.time.len(), SplitFractions::default(), window).unwrap();
+    let splits = Splits::new(&ds.time, &SplitSpec::default(), window).unwrap();
     let stats = Arc::new(NormStats::compute(&ds, &splits).unwrap());
     (ds, splits, stats)
 }
@@ -46,12 +48,12 @@ fn setup(path: PathBuf, window: WindowSpec) -> (Arc<Dataset>, Splits, Arc<NormSt
 fn statistics_come_from_the_training_block_only() {
     let dir = tempfile::tempdir().unwrap();
     let (ds, splits, stats) = setup(regional(dir.path()), WindowSpec::lead_spaced(2, 1));
-    assert_eq!(splits.train, 0..28);
+    assert_eq!(splits.train, vec![0..28]);
     // Recompute the mean of channel 0 by hand over the training steps' valid cells.
     let mut reader = StepReader::default();
     let cells = ds.grid.len();
     let (mut sum, mut n) = (0.0f64, 0usize);
-    for t in splits.train.clone() {
+    for t in splits.steps(Split::Train) {
         let s = reader.read(&ds, t).unwrap();
         for k in 0..cells {
             if s.valid[k] {
@@ -63,10 +65,11 @@ fn statistics_come_from_the_training_block_only() {
     assert!((stats.mean[0] - sum / n as f64).abs() < 1e-6 * stats.std[0]);
     // Over all steps the mean differs: the split matters.
     let all = Splits::new(
-        ds.time.len(),
-        SplitFractions {
+        &ds.time,
+        &SplitSpec {
             train: 1.0,
             validation: 0.0,
+            periods: None,
         },
         splits.window,
     )
@@ -216,41 +219,111 @@ fn a_latitude_band_reads_the_whole_grids_values_on_its_rows() {
 }
 
 /// Ranks sum their parts of the training block: the parts' sums, added, give the
-/// whole block's statistics (lead 1 and 2; parts of every size, empty ones too).
+/// whole block's statistics (lead 1 and 2; parts of every size, empty ones too; one
+/// training range, and two on both sides of a test period).
 #[test]
 fn statistics_from_parts_of_the_training_block_equal_the_whole_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let path = regional(dir.path());
     for lead in [1, 2] {
-        let (ds, splits, whole) = setup(path.clone(), WindowSpec::lead_spaced(2, lead));
-        let train = splits.train.clone();
-        for ranks in [1, 2, 3, train.len() + 2] {
-            let mut total: Vec<f64> = Vec::new();
-            for rank in 0..ranks {
-                let part = meshcast::distributed::shard(train.len(), rank, ranks);
-                let steps = train.start + part.start..train.start + part.end;
-                let sums = meshcast::data::StatsSums::over(&ds, &splits, steps).unwrap();
-                let flat = sums.to_vec();
-                total.resize(flat.len(), 0.0);
-                total.iter_mut().zip(flat).for_each(|(t, v)| *t += v);
+        let (ds, fractions, _) = setup(path.clone(), WindowSpec::lead_spaced(2, lead));
+        for splits in [
+            fractions.clone(),
+            around_a_test_period(&ds, fractions.window),
+        ] {
+            let whole = NormStats::compute(&ds, &splits).unwrap();
+            let steps = splits.steps(Split::Train).count();
+            for ranks in [1, 2, 3, steps + 2] {
+                let mut total: Vec<f64> = Vec::new();
+                for rank in 0..ranks {
+                    let part = meshcast::distributed::shard(steps, rank, ranks);
+                    let sums = meshcast::data::StatsSums::over(&ds, &splits, part).unwrap();
+                    let flat = sums.to_vec();
+                    total.resize(flat.len(), 0.0);
+                    total.iter_mut().zip(flat).for_each(|(t, v)| *t += v);
+                }
+                let sums = meshcast::data::StatsSums::from_vec(&total);
+                let parts = NormStats::from_sums(&ds, &splits, &sums).unwrap();
+                let what = format!("lead {lead}, {ranks} parts, {:?}", splits.train);
+                assert!(close(&parts.mean, &whole.mean), "{what}");
+                assert!(close(&parts.std, &whole.std), "{what}");
+                assert!(close(&parts.diff_std, &whole.diff_std), "{what}");
             }
-            let sums = meshcast::data::StatsSums::from_vec(&total);
-            let parts = NormStats::from_sums(&ds, &splits, &sums).unwrap();
-            // The sums' order differs; the std's cancellation amplifies that to ~1e-12.
-            let close = |a: &[f64], b: &[f64]| {
-                a.iter()
-                    .zip(b)
-                    .all(|(x, y)| (x - y).abs() <= 1e-9 * y.abs().max(1.0))
-            };
-            assert!(
-                close(&parts.mean, &whole.mean),
-                "lead {lead}, {ranks} parts"
-            );
-            assert!(close(&parts.std, &whole.std), "lead {lead}, {ranks} parts");
-            assert!(
-                close(&parts.diff_std, &whole.diff_std),
-                "lead {lead}, {ranks} parts"
-            );
         }
     }
+}
+
+/// Relative closeness: the sums' order differs between parts, and the std's
+/// cancellation amplifies that to ~1e-12.
+fn close(a: &[f64], b: &[f64]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| (x - y).abs() <= 1e-9 * y.abs().max(1.0))
+}
+
+/// Training on both sides of a test period: steps 0..12 and 24..40 (the generated
+/// data start 2000-01-01 00:00, 6-hourly).
+fn around_a_test_period(ds: &Dataset, window: WindowSpec) -> Splits {
+    let spec = SplitSpec {
+        periods: Some(SplitPeriods {
+            train: vec![
+                "2000-01-07..2000-01-10 18:00".into(),
+                "2000-01-01..2000-01-03".into(),
+            ],
+            validation: vec![],
+            test: vec!["2000-01-04..2000-01-06 18:00".into()],
+        }),
+        ..SplitSpec::default()
+    };
+    Splits::new(&ds.time, &spec, window).unwrap()
+}
+
+/// With two training ranges, a time difference never spans the test period between
+/// them: the statistics equal those computed by hand range by range.
+#[test]
+fn statistics_of_two_training_ranges_skip_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, fractions, _) = setup(regional(dir.path()), WindowSpec::lead_spaced(2, 1));
+    let splits = around_a_test_period(&ds, fractions.window);
+    assert_eq!(splits.train, vec![0..12, 24..40]);
+    assert_eq!(splits.test, vec![12..24]);
+    let stats = NormStats::compute(&ds, &splits).unwrap();
+    let mut reader = StepReader::default();
+    let cells = ds.grid.len();
+    let (mut diffs, mut values) = (Vec::new(), Vec::new());
+    for range in &splits.train {
+        let states: Vec<_> = range
+            .clone()
+            .map(|t| reader.read(&ds, t).unwrap())
+            .collect();
+        for (i, now) in states.iter().enumerate() {
+            for k in (0..cells).filter(|&k| now.valid[k]) {
+                values.push(now.values[k] as f64);
+                if i > 0 && states[i - 1].valid[k] {
+                    diffs.push((now.values[k] - states[i - 1].values[k]) as f64);
+                }
+            }
+        }
+    }
+    let mean_std = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (
+            m,
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt(),
+        )
+    };
+    let ((mean, std), (_, diff_std)) = (mean_std(&values), mean_std(&diffs));
+    assert!(close(
+        &[stats.mean[0], stats.std[0], stats.diff_std[0]],
+        &[mean, std, diff_std]
+    ));
+    assert_eq!(stats.train_steps, vec![(0, 12), (24, 40)]);
+    // Samples lie inside one range: none has inputs before the gap and a target after.
+    for t0 in splits.samples(Split::Train) {
+        assert!(splits
+            .train
+            .iter()
+            .any(|r| r.contains(&(t0 - 1)) && r.contains(&(t0 + 1))));
+    }
+    assert_eq!(splits.samples(Split::Train).len(), 10 + 14);
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::{DataSpec, Region, SplitFractions, VarPick, WindowSpec};
+use crate::data::{DataSpec, Region, SplitPeriods, SplitSpec, VarPick, WindowSpec};
+use crate::error::InputError;
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct DataArgs {
@@ -105,6 +106,17 @@ pub struct WindowArgs {
     /// Fraction after the training block used for validation; the test block is the rest [default: 0.15].
     #[arg(long)]
     pub validation_fraction: Option<f64>,
+    /// A training period by dates instead of fractions, START..END inclusive
+    /// (YYYY-MM-DD or YYYY-MM-DD hh:mm; an end date alone covers its day), repeatable:
+    /// e.g. training on both sides of a held-out test period.
+    #[arg(long = "train-period", value_name = "START..END")]
+    pub train_periods: Vec<String>,
+    /// A validation period (as --train-period; repeatable). Without one, no validation.
+    #[arg(long = "validation-period", value_name = "START..END")]
+    pub validation_periods: Vec<String>,
+    /// A test period (as --train-period; repeatable): what eval scores.
+    #[arg(long = "test-period", value_name = "START..END")]
+    pub test_periods: Vec<String>,
 }
 
 impl WindowArgs {
@@ -115,10 +127,35 @@ impl WindowArgs {
         )
     }
 
-    pub fn fractions(&self, base: SplitFractions) -> SplitFractions {
-        SplitFractions {
+    /// The split: period flags (which replace the base's periods and fractions) or
+    /// fraction flags over `base`.
+    pub fn split(&self, base: SplitSpec) -> Result<SplitSpec, InputError> {
+        let any_period = !(self.train_periods.is_empty()
+            && self.validation_periods.is_empty()
+            && self.test_periods.is_empty());
+        let any_fraction = self.train_fraction.is_some() || self.validation_fraction.is_some();
+        if any_period && any_fraction {
+            return Err(InputError(
+                "--train-fraction/--validation-fraction and the --*-period flags are alternatives: give one kind".into(),
+            ));
+        }
+        if any_period {
+            return Ok(SplitSpec {
+                periods: Some(SplitPeriods {
+                    train: self.train_periods.clone(),
+                    validation: self.validation_periods.clone(),
+                    test: self.test_periods.clone(),
+                }),
+                ..SplitSpec::default()
+            });
+        }
+        if !any_fraction {
+            return Ok(base);
+        }
+        Ok(SplitSpec {
             train: self.train_fraction.unwrap_or(base.train),
             validation: self.validation_fraction.unwrap_or(base.validation),
-        }
+            periods: None,
+        })
     }
 }

@@ -23,8 +23,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let window = args.window.spec(Default::default());
     window.validate()?;
     let splits = Splits::new(
-        dataset.time.len(),
-        args.window.fractions(Default::default()),
+        &dataset.time,
+        &args.window.split(Default::default())?,
         window,
     );
     let mut report = inspect(&dataset)?;

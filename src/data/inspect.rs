@@ -55,16 +55,37 @@ pub struct VariableReport {
 pub struct SamplesReport {
     pub input_steps: usize,
     pub lead_steps: usize,
-    pub train: (usize, usize, usize),
-    pub validation: (usize, usize, usize),
-    pub test: (usize, usize, usize),
+    pub train: SplitSamples,
+    pub validation: SplitSamples,
+    pub test: SplitSamples,
+}
+
+/// A split's time-step ranges `[start, end)` and how many samples they hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitSamples {
+    pub steps: Vec<(usize, usize)>,
+    pub samples: usize,
+}
+
+impl fmt::Display for SplitSamples {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ranges: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(a, b)| format!("{a}..{b}"))
+            .collect();
+        match ranges.len() {
+            0 => write!(f, "{} (no steps)", self.samples),
+            _ => write!(f, "{} (steps {})", self.samples, ranges.join(", ")),
+        }
+    }
 }
 
 impl SamplesReport {
     pub fn new(splits: &Splits) -> Self {
-        let count = |s: Split| {
-            let r = splits.range(s);
-            (r.start, r.end, splits.samples(s).len())
+        let count = |s: Split| SplitSamples {
+            steps: splits.ranges(s).iter().map(|r| (r.start, r.end)).collect(),
+            samples: splits.samples(s).len(),
         };
         SamplesReport {
             input_steps: splits.window.input_steps,
@@ -303,9 +324,8 @@ impl fmt::Display for InspectReport {
         if let Some(s) = &self.samples {
             writeln!(
                 f,
-                "samples ({} input steps, lead {}): train {} (steps {}..{}), validation {} (steps {}..{}), test {} (steps {}..{})",
-                s.input_steps, s.lead_steps, s.train.2, s.train.0, s.train.1, s.validation.2, s.validation.0,
-                s.validation.1, s.test.2, s.test.0, s.test.1
+                "samples ({} input steps, lead {}): train {}, validation {}, test {}",
+                s.input_steps, s.lead_steps, s.train, s.validation, s.test
             )?;
         }
         if let Some(why) = &self.no_samples {

@@ -24,6 +24,6 @@ pub use dataset::{Dataset, State, StepReader};
 pub use grid::{Grid, Region};
 pub use loader::{BatchLoader, Prefetch};
 pub use named_grids::{named_grid, storm1996_grid};
-pub use samples::{Split, SplitFractions, Splits, WindowSpec};
+pub use samples::{Split, SplitPeriods, SplitSpec, Splits, WindowSpec};
 pub use spec::{DataSpec, VarPick};
 pub use stats::{NormStats, StatsSums};

@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use super::time::{DateTime, TimeAxis};
 use crate::error::InputError;
 
 /// How many past states a sample sees and how far ahead its target lies (in time steps).
@@ -111,46 +112,72 @@ pub enum Split {
     Test,
 }
 
-/// Fractions of the time axis for training and validation; the test block gets the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SplitFractions {
+/// How the time axis is cut: by fractions (training from the start, then validation,
+/// the test block the rest) or, when `periods` is set, by dates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    #[serde(default = "default_train_fraction")]
     pub train: f64,
+    #[serde(default = "default_validation_fraction")]
     pub validation: f64,
+    /// Date periods per split; the fractions are then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periods: Option<SplitPeriods>,
 }
 
-impl Default for SplitFractions {
+fn default_train_fraction() -> f64 {
+    0.7
+}
+
+fn default_validation_fraction() -> f64 {
+    0.15
+}
+
+impl Default for SplitSpec {
     fn default() -> Self {
-        SplitFractions {
-            train: 0.7,
-            validation: 0.15,
+        SplitSpec {
+            train: default_train_fraction(),
+            validation: default_validation_fraction(),
+            periods: None,
         }
     }
 }
 
-/// The three time blocks (indices on the dataset's time axis) and the window.
+/// Inclusive periods `START..END` per split, as anemoi's dataloader dates and
+/// WeatherBench2's years name them. A split may hold several periods (a test block
+/// held out of the middle, training on both sides: blocked cross-validation); a
+/// split without periods is empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitPeriods {
+    pub train: Vec<String>,
+    #[serde(default)]
+    pub validation: Vec<String>,
+    #[serde(default)]
+    pub test: Vec<String>,
+}
+
+/// The three blocks (each a list of time-index ranges on the dataset's time axis,
+/// in time order) and the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Splits {
-    pub train: Range<usize>,
-    pub validation: Range<usize>,
-    pub test: Range<usize>,
+    pub train: Vec<Range<usize>>,
+    pub validation: Vec<Range<usize>>,
+    pub test: Vec<Range<usize>>,
     pub window: WindowSpec,
 }
 
 impl Splits {
-    /// Cuts `n_times` steps. Refuses a window that does not fit the training block.
+    /// Cuts `time` as `spec` says. Refuses a window longer than the data, and periods
+    /// that cannot be read, hold no time step or overlap.
     pub fn new(
-        n_times: usize,
-        fractions: SplitFractions,
+        time: &TimeAxis,
+        spec: &SplitSpec,
         window: WindowSpec,
     ) -> Result<Splits, InputError> {
         window.validate()?;
-        let f = fractions;
-        if !(f.train > 0.0 && f.validation >= 0.0 && f.train + f.validation <= 1.0) {
-            return Err(InputError(format!(
-                "split fractions train={} validation={} must be positive and sum to at most 1",
-                f.train, f.validation
-            )));
-        }
+        let n_times = time.len();
         if n_times < window.span() {
             return Err(InputError(format!(
                 "one sample needs {} time steps ({} input states {} apart + {} lead) but the data has {n_times}",
@@ -160,32 +187,111 @@ impl Splits {
                 window.lead_steps
             )));
         }
+        let splits = match &spec.periods {
+            None => Splits::by_fractions(n_times, spec, window)?,
+            Some(periods) => Splits::by_periods(time, periods, window)?,
+        };
+        splits.warn_short_blocks();
+        Ok(splits)
+    }
+
+    fn by_fractions(
+        n_times: usize,
+        f: &SplitSpec,
+        window: WindowSpec,
+    ) -> Result<Splits, InputError> {
+        if !(f.train > 0.0 && f.validation >= 0.0 && f.train + f.validation <= 1.0) {
+            return Err(InputError(format!(
+                "split fractions train={} validation={} must be positive and sum to at most 1",
+                f.train, f.validation
+            )));
+        }
         let a = ((n_times as f64 * f.train).round() as usize).clamp(window.span(), n_times);
         let b = (a + (n_times as f64 * f.validation).round() as usize).min(n_times);
+        let nonempty = |r: Range<usize>| if r.is_empty() { vec![] } else { vec![r] };
+        Ok(Splits {
+            train: nonempty(0..a),
+            validation: nonempty(a..b),
+            test: nonempty(b..n_times),
+            window,
+        })
+    }
+
+    fn by_periods(
+        time: &TimeAxis,
+        p: &SplitPeriods,
+        window: WindowSpec,
+    ) -> Result<Splits, InputError> {
+        if p.train.is_empty() {
+            return Err(InputError(
+                "split periods need at least one training period".into(),
+            ));
+        }
+        let mut named = Vec::new();
+        let mut resolve = |name: &'static str, texts: &[String]| {
+            let mut ranges = texts
+                .iter()
+                .map(|text| {
+                    let r = period_steps(time, text)
+                        .map_err(|e| InputError(format!("{name} period '{text}': {e}")))?;
+                    named.push((r.clone(), name, text.clone()));
+                    Ok(r)
+                })
+                .collect::<Result<Vec<_>, InputError>>()?;
+            ranges.sort_by_key(|r| r.start);
+            Ok::<_, InputError>(ranges)
+        };
         let splits = Splits {
-            train: 0..a,
-            validation: a..b,
-            test: b..n_times,
+            train: resolve("train", &p.train)?,
+            validation: resolve("validation", &p.validation)?,
+            test: resolve("test", &p.test)?,
             window,
         };
-        for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
-            if splits.samples(split).is_empty() && !splits.range(split).is_empty() {
-                tracing::warn!(
-                    "the {name} block ({} steps) is shorter than one sample window ({} steps): it has no samples",
-                    splits.range(split).len(),
-                    window.span()
-                );
+        named.sort_by_key(|(r, _, _)| r.start);
+        for pair in named.windows(2) {
+            let ((a, an, at), (b, bn, bt)) = (&pair[0], &pair[1]);
+            if b.start < a.end {
+                return Err(InputError(format!(
+                    "{an} period '{at}' and {bn} period '{bt}' overlap (both hold {})",
+                    time.datetime(b.start)
+                )));
             }
         }
         Ok(splits)
     }
 
-    pub fn range(&self, split: Split) -> Range<usize> {
-        match split {
-            Split::Train => self.train.clone(),
-            Split::Validation => self.validation.clone(),
-            Split::Test => self.test.clone(),
+    fn warn_short_blocks(&self) {
+        for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
+            for r in self.ranges(split) {
+                if r.len() < self.window.span() {
+                    tracing::warn!(
+                        "a {name} block ({} steps) is shorter than one sample window ({} steps): it has no samples",
+                        r.len(),
+                        self.window.span()
+                    );
+                }
+            }
         }
+    }
+
+    /// The time-index ranges of `split`, in time order.
+    pub fn ranges(&self, split: Split) -> &[Range<usize>] {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Every time step of `split`, in order.
+    pub fn steps(&self, split: Split) -> impl Iterator<Item = usize> + '_ {
+        self.ranges(split).iter().flat_map(|r| r.clone())
+    }
+
+    /// The first and the last time step of `split` (None when it is empty).
+    pub fn first_last(&self, split: Split) -> Option<(usize, usize)> {
+        let r = self.ranges(split);
+        Some((r.first()?.start, r.last()?.end - 1))
     }
 
     /// The `t0` (last input step) of every sample inside `split`, in time order.
@@ -193,19 +299,55 @@ impl Splits {
         self.rollout_samples(split, 1)
     }
 
-    /// The `t0` of every sample inside `split` whose `rollout_steps` targets (`lead`,
-    /// `2 lead`, ... after `t0`) are inside it too, in time order.
+    /// The `t0` of every sample inside one range of `split` whose `rollout_steps`
+    /// targets (`lead`, `2 lead`, ... after `t0`) are inside it too, in time order.
     pub fn rollout_samples(&self, split: Split, rollout_steps: usize) -> Vec<usize> {
-        let r = self.range(split);
-        let first = r.start + self.window.history_span() - 1;
-        let end = r
-            .end
-            .saturating_sub(self.window.lead_steps * rollout_steps.max(1));
-        (first..end).collect()
+        let span = self.window.lead_steps * rollout_steps.max(1);
+        self.ranges(split)
+            .iter()
+            .flat_map(|r| r.start + self.window.history_span() - 1..r.end.saturating_sub(span))
+            .collect()
     }
 }
 
+/// The time steps of `time` inside the inclusive period `START..END`; an end given as a
+/// date alone covers its whole day.
+fn period_steps(time: &TimeAxis, text: &str) -> Result<Range<usize>, String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or("must look like START..END (YYYY-MM-DD or YYYY-MM-DD hh:mm each)")?;
+    let cal = time.calendar;
+    let start = DateTime::parse(a, cal)?.to_instant(cal);
+    let mut end = DateTime::parse(b, cal)?.to_instant(cal);
+    let date_only = b
+        .split(['-', ' ', 'T', ':', '/'])
+        .filter(|s| !s.is_empty())
+        .count()
+        == 3;
+    if date_only {
+        end.seconds += 86_399;
+    }
+    if start > end {
+        return Err("it starts after it ends".into());
+    }
+    let first = time.instants.partition_point(|&t| t < start);
+    let stop = time.instants.partition_point(|&t| t <= end);
+    if first >= stop {
+        let n = time.len();
+        return Err(match n {
+            0 => "the data have no time steps".into(),
+            _ => format!(
+                "holds no time step of the data ({} to {})",
+                time.datetime(0),
+                time.datetime(n - 1)
+            ),
+        });
+    }
+    Ok(first..stop)
+}
+
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // a split of one range reads best as vec![a..b]
 mod tests {
     use super::*;
 
@@ -216,20 +358,125 @@ mod tests {
             lead_steps: 4,
             input_spacing: 1,
         };
-        let s = Splits::new(64, SplitFractions::default(), w).unwrap();
+        let s = Splits::new(&six_hourly(64), &SplitSpec::default(), w).unwrap();
         for split in [Split::Train, Split::Validation, Split::Test] {
-            let r = s.range(split);
+            let r = s.ranges(split)[0].clone();
             for t0 in s.samples(split) {
                 assert!(t0 + 1 >= r.start + w.input_steps && t0 + w.lead_steps < r.end);
             }
         }
-        assert_eq!(s.train, 0..45);
+        assert_eq!(s.train, vec![0..45]);
         assert_eq!(s.samples(Split::Train).len(), 45 - 5);
         // Three targets 4 steps apart: the last must lie inside the block too.
         let rollout = s.rollout_samples(Split::Train, 3);
         assert_eq!(rollout.len(), 45 - 1 - 12);
         assert!(rollout.iter().all(|&t0| t0 + 12 < 45));
-        assert_eq!(s.test.end, 64);
+        assert_eq!(s.test, vec![55..64]);
+    }
+
+    /// `n` steps every 6 hours from 1996-01-05 00:00.
+    fn six_hourly(n: usize) -> TimeAxis {
+        let cal = crate::data::time::Calendar::ProlepticGregorian;
+        let t0 = DateTime::parse("1996-01-05", cal).unwrap().to_instant(cal);
+        TimeAxis {
+            calendar: cal,
+            instants: (0..n as i64)
+                .map(|i| crate::data::time::Instant {
+                    seconds: t0.seconds + i * 6 * 3600,
+                })
+                .collect(),
+        }
+    }
+
+    fn by_periods(train: &[&str], validation: &[&str], test: &[&str]) -> SplitSpec {
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        SplitSpec {
+            periods: Some(SplitPeriods {
+                train: texts(train),
+                validation: texts(validation),
+                test: texts(test),
+            }),
+            ..SplitSpec::default()
+        }
+    }
+
+    #[test]
+    fn periods_cut_by_date_inclusive_and_a_date_alone_is_its_whole_day() {
+        let time = six_hourly(64);
+        let w = WindowSpec::lead_spaced(2, 1);
+        let spec = by_periods(
+            &[
+                "1996-01-05..1996-01-09",
+                "1996-01-15 00:00..1996-01-20 18:00",
+            ],
+            &["1996-01-13..1996-01-14 18:00"],
+            &["1996-01-10T00..1996-01-12"],
+        );
+        let s = Splits::new(&time, &spec, w).unwrap();
+        assert_eq!(s.train, vec![0..20, 40..64]);
+        assert_eq!(s.validation, vec![32..40]);
+        assert_eq!(s.test, vec![20..32]);
+        assert_eq!(s.first_last(Split::Train), Some((0, 63)));
+        // No sample of the training block spans the test period.
+        assert_eq!(s.samples(Split::Train).len(), 18 + 22);
+        assert!(!s.samples(Split::Train).contains(&20));
+        assert_eq!(
+            s.rollout_samples(Split::Test, 4),
+            (21..28).collect::<Vec<_>>()
+        );
+        // Periods reaching past the data are clipped to it.
+        let wide = by_periods(&["1990-01-01..1996-01-10 12:00"], &[], &[]);
+        let s = Splits::new(&time, &wide, w).unwrap();
+        assert_eq!((s.train.clone(), s.test.len()), (vec![0..23], 0));
+    }
+
+    #[test]
+    fn periods_that_overlap_hold_nothing_or_cannot_be_read_are_refused() {
+        let time = six_hourly(64);
+        let w = WindowSpec::lead_spaced(2, 1);
+        let refused = |spec: SplitSpec| Splits::new(&time, &spec, w).unwrap_err().0;
+        let e = refused(by_periods(
+            &["1996-01-05..1996-01-12"],
+            &[],
+            &["1996-01-12 18:00..1996-01-20"],
+        ));
+        assert!(
+            e.contains("overlap") && e.contains("1996-01-12 18:00"),
+            "{e}"
+        );
+        let e = refused(by_periods(
+            &["1996-01-05..1996-01-09", "1996-01-08..1996-01-10"],
+            &[],
+            &[],
+        ));
+        assert!(e.contains("overlap"), "{e}");
+        let e = refused(by_periods(&["1997-01-01..1997-02-01"], &[], &[]));
+        assert!(
+            e.contains("train period '1997-01-01..1997-02-01': holds no time step"),
+            "{e}"
+        );
+        assert!(e.contains("1996-01-05 00:00 to 1996-01-20 18:00"), "{e}");
+        let e = refused(by_periods(&["1996-01-09..1996-01-05"], &[], &[]));
+        assert!(e.contains("starts after it ends"), "{e}");
+        let e = refused(by_periods(&["1996-01-05"], &[], &[]));
+        assert!(e.contains("START..END"), "{e}");
+        let e = refused(by_periods(&["1996-13-05..1996-01-09"], &[], &[]));
+        assert!(e.contains("not a valid date"), "{e}");
+        let e = refused(by_periods(&[], &[], &["1996-01-05..1996-01-09"]));
+        assert!(e.contains("at least one training period"), "{e}");
+    }
+
+    #[test]
+    fn a_split_written_before_periods_reads_as_fractions() {
+        let old: SplitSpec = serde_json::from_str(r#"{"train": 0.6, "validation": 0.2}"#).unwrap();
+        assert_eq!(
+            (old.train, old.validation, old.periods.clone()),
+            (0.6, 0.2, None)
+        );
+        assert!(serde_json::to_string(&old)
+            .unwrap()
+            .find("periods")
+            .is_none());
     }
 
     #[test]
@@ -239,7 +486,7 @@ mod tests {
             lead_steps: 8,
             input_spacing: 1,
         };
-        let e = Splits::new(10, SplitFractions::default(), w).unwrap_err();
+        let e = Splits::new(&six_hourly(10), &SplitSpec::default(), w).unwrap_err();
         assert!(e.0.contains("needs 12 time steps"), "{}", e.0);
     }
 
@@ -251,7 +498,7 @@ mod tests {
             (0..3).map(|s| w.input_time(20, s)).collect::<Vec<_>>(),
             [12, 16, 20]
         );
-        let s = Splits::new(64, SplitFractions::default(), w).unwrap();
+        let s = Splits::new(&six_hourly(64), &SplitSpec::default(), w).unwrap();
         assert_eq!(s.samples(Split::Train).first(), Some(&8));
         assert!(w.check_rollout(4).is_ok());
         let old = WindowSpec {

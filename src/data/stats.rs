@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{Dataset, StepReader};
-use super::samples::Splits;
+use super::samples::{Split, Splits};
 use crate::error::InputError;
 
 /// Per-channel mean and std of the states, and std of the `lead_steps` differences
@@ -20,15 +20,18 @@ pub struct NormStats {
     pub std: Vec<f64>,
     pub diff_std: Vec<f64>,
     pub lead_steps: usize,
-    /// Time steps (start, end) of the training block the numbers come from.
-    pub train_steps: (usize, usize),
+    /// Time-step ranges (start, end) of the training block the numbers come from
+    /// (files written before training periods hold one pair, read as one range).
+    #[serde(deserialize_with = "one_or_more_ranges")]
+    pub train_steps: Vec<(usize, usize)>,
     pub dataset_fingerprint: String,
 }
 
 impl NormStats {
     /// One pass over the training block, holding `lead_steps + 1` states at a time.
     pub fn compute(ds: &Dataset, splits: &Splits) -> anyhow::Result<NormStats> {
-        let sums = StatsSums::over(ds, splits, splits.train.clone())?;
+        let all = 0..splits.steps(Split::Train).count();
+        let sums = StatsSums::over(ds, splits, all)?;
         NormStats::from_sums(ds, splits, &sums)
     }
 
@@ -42,15 +45,15 @@ impl NormStats {
             std: vec![1.0; n],
             diff_std: vec![1.0; n],
             lead_steps: splits.window.lead_steps,
-            train_steps: (splits.train.start, splits.train.end),
+            train_steps: train_ranges(splits),
             dataset_fingerprint: ds.fingerprint.clone(),
         };
         for c in 0..n {
             let name = &out.channels[c];
             let Some((mean, std)) = sums.states.mean_std(c) else {
                 return Err(InputError(format!(
-                    "variable '{name}' has no valid value in the training period (steps {}..{})",
-                    splits.train.start, splits.train.end
+                    "variable '{name}' has no valid value in the training block (steps {:?})",
+                    out.train_steps
                 ))
                 .into());
             };
@@ -75,7 +78,7 @@ impl NormStats {
             let stats = NormStats::load(path)?;
             if stats.dataset_fingerprint == ds.fingerprint
                 && stats.lead_steps == splits.window.lead_steps
-                && stats.train_steps == (splits.train.start, splits.train.end)
+                && stats.train_steps == train_ranges(splits)
             {
                 tracing::info!("normalisation statistics loaded from {}", path.display());
                 return Ok(stats);
@@ -157,20 +160,37 @@ pub struct StatsSums {
 }
 
 impl StatsSums {
-    /// The sums of the training steps `steps` (part of `splits.train`): each step's
-    /// values, and its difference from the step `lead_steps` before where that step is
-    /// in the training block too.
-    pub fn over(ds: &Dataset, splits: &Splits, steps: Range<usize>) -> anyhow::Result<StatsSums> {
-        let lead = splits.window.lead_steps;
-        let (cells, n) = (ds.grid.len(), ds.num_channels());
+    /// The sums of the training steps at positions `share` of all of them, counted
+    /// across the training ranges in order (what one rank of several sums).
+    pub fn over(ds: &Dataset, splits: &Splits, share: Range<usize>) -> anyhow::Result<StatsSums> {
+        let n = ds.num_channels();
         let mut sums = StatsSums {
             states: StateSums::new(n),
             diffs: StateSums::new(n),
         };
-        if steps.is_empty() {
-            return Ok(sums);
+        let mut offset = 0;
+        for block in &splits.train {
+            let (lo, hi) = (share.start.max(offset), share.end.min(offset + block.len()));
+            if lo < hi {
+                let steps = block.start + lo - offset..block.start + hi - offset;
+                sums.add_block(ds, splits.window.lead_steps, block, steps)?;
+            }
+            offset += block.len();
         }
-        let first = steps.start.saturating_sub(lead).max(splits.train.start);
+        Ok(sums)
+    }
+
+    /// Adds the steps `steps` of the training range `block`: each step's values, and
+    /// its difference from the step `lead` before where that step is in `block` too.
+    fn add_block(
+        &mut self,
+        ds: &Dataset,
+        lead: usize,
+        block: &Range<usize>,
+        steps: Range<usize>,
+    ) -> anyhow::Result<()> {
+        let cells = ds.grid.len();
+        let first = steps.start.saturating_sub(lead).max(block.start);
         let mut recent: std::collections::VecDeque<super::State> = Default::default();
         let mut reader = StepReader::default();
         let bar = crate::util::progress_bar(true, steps.end - first, "statistics: time steps");
@@ -178,17 +198,17 @@ impl StatsSums {
             bar.inc(1);
             let s = reader.read(ds, t)?;
             if t >= steps.start {
-                sums.states.add_valid(&s, cells);
+                self.states.add_valid(&s, cells);
             }
             if recent.len() == lead {
                 let old = recent.pop_front().expect("lead states held");
                 if t >= steps.start {
-                    sums.diffs.add_differences((&s, &old), cells);
+                    self.diffs.add_differences((&s, &old), cells);
                 }
             }
             recent.push_back(s);
         }
-        Ok(sums)
+        Ok(())
     }
 
     /// The sums as one flat buffer (for adding over processes), and back.
@@ -277,4 +297,26 @@ impl StateSums {
             )
         })
     }
+}
+
+/// The training ranges as (start, end) pairs: what the statistics record.
+fn train_ranges(splits: &Splits) -> Vec<(usize, usize)> {
+    splits.train.iter().map(|r| (r.start, r.end)).collect()
+}
+
+/// Reads `[start, end]` (one range, as files written before training periods have
+/// it) or `[[start, end], ...]`.
+fn one_or_more_ranges<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(usize, usize)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ranges {
+        One((usize, usize)),
+        Many(Vec<(usize, usize)>),
+    }
+    Ok(match Ranges::deserialize(d)? {
+        Ranges::One(r) => vec![r],
+        Ranges::Many(v) => v,
+    })
 }

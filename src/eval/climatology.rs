@@ -5,6 +5,7 @@
 
 use super::{Loaded, NodeReader};
 use crate::data::time::{Calendar, DateTime, Instant};
+use crate::data::Split;
 use crate::predict::NodeState;
 
 /// The shortest training block with a seasonal climatology.
@@ -25,13 +26,12 @@ impl Climatology {
         let channels = loaded.stats.channels.len();
         let size = s.graph.grid_map.cells().len() * channels;
         let time = &s.dataset.time;
-        let train = s.splits.train.clone();
-        let (first, last) = (train.start, train.end.max(train.start + 1) - 1);
+        let (first, last) = s.splits.first_last(Split::Train).unwrap_or((0, 0));
         let seasonal = time.instants[last].seconds - time.instants[first].seconds >= YEAR_SECONDS;
         let groups = if seasonal { 12 } else { 1 };
         let (mut sum, mut count) = (vec![0f64; groups * size], vec![0u32; groups * size]);
         let mut reader = NodeReader::new(s, channels);
-        for t in train {
+        for t in s.splits.steps(Split::Train) {
             let group = if seasonal {
                 time.datetime(t).month as usize - 1
             } else {

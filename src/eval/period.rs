@@ -68,10 +68,11 @@ impl EvalPeriod {
     ) -> anyhow::Result<Vec<usize>> {
         let (s, window) = (&loaded.session, loaded.meta.run.window);
         let time = &s.dataset.time;
-        let block = match self.split {
-            ScoredSplit::Test => s.splits.range(Split::Test),
-            ScoredSplit::Validation => s.splits.range(Split::Validation),
-            ScoredSplit::All => 0..time.len(),
+        let all = 0..time.len();
+        let blocks = match self.split {
+            ScoredSplit::Test => s.splits.ranges(Split::Test),
+            ScoredSplit::Validation => s.splits.ranges(Split::Validation),
+            ScoredSplit::All => std::slice::from_ref(&all),
         };
         let (start, end) = (
             self.instant(&self.start, loaded)?,
@@ -81,18 +82,27 @@ impl EvalPeriod {
             start.is_none_or(|a| time.instants[t] >= a) && end.is_none_or(|b| time.instants[t] <= b)
         };
         let span = rollout_steps * window.lead_steps;
-        let inits: Vec<usize> = (block.start + window.history_span() - 1..block.end)
-            .filter(|&t0| {
-                t0 + span < block.end && inside(window.input_time(t0, 0)) && inside(t0 + span)
+        let inits: Vec<usize> = blocks
+            .iter()
+            .flat_map(|block| {
+                (block.start + window.history_span() - 1..block.end)
+                    .filter(move |&t0| t0 + span < block.end)
             })
+            .filter(|&t0| inside(window.input_time(t0, 0)) && inside(t0 + span))
             .collect();
         if inits.is_empty() {
+            let steps: Vec<String> = blocks
+                .iter()
+                .map(|b| format!("{}..{}", b.start, b.end))
+                .collect();
             crate::bail_input!(
-                "{}: no {rollout_steps}-step forecast fits in {} (steps {}..{} of the data{}) with {} input steps at lead {}",
+                "{}: no {rollout_steps}-step forecast fits in {} (steps {} of the data{}) with {} input steps at lead {}",
                 s.dataset.file_list(),
                 self.describe_split(),
-                block.start,
-                block.end,
+                match steps.len() {
+                    0 => "none".to_string(),
+                    _ => steps.join(", "),
+                },
                 self.describe_period(),
                 window.input_steps,
                 window.lead_steps

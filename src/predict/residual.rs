@@ -155,7 +155,7 @@ mod tests {
             std: vec![1.0, 1.0],
             diff_std: vec![2.0, 0.5],
             lead_steps: 1,
-            train_steps: (0, 1),
+            train_steps: vec![(0, 1)],
             dataset_fingerprint: String::new(),
         };
         // One node, two channels; channel b is missing now.

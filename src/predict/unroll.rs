@@ -258,7 +258,7 @@ mod tests {
             std: vec![2.0, 1.0],
             diff_std: vec![0.5, 0.25],
             lead_steps: WindowSpec::default().lead_steps,
-            train_steps: (0, 1),
+            train_steps: vec![(0, 1)],
             dataset_fingerprint: String::new(),
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataSpec, SplitFractions, WindowSpec};
+use crate::data::{DataSpec, SplitSpec, WindowSpec};
 use crate::error::InputError;
 use crate::graph::{GraphOptions, PatchOptions};
 use crate::model::{MixedPrecision, ModelConfig};
@@ -266,7 +266,7 @@ pub const MAX_COUNT: usize = 1 << 20;
 pub struct RunConfig {
     pub data: DataSpec,
     pub window: WindowSpec,
-    pub split: SplitFractions,
+    pub split: SplitSpec,
     pub graph: GraphOptions,
     pub model: ModelConfig,
     pub train: TrainConfig,
@@ -382,7 +382,7 @@ mod tests {
             let run = RunConfig {
                 data: DataSpec::default(),
                 window: WindowSpec::default(),
-                split: SplitFractions::default(),
+                split: SplitSpec::default(),
                 graph: GraphOptions::default(),
                 model: ModelConfig::default(),
                 train,

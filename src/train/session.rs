@@ -60,7 +60,7 @@ impl Session {
         valid: &[bool],
         graph_cache: Option<&Path>,
     ) -> anyhow::Result<(Splits, WeatherGraph)> {
-        let splits = Splits::new(dataset.time.len(), run.split, run.window)
+        let splits = Splits::new(&dataset.time, &run.split, run.window)
             .map_err(|e| crate::error::InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let (graph, outcome, secs) = load_or_build(&dataset.grid, valid, &run.graph, graph_cache)?;
         tracing::info!(

@@ -367,9 +367,8 @@ fn run_stats(
         Some(ck) => ck.meta.stats.clone(),
         None if c.size() == 1 => return NormStats::load_or_compute(&path, dataset, splits),
         None => {
-            let share = shard(splits.train.len(), c.rank(), c.size());
-            let steps = splits.train.start + share.start..splits.train.start + share.end;
-            let mut sums = StatsSums::over(dataset, splits, steps)?.to_vec();
+            let share = shard(splits.steps(Split::Train).count(), c.rank(), c.size());
+            let mut sums = StatsSums::over(dataset, splits, share)?.to_vec();
             c.all_reduce_f64(&mut sums)?;
             NormStats::from_sums(dataset, splits, &StatsSums::from_vec(&sums))?
         }
@@ -401,7 +400,7 @@ fn train_samples(run: &RunConfig, session: &Session) -> anyhow::Result<Vec<usize
 
 /// Rank 0's run directory, locked and checked (the other ranks of a data-parallel run
 /// write nothing).
-fn writerrun_dir(opts: &TrainOptions) -> anyhow::Result<Option<RunDir>> {
+fn writer_run_dir(opts: &TrainOptions) -> anyhow::Result<Option<RunDir>> {
     if opts.collective.rank() != 0 {
         return Ok(None);
     }
@@ -446,11 +445,11 @@ impl<'a> Trainer<'a> {
     /// optimizer, and restores a resumed run's state.
     fn new(run: &'a RunConfig, opts: &'a TrainOptions) -> anyhow::Result<Trainer<'a>> {
         run.validate()?;
-        let run_dir = writerrun_dir(opts)?;
+        let run_dir = writer_run_dir(opts)?;
         let dataset = Arc::new(Dataset::open(&run.data)?);
         tracing::info!("data: {}", dataset.summary_line());
         // A window the data cannot hold is refused before anything is written.
-        crate::data::Splits::new(dataset.time.len(), run.split, run.window)
+        crate::data::Splits::new(&dataset.time, &run.split, run.window)
             .map_err(|e| InputError(format!("{}: {}", dataset.file_list(), e.0)))?;
         let resumed = resume_checkpoint(run, opts, &dataset)?;
         let init = init_checkpoint(run, opts, &dataset)?;

@@ -10,7 +10,7 @@ use super::TrainArgs;
 use crate::cli::graph_args::GraphTable;
 use crate::config::load_value;
 use crate::data::generate::{generate, GenerateOptions};
-use crate::data::{Dataset, SplitFractions, Splits, WindowSpec};
+use crate::data::{Dataset, Split, SplitSpec, Splits, WindowSpec};
 use crate::model::ModelConfig;
 use crate::train::config::{RunConfig, TrainConfig};
 
@@ -23,7 +23,7 @@ struct ConfigTables {
     #[serde(default)]
     window: Option<WindowSpec>,
     #[serde(default)]
-    split: Option<SplitFractions>,
+    split: Option<SplitSpec>,
     #[serde(default)]
     graph: Option<GraphTable>,
     #[serde(default)]
@@ -101,7 +101,7 @@ pub(super) fn run_from_flags(
     }
     let window = args.window.spec(tables.window.unwrap_or_default());
     window.validate()?;
-    let split = args.window.fractions(tables.split.unwrap_or_default());
+    let split = args.window.split(tables.split.unwrap_or_default())?;
     let mut train_cfg = train_settings(args, tables.train.unwrap_or_default())?;
     // The data decide the grid (mesh level default) and the channels (model inputs/outputs).
     let dataset = Dataset::open(&data)?;
@@ -109,7 +109,7 @@ pub(super) fn run_from_flags(
         .graph
         .options_over(tables.graph.unwrap_or_default(), &dataset.grid);
     let model = model_settings(args, tables.model.unwrap_or_default())
-        .resolved(training_days(&dataset, split, window))
+        .resolved(training_days(&dataset, &split, window))
         .for_data(
             window.input_steps,
             dataset.num_channels(),
@@ -217,12 +217,14 @@ fn model_settings(args: &TrainArgs, mut model: ModelConfig) -> ModelConfig {
 }
 
 /// Days from the first to the last time of the training block (0 if there is none).
-fn training_days(dataset: &Dataset, split: SplitFractions, window: WindowSpec) -> f64 {
-    let Ok(splits) = Splits::new(dataset.time.len(), split, window) else {
+fn training_days(dataset: &Dataset, split: &SplitSpec, window: WindowSpec) -> f64 {
+    let Some((first, last)) = Splits::new(&dataset.time, split, window)
+        .ok()
+        .and_then(|s| s.first_last(Split::Train))
+    else {
         return 0.0;
     };
     let instants = &dataset.time.instants;
-    let (first, last) = (splits.train.start, splits.train.end.saturating_sub(1));
     (instants[last].seconds - instants[first].seconds) as f64 / 86_400.0
 }
 
