@@ -946,3 +946,42 @@ fn help_shows_the_effective_default_of_every_option() {
     }
     assert!(help.contains("[default: 128]"), "latent size");
 }
+
+/// storm1996 lacks v10 and v500 at 1996-01-14 06:00 (all their cells are fill): a
+/// validation block whose only target is that step scores the other variables and
+/// names those two, instead of reporting an RMSE of 0 for them.
+#[test]
+fn a_variable_without_a_valid_validation_target_gets_no_rmse() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("storm");
+    let mut args: Vec<String> = storm_args();
+    args.extend(
+        [
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--train-period",
+            "1996-01-05..1996-01-13 12:00",
+            "--validation-period",
+            "1996-01-13 18:00..1996-01-14 06:00",
+            "--num-epochs",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let o = meshcast()
+        .arg("train-model")
+        .args(&args)
+        .args(TINY)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    ok(o);
+    let epoch = metrics(&out)
+        .into_iter()
+        .rfind(|l| l["kind"] == "epoch")
+        .unwrap();
+    let scored: Vec<&String> = epoch["val_rmse"].as_object().unwrap().keys().collect();
+    assert_eq!(scored, ["p", "t", "u10", "u500"]);
+    assert!(epoch["val_rmse"]["p"].as_f64().unwrap() > 0.0);
+    assert!(log.contains("no valid target for v10, v500"), "{log}");
+}

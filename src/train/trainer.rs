@@ -1005,7 +1005,7 @@ impl<'a> Trainer<'a> {
             val_loss.map_or("-".into(), |v| format!("{v:.5}")),
         );
         if let Some(v) = validation {
-            let parts: Vec<String> = v
+            let mut parts: Vec<String> = v
                 .rmse
                 .iter()
                 .map(|(name, r)| {
@@ -1015,6 +1015,9 @@ impl<'a> Trainer<'a> {
                     )
                 })
                 .collect();
+            if !v.unscored.is_empty() {
+                parts.push(format!("no valid target for {}", v.unscored.join(", ")));
+            }
             tracing::info!(
                 "validation RMSE at lead {}: {}",
                 self.run.window.lead_steps,

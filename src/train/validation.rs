@@ -24,6 +24,10 @@ pub struct Validation {
     pub loss: f64,
     pub rmse: BTreeMap<String, f64>,
     pub persistence_rmse: BTreeMap<String, f64>,
+    /// Variables without a valid target in the validation samples (a time step missing
+    /// in the data): no RMSE rather than a zero.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unscored: Vec<String>,
 }
 
 /// What a validation pass reads, besides the session.
@@ -95,10 +99,12 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     }
     bar.finish_and_clear();
     let count = sum_over_ranks(set.collective, &mut total, count, &mut sums)?;
+    let scored: Vec<usize> = (0..channels).filter(|&c| sums.weight[c] > 0.0).collect();
     let rmse = |sq: &[f64]| -> BTreeMap<String, f64> {
-        (0..channels)
-            .map(|c| {
-                let mean = sq[c] / sums.weight[c].max(1e-12);
+        scored
+            .iter()
+            .map(|&c| {
+                let mean = sq[c] / sums.weight[c];
                 (
                     set.stats.channels[c].clone(),
                     mean.sqrt() * set.stats.diff_std[c],
@@ -110,6 +116,10 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         loss: total / count.max(1.0),
         rmse: rmse(&sums.model),
         persistence_rmse: rmse(&sums.persistence),
+        unscored: (0..channels)
+            .filter(|c| !scored.contains(c))
+            .map(|c| set.stats.channels[c].clone())
+            .collect(),
     }))
 }
 
