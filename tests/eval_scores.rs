@@ -241,4 +241,21 @@ fn a_test_period_held_out_of_the_middle_is_what_eval_scores() {
         )
     );
     assert_eq!(initial_times(&report).len(), 5);
+    // On a file of another month, outside every period of the run, eval scores all of it.
+    let other = generate(
+        dir.path(),
+        "other.nc",
+        &[
+            "--resolution",
+            "10",
+            "--steps",
+            "12",
+            "--start",
+            "2000-03-01 00:00",
+        ],
+    );
+    let report = eval_last(&run, &["--data", other.to_str().unwrap(), "--split", "all"]);
+    assert_eq!(initial_times(&report)[0], "2000-03-01 06:00");
+    let climatology = report["climatology"].as_str().unwrap();
+    assert!(climatology.contains("hold none of it"), "{climatology}");
 }

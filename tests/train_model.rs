@@ -912,6 +912,9 @@ fn help_shows_the_effective_default_of_every_option() {
         "--memory-budget",
         "--checkpoint-interval",
         "--mesh-level",
+        "--train-period",
+        "--validation-period",
+        "--test-period",
     ];
     // Each option's help runs from its line (indented at most 6) to the next option's.
     let is_option = |l: &&str| {
@@ -983,5 +986,6 @@ fn a_variable_without_a_valid_validation_target_gets_no_rmse() {
     let scored: Vec<&String> = epoch["val_rmse"].as_object().unwrap().keys().collect();
     assert_eq!(scored, ["p", "t", "u10", "u500"]);
     assert!(epoch["val_rmse"]["p"].as_f64().unwrap() > 0.0);
+    assert_eq!(epoch["val_unscored"], serde_json::json!(["v10", "v500"]));
     assert!(log.contains("no valid target for v10, v500"), "{log}");
 }

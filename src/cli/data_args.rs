@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::{DataSpec, Region, SplitPeriods, SplitSpec, VarPick, WindowSpec};
+use crate::data::{DataSpec, Region, SplitSpec, VarPick, WindowSpec};
 use crate::error::InputError;
 
 #[derive(Debug, Clone, Args, Default)]
@@ -127,35 +127,118 @@ impl WindowArgs {
         )
     }
 
-    /// The split: period flags (which replace the base's periods and fractions) or
-    /// fraction flags over `base`.
+    /// The split: `base` with each split's period flags replacing its periods (and
+    /// the fractions), or fraction flags replacing its fractions (and periods).
     pub fn split(&self, base: SplitSpec) -> Result<SplitSpec, InputError> {
-        let any_period = !(self.train_periods.is_empty()
-            && self.validation_periods.is_empty()
-            && self.test_periods.is_empty());
+        let flags = [
+            &self.train_periods,
+            &self.validation_periods,
+            &self.test_periods,
+        ];
+        let any_period = flags.iter().any(|f| !f.is_empty());
         let any_fraction = self.train_fraction.is_some() || self.validation_fraction.is_some();
         if any_period && any_fraction {
             return Err(InputError(
                 "--train-fraction/--validation-fraction and the --*-period flags are alternatives: give one kind".into(),
             ));
         }
-        if any_period {
-            return Ok(SplitSpec {
-                periods: Some(SplitPeriods {
-                    train: self.train_periods.clone(),
-                    validation: self.validation_periods.clone(),
-                    test: self.test_periods.clone(),
-                }),
+        let spec = if any_period {
+            let mut periods = base.periods.unwrap_or_default();
+            let lists = [
+                &mut periods.train,
+                &mut periods.validation,
+                &mut periods.test,
+            ];
+            for (list, flag) in lists.into_iter().zip(flags) {
+                if !flag.is_empty() {
+                    list.clone_from(flag);
+                }
+            }
+            SplitSpec {
+                periods: Some(periods),
                 ..SplitSpec::default()
-            });
-        }
-        if !any_fraction {
-            return Ok(base);
-        }
-        Ok(SplitSpec {
-            train: self.train_fraction.unwrap_or(base.train),
-            validation: self.validation_fraction.unwrap_or(base.validation),
-            periods: None,
-        })
+            }
+        } else if any_fraction {
+            SplitSpec {
+                train: self.train_fraction.unwrap_or(base.train),
+                validation: self.validation_fraction.unwrap_or(base.validation),
+                periods: None,
+            }
+        } else {
+            base
+        };
+        spec.validate()?;
+        Ok(spec.normalised())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        window: WindowArgs,
+    }
+
+    fn split(flags: &[&str], base: SplitSpec) -> Result<SplitSpec, InputError> {
+        let cli = Cli::try_parse_from([&["meshcast"][..], flags].concat()).unwrap();
+        cli.window.split(base)
+    }
+
+    #[test]
+    fn each_splits_period_flags_replace_only_its_periods() {
+        let config: SplitSpec = toml::from_str(
+            "train = 0.5\n[periods]\ntrain = ['2000-01-01..2000-01-05']\ntest = ['2000-01-06..2000-01-07']",
+        )
+        .unwrap();
+        let s = split(&["--test-period", "2000-01-08..2000-01-09"], config.clone()).unwrap();
+        let p = s.periods.clone().unwrap();
+        assert_eq!(
+            (p.train, p.test),
+            (
+                vec!["2000-01-01..2000-01-05".to_string()],
+                vec!["2000-01-08..2000-01-09".to_string()]
+            )
+        );
+        // The unused fractions are reset: the same split compares equal however given.
+        assert_eq!(s.train, SplitSpec::default().train);
+        let from_flags = split(
+            &[
+                "--train-period",
+                "2000-01-01..2000-01-05",
+                "--test-period",
+                "2000-01-08..2000-01-09",
+            ],
+            SplitSpec::default(),
+        )
+        .unwrap();
+        assert_eq!(from_flags, s);
+        // Fraction flags replace periods; mixing both kinds, or no training period, is refused.
+        assert_eq!(
+            split(&["--train-fraction", "0.6"], config.clone())
+                .unwrap()
+                .periods,
+            None
+        );
+        let e = split(
+            &[
+                "--train-fraction",
+                "0.6",
+                "--test-period",
+                "2000-01-08..2000-01-09",
+            ],
+            config,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("alternatives"), "{}", e.0);
+        let e = split(
+            &["--test-period", "2000-01-08..2000-01-09"],
+            SplitSpec::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("--train-period"), "{}", e.0);
     }
 }

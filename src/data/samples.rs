@@ -1,8 +1,10 @@
 //! Sample windows and the train/validation/test split by time.
 //!
-//! A sample is `input_steps` consecutive states ending at `t0` and the target state
-//! `lead_steps` after `t0`. The time axis is cut into three contiguous blocks and a
-//! window never crosses a cut, so no target of one split is an input of another.
+//! A sample is `input_steps` states ending at `t0` and the target state `lead_steps`
+//! after `t0`. The time axis is cut into three splits, each one or more ranges of
+//! time steps (by fractions: one contiguous block each; by date periods: any number),
+//! and a window never crosses the end of a range, so no target of one split is an
+//! input of another.
 
 use std::ops::Range;
 
@@ -144,6 +146,42 @@ impl Default for SplitSpec {
     }
 }
 
+impl SplitSpec {
+    /// Refuses periods without a training period (before any data is read).
+    pub fn validate(&self) -> Result<(), InputError> {
+        match &self.periods {
+            Some(p) if p.train.is_empty() => Err(InputError(
+                "split periods need at least one training period (--train-period or [split.periods] train)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fractions are unused when there are periods: reset, so that one split
+    /// compares equal however it was given (flags or a config).
+    pub fn normalised(self) -> SplitSpec {
+        match self.periods {
+            Some(_) => SplitSpec {
+                periods: self.periods,
+                ..SplitSpec::default()
+            },
+            None => self,
+        }
+    }
+
+    /// The periods that hold a time step of `time`, the others left out: a run's split
+    /// on other data (`eval --data`, `forecast --data`), which may lie outside its
+    /// training period.
+    pub fn within(mut self, time: &TimeAxis) -> SplitSpec {
+        if let Some(p) = &mut self.periods {
+            for list in [&mut p.train, &mut p.validation, &mut p.test] {
+                list.retain(|text| period_steps(time, text).is_ok());
+            }
+        }
+        self
+    }
+}
+
 /// Inclusive periods `START..END` per split, as anemoi's dataloader dates and
 /// WeatherBench2's years name them. A split may hold several periods (a test block
 /// held out of the middle, training on both sides: blocked cross-validation); a
@@ -222,11 +260,6 @@ impl Splits {
         p: &SplitPeriods,
         window: WindowSpec,
     ) -> Result<Splits, InputError> {
-        if p.train.is_empty() {
-            return Err(InputError(
-                "split periods need at least one training period".into(),
-            ));
-        }
         let mut named = Vec::new();
         let mut resolve = |name: &'static str, texts: &[String]| {
             let mut ranges = texts
@@ -239,7 +272,7 @@ impl Splits {
                 })
                 .collect::<Result<Vec<_>, InputError>>()?;
             ranges.sort_by_key(|r| r.start);
-            Ok::<_, InputError>(ranges)
+            Ok::<_, InputError>(merge_touching(ranges))
         };
         let splits = Splits {
             train: resolve("train", &p.train)?,
@@ -261,7 +294,11 @@ impl Splits {
     }
 
     fn warn_short_blocks(&self) {
-        for (split, name) in [(Split::Validation, "validation"), (Split::Test, "test")] {
+        for (split, name) in [
+            (Split::Train, "training"),
+            (Split::Validation, "validation"),
+            (Split::Test, "test"),
+        ] {
             for r in self.ranges(split) {
                 if r.len() < self.window.span() {
                     tracing::warn!(
@@ -310,6 +347,19 @@ impl Splits {
     }
 }
 
+/// Sorted ranges with touching neighbours joined (periods given day by day or year by
+/// year make one range, so no sample is lost at their seams).
+fn merge_touching(ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// The time steps of `time` inside the inclusive period `START..END`; an end given as a
 /// date alone covers its whole day.
 fn period_steps(time: &TimeAxis, text: &str) -> Result<Range<usize>, String> {
@@ -319,11 +369,11 @@ fn period_steps(time: &TimeAxis, text: &str) -> Result<Range<usize>, String> {
     let cal = time.calendar;
     let start = DateTime::parse(a, cal)?.to_instant(cal);
     let mut end = DateTime::parse(b, cal)?.to_instant(cal);
-    let date_only = b
+    // Only year, month and day given: no hour.
+    let numbers = b
         .split(['-', ' ', 'T', ':', '/'])
-        .filter(|s| !s.is_empty())
-        .count()
-        == 3;
+        .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()));
+    let date_only = numbers.count() == 3;
     if date_only {
         end.seconds += 86_399;
     }
@@ -431,6 +481,30 @@ mod tests {
     }
 
     #[test]
+    fn touching_periods_of_a_split_make_one_range_and_other_data_keep_theirs() {
+        let time = six_hourly(64);
+        let w = WindowSpec::lead_spaced(2, 1);
+        let days = by_periods(
+            &["1996-01-08..1996-01-09", "1996-01-05..1996-01-07"],
+            &[],
+            &["1996-01-10 UTC..1996-01-11 UTC"],
+        );
+        let s = Splits::new(&time, &days, w).unwrap();
+        assert_eq!(
+            (s.train.clone(), s.test.clone()),
+            (vec![0..20], vec![20..28])
+        );
+        assert_eq!(s.samples(Split::Train).len(), 18);
+        // On data holding only part of them, the periods outside are left out.
+        let later = TimeAxis {
+            instants: time.instants[24..].to_vec(),
+            ..time.clone()
+        };
+        let kept = days.within(&later).periods.unwrap();
+        assert!(kept.train.is_empty() && kept.test == ["1996-01-10 UTC..1996-01-11 UTC"]);
+    }
+
+    #[test]
     fn periods_that_overlap_hold_nothing_or_cannot_be_read_are_refused() {
         let time = six_hourly(64);
         let w = WindowSpec::lead_spaced(2, 1);
@@ -462,7 +536,10 @@ mod tests {
         assert!(e.contains("START..END"), "{e}");
         let e = refused(by_periods(&["1996-13-05..1996-01-09"], &[], &[]));
         assert!(e.contains("not a valid date"), "{e}");
-        let e = refused(by_periods(&[], &[], &["1996-01-05..1996-01-09"]));
+        let e = by_periods(&[], &[], &["1996-01-05..1996-01-09"])
+            .validate()
+            .unwrap_err()
+            .0;
         assert!(e.contains("at least one training period"), "{e}");
     }
 

@@ -22,7 +22,10 @@ pub struct NormStats {
     pub lead_steps: usize,
     /// Time-step ranges (start, end) of the training block the numbers come from
     /// (files written before training periods hold one pair, read as one range).
-    #[serde(deserialize_with = "one_or_more_ranges")]
+    #[serde(
+        serialize_with = "write_ranges",
+        deserialize_with = "one_or_more_ranges"
+    )]
     pub train_steps: Vec<(usize, usize)>,
     pub dataset_fingerprint: String,
 }
@@ -52,8 +55,12 @@ impl NormStats {
             let name = &out.channels[c];
             let Some((mean, std)) = sums.states.mean_std(c) else {
                 return Err(InputError(format!(
-                    "variable '{name}' has no valid value in the training block (steps {:?})",
+                    "variable '{name}' has no valid value in the training block (steps {})",
                     out.train_steps
+                        .iter()
+                        .map(|(a, b)| format!("{a}..{b}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
                 .into());
             };
@@ -302,6 +309,15 @@ impl StateSums {
 /// The training ranges as (start, end) pairs: what the statistics record.
 fn train_ranges(splits: &Splits) -> Vec<(usize, usize)> {
     splits.train.iter().map(|r| (r.start, r.end)).collect()
+}
+
+/// One range as `[start, end]` (what files written before training periods hold, so
+/// that older meshcast versions still read it), several as `[[start, end], ...]`.
+fn write_ranges<S: serde::Serializer>(ranges: &[(usize, usize)], s: S) -> Result<S::Ok, S::Error> {
+    match ranges {
+        [one] => one.serialize(s),
+        _ => ranges.serialize(s),
+    }
 }
 
 /// Reads `[start, end]` (one range, as files written before training periods have

@@ -26,7 +26,9 @@ impl Climatology {
         let channels = loaded.stats.channels.len();
         let size = s.graph.grid_map.cells().len() * channels;
         let time = &s.dataset.time;
-        let (first, last) = s.splits.first_last(Split::Train).unwrap_or((0, 0));
+        let Some((first, last)) = s.splits.first_last(Split::Train) else {
+            return Ok(Climatology::training_means(loaded, size));
+        };
         let seasonal = time.instants[last].seconds - time.instants[first].seconds >= YEAR_SECONDS;
         let groups = if seasonal { 12 } else { 1 };
         let (mut sum, mut count) = (vec![0f64; groups * size], vec![0u32; groups * size]);
@@ -67,6 +69,26 @@ impl Climatology {
                 format!("per-cell mean of the training block ({span}; shorter than a year, so no seasonal cycle)")
             },
         })
+    }
+
+    /// Each variable's training mean everywhere: for data that hold none of the run's
+    /// training periods.
+    fn training_means(loaded: &Loaded, size: usize) -> Climatology {
+        let channels = loaded.stats.channels.len();
+        let mean = NodeState {
+            values: (0..size)
+                .map(|k| loaded.stats.mean[k % channels] as f32)
+                .collect(),
+            valid: vec![true; size],
+            time: Instant { seconds: 0 },
+        };
+        Climatology {
+            states: vec![mean],
+            calendar: loaded.session.dataset.time.calendar,
+            description:
+                "each variable's mean over the run's training period (these data hold none of it)"
+                    .into(),
+        }
     }
 
     /// The climatology at `t`.

@@ -59,10 +59,15 @@ pub fn load(
     let mut run = ck.meta.run.clone();
     run.validate()
         .map_err(|e| InputError::file(&dir, format!("damaged checkpoint: {e}")))?;
+    let other_data = data.is_some();
     if let Some(d) = data {
         run.data = d;
     }
     let dataset = Arc::new(Dataset::open(&run.data)?);
+    if other_data {
+        // The run's periods may lie outside other data: those that do are left out.
+        run.split = run.split.within(&dataset.time);
+    }
     if dataset.channel_names() != ck.meta.stats.channels {
         return Err(InputError(format!(
             "{}: the data has variables [{}], the checkpoint was trained on [{}]",

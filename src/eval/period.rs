@@ -96,12 +96,12 @@ impl EvalPeriod {
                 .map(|b| format!("{}..{}", b.start, b.end))
                 .collect();
             crate::bail_input!(
-                "{}: no {rollout_steps}-step forecast fits in {} (steps {} of the data{}) with {} input steps at lead {}",
+                "{}: no {rollout_steps}-step forecast fits in {} ({}{}) with {} input steps at lead {}",
                 s.dataset.file_list(),
                 self.describe_split(),
                 match steps.len() {
-                    0 => "none".to_string(),
-                    _ => steps.join(", "),
+                    0 => "empty: the run has no such period in these data".to_string(),
+                    _ => format!("steps {} of the data", steps.join(", ")),
                 },
                 self.describe_period(),
                 window.input_steps,

@@ -276,6 +276,7 @@ impl RunConfig {
     /// Refuses what cannot be run, before anything is read, built or written.
     pub fn validate(&self) -> Result<(), InputError> {
         self.window.validate()?;
+        self.split.validate()?;
         self.window.check_rollout(self.train.max_rollout_steps())?;
         self.model.validate()?;
         self.train.validate()

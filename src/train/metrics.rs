@@ -47,6 +47,9 @@ pub enum Record<'a> {
         peak_device_bytes: Option<usize>,
         val_rmse: Option<&'a BTreeMap<String, f64>>,
         persistence_rmse: Option<&'a BTreeMap<String, f64>>,
+        /// Variables with no valid target in the validation samples (no RMSE).
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        val_unscored: &'a [String],
         /// Autoregressive steps the epoch trained on (1: one step).
         rollout_steps: usize,
     },

@@ -968,6 +968,7 @@ impl<'a> Trainer<'a> {
             peak_device_bytes: device_peak(&self.opts.device),
             val_rmse: validation.as_ref().map(|v| &v.rmse),
             persistence_rmse: validation.as_ref().map(|v| &v.persistence_rmse),
+            val_unscored: validation.as_ref().map_or(&[], |v| &v.unscored),
             rollout_steps: self.run.train.rollout_steps_at(self.progress.epoch - 1),
         })?;
         self.save(names, 0, Some(train_loss), val_loss)?;

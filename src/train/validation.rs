@@ -99,6 +99,10 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
     }
     bar.finish_and_clear();
     let count = sum_over_ranks(set.collective, &mut total, count, &mut sums)?;
+    if count == 0.0 {
+        tracing::warn!("no valid target in the validation samples: no validation loss");
+        return Ok(None);
+    }
     let scored: Vec<usize> = (0..channels).filter(|&c| sums.weight[c] > 0.0).collect();
     let rmse = |sq: &[f64]| -> BTreeMap<String, f64> {
         scored
@@ -113,7 +117,7 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
             .collect()
     };
     Ok(Some(Validation {
-        loss: total / count.max(1.0),
+        loss: total / count,
         rmse: rmse(&sums.model),
         persistence_rmse: rmse(&sums.persistence),
         unscored: (0..channels)
