@@ -325,10 +325,13 @@ impl Splits {
         self.ranges(split).iter().flat_map(|r| r.clone())
     }
 
-    /// The first and the last time step of `split` (None when it is empty).
-    pub fn first_last(&self, split: Split) -> Option<(usize, usize)> {
-        let r = self.ranges(split);
-        Some((r.first()?.start, r.last()?.end - 1))
+    /// Seconds from the first to the last time of each range of `split`, added up: how
+    /// much of the year the split sees (a gap between periods does not count).
+    pub fn seconds_spanned(&self, split: Split, time: &TimeAxis) -> i64 {
+        self.ranges(split)
+            .iter()
+            .map(|r| time.instants[r.end - 1].seconds - time.instants[r.start].seconds)
+            .sum()
     }
 
     /// The `t0` (last input step) of every sample inside `split`, in time order.
@@ -466,7 +469,7 @@ mod tests {
         assert_eq!(s.train, vec![0..20, 40..64]);
         assert_eq!(s.validation, vec![32..40]);
         assert_eq!(s.test, vec![20..32]);
-        assert_eq!(s.first_last(Split::Train), Some((0, 63)));
+        assert_eq!(s.seconds_spanned(Split::Train, &time), (19 + 23) * 6 * 3600);
         // No sample of the training block spans the test period.
         assert_eq!(s.samples(Split::Train).len(), 18 + 22);
         assert!(!s.samples(Split::Train).contains(&20));

@@ -1,5 +1,6 @@
 //! The climatology `eval` scores against (the ACC's reference and the climatology
-//! forecast): when the training block spans at least a year, per-cell monthly means
+//! forecast): when the training block spans at least a year (its periods' spans added
+//! up), per-cell monthly means
 //! interpolated linearly between month centres to the day, so that it has a seasonal
 //! cycle; otherwise the per-cell mean of the training block. The report says which.
 
@@ -26,10 +27,10 @@ impl Climatology {
         let channels = loaded.stats.channels.len();
         let size = s.graph.grid_map.cells().len() * channels;
         let time = &s.dataset.time;
-        let Some((first, last)) = s.splits.first_last(Split::Train) else {
+        if s.splits.train.is_empty() {
             return Ok(Climatology::training_means(loaded, size));
-        };
-        let seasonal = time.instants[last].seconds - time.instants[first].seconds >= YEAR_SECONDS;
+        }
+        let seasonal = s.splits.seconds_spanned(Split::Train, time) >= YEAR_SECONDS;
         let groups = if seasonal { 12 } else { 1 };
         let (mut sum, mut count) = (vec![0f64; groups * size], vec![0u32; groups * size]);
         let mut reader = NodeReader::new(s, channels);
@@ -59,7 +60,13 @@ impl Climatology {
                 }
             }
         }
-        let span = format!("{} to {}", time.datetime(first), time.datetime(last));
+        let span = s
+            .splits
+            .train
+            .iter()
+            .map(|r| format!("{} to {}", time.datetime(r.start), time.datetime(r.end - 1)))
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Climatology {
             states,
             calendar: time.calendar,

@@ -216,16 +216,11 @@ fn model_settings(args: &TrainArgs, mut model: ModelConfig) -> ModelConfig {
     model
 }
 
-/// Days from the first to the last time of the training block (0 if there is none).
+/// Days the training block spans, its periods' spans added up (0 if there is none).
 fn training_days(dataset: &Dataset, split: &SplitSpec, window: WindowSpec) -> f64 {
-    let Some((first, last)) = Splits::new(&dataset.time, split, window)
-        .ok()
-        .and_then(|s| s.first_last(Split::Train))
-    else {
-        return 0.0;
-    };
-    let instants = &dataset.time.instants;
-    (instants[last].seconds - instants[first].seconds) as f64 / 86_400.0
+    Splits::new(&dataset.time, split, window)
+        .map_or(0, |s| s.seconds_spanned(Split::Train, &dataset.time)) as f64
+        / 86_400.0
 }
 
 /// The processes the run in `dir` started with (its `last` checkpoint's, which
