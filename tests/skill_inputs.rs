@@ -54,8 +54,20 @@ fn new_runs_record_their_forcings_and_none_gives_the_plain_input_width() {
 #[test]
 fn rollout_inputs_equal_the_training_inputs_of_the_same_window() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, run_dir) = small_run(dir.path());
-    let run: RunConfig = serde_json::from_value(run_json(&run_dir)).unwrap();
+    let (data, run_dir) = small_run(dir.path());
+    assert_rollout_inputs_equal_training_inputs(&run_dir);
+    // Two steps per lead: the input states, and their forcings, lie one lead apart.
+    let lead2 = dir.path().join("lead2");
+    succeeded(&train_tiny(
+        &data,
+        &lead2,
+        &["--num-epochs", "1", "--lead-steps", "2"],
+    ));
+    assert_rollout_inputs_equal_training_inputs(&lead2);
+}
+
+fn assert_rollout_inputs_equal_training_inputs(run_dir: &Path) {
+    let run: RunConfig = serde_json::from_value(run_json(run_dir)).unwrap();
     let stats: NormStats = serde_json::from_value(read_json(&run_dir.join("stats.json"))).unwrap();
     let dataset = Arc::new(Dataset::open(&run.data).unwrap());
     let session =
@@ -77,7 +89,8 @@ fn rollout_inputs_equal_the_training_inputs_of_the_same_window() {
     let (x_train, _, _) = session.tensors(&batch, &lat_w, &[1.0; 5]).unwrap();
     let mut reader = StepReader::default();
     let cells = session.graph.grid_map.cells();
-    let history: Vec<NodeState> = (t0 + 1 - run.window.input_steps..=t0)
+    let history: Vec<NodeState> = (0..run.window.input_steps)
+        .map(|slot| run.window.input_time(t0, slot))
         .map(|t| {
             let state = reader.read(&dataset, t).unwrap();
             NodeState::from_state(

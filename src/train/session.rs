@@ -152,13 +152,11 @@ impl Session {
     /// of `t0s`: the observed states' times, then the predictions' (`lead` apart). Step
     /// 0 is the plain sample window.
     pub fn rollout_times(&self, t0s: &[usize], k: usize) -> Vec<Vec<Instant>> {
-        let (steps, lead) = (
-            self.splits.window.input_steps,
-            self.splits.window.lead_steps,
-        );
+        let window = self.splits.window;
+        let (steps, lead) = (window.input_steps, window.lead_steps);
         let instants = &self.dataset.time.instants;
         let timeline = |t0: usize, i: usize| match i < steps {
-            true => instants[t0 + 1 + i - steps],
+            true => instants[window.input_time(t0, i)],
             false => instants[t0 + (i + 1 - steps) * lead],
         };
         t0s.iter()
