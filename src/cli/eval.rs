@@ -70,7 +70,8 @@ pub struct EvalArgs {
     /// Score only forecasts that start (first input step) at or after this time.
     #[arg(long, value_name = "YYYY-MM-DD hh:mm")]
     pub start: Option<String>,
-    /// Score only forecasts whose last lead is at or before this time.
+    /// Score only forecasts whose last lead is at or before this time (a date alone:
+    /// the end of that day).
     #[arg(long, value_name = "YYYY-MM-DD hh:mm")]
     pub end: Option<String>,
     /// Model steps rolled out from each initial time.
@@ -182,7 +183,8 @@ pub struct ForecastArgs {
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
     /// Initial times, times of the data: `YYYY-MM-DD hh:mm`, a comma-separated list, or
-    /// `START..END` (every time of the data from START to END); one file holds them all.
+    /// `START..END` (every time of the data from START to END, both included; an end
+    /// date alone covers its day); one file holds them all.
     #[arg(long = "init-times", alias = "init-time", value_name = "TIMES")]
     pub init_times: String,
     /// Model steps to roll out from each initial time.

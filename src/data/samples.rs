@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::time::{DateTime, TimeAxis};
+use super::time::TimeAxis;
 use crate::error::InputError;
 
 /// How many past states a sample sees and how far ahead its target lies (in time steps).
@@ -175,7 +175,7 @@ impl SplitSpec {
     pub fn within(mut self, time: &TimeAxis) -> SplitSpec {
         if let Some(p) = &mut self.periods {
             for list in [&mut p.train, &mut p.validation, &mut p.test] {
-                list.retain(|text| period_steps(time, text).is_ok());
+                list.retain(|text| time.steps_within(text).is_ok());
             }
         }
         self
@@ -265,7 +265,8 @@ impl Splits {
             let mut ranges = texts
                 .iter()
                 .map(|text| {
-                    let r = period_steps(time, text)
+                    let r = time
+                        .steps_within(text)
                         .map_err(|e| InputError(format!("{name} period '{text}': {e}")))?;
                     named.push((r.clone(), name, text.clone()));
                     Ok(r)
@@ -363,42 +364,6 @@ fn merge_touching(ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
     out
 }
 
-/// The time steps of `time` inside the inclusive period `START..END`; an end given as a
-/// date alone covers its whole day.
-fn period_steps(time: &TimeAxis, text: &str) -> Result<Range<usize>, String> {
-    let (a, b) = text
-        .split_once("..")
-        .ok_or("must look like START..END (YYYY-MM-DD or YYYY-MM-DD hh:mm each)")?;
-    let cal = time.calendar;
-    let start = DateTime::parse(a, cal)?.to_instant(cal);
-    let mut end = DateTime::parse(b, cal)?.to_instant(cal);
-    // Only year, month and day given: no hour.
-    let numbers = b
-        .split(['-', ' ', 'T', ':', '/'])
-        .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()));
-    let date_only = numbers.count() == 3;
-    if date_only {
-        end.seconds += 86_399;
-    }
-    if start > end {
-        return Err("it starts after it ends".into());
-    }
-    let first = time.instants.partition_point(|&t| t < start);
-    let stop = time.instants.partition_point(|&t| t <= end);
-    if first >= stop {
-        let n = time.len();
-        return Err(match n {
-            0 => "the data have no time steps".into(),
-            _ => format!(
-                "holds no time step of the data ({} to {})",
-                time.datetime(0),
-                time.datetime(n - 1)
-            ),
-        });
-    }
-    Ok(first..stop)
-}
-
 #[cfg(test)]
 #[allow(clippy::single_range_in_vec_init)] // a split of one range reads best as vec![a..b]
 mod tests {
@@ -430,7 +395,9 @@ mod tests {
     /// `n` steps every 6 hours from 1996-01-05 00:00.
     fn six_hourly(n: usize) -> TimeAxis {
         let cal = crate::data::time::Calendar::ProlepticGregorian;
-        let t0 = DateTime::parse("1996-01-05", cal).unwrap().to_instant(cal);
+        let t0 = crate::data::time::DateTime::parse("1996-01-05", cal)
+            .unwrap()
+            .to_instant(cal);
         TimeAxis {
             calendar: cal,
             instants: (0..n as i64)

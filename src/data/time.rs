@@ -198,6 +198,20 @@ impl DateTime {
     }
 }
 
+/// The last instant an end `text` names: a date alone (no hour) covers its whole day,
+/// so that every `..END` and `--end` of meshcast includes END's day.
+pub fn parse_end(text: &str, cal: Calendar) -> Result<Instant, String> {
+    let end = DateTime::parse(text, cal)?.to_instant(cal);
+    let numbers = text
+        .split(['-', ' ', 'T', ':', '/'])
+        .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+        .count();
+    let rest_of_day = if numbers == 3 { 86_399 } else { 0 };
+    Ok(Instant {
+        seconds: end.seconds + rest_of_day,
+    })
+}
+
 impl fmt::Display for DateTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -324,6 +338,32 @@ impl TimeAxis {
 
     pub fn datetime(&self, i: usize) -> DateTime {
         DateTime::from_instant(self.instants[i], self.calendar)
+    }
+
+    /// The steps inside the period `START..END`, both ends included (an end date alone
+    /// covers its day; see [`parse_end`]); refused when it holds none.
+    pub fn steps_within(&self, period: &str) -> Result<std::ops::Range<usize>, String> {
+        let (a, b) = period
+            .split_once("..")
+            .ok_or("must look like START..END (YYYY-MM-DD or YYYY-MM-DD hh:mm each)")?;
+        let start = DateTime::parse(a, self.calendar)?.to_instant(self.calendar);
+        let end = parse_end(b, self.calendar)?;
+        if start > end {
+            return Err("it starts after it ends".into());
+        }
+        let first = self.instants.partition_point(|&t| t < start);
+        let stop = self.instants.partition_point(|&t| t <= end);
+        if first >= stop {
+            return Err(match self.len() {
+                0 => "the data have no time steps".into(),
+                n => format!(
+                    "holds no time step of the data ({} to {})",
+                    self.datetime(0),
+                    self.datetime(n - 1)
+                ),
+            });
+        }
+        Ok(first..stop)
     }
 
     /// The most common spacing in seconds (None for fewer than two steps).
@@ -467,6 +507,47 @@ mod tests {
         assert!(e.contains("not a whole number of months"), "{e}");
         let e = at("months since 2000-01-31", greg, 1.0).unwrap_err();
         assert!(e.contains("2000-02 has no day 31"), "{e}");
+    }
+
+    #[test]
+    fn an_end_date_alone_covers_its_day_and_a_period_includes_both_ends() {
+        let cal = Calendar::NoLeap;
+        let day = DateTime::parse("2001-02-28", cal).unwrap().to_instant(cal);
+        assert_eq!(
+            parse_end("2001-02-28", cal).unwrap().seconds,
+            day.seconds + 86_399
+        );
+        assert_eq!(
+            parse_end("2001-02-28 UTC", cal).unwrap().seconds,
+            day.seconds + 86_399
+        );
+        assert_eq!(parse_end("2001-02-28T00", cal).unwrap(), day);
+        assert_eq!(
+            parse_end("2001-02-28 06:00", cal).unwrap().seconds,
+            day.seconds + 6 * 3600
+        );
+        // Six-hourly from 2001-02-27 00:00: the 28th (noleap) is steps 4..8.
+        let axis = TimeAxis {
+            calendar: cal,
+            instants: (0..12)
+                .map(|i| Instant {
+                    seconds: day.seconds - 86_400 + i * 6 * 3600,
+                })
+                .collect(),
+        };
+        assert_eq!(axis.steps_within("2001-02-28..2001-02-28"), Ok(4..8));
+        assert_eq!(
+            axis.steps_within("2001-02-27 06:00..2001-02-28 00:00"),
+            Ok(1..5)
+        );
+        assert!(axis
+            .steps_within("2001-03-05..2001-03-06")
+            .unwrap_err()
+            .contains("holds no time step"));
+        assert!(axis
+            .steps_within("2001-02-28..2001-02-27")
+            .unwrap_err()
+            .contains("starts after"));
     }
 
     #[test]

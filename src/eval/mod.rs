@@ -354,32 +354,20 @@ fn channel_infos(dataset: &Dataset) -> Vec<report::ChannelInfo> {
 }
 
 /// The data times `text` names: one time, a comma-separated list, or `START..END`
-/// (every time of the data from START to END, both included).
+/// (every time of the data from START to END, both included; an end date alone
+/// covers its day).
 pub fn find_times(dataset: &Dataset, text: &str) -> anyhow::Result<Vec<usize>> {
-    let Some((start, end)) = text.split_once("..") else {
+    if !text.contains("..") {
         return text
             .split(',')
             .map(|t| find_time(dataset, t.trim()))
             .collect();
-    };
-    let cal = dataset.time.calendar;
-    let parse = |t: &str| {
-        crate::data::time::DateTime::parse(t.trim(), cal)
-            .map(|d| d.to_instant(cal))
-            .map_err(|e| InputError(format!("--init-times {text}: {e}")))
-    };
-    let (start, end) = (parse(start)?, parse(end)?);
-    let found: Vec<usize> = (0..dataset.time.len())
-        .filter(|&i| (start..=end).contains(&dataset.time.instants[i]))
-        .collect();
-    if found.is_empty() {
-        crate::bail_input!(
-            "--init-times {text}: no time of the data lies in that range ({} to {})",
-            dataset.time.datetime(0),
-            dataset.time.datetime(dataset.time.len() - 1)
-        );
     }
-    Ok(found)
+    let steps = dataset
+        .time
+        .steps_within(text)
+        .map_err(|e| InputError(format!("--init-times {text}: {e}")))?;
+    Ok(steps.collect())
 }
 
 /// Finds one `--init-times` time on the data's time axis.

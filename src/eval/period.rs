@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Loaded;
-use crate::data::time::{DateTime, Instant};
+use crate::data::time::{parse_end, Calendar, DateTime, Instant};
 use crate::data::Split;
 use crate::error::InputError;
 
@@ -75,8 +75,10 @@ impl EvalPeriod {
             ScoredSplit::All => std::slice::from_ref(&all),
         };
         let (start, end) = (
-            self.instant(&self.start, loaded)?,
-            self.instant(&self.end, loaded)?,
+            self.instant(&self.start, loaded, |t, cal| {
+                DateTime::parse(t, cal).map(|d| d.to_instant(cal))
+            })?,
+            self.instant(&self.end, loaded, parse_end)?,
         );
         let inside = |t: usize| {
             start.is_none_or(|a| time.instants[t] >= a) && end.is_none_or(|b| time.instants[t] <= b)
@@ -111,13 +113,17 @@ impl EvalPeriod {
         Ok(inits)
     }
 
-    fn instant(&self, text: &Option<String>, loaded: &Loaded) -> anyhow::Result<Option<Instant>> {
+    /// `text` read by `parse` (an end date alone covers its day).
+    fn instant(
+        &self,
+        text: &Option<String>,
+        loaded: &Loaded,
+        parse: impl Fn(&str, Calendar) -> Result<Instant, String>,
+    ) -> anyhow::Result<Option<Instant>> {
         let cal = loaded.session.dataset.time.calendar;
         text.as_deref()
             .map(|t| {
-                DateTime::parse(t, cal)
-                    .map(|d| d.to_instant(cal))
-                    .map_err(|e| InputError(format!("--start/--end {t}: {e}")).into())
+                parse(t, cal).map_err(|e| InputError(format!("--start/--end {t}: {e}")).into())
             })
             .transpose()
     }
