@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use common::*;
-use meshcast::data::{BatchLoader, Dataset, NormStats, Prefetch, StepReader};
+use meshcast::data::{
+    Batch, BatchAssembler, BatchLoader, Dataset, NormStats, Prefetch, StepReader,
+};
 use meshcast::predict::{Execution, NodeState, NormalisedResidual};
 use meshcast::train::session::Session;
 use meshcast::train::RunConfig;
@@ -87,6 +89,7 @@ fn assert_rollout_inputs_equal_training_inputs(run_dir: &Path) {
     .unwrap();
     let lat_w = session.node_latitude_weights();
     let (x_train, _, _) = session.tensors(&batch, &lat_w, &[1.0; 5]).unwrap();
+    assert_prefetched_extras_equal_computed(&session, &stats, run.window, t0);
     let mut reader = StepReader::default();
     let cells = session.graph.grid_map.cells();
     let history: Vec<NodeState> = (0..run.window.input_steps)
@@ -115,6 +118,50 @@ fn assert_rollout_inputs_equal_training_inputs(run_dir: &Path) {
         .zip(&b)
         .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
     assert!(worst < 1e-5, "largest difference {worst}");
+}
+
+/// Training batches get their forcings on the prefetch thread (`Session::extras_fn`):
+/// the same inputs, bit for bit, as computed on the training thread, for one step and
+/// for each step of a rollout.
+fn assert_prefetched_extras_equal_computed(
+    session: &Session,
+    stats: &NormStats,
+    window: meshcast::data::WindowSpec,
+    t0: usize,
+) {
+    let lat_w = session.node_latitude_weights();
+    let flat =
+        |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    for rollout in [1, 2] {
+        let load = |with_extras: bool| {
+            let mut assembler = BatchAssembler::new(
+                session.batch_data.clone(),
+                Arc::new(stats.clone()),
+                (window, rollout),
+                1,
+            );
+            if with_extras {
+                assembler = assembler.with_extras(session.extras_fn());
+            }
+            let prefetch = Prefetch::Buffer(2);
+            let mut loader =
+                BatchLoader::from_assembler(assembler, vec![vec![t0]], prefetch).unwrap();
+            loader.next().unwrap().unwrap()
+        };
+        let (plain, prefetched) = (load(false), load(true));
+        assert!(plain.extras.is_empty());
+        assert_eq!(prefetched.extras.len(), rollout);
+        let rb = |b: &Batch| {
+            session
+                .rollout_batch(b, (&lat_w, &[1.0; 5]), stats)
+                .unwrap()
+        };
+        let (a, b) = (rb(&plain), rb(&prefetched));
+        assert_eq!(flat(&a.x), flat(&b.x), "rollout {rollout}");
+        for (ea, eb) in a.extras.iter().zip(&b.extras) {
+            assert_eq!(flat(ea), flat(eb), "rollout {rollout}");
+        }
+    }
 }
 
 /// A 10-degree static file on the generated grid: a land-sea mask and an orography

@@ -29,7 +29,16 @@ pub struct Batch {
     pub targets: Vec<f32>,
     /// Valid where both the target and the current state are.
     pub target_valid: Vec<bool>,
+    /// Per rollout step, the windows' extra inputs `[batch, graph node, E]` (forcings,
+    /// static fields), when the assembler computes them (see [`ExtrasFn`]); empty:
+    /// computed where the batch is used.
+    pub extras: Vec<Vec<f32>>,
 }
+
+/// The extra inputs of rollout step `k` of the samples ending at `t0s`, `[B, nodes,
+/// E]`: computed where batches are assembled, on the prefetch thread when there is
+/// one, so that the sun's position is not worked out on the training thread.
+pub type ExtrasFn = Arc<dyn Fn(&[usize], usize) -> Vec<f32> + Send + Sync>;
 
 impl Batch {
     pub fn len(&self) -> usize {
@@ -57,6 +66,7 @@ pub struct BatchAssembler {
     reader: StepReader,
     recent: VecDeque<(usize, Arc<State>)>,
     capacity: usize,
+    extras: Option<ExtrasFn>,
 }
 
 impl BatchAssembler {
@@ -77,6 +87,15 @@ impl BatchAssembler {
             reader: StepReader::default(),
             recent: VecDeque::new(),
             capacity,
+            extras: None,
+        }
+    }
+
+    /// Computes each batch's extra inputs with `extras` as it assembles it.
+    pub fn with_extras(self, extras: ExtrasFn) -> Self {
+        BatchAssembler {
+            extras: Some(extras),
+            ..self
         }
     }
 
@@ -108,7 +127,11 @@ impl BatchAssembler {
             rollout_steps: k_steps,
             targets: vec![0.0; k_steps * b * cells * nch],
             target_valid: vec![false; k_steps * b * cells * nch],
+            extras: Vec::new(),
         };
+        if let Some(extras) = &self.extras {
+            batch.extras = (0..k_steps).map(|k| extras(t0s, k)).collect();
+        }
         let stats = self.stats.clone();
         for (i, &t0) in t0s.iter().enumerate() {
             for s in 0..steps {

@@ -64,7 +64,17 @@ impl BatchLoader {
         prefetch: Prefetch,
     ) -> anyhow::Result<BatchLoader> {
         let largest = chunks.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut assembler = BatchAssembler::new(dataset, stats, window, largest);
+        let assembler = BatchAssembler::new(dataset, stats, window, largest);
+        BatchLoader::from_assembler(assembler, chunks, prefetch)
+    }
+
+    /// One batch per chunk, assembled by `assembler` (in line, or on the prefetch
+    /// thread).
+    pub fn from_assembler(
+        mut assembler: BatchAssembler,
+        chunks: Vec<Vec<usize>>,
+        prefetch: Prefetch,
+    ) -> anyhow::Result<BatchLoader> {
         match prefetch {
             Prefetch::Off => Ok(BatchLoader::InLine {
                 assembler,

@@ -19,7 +19,7 @@ pub mod statics;
 pub mod stats;
 pub mod time;
 
-pub use batch::Batch;
+pub use batch::{Batch, BatchAssembler, ExtrasFn};
 pub use dataset::{Dataset, State, StepReader};
 pub use grid::{Grid, Region};
 pub use loader::{BatchLoader, Prefetch};

@@ -244,6 +244,7 @@ mod tests {
                 .map(|i| value(i + 5) / 2.0)
                 .collect(),
             target_valid: (0..k_steps * b * nodes * C).map(|i| i % 11 != 0).collect(),
+            extras: Vec::new(),
         };
         let extras = (0..k_steps)
             .map(|k| (0..b * nodes * E).map(|i| value(i + 31 * k)).collect())

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::RunConfig;
 use crate::data::time::Instant;
-use crate::data::{Batch, Dataset, Grid, NormStats, Splits};
+use crate::data::{Batch, Dataset, ExtrasFn, Grid, NormStats, Splits, WindowSpec};
 use crate::distributed::{shard, Collective};
 use crate::graph::{load_or_build, RowWindow, WeatherGraph};
 use crate::model::GraphTensors;
@@ -25,7 +25,7 @@ pub struct Session {
     pub execution: Execution,
     pub predictor: Box<dyn Predictor>,
     /// Forcings and static fields of the window's grid nodes, as the model takes them.
-    pub extras: NodeExtras,
+    pub extras: Arc<NodeExtras>,
     pub device: Device,
     /// The rows and grid nodes this process's batches cover: all of them, or a
     /// patch-parallel rank's band (what its patches need).
@@ -83,7 +83,7 @@ impl Session {
     ) -> anyhow::Result<Session> {
         let (predictor, window) = predictor(run, &execution, (&dataset.grid, &graph), device)?;
         let cells = &graph.grid_map.cells()[window.nodes.clone()];
-        let extras = node_extras(run, &dataset, cells)?;
+        let extras = Arc::new(node_extras(run, &dataset, cells)?);
         let first_cell = window.first_cell(&dataset.grid) as u32;
         let batch_cells = cells.iter().map(|&c| c - first_cell).collect();
         let batch_data = match window.rows == (0..dataset.grid.nlat()) {
@@ -127,10 +127,17 @@ impl Session {
         lat_w: &[f32],
         var_w: &[f32],
     ) -> anyhow::Result<(Tensor, LossTarget, Vec<bool>)> {
-        let extras = self.extras.for_windows(&self.rollout_times(&batch.t0, 0));
+        let computed;
+        let extras = match batch.extras.first() {
+            Some(prefetched) => prefetched,
+            None => {
+                computed = self.extras.for_windows(&self.rollout_times(&batch.t0, 0));
+                &computed
+            }
+        };
         let (x, target, valid) = inputs::batch_target(
             batch,
-            (&self.batch_cells, &extras),
+            (&self.batch_cells, extras),
             lat_w,
             var_w,
             (&self.device, self.network().dtype()),
@@ -152,16 +159,20 @@ impl Session {
     /// of `t0s`: the observed states' times, then the predictions' (`lead` apart). Step
     /// 0 is the plain sample window.
     pub fn rollout_times(&self, t0s: &[usize], k: usize) -> Vec<Vec<Instant>> {
-        let window = self.splits.window;
-        let (steps, lead) = (window.input_steps, window.lead_steps);
-        let instants = &self.dataset.time.instants;
-        let timeline = |t0: usize, i: usize| match i < steps {
-            true => instants[window.input_time(t0, i)],
-            false => instants[t0 + (i + 1 - steps) * lead],
-        };
-        t0s.iter()
-            .map(|&t0| (k..=k + steps).map(|i| timeline(t0, i)).collect())
-            .collect()
+        window_times(&self.dataset.time.instants, self.splits.window, t0s, k)
+    }
+
+    /// What the batch assembler calls to compute each batch's extra inputs (on the
+    /// prefetch thread when there is one).
+    pub fn extras_fn(&self) -> ExtrasFn {
+        let (extras, dataset, window) = (
+            self.extras.clone(),
+            self.dataset.clone(),
+            self.splits.window,
+        );
+        Arc::new(move |t0s, k| {
+            extras.for_windows(&window_times(&dataset.time.instants, window, t0s, k))
+        })
     }
 
     /// A batch with K targets as rollout-training tensors on the graph's grid nodes.
@@ -171,12 +182,19 @@ impl Session {
         weights: (&[f32], &[f32]),
         stats: &NormStats,
     ) -> anyhow::Result<RolloutBatch> {
-        let extras: Vec<Vec<f32>> = (0..batch.rollout_steps)
-            .map(|k| self.extras.for_windows(&self.rollout_times(&batch.t0, k)))
-            .collect();
+        let computed: Vec<Vec<f32>>;
+        let extras = match batch.extras.len() {
+            0 => {
+                computed = (0..batch.rollout_steps)
+                    .map(|k| self.extras.for_windows(&self.rollout_times(&batch.t0, k)))
+                    .collect();
+                &computed
+            }
+            _ => &batch.extras,
+        };
         Ok(RolloutBatch::new(
             batch,
-            (&self.batch_cells, &extras),
+            (&self.batch_cells, extras),
             weights,
             stats,
             (&self.device, self.network().dtype()),
@@ -239,6 +257,25 @@ fn predictor(
         true => (Box::new(patched.partial(window.nodes.len())?), window),
         false => (Box::new(patched), window),
     })
+}
+
+/// The times of rollout step `k`'s window (its inputs, then its target) from each of
+/// `t0s` on the time axis `instants`: the observed states' times (one input spacing
+/// apart), then the predictions' (one lead apart).
+fn window_times(
+    instants: &[Instant],
+    window: WindowSpec,
+    t0s: &[usize],
+    k: usize,
+) -> Vec<Vec<Instant>> {
+    let (steps, lead) = (window.input_steps, window.lead_steps);
+    let timeline = |t0: usize, i: usize| match i < steps {
+        true => instants[window.input_time(t0, i)],
+        false => instants[t0 + (i + 1 - steps) * lead],
+    };
+    t0s.iter()
+        .map(|&t0| (k..=k + steps).map(|i| timeline(t0, i)).collect())
+        .collect()
 }
 
 /// The extra inputs of `run`'s model on the grid nodes of `cells`; refuses static

@@ -29,7 +29,9 @@ use super::schedule::LrSchedule;
 use super::session::{valid_cells, variable_weights, Session};
 use super::step::{apply_gradients, Applied};
 use super::validation::{validate, Validation, ValidationSet};
-use crate::data::{Batch, BatchLoader, Dataset, NormStats, Prefetch, Split, StatsSums};
+use crate::data::{
+    Batch, BatchAssembler, BatchLoader, Dataset, NormStats, Prefetch, Split, StatsSums,
+};
 use crate::distributed::{shard, Collective};
 use crate::error::InputError;
 use crate::predict::unroll::rollout_gradients;
@@ -631,13 +633,15 @@ impl<'a> Trainer<'a> {
         if rollout > 1 {
             tracing::info!("epoch {}: rollout of {rollout} steps", epoch + 1);
         }
-        let loader = BatchLoader::from_chunks(
+        let largest = shares.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let assembler = BatchAssembler::new(
             self.session.batch_data.clone(),
             self.stats.clone(),
             (run.window, rollout),
-            shares,
-            self.prefetch,
-        )?;
+            largest,
+        )
+        .with_extras(self.session.extras_fn());
+        let loader = BatchLoader::from_assembler(assembler, shares, self.prefetch)?;
         let bar = progress_bar(
             self.opts.progress,
             self.micro_per_epoch,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::session::Session;
 use candle_core::{DType, Tensor};
 
-use crate::data::{Batch, BatchLoader, NormStats, Prefetch, WindowSpec};
+use crate::data::{Batch, BatchAssembler, BatchLoader, NormStats, Prefetch, WindowSpec};
 use crate::distributed::{shard, Collective};
 use crate::predict::loss::{scalar, weighted_mse};
 use crate::predict::unroll::rollout_forward;
@@ -67,14 +67,18 @@ pub fn validate(session: &Session, set: &ValidationSet) -> anyhow::Result<Option
         Some(_) => set.samples,
         None => &set.samples[shard(set.samples.len(), rank, size)],
     };
-    let loader = BatchLoader::new(
+    let assembler = BatchAssembler::new(
         session.batch_data.clone(),
         set.stats.clone(),
         (set.window, set.rollout_steps),
-        share,
-        set.batch_size,
-        set.prefetch,
-    )?;
+        set.batch_size.max(1),
+    )
+    .with_extras(session.extras_fn());
+    let chunks = share
+        .chunks(set.batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let loader = BatchLoader::from_assembler(assembler, chunks, set.prefetch)?;
     let channels = set.stats.channels.len();
     let (mut total, mut count) = (0.0, 0.0);
     let mut sums = ChannelSums {
