@@ -56,8 +56,8 @@ impl Batch {
 }
 
 /// Reads the states a batch needs and assembles it. Keeps a few recent states so
-/// that overlapping windows (consecutive samples share `input_steps - 1` states) are
-/// read once; never more than one batch's worth.
+/// that overlapping windows (samples one input spacing apart share `input_steps - 1`
+/// states) are read once; never more than one batch's worth.
 pub struct BatchAssembler {
     dataset: Arc<Dataset>,
     stats: Arc<NormStats>,
@@ -129,9 +129,6 @@ impl BatchAssembler {
             target_valid: vec![false; k_steps * b * cells * nch],
             extras: Vec::new(),
         };
-        if let Some(extras) = &self.extras {
-            batch.extras = (0..k_steps).map(|k| extras(t0s, k)).collect();
-        }
         let stats = self.stats.clone();
         for (i, &t0) in t0s.iter().enumerate() {
             for s in 0..steps {
@@ -154,6 +151,10 @@ impl BatchAssembler {
                 let block = (step * b + i) * cells;
                 residual_targets(&mut batch, (&now, &target), block, &stats);
             }
+        }
+        // After the reads, whose errors name the samples.
+        if let Some(extras) = &self.extras {
+            batch.extras = (0..k_steps).map(|k| extras(t0s, k)).collect();
         }
         Ok(batch)
     }

@@ -127,6 +127,7 @@ impl Session {
         lat_w: &[f32],
         var_w: &[f32],
     ) -> anyhow::Result<(Tensor, LossTarget, Vec<bool>)> {
+        self.check_extras(batch);
         let computed;
         let extras = match batch.extras.first() {
             Some(prefetched) => prefetched,
@@ -162,6 +163,18 @@ impl Session {
         window_times(&self.dataset.time.instants, self.splits.window, t0s, k)
     }
 
+    /// Extra inputs a batch brings were computed for this session's nodes and window:
+    /// one block per rollout step, each `[B, nodes, E]`.
+    fn check_extras(&self, batch: &Batch) {
+        if batch.extras.is_empty() {
+            return;
+        }
+        let width = self.extras.width(batch.input_steps);
+        let size = batch.len() * self.batch_cells.len() * width;
+        debug_assert_eq!(batch.extras.len(), batch.rollout_steps);
+        debug_assert!(batch.extras.iter().all(|e| e.len() == size));
+    }
+
     /// What the batch assembler calls to compute each batch's extra inputs (on the
     /// prefetch thread when there is one).
     pub fn extras_fn(&self) -> ExtrasFn {
@@ -182,6 +195,7 @@ impl Session {
         weights: (&[f32], &[f32]),
         stats: &NormStats,
     ) -> anyhow::Result<RolloutBatch> {
+        self.check_extras(batch);
         let computed: Vec<Vec<f32>>;
         let extras = match batch.extras.len() {
             0 => {
