@@ -71,6 +71,13 @@ impl WindowSpec {
         t0 + s * self.input_spacing + 1 - self.history_span()
     }
 
+    /// The `t0` of every window inside the time steps `range` whose `rollout_steps`
+    /// targets (`lead`, `2 lead`, ... after `t0`) lie inside it too.
+    pub fn rollout_t0s(&self, range: &Range<usize>, rollout_steps: usize) -> Range<usize> {
+        let span = self.lead_steps * rollout_steps.max(1);
+        range.start + self.history_span() - 1..range.end.saturating_sub(span)
+    }
+
     /// Whether a rollout of several steps feeds the model histories spaced as it was
     /// trained: each prediction lies one lead after the newest state.
     pub fn rollout_consistent(&self) -> bool {
@@ -343,10 +350,9 @@ impl Splits {
     /// The `t0` of every sample inside one range of `split` whose `rollout_steps`
     /// targets (`lead`, `2 lead`, ... after `t0`) are inside it too, in time order.
     pub fn rollout_samples(&self, split: Split, rollout_steps: usize) -> Vec<usize> {
-        let span = self.window.lead_steps * rollout_steps.max(1);
         self.ranges(split)
             .iter()
-            .flat_map(|r| r.start + self.window.history_span() - 1..r.end.saturating_sub(span))
+            .flat_map(|r| self.window.rollout_t0s(r, rollout_steps))
             .collect()
     }
 }

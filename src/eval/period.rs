@@ -86,10 +86,7 @@ impl EvalPeriod {
         let span = rollout_steps * window.lead_steps;
         let inits: Vec<usize> = blocks
             .iter()
-            .flat_map(|block| {
-                (block.start + window.history_span() - 1..block.end)
-                    .filter(move |&t0| t0 + span < block.end)
-            })
+            .flat_map(|block| window.rollout_t0s(block, rollout_steps))
             .filter(|&t0| inside(window.input_time(t0, 0)) && inside(t0 + span))
             .collect();
         if inits.is_empty() {
